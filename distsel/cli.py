@@ -1,0 +1,91 @@
+"""The `distsel` command."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from distsel.config import load_config, parse_config
+from distsel.errors import DistselError
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="distsel: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return args.handler(args)
+    except DistselError as exc:
+        print(f"distsel: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("distsel: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="distsel", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="more log output")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run the selection a YAML configuration describes")
+    run.add_argument("config", type=Path, help="configuration file (YAML)")
+    run.add_argument("--output", help="output folder or s3:// prefix (overrides output.path)")
+    run.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or local Ray)")
+    run.set_defaults(handler=_run)
+
+    demo = commands.add_parser("demo", help="select from the Python standard library's text")
+    demo.add_argument("output", nargs="?", default="distsel-demo", type=Path)
+    demo.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or local Ray)")
+    demo.set_defaults(handler=_demo)
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    from distsel import pipeline
+
+    overrides = {"output.path": args.output} if args.output else {}
+    config = load_config(args.config, overrides)
+    manifest = pipeline.run(config, address=args.address)
+    print(summary(manifest, config.output.path))
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from distsel import demo, pipeline
+
+    output = args.output.resolve()
+    demo.write_demo_corpus(output / "demo-corpus")
+    config = parse_config(demo.demo_config(output), "demo configuration")
+    manifest = pipeline.run(config, address=args.address)
+    print(summary(manifest, str(output)))
+    return 0
+
+
+def summary(manifest: dict[str, Any], output: str) -> str:
+    """A short table of what a run did and where its output is."""
+    reasons = ", ".join(f"{k} {v:,}" for k, v in manifest["rejected_by_reason"].items())
+    lines = [
+        f"distsel: done in {manifest['wall_seconds']:.1f} s; output in {output}",
+        f"  {'documents in':<14}{manifest['input_docs']:>12,}",
+        f"  {'accepted':<14}{manifest['accepted_docs']:>12,}",
+        f"  {'rejected':<14}{manifest['rejected_docs']:>12,}   {reasons or '-'}   -> rejected/",
+        f"  {'selected':<14}{manifest['selected_docs']:>12,}   "
+        f"~{manifest['selected_tokens_approx']:,} tokens   -> selected/",
+    ]
+    groups = manifest.get("by_group")
+    if groups:
+        lines.append(f"  {groups['field']:<24}{'pool':>10}{'selected':>10}")
+        for name, count in groups["pool"].items():
+            lines.append(f"    {name:<22}{count:>10,}{groups['selected'].get(name, 0):>10,}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""Typed run configuration, loaded from YAML and validated with messages that name the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from distsel.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=False, validate_assignment=True)
+
+
+class InputConfig(_Strict):
+    paths: list[str] = Field(min_length=1)
+    text_field: str = "text"
+    id_field: str | None = None
+    group_field: str | None = None
+    label_field: str | None = None
+    format: Literal["auto", "jsonl", "parquet"] = "auto"
+    max_chars: int = Field(default=1_000_000, gt=0)
+    strict: bool = False
+    rows_per_part: int = Field(default=20_000, gt=0)
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("paths", mode="before")
+    @classmethod
+    def _one_path_is_a_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
+class TargetConfig(_Strict):
+    paths: list[str] = Field(default_factory=list)
+    text_field: str = "text"
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("paths", mode="before")
+    @classmethod
+    def _one_path_is_a_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
+class OutputConfig(_Strict):
+    path: str
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+
+
+class Budget(_Strict):
+    """Exactly one of `docs` or `tokens` (tokens are approximated as ceil(chars / 4))."""
+
+    docs: int | None = Field(default=None, gt=0)
+    tokens: int | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Budget:
+        if (self.docs is None) == (self.tokens is None):
+            raise ValueError("give exactly one of 'docs' or 'tokens'")
+        return self
+
+
+class SelectConfig(_Strict):
+    method: Literal["all", "random"] = "all"
+    budget: Budget | None = None
+
+    @model_validator(mode="after")
+    def _budget_when_needed(self) -> SelectConfig:
+        if self.method != "all" and self.budget is None:
+            raise ValueError(
+                f"select.method '{self.method}' needs select.budget (docs: or tokens:)"
+            )
+        return self
+
+
+class StageConfig(_Strict):
+    """Resource overrides for one scoring stage."""
+
+    num_cpus: float | None = Field(default=None, gt=0)
+    num_gpus: float | None = Field(default=None, ge=0)
+    batch_size: int | None = Field(default=None, gt=0)
+    pool_size: int | None = Field(default=None, gt=0)
+
+
+class RayConfig(_Strict):
+    address: str | None = None
+
+
+class Config(_Strict):
+    input: InputConfig
+    target: TargetConfig = Field(default_factory=TargetConfig)
+    output: OutputConfig
+    select: SelectConfig = Field(default_factory=SelectConfig)
+    stages: dict[str, StageConfig] = Field(default_factory=dict)
+    ray: RayConfig = Field(default_factory=RayConfig)
+    seed: int = 0
+
+
+def _describe(error: dict[str, Any]) -> str:
+    key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        return f"{key}: unknown key"
+    if error["type"] == "missing":
+        return f"{key}: required key is missing"
+    return f"{key}: {error['msg']}"
+
+
+def parse_config(data: Any, source: str = "configuration") -> Config:
+    """Validate a mapping into a Config; every problem is listed with its dotted key."""
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{source}: expected a mapping at the top level, got {type(data).__name__}"
+        )
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        problems = "\n  ".join(_describe(error) for error in exc.errors())
+        raise ConfigError(f"{source}: invalid configuration\n  {problems}") from None
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
+    """Read a YAML file; `overrides` maps dotted keys (e.g. 'output.path') to values."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read configuration ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    data = {} if data is None else data
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(data, dotted, value)
+    return parse_config(data, str(path))
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        data = data.setdefault(part, {})
+    data[leaf] = value

@@ -1,0 +1,384 @@
+"""Read, validate and write sharded corpora (JSON Lines, optionally gzip/zstd, and Parquet).
+
+Every row of every input shard ends up either accepted (a document with a stable id) or rejected
+(quarantined with its shard, line or row, and reason), so documents in = accepted + rejected.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import math
+import zlib
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import zstandard
+
+from distsel.config import InputConfig
+from distsel.errors import InputError
+from distsel.storage import Store, full_url, open_fs
+
+JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".json.gz", ".ndjson")
+PARQUET_SUFFIXES = (".parquet",)
+RESERVED_COLUMNS = ("id", "text", "tokens_approx")
+CHARS_PER_TOKEN = 4
+REJECTED_SCHEMA = pa.schema(
+    [
+        ("shard", pa.string()),
+        ("path", pa.string()),
+        ("line", pa.int64()),
+        ("row", pa.int64()),
+        ("reason", pa.string()),
+        ("detail", pa.string()),
+        ("raw", pa.binary()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One input file: `url` to open it, `key` (its path below the input root) to name it."""
+
+    url: str
+    key: str
+    format: str
+
+    @property
+    def safe_key(self) -> str:
+        return self.key.replace("/", "__")
+
+
+def tokens_approx(chars: int) -> int:
+    """Approximate token count of a text: ceil(characters / 4)."""
+    return math.ceil(chars / CHARS_PER_TOKEN)
+
+
+def _format_of(path: str, configured: str) -> str | None:
+    if configured != "auto":
+        return configured
+    lowered = path.lower()
+    if lowered.endswith(JSONL_SUFFIXES):
+        return "jsonl"
+    if lowered.endswith(PARQUET_SUFFIXES):
+        return "parquet"
+    return None
+
+
+def list_shards(config: InputConfig) -> list[Shard]:
+    """Expand files, folders and globs into shards; a missing path or empty match is an error."""
+    shards: dict[str, Shard] = {}
+    for given in config.paths:
+        fs, path = open_fs(given, config.storage_options)
+        for file_path, key in _expand(fs, path, given):
+            fmt = _format_of(file_path, config.format)
+            if fmt is None:
+                if _is_explicit_file(fs, path, file_path):
+                    raise InputError(
+                        f"{given}: cannot tell the format from the name; "
+                        "set input.format to jsonl or parquet"
+                    )
+                continue
+            shard = Shard(full_url(fs, file_path), key, fmt)
+            if key in shards and shards[key].url != shard.url:
+                raise InputError(
+                    f"input files {shards[key].url} and {shard.url} would share the shard name "
+                    f"'{key}'; give them as separate folders or rename one"
+                )
+            shards[key] = shard
+    if not shards:
+        raise InputError(f"no .jsonl[.gz|.zst] or .parquet files found in {config.paths}")
+    return sorted(shards.values(), key=lambda shard: shard.key)
+
+
+def _is_explicit_file(fs: Any, given_path: str, file_path: str) -> bool:
+    return given_path.rstrip("/") == file_path.rstrip("/")
+
+
+def _expand(fs: Any, path: str, given: str) -> list[tuple[str, str]]:
+    try:
+        if any(char in path for char in "*?["):
+            matches = sorted(fs.glob(path))
+            if not matches:
+                raise InputError(f"{given}: the pattern matches no file")
+            root = path[: min(path.index(c) for c in "*?[" if c in path)].rsplit("/", 1)[0]
+            return [
+                (match, match[len(root) :].lstrip("/")) for match in matches if fs.isfile(match)
+            ]
+        if fs.isdir(path):
+            files = sorted(fs.find(path))
+            if not files:
+                raise InputError(f"{given}: the folder holds no file")
+            return [(file, file[len(path.rstrip("/")) :].lstrip("/")) for file in files]
+        if fs.isfile(path):
+            return [(path, path.rsplit("/", 1)[-1])]
+    except InputError:
+        raise
+    except (PermissionError, OSError) as exc:
+        raise InputError(f"{given}: cannot read ({_short(exc)})") from None
+    raise InputError(f"{given}: no such file or folder")
+
+
+def check_readable(shard: Shard, storage_options: dict[str, Any]) -> None:
+    """Open a shard and read its first bytes (or Parquet footer) so a bad file fails early."""
+    try:
+        fs, path = open_fs(shard.url, storage_options)
+        with fs.open(path, "rb") as raw:
+            if shard.format == "parquet":
+                pq.ParquetFile(raw)
+            else:
+                _decompressed(raw, shard.url).read(1 << 16)
+    except InputError:
+        raise
+    except Exception as exc:
+        raise InputError(f"{shard.url}: unreadable or corrupt ({_short(exc)})") from None
+
+
+def _decompressed(raw: IO[bytes], url: str) -> IO[bytes]:
+    lowered = url.lower()
+    if lowered.endswith(".gz"):
+        return gzip.GzipFile(fileobj=raw)
+    if lowered.endswith(".zst"):
+        reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
+        return io.BufferedReader(reader, buffer_size=1 << 20)
+    return raw
+
+
+def _short(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
+@dataclass
+class Rejection:
+    line: int | None
+    row: int | None
+    reason: str
+    detail: str
+    raw: bytes
+
+
+@dataclass
+class IngestResult:
+    """What one shard produced; stored as the shard's done marker."""
+
+    shard: str
+    docs_in: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    parts: list[str] = field(default_factory=list)
+    reasons: dict[str, int] = field(default_factory=dict)
+
+
+class _Validator:
+    """Turns one raw record (a JSON object or a Parquet row) into a document or a rejection."""
+
+    def __init__(self, config: InputConfig, shard: Shard) -> None:
+        self.config = config
+        self.shard = shard
+
+    def document(self, record: dict[str, Any], position: int) -> dict[str, Any] | tuple[str, str]:
+        config = self.config
+        if config.text_field not in record:
+            return "missing_text", f"no field '{config.text_field}'"
+        text = record[config.text_field]
+        if text is None:
+            return "null_text", f"field '{config.text_field}' is null"
+        if not isinstance(text, str):
+            return "text_not_string", f"field '{config.text_field}' is {type(text).__name__}"
+        if not text.strip():
+            return "empty_text", f"field '{config.text_field}' is empty or whitespace"
+        if len(text) > config.max_chars:
+            return "text_too_long", f"{len(text)} characters > input.max_chars={config.max_chars}"
+        if config.id_field is None:
+            doc_id = f"{self.shard.key}:{position}"
+        else:
+            value = record.get(config.id_field)
+            if value is None or isinstance(value, (dict, list)) or value == "":
+                return "missing_id", f"field '{config.id_field}' is missing, null or not a scalar"
+            doc_id = str(value)
+        document = {"id": doc_id, "text": text, "tokens_approx": tokens_approx(len(text))}
+        for name, value in record.items():
+            if name in (config.text_field, config.id_field):
+                continue
+            document[f"input_{name}" if name in RESERVED_COLUMNS else name] = value
+        return document
+
+
+def _jsonl_records(handle: IO[bytes], validator: _Validator) -> Iterator[tuple[int, Any]]:
+    """Yield (line number, document or Rejection) for every non-blank line."""
+    for number, line in enumerate(handle, start=1):
+        if not line.strip():
+            continue
+        try:
+            decoded = line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            yield (
+                number,
+                Rejection(number, None, "not_utf8", f"byte {exc.start}: {exc.reason}", line),
+            )
+            continue
+        try:
+            value = json.loads(decoded)
+        except json.JSONDecodeError as exc:
+            yield number, Rejection(number, None, "invalid_json", exc.msg, line)
+            continue
+        if not isinstance(value, dict):
+            kind = type(value).__name__
+            yield number, Rejection(number, None, "not_an_object", f"a JSON {kind}", line)
+            continue
+        outcome = validator.document(value, number)
+        if isinstance(outcome, tuple):
+            yield number, Rejection(number, None, outcome[0], outcome[1], line)
+        else:
+            yield number, outcome
+
+
+def _parquet_records(handle: IO[bytes], validator: _Validator) -> Iterator[tuple[int, Any]]:
+    """Yield (row index, document or Rejection) for every row, batch by batch."""
+    parquet = pq.ParquetFile(handle)
+    text_field = validator.config.text_field
+    if text_field not in parquet.schema_arrow.names:
+        raise InputError(
+            f"{validator.shard.url}: no column '{text_field}' "
+            f"(columns: {', '.join(parquet.schema_arrow.names)}); set input.text_field"
+        )
+    row = 0
+    for batch in parquet.iter_batches(batch_size=4096):
+        for record in batch.to_pylist():
+            outcome = _parquet_row(record, row, validator)
+            yield row, outcome
+            row += 1
+
+
+def _records(shard: Shard, config: InputConfig, validator: _Validator) -> Iterator[tuple[int, Any]]:
+    fs, path = open_fs(shard.url, config.storage_options)
+    with fs.open(path, "rb") as raw:
+        if shard.format == "parquet":
+            yield from _parquet_records(raw, validator)
+        else:
+            yield from _jsonl_records(_decompressed(raw, shard.url), validator)
+
+
+def _parquet_row(record: dict[str, Any], row: int, validator: _Validator) -> Any:
+    text = record.get(validator.config.text_field)
+    if isinstance(text, bytes):
+        try:
+            record[validator.config.text_field] = text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raw = json.dumps(record, default=repr).encode()
+            return Rejection(None, row, "not_utf8", f"byte {exc.start}: {exc.reason}", raw)
+    outcome = validator.document(record, row)
+    if isinstance(outcome, tuple):
+        return Rejection(
+            None, row, outcome[0], outcome[1], json.dumps(record, default=repr).encode()
+        )
+    return outcome
+
+
+def documents_table(documents: list[dict[str, Any]]) -> pa.Table:
+    """Arrow table of documents; a field whose values have mixed types is stored as JSON text."""
+    names = list(dict.fromkeys(name for document in documents for name in document))
+    columns = {}
+    for name in names:
+        values = [document.get(name) for document in documents]
+        try:
+            columns[name] = pa.array(values)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+            columns[name] = pa.array(
+                [None if v is None else json.dumps(v, default=str) for v in values]
+            )
+        if pa.types.is_null(columns[name].type):
+            columns[name] = columns[name].cast(pa.string())
+    return pa.table(columns)
+
+
+def rejected_table(shard: Shard, rejections: list[Rejection]) -> pa.Table:
+    return pa.table(
+        {
+            "shard": [shard.key] * len(rejections),
+            "path": [shard.url] * len(rejections),
+            "line": [r.line for r in rejections],
+            "row": [r.row for r in rejections],
+            "reason": [r.reason for r in rejections],
+            "detail": [r.detail for r in rejections],
+            "raw": [r.raw for r in rejections],
+        },
+        schema=REJECTED_SCHEMA,
+    )
+
+
+def part_name(shard: Shard, index: int) -> str:
+    return f"{shard.safe_key}-{index:05d}.parquet"
+
+
+def ingest_shard(shard: Shard, config: InputConfig, store: Store) -> IngestResult:
+    """Validate one shard; write its documents as Parquet parts and its rejected rows.
+
+    Parts are named after the shard and written atomically, so redoing a shard after a crash
+    rewrites the same files with the same content.
+    """
+    validator = _Validator(config, shard)
+    result = IngestResult(shard=shard.key)
+    reasons: Counter[str] = Counter()
+    rejections: list[Rejection] = []
+    pending: list[dict[str, Any]] = []
+
+    def flush() -> None:
+        name = part_name(shard, len(result.parts))
+        store.write_table(f"docs/{name}", documents_table(pending))
+        result.parts.append(name)
+        pending.clear()
+
+    position = 0
+    try:
+        for position, outcome in _records(shard, config, validator):  # noqa: B007
+            result.docs_in += 1
+            if isinstance(outcome, Rejection):
+                if config.strict:
+                    raise InputError(_strict_message(shard, outcome))
+                rejections.append(outcome)
+                reasons[outcome.reason] += 1
+                continue
+            pending.append(outcome)
+            if len(pending) >= config.rows_per_part:
+                flush()
+    except InputError:
+        raise
+    except (OSError, EOFError, zlib.error, zstandard.ZstdError, pa.ArrowException) as exc:
+        where = (
+            f"after {'line' if shard.format == 'jsonl' else 'row'} {position}" if position else ""
+        )
+        raise InputError(f"{shard.url}: unreadable or corrupt {where} ({_short(exc)})") from None
+    if pending or not result.parts:
+        flush()
+    result.accepted = result.docs_in - len(rejections)
+    result.rejected = len(rejections)
+    result.reasons = dict(sorted(reasons.items()))
+    if rejections:
+        store.write_table(f"rejected/{shard.safe_key}.parquet", rejected_table(shard, rejections))
+    else:
+        store.remove(f"rejected/{shard.safe_key}.parquet")
+    return result
+
+
+def _strict_message(shard: Shard, rejection: Rejection) -> str:
+    where = f"line {rejection.line}" if rejection.line is not None else f"row {rejection.row}"
+    return f"{shard.url}: {where}: {rejection.reason.replace('_', ' ')} ({rejection.detail})"
+
+
+def read_texts(paths: list[str], text_field: str, storage_options: dict[str, Any]) -> list[str]:
+    """All texts of a small file set (target examples); bad rows are errors here."""
+    config = InputConfig(paths=paths, text_field=text_field, storage_options=storage_options)
+    texts = []
+    for shard in list_shards(config):
+        for _, outcome in _records(shard, config, _Validator(config, shard)):
+            if isinstance(outcome, Rejection):
+                raise InputError(_strict_message(shard, outcome))
+            texts.append(outcome["text"])
+    return texts

@@ -1,0 +1,364 @@
+"""Run a configured selection: ingest → score stages (Ray Data actor pools) → select → write.
+
+Every step works per document part and leaves a done marker under `_state/` after its output is
+in place, so a rerun skips finished parts and a killed run resumes with the same result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import platform
+import time
+from collections.abc import Iterable
+from importlib import metadata
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import ray
+
+from distsel import corpus
+from distsel.config import Config
+from distsel.errors import DistselError, InputError
+from distsel.select import Pool, gather_pool, selector_for
+from distsel.stage import Stage, TextStatsStage
+from distsel.storage import Store
+
+log = logging.getLogger("distsel")
+
+STAGES: dict[str, type[Stage]] = {TextStatsStage.name: TextStatsStage}
+SECRET_WORDS = ("secret", "key", "token", "password", "credential", "session")
+
+
+def connect_ray(address: str | None = None) -> None:
+    """Join the cluster at `address` (or RAY_ADDRESS); else start a local single-node Ray."""
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, logging_level=logging.WARNING)
+    else:
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        ray.init(logging_level=logging.WARNING, include_dashboard=False)
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+
+
+def run(config: Config, address: str | None = None) -> dict[str, Any]:
+    """Run the whole selection described by `config`; return the manifest (also written)."""
+    started = time.perf_counter()
+    shards = corpus.list_shards(config.input)
+    for shard in shards:
+        corpus.check_readable(shard, config.input.storage_options)
+    store = Store(config.output.path, config.output.storage_options)
+    store.check_writable()
+    _check_same_input(store, config)
+    connect_ray(address or config.ray.address)
+
+    timings: dict[str, dict[str, Any]] = {}
+    ingested = ingest(shards, config, store, timings)
+    parts = [part for result in ingested for part in result.parts]
+    stages = build_stages(config)
+    for stage in stages:
+        stage.prepare(StageContext(config, store, parts))
+        run_stage(stage, parts, store, timings)
+
+    selector = selector_for(config)
+    began = time.perf_counter()
+    pool = gather_pool(store, parts, [s.name for s in stages], config)
+    chosen, section = selector.select(pool, config)
+    write_selection(store, pool, chosen, [s.name for s in stages])
+    timings["select"] = {"rows": int(len(chosen)), "seconds": round(time.perf_counter() - began, 3)}
+
+    manifest = build_manifest(config, ingested, pool, chosen, timings, section)
+    manifest["wall_seconds"] = round(time.perf_counter() - started, 3)
+    store.write_json("manifest.json", manifest)
+    return manifest
+
+
+@dataclasses.dataclass
+class StageContext:
+    """What a stage's driver-side `prepare` may use."""
+
+    config: Config
+    store: Store
+    parts: list[str]
+
+
+def build_stages(config: Config) -> list[Stage]:
+    """The stages the configuration asks for, plus those its selector needs, in dependency order."""
+    wanted = list(config.stages) + list(selector_for(config).required_stages(config))
+    ordered: list[Stage] = []
+    for name in dict.fromkeys(wanted):
+        if name not in STAGES:
+            raise DistselError(f"stages.{name}: unknown stage (known: {', '.join(sorted(STAGES))})")
+        stage_class = STAGES[name]
+        resources = stage_class.default_resources.with_overrides(config.stages.get(name))
+        ordered.append(stage_class.from_config(config, resources))
+    return ordered
+
+
+def _check_same_input(store: Store, config: Config) -> None:
+    """Refuse to resume into an output that was made from a different input configuration."""
+    current = _input_fingerprint(config)
+    if store.exists("_state/input.json"):
+        previous = store.read_json("_state/input.json")
+        if previous != current:
+            changed = sorted(
+                k for k in current.keys() | previous.keys() if current.get(k) != previous.get(k)
+            )
+            raise DistselError(
+                f"{store.url} holds a run made with another input configuration "
+                f"(changed: {', '.join('input.' + k for k in changed)}); "
+                "choose another output.path or remove the old output"
+            )
+    else:
+        store.write_json("_state/input.json", current)
+
+
+def _input_fingerprint(config: Config) -> dict[str, Any]:
+    return json.loads(config.input.model_dump_json(exclude={"storage_options", "strict"}))
+
+
+def _over_items(
+    items: list[str],
+    worker: Any,
+    label: str,
+    *,
+    resources: Any = None,
+    worker_kwargs: dict[str, Any] | None = None,
+) -> Iterable[dict[str, Any]]:
+    """Run `worker` on each item (one item per call) on Ray Data; yield result rows as they come.
+
+    A class runs as an actor pool sized by `resources`; a function runs as tasks.
+    """
+    dataset = ray.data.from_items(
+        [{"item": item} for item in items], override_num_blocks=len(items)
+    )
+    options: dict[str, Any] = {"batch_size": 1}
+    if isinstance(worker, type):
+        options.update(
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=resources.pool_size),
+            num_cpus=resources.num_cpus,
+            fn_constructor_kwargs=worker_kwargs or {},
+        )
+        if resources.num_gpus:
+            options["num_gpus"] = resources.num_gpus
+    else:
+        options.update(num_cpus=1, fn_kwargs=worker_kwargs or {})
+    progress = _Progress(label, len(items))
+    for row in dataset.map_batches(worker, **options).iter_rows():
+        progress.advance()
+        yield row
+
+
+class _Progress:
+    def __init__(self, label: str, total: int) -> None:
+        self.label, self.total, self.done = label, total, 0
+        self.last = time.monotonic()
+
+    def advance(self) -> None:
+        self.done += 1
+        if self.done == self.total or time.monotonic() - self.last > 10:
+            log.info("%s: %d/%d parts done", self.label, self.done, self.total)
+            self.last = time.monotonic()
+
+
+def _ingest_item(batch: dict[str, np.ndarray], config_json: str, store: Store) -> dict[str, list]:
+    config = Config.model_validate_json(config_json)
+    shard = corpus.Shard(**json.loads(batch["item"][0]))
+    error = ""
+    try:
+        result = corpus.ingest_shard(shard, config.input, store)
+        store.write_json(f"_state/ingest/{shard.safe_key}.json", dataclasses.asdict(result))
+    except InputError as exc:
+        error = str(exc)
+    return {"shard": [shard.key], "error": [error]}
+
+
+def ingest(
+    shards: list[corpus.Shard], config: Config, store: Store, timings: dict[str, Any]
+) -> list[corpus.IngestResult]:
+    """Validate and split every shard not yet done; return every shard's result, in shard order."""
+    began = time.perf_counter()
+    pending = [s for s in shards if not store.exists(f"_state/ingest/{s.safe_key}.json")]
+    if pending:
+        log.info("ingest: %d of %d shards to read", len(pending), len(shards))
+        items = [json.dumps(dataclasses.asdict(shard)) for shard in pending]
+        kwargs = {"config_json": config.model_dump_json(), "store": store}
+        for row in _over_items(items, _ingest_item, "ingest", worker_kwargs=kwargs):
+            if row["error"]:
+                raise InputError(row["error"])
+    results = [
+        corpus.IngestResult(**store.read_json(f"_state/ingest/{s.safe_key}.json")) for s in shards
+    ]
+    timings["ingest"] = {
+        "rows": sum(r.docs_in for r in results),
+        "seconds": round(time.perf_counter() - began, 3),
+        "resumed_shards": len(shards) - len(pending),
+    }
+    return results
+
+
+class _StageWorker:
+    """One actor of a stage's pool: sets the stage up once, then scores whole parts."""
+
+    def __init__(self, stage: Stage, store: Store) -> None:
+        self.stage, self.store = stage, store
+        stage.setup()
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
+        part = str(batch["item"][0])
+        began = time.perf_counter()
+        rows = score_part(self.stage, self.store, part)
+        seconds = time.perf_counter() - began
+        self.store.write_json(_stage_marker(self.stage, part), {"rows": rows, "seconds": seconds})
+        return {"part": [part], "rows": [rows]}
+
+
+def _stage_marker(stage: Stage, part: str) -> str:
+    return f"_state/{stage.name}/{part}.json"
+
+
+def score_part(stage: Stage, store: Store, part: str) -> int:
+    """Score one document part in batches; write `scores/<stage>/<part>` (id + outputs)."""
+    docs = store.read_table(f"docs/{part}", columns=sorted({"id", *stage.input_columns}))
+    for required in stage.requires:
+        scores = store.read_table(f"scores/{required}/{part}")
+        for name in scores.column_names:
+            if name != "id":
+                docs = docs.append_column(name, scores.column(name))
+    size = stage.resources.batch_size
+    chunks: dict[str, list[pa.Array]] = {}
+    for offset in range(0, docs.num_rows, size):
+        for name, values in stage(docs.slice(offset, size)).items():
+            chunks.setdefault(name, []).append(
+                pa.array(values) if isinstance(values, np.ndarray) else values
+            )
+    columns = {"id": docs.column("id")}
+    columns.update({name: pa.chunked_array(arrays) for name, arrays in chunks.items()})
+    store.write_table(f"scores/{stage.name}/{part}", pa.table(columns))
+    return docs.num_rows
+
+
+def run_stage(stage: Stage, parts: list[str], store: Store, timings: dict[str, Any]) -> None:
+    """Score every part not yet done by `stage`; a changed stage fingerprint redoes them all."""
+    began = time.perf_counter()
+    fingerprint_path = f"_state/{stage.name}/_fingerprint.json"
+    fingerprint = stage.fingerprint()
+    if store.exists(fingerprint_path) and store.read_json(fingerprint_path) != fingerprint:
+        log.info("%s: settings changed, scoring every part again", stage.name)
+        for part in parts:
+            store.remove(_stage_marker(stage, part))
+    store.write_json(fingerprint_path, fingerprint)
+    pending = [part for part in parts if not store.exists(_stage_marker(stage, part))]
+    if pending:
+        log.info("%s: %d of %d parts to score", stage.name, len(pending), len(parts))
+        worker_kwargs = {"stage": stage, "store": store}
+        for _ in _over_items(
+            pending,
+            _StageWorker,
+            stage.name,
+            resources=stage.resources,
+            worker_kwargs=worker_kwargs,
+        ):
+            pass
+    rows = sum(store.read_json(_stage_marker(stage, part))["rows"] for part in parts)
+    timings[stage.name] = {
+        "rows": rows,
+        "seconds": round(time.perf_counter() - began, 3),
+        "resumed_parts": len(parts) - len(pending),
+    }
+
+
+@ray.remote(num_cpus=1)
+def _write_selected_part(store: Store, part: str, rows: np.ndarray, stages: list[str]) -> int:
+    table = store.read_table(f"docs/{part}").take(rows)
+    for stage in stages:
+        scores = store.read_table(f"scores/{stage}/{part}").take(rows)
+        for name in scores.column_names:
+            if name != "id":
+                table = table.append_column(name, scores.column(name))
+    store.write_table(f"selected/{part}", table)
+    return table.num_rows
+
+
+def write_selection(store: Store, pool: Pool, chosen: np.ndarray, stages: list[str]) -> None:
+    """Write the chosen rows of each part to `selected/<part>`; remove stale selected parts."""
+    chosen = np.sort(chosen)
+    part_of = pool.part_index[chosen]
+    futures, written = [], set()
+    for index, part in enumerate(pool.parts):
+        rows = pool.row_index[chosen[part_of == index]]
+        if len(rows):
+            futures.append(_write_selected_part.remote(store, part, rows, stages))
+            written.add(part)
+    ray.get(futures)
+    for name in store.list("selected", ".parquet"):
+        if name not in written:
+            store.remove(f"selected/{name}")
+
+
+def build_manifest(
+    config: Config,
+    ingested: list[corpus.IngestResult],
+    pool: Pool,
+    chosen: np.ndarray,
+    timings: dict[str, Any],
+    section: dict[str, Any],
+) -> dict[str, Any]:
+    reasons: dict[str, int] = {}
+    for result in ingested:
+        for reason, count in result.reasons.items():
+            reasons[reason] = reasons.get(reason, 0) + count
+    manifest = {
+        "input_docs": sum(r.docs_in for r in ingested),
+        "accepted_docs": sum(r.accepted for r in ingested),
+        "rejected_docs": sum(r.rejected for r in ingested),
+        "rejected_by_reason": dict(sorted(reasons.items())),
+        "selected_docs": int(len(chosen)),
+        "pool_tokens_approx": int(pool.tokens.sum()),
+        "selected_tokens_approx": int(pool.tokens[chosen].sum()),
+        "by_group": pool.group_counts(chosen),
+        "shards": [
+            {"shard": r.shard, "docs_in": r.docs_in, "accepted": r.accepted, "rejected": r.rejected}
+            for r in ingested
+        ],
+        "config": redact(config.model_dump(mode="json")),
+        "seed": config.seed,
+        "versions": versions(),
+        "stages": timings,
+    }
+    if manifest["input_docs"] != manifest["accepted_docs"] + manifest["rejected_docs"]:
+        raise AssertionError("documents in != accepted + rejected")
+    manifest[config.select.method] = section
+    return manifest
+
+
+def redact(value: Any, inside_storage_options: bool = False) -> Any:
+    """Hide credential-like values (keys naming a secret, key or token) in storage options."""
+    if isinstance(value, dict):
+        return {key: _redact_item(key, item, inside_storage_options) for key, item in value.items()}
+    if isinstance(value, list):
+        return [redact(item, inside_storage_options) for item in value]
+    return value
+
+
+def _redact_item(key: str, item: Any, inside_storage_options: bool) -> Any:
+    if inside_storage_options and item and any(word in key.lower() for word in SECRET_WORDS):
+        return "***"
+    return redact(item, inside_storage_options or key == "storage_options")
+
+
+def versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for package in ("distsel", "ray", "pyarrow", "torch", "transformers", "numpy"):
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            found[package] = "not installed"
+    return found

@@ -1,0 +1,118 @@
+"""The pool a selector chooses from: a few small columns per document, gathered part by part."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import ray
+
+from distsel.config import Config
+from distsel.storage import Store
+
+MISSING_GROUP = "(none)"
+
+
+@dataclass
+class Pool:
+    """Column arrays over every accepted document, in part order then row order.
+
+    Texts stay in the parts: a document is addressed by (`part_index`, `row_index`).
+    """
+
+    parts: list[str]
+    part_index: np.ndarray
+    row_index: np.ndarray
+    tokens: np.ndarray
+    random_key: np.ndarray
+    group_field: str | None = None
+    groups: np.ndarray | None = None
+    scores: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def group_counts(self, chosen: np.ndarray) -> dict[str, Any] | None:
+        if self.groups is None:
+            return None
+        return {
+            "field": self.group_field,
+            "pool": dict(sorted(Counter(self.groups.tolist()).items())),
+            "selected": dict(sorted(Counter(self.groups[chosen].tolist()).items())),
+        }
+
+
+def random_keys(ids: list[str], seed: int) -> np.ndarray:
+    """A seeded pseudo-random 64-bit key per document id, independent of order and sharding."""
+    salt = f"{seed}\0".encode()
+    return np.array(
+        [
+            int.from_bytes(hashlib.blake2b(salt + i.encode(), digest_size=8).digest(), "little")
+            for i in ids
+        ],
+        dtype=np.uint64,
+    )
+
+
+@ray.remote(num_cpus=1)
+def _part_columns(
+    store: Store, part: str, stages: list[str], group_field: str | None, seed: int
+) -> dict:
+    docs = store.read_table(f"docs/{part}")
+    columns: dict[str, Any] = {
+        "tokens": docs.column("tokens_approx").to_numpy(),
+        "random_key": random_keys(docs.column("id").to_pylist(), seed),
+    }
+    if group_field:
+        values = docs.column(group_field).to_pylist() if group_field in docs.column_names else []
+        values = values or [None] * docs.num_rows
+        columns["groups"] = np.array(
+            [MISSING_GROUP if v is None else str(v) for v in values], dtype=object
+        )
+    scores = {}
+    for stage in stages:
+        table = store.read_table(f"scores/{stage}/{part}")
+        for name in table.column_names:
+            if name != "id" and _is_numeric(table.schema.field(name).type):
+                scores[name] = table.column(name).to_numpy()
+    columns["scores"] = scores
+    return columns
+
+
+def _is_numeric(arrow_type: pa.DataType) -> bool:
+    return pa.types.is_integer(arrow_type) or pa.types.is_floating(arrow_type)
+
+
+def gather_pool(store: Store, parts: list[str], stages: list[str], config: Config) -> Pool:
+    """Read the selection columns of every part in parallel and stack them."""
+    group_field = config.input.group_field
+    futures = [
+        _part_columns.remote(store, part, stages, group_field, config.seed) for part in parts
+    ]
+    gathered = ray.get(futures)
+    sizes = [len(columns["tokens"]) for columns in gathered]
+    score_names = set().union(*(columns["scores"] for columns in gathered)) if gathered else set()
+    return Pool(
+        parts=list(parts),
+        part_index=np.repeat(np.arange(len(parts), dtype=np.int32), sizes),
+        row_index=np.concatenate(
+            [np.arange(n, dtype=np.int64) for n in sizes] or [np.zeros(0, np.int64)]
+        ),
+        tokens=_stack(gathered, "tokens", np.int64),
+        random_key=_stack(gathered, "random_key", np.uint64),
+        group_field=group_field,
+        groups=_stack(gathered, "groups", object) if group_field else None,
+        scores={
+            name: np.concatenate([columns["scores"][name] for columns in gathered])
+            for name in sorted(score_names)
+        },
+    )
+
+
+def _stack(gathered: list[dict], name: str, dtype: Any) -> np.ndarray:
+    arrays = [columns[name] for columns in gathered]
+    return np.concatenate(arrays).astype(dtype) if arrays else np.zeros(0, dtype=dtype)

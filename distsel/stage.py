@@ -1,0 +1,87 @@
+"""The Stage interface: a named scoring step with declared resources and per-worker setup."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from distsel.config import StageConfig
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What each worker of a stage asks for, and how the pipeline feeds it."""
+
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    batch_size: int = 256
+    pool_size: int = 1
+
+    def with_overrides(self, overrides: StageConfig | None) -> Resources:
+        if overrides is None:
+            return self
+        changes = {k: v for k, v in overrides.model_dump().items() if v is not None}
+        return replace(self, **changes)
+
+
+class Stage(ABC):
+    """A scoring step. Built on the driver, shipped to each actor, where `setup` runs once.
+
+    `__call__` gets a batch of documents (the columns in `input_columns`, plus the outputs of the
+    stages named in `requires`) and returns one array per output column, row-aligned with it.
+    """
+
+    name: ClassVar[str]
+    input_columns: ClassVar[tuple[str, ...]] = ("id", "text")
+    requires: ClassVar[tuple[str, ...]] = ()
+    default_resources: ClassVar[Resources] = Resources()
+
+    def __init__(self, resources: Resources | None = None) -> None:
+        self.resources = resources or self.default_resources
+
+    @classmethod
+    def from_config(cls, config: Any, resources: Resources) -> Stage:
+        """Build the stage for a run; stages with options read them from `config`."""
+        return cls(resources)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What makes this stage's output what it is; a change invalidates finished parts."""
+        return {"name": self.name}
+
+    def prepare(self, context: Any) -> None:  # noqa: B027 - optional hook
+        """Driver-side work before scoring (e.g. fitting on the whole pool); default: none."""
+
+    def setup(self) -> None:  # noqa: B027 - optional hook
+        """Per-worker initialisation (load a model); default: none."""
+
+    @abstractmethod
+    def __call__(self, batch: pa.Table) -> dict[str, np.ndarray | pa.Array]:
+        """Score a batch; return output columns with one value per row."""
+
+
+class TextStatsStage(Stage):
+    """Cheap text statistics: characters, words, mean word length, share of alphabetic chars."""
+
+    name = "stats"
+    input_columns = ("text",)
+    default_resources = Resources(num_cpus=1, batch_size=1024, pool_size=2)
+
+    def __call__(self, batch: pa.Table) -> dict[str, np.ndarray | pa.Array]:
+        text = batch.column("text")
+        chars = pc.utf8_length(text)
+        words = pc.list_value_length(pc.utf8_split_whitespace(text))
+        alpha = pc.utf8_length(pc.replace_substring_regex(text, r"[^\p{L}]", ""))
+        letters = pc.utf8_length(pc.replace_substring_regex(text, r"\s", ""))
+        chars_np = chars.to_numpy().astype(np.float64)
+        words_np = words.to_numpy().astype(np.float64)
+        return {
+            "n_chars": chars,
+            "n_words": words,
+            "mean_word_length": letters.to_numpy() / np.maximum(words_np, 1),
+            "alpha_fraction": alpha.to_numpy() / np.maximum(chars_np, 1),
+        }
