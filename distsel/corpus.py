@@ -213,6 +213,7 @@ class _Validator:
 def _jsonl_records(handle: IO[bytes], validator: _Validator) -> Iterator[tuple[int, Any]]:
     """Yield (line number, document or Rejection) for every non-blank line."""
     for number, line in enumerate(handle, start=1):
+        line = line.rstrip(b"\r\n")
         if not line.strip():
             continue
         try:

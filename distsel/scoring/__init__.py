@@ -1,0 +1,1 @@
+"""Scoring steps: embeddings, similarity and the other per-document scores."""

@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray for the whole test session, on loopback."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    yield ray
+
+
+def write_jsonl(path: Path, records: list[Any], compress: str | None = None) -> Path:
+    """Write records (dicts, other JSON values, or raw bytes lines) as JSON Lines."""
+    lines = b"".join(
+        (r if isinstance(r, bytes) else json.dumps(r).encode()) + b"\n" for r in records
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if compress == "gz":
+        lines = gzip.compress(lines)
+    elif compress == "zst":
+        import zstandard
+
+        lines = zstandard.ZstdCompressor().compress(lines)
+    path.write_bytes(lines)
+    return path
+
+
+def stdlib_paragraphs(count: int) -> list[str]:
+    """Real prose: paragraphs of the standard library's module docstrings."""
+    import ast
+    import sysconfig
+
+    root = Path(sysconfig.get_paths()["stdlib"])
+    paragraphs: list[str] = []
+    for path in sorted(root.glob("*.py")):
+        try:
+            doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8")))
+        except (SyntaxError, UnicodeDecodeError):
+            continue
+        paragraphs += [p.strip() for p in (doc or "").split("\n\n") if len(p.strip()) > 40]
+        if len(paragraphs) >= count:
+            break
+    assert len(paragraphs) >= count, "not enough stdlib text"
+    return paragraphs[:count]
+
+
+def base_config(inputs: list[Path | str], output: Path | str, **select: Any) -> dict[str, Any]:
+    return {
+        "input": {"paths": [str(p) for p in inputs]},
+        "output": {"path": str(output)},
+        "select": select or {"method": "all"},
+    }

@@ -1,0 +1,398 @@
+"""S3 reading and writing, end to end, against moto's S3 server on 127.0.0.1.
+
+Nothing is mocked on the client side: s3fs (driver and Ray workers) and boto3 talk HTTP to a
+real moto server bound to loopback. Each test uses its own bucket.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import uuid
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+boto3 = pytest.importorskip("boto3")
+moto_server = pytest.importorskip("moto.server")
+
+from distsel import pipeline  # noqa: E402
+from distsel.config import parse_config  # noqa: E402
+from distsel.corpus import list_shards  # noqa: E402
+from distsel.errors import DistselError, InputError  # noqa: E402
+from distsel.storage import Store  # noqa: E402
+
+KEY, SECRET, REGION = "testing", "testing", "us-east-1"
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint():
+    """A moto S3 server on loopback for this module; yields its endpoint URL."""
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    assert host == "127.0.0.1"
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def aws_env(monkeypatch, tmp_path):
+    """Dummy credentials only; no profile, config file or instance metadata may be consulted."""
+    for name in (
+        "AWS_PROFILE",
+        "AWS_SESSION_TOKEN",
+        "AWS_SECURITY_TOKEN",
+        "AWS_ENDPOINT_URL",
+        "AWS_ENDPOINT_URL_S3",
+        "AWS_ROLE_ARN",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+
+
+@pytest.fixture
+def endpoint_options(s3_endpoint, aws_env) -> dict[str, Any]:
+    """Storage options for code that runs in this process: credentials come from the env."""
+    return {"endpoint_url": s3_endpoint}
+
+
+@pytest.fixture
+def storage_options(endpoint_options) -> dict[str, Any]:
+    """Storage options for a pipeline run, whose Ray workers also open S3.
+
+    The credentials ride along in the options as well as in the environment: the Ray workers
+    were started (possibly by an earlier test module) before monkeypatch set the environment,
+    and a worker without credentials would go looking for them at the instance-metadata address.
+    """
+    return {
+        **endpoint_options,
+        "key": KEY,
+        "secret": SECRET,
+        "client_kwargs": {"region_name": REGION},
+    }
+
+
+@pytest.fixture
+def s3(s3_endpoint, aws_env):
+    return boto3.client(
+        "s3",
+        endpoint_url=s3_endpoint,
+        aws_access_key_id=KEY,
+        aws_secret_access_key=SECRET,
+        region_name=REGION,
+    )
+
+
+@pytest.fixture
+def bucket(s3) -> str:
+    name = f"distsel-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(Bucket=name)
+    return name
+
+
+def _keys(s3, bucket: str, prefix: str) -> list[str]:
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return sorted(item["Key"] for page in pages for item in page.get("Contents", []))
+
+
+def _get(s3, bucket: str, key: str) -> bytes:
+    return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+def _jsonl(lines: list[dict[str, Any] | bytes]) -> bytes:
+    return b"".join(
+        (line if isinstance(line, bytes) else json.dumps(line).encode()) + b"\n" for line in lines
+    )
+
+
+def _docs(prefix: str, count: int, source: str) -> list[dict[str, Any]]:
+    return [
+        {
+            "doc_id": f"{prefix}-{i}",
+            "text": f"Document {i} of shard {prefix}: {'several plain words ' * (i + 1)}".strip(),
+            "source": source,
+        }
+        for i in range(count)
+    ]
+
+
+BAD_JSON = b'{"doc_id": "a-bad", "text": '
+
+
+def _upload_corpus(s3, bucket: str) -> dict[str, dict[str, Any]]:
+    """Three shards under corpus/ (JSONL with a broken line, gzip JSONL, Parquet); the good docs."""
+    a_docs, b_docs, c_docs = _docs("a", 5, "web"), _docs("b", 4, "books"), _docs("c", 3, "code")
+    a_lines: list[dict[str, Any] | bytes] = [*a_docs[:2], BAD_JSON, *a_docs[2:]]
+    s3.put_object(Bucket=bucket, Key="corpus/a.jsonl", Body=_jsonl(a_lines))
+    b_lines = [b_docs[0], {"doc_id": "b-empty", "text": "   "}, *b_docs[1:]]
+    s3.put_object(Bucket=bucket, Key="corpus/b.jsonl.gz", Body=gzip.compress(_jsonl(b_lines)))
+    buffer = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(c_docs), buffer)
+    s3.put_object(Bucket=bucket, Key="corpus/c.parquet", Body=buffer.getvalue())
+    s3.put_object(Bucket=bucket, Key="corpus/README.txt", Body=b"not a shard")
+    return {doc["doc_id"]: doc for doc in a_docs + b_docs + c_docs}
+
+
+def _config(bucket: str, options: dict[str, Any], **overrides: Any) -> Any:
+    data: dict[str, Any] = {
+        "input": {
+            "paths": [f"s3://{bucket}/corpus/"],
+            "id_field": "doc_id",
+            "group_field": "source",
+            "storage_options": options,
+        },
+        "output": {"path": f"s3://{bucket}/out", "storage_options": options},
+        "select": {"method": "all"},
+        "seed": 7,
+    }
+    data.update(overrides)
+    return parse_config(data)
+
+
+def _selected(s3, bucket: str) -> pa.Table:
+    keys = _keys(s3, bucket, "out/selected/")
+    assert keys and all(key.endswith(".parquet") for key in keys)
+    return pa.concat_tables(
+        [pq.read_table(io.BytesIO(_get(s3, bucket, key))) for key in keys],
+        promote_options="default",
+    )
+
+
+def test_run_reads_shards_from_s3_and_writes_output_to_s3(ray_local, s3, bucket, storage_options):
+    uploaded = _upload_corpus(s3, bucket)
+    config = _config(bucket, storage_options, stages={"stats": {}})
+
+    shards = list_shards(config.input)
+    assert [(s.key, s.format) for s in shards] == [
+        ("a.jsonl", "jsonl"),
+        ("b.jsonl.gz", "jsonl"),
+        ("c.parquet", "parquet"),
+    ]
+    assert shards[0].url == f"s3://{bucket}/corpus/a.jsonl"
+
+    manifest = pipeline.run(config)
+
+    assert manifest["input_docs"] == 14
+    assert manifest["accepted_docs"] == 12
+    assert manifest["rejected_docs"] == 2
+    assert manifest["selected_docs"] == 12
+    assert manifest["rejected_by_reason"] == {"empty_text": 1, "invalid_json": 1}
+    assert manifest["shards"] == [
+        {"shard": "a.jsonl", "docs_in": 6, "accepted": 5, "rejected": 1},
+        {"shard": "b.jsonl.gz", "docs_in": 5, "accepted": 4, "rejected": 1},
+        {"shard": "c.parquet", "docs_in": 3, "accepted": 3, "rejected": 0},
+    ]
+    assert manifest["by_group"]["selected"] == {"books": 4, "code": 3, "web": 5}
+    assert manifest["stages"]["ingest"]["resumed_shards"] == 0
+
+    # Everything the run wrote is in the bucket, under out/.
+    assert _keys(s3, bucket, "out/selected/") == [
+        "out/selected/a.jsonl-00000.parquet",
+        "out/selected/b.jsonl.gz-00000.parquet",
+        "out/selected/c.parquet-00000.parquet",
+    ]
+    assert _keys(s3, bucket, "out/docs/") == [
+        k.replace("selected", "docs") for k in _keys(s3, bucket, "out/selected/")
+    ]
+    assert "out/_state/input.json" in _keys(s3, bucket, "out/_state/")
+    assert _keys(s3, bucket, "out/_state/ingest/") == [
+        "out/_state/ingest/a.jsonl.json",
+        "out/_state/ingest/b.jsonl.gz.json",
+        "out/_state/ingest/c.parquet.json",
+    ]
+    assert not [k for k in _keys(s3, bucket, "out/") if "/.probe-" in k or k.endswith(".tmp")]
+    assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+    written = json.loads(_get(s3, bucket, "out/manifest.json"))
+    assert written["selected_docs"] == 12
+    assert written["stages"]["ingest"]["rows"] == 14
+    # Credentials given as storage options never reach the manifest.
+    assert written["config"]["input"]["storage_options"]["secret"] == "***"
+    assert written["config"]["output"]["storage_options"]["key"] == "***"
+    assert (
+        written["config"]["output"]["storage_options"]["endpoint_url"]
+        == storage_options["endpoint_url"]
+    )
+
+    # The selected documents are exactly the uploaded good ones, text for text.
+    selected = _selected(s3, bucket)
+    got = dict(
+        zip(selected.column("id").to_pylist(), selected.column("text").to_pylist(), strict=True)
+    )
+    assert got == {doc_id: doc["text"] for doc_id, doc in uploaded.items()}
+    sources = dict(
+        zip(selected.column("id").to_pylist(), selected.column("source").to_pylist(), strict=True)
+    )
+    assert sources == {doc_id: doc["source"] for doc_id, doc in uploaded.items()}
+    assert selected.column("n_chars").to_pylist() == [
+        len(text) for text in selected.column("text").to_pylist()
+    ]
+
+    # Each bad line is quarantined on S3 with its shard, line number and reason.
+    assert _keys(s3, bucket, "out/rejected/") == [
+        "out/rejected/a.jsonl.parquet",
+        "out/rejected/b.jsonl.gz.parquet",
+    ]
+    bad_a = pq.read_table(io.BytesIO(_get(s3, bucket, "out/rejected/a.jsonl.parquet"))).to_pylist()
+    assert len(bad_a) == 1
+    assert bad_a[0]["shard"] == "a.jsonl"
+    assert bad_a[0]["path"] == f"s3://{bucket}/corpus/a.jsonl"
+    assert bad_a[0]["line"] == 3
+    assert bad_a[0]["row"] is None
+    assert bad_a[0]["reason"] == "invalid_json"
+    assert bad_a[0]["raw"].rstrip(b"\n") == BAD_JSON
+    bad_b = pq.read_table(io.BytesIO(_get(s3, bucket, "out/rejected/b.jsonl.gz.parquet")))
+    assert bad_b.select(["shard", "line", "reason"]).to_pylist() == [
+        {"shard": "b.jsonl.gz", "line": 2, "reason": "empty_text"}
+    ]
+
+
+def test_glob_input_on_s3(s3, bucket, endpoint_options):
+    _upload_corpus(s3, bucket)
+    config = _config(bucket, endpoint_options)
+    config.input.paths = [f"s3://{bucket}/corpus/*.jsonl*"]
+    assert [s.key for s in list_shards(config.input)] == ["a.jsonl", "b.jsonl.gz"]
+
+
+def test_missing_input_bucket_is_named(ray_local, s3, bucket, storage_options):
+    _upload_corpus(s3, bucket)
+    missing = f"s3://no-such-bucket-{uuid.uuid4().hex[:8]}/corpus/"
+    config = _config(bucket, storage_options)
+    config.input.paths = [missing]
+    with pytest.raises(InputError) as caught:
+        list_shards(config.input)
+    assert missing in str(caught.value)
+    with pytest.raises(InputError) as caught:
+        pipeline.run(config)
+    assert missing in str(caught.value)
+    assert _keys(s3, bucket, "out/") == []
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        ("s3://{bucket}/nothing-here/", "no such file or folder"),
+        ("s3://{bucket}/corpus/missing.jsonl", "no such file or folder"),
+        ("s3://{bucket}/corpus/*.zst", "the pattern matches no file"),
+        ("s3://no-such-bucket-zz9/corpus/*.jsonl", "the pattern matches no file"),
+    ],
+)
+def test_missing_input_paths_are_named(s3, bucket, endpoint_options, path, message):
+    _upload_corpus(s3, bucket)
+    given = path.format(bucket=bucket)
+    config = _config(bucket, endpoint_options)
+    config.input.paths = [given]
+    with pytest.raises(InputError) as caught:
+        list_shards(config.input)
+    assert str(caught.value) == f"{given}: {message}"
+
+
+def test_missing_output_bucket_is_named(ray_local, s3, bucket, storage_options):
+    _upload_corpus(s3, bucket)
+    output = f"s3://no-such-bucket-{uuid.uuid4().hex[:8]}/out"
+    config = _config(bucket, storage_options)
+    config.output.path = output
+    with pytest.raises(DistselError) as caught:
+        pipeline.run(config)
+    assert isinstance(caught.value, InputError)
+    message = str(caught.value)
+    assert message.startswith(f"output {output}: cannot write there (")
+    assert "bucket" in message.lower()
+
+
+def test_store_round_trip_on_s3(s3, bucket, endpoint_options):
+    store = Store(f"s3://{bucket}/store/", endpoint_options)
+    assert store.url == f"s3://{bucket}/store"
+    assert not store.is_local
+    assert store.list("tables") == []
+    assert not store.exists("tables/t.parquet")
+
+    table = pa.table({"id": ["x", "y", "z"], "score": [0.5, 1.5, -2.0], "n": [1, 2, 3]})
+    store.write_table("tables/t.parquet", table)
+    assert store.exists("tables/t.parquet")
+    assert store.read_table("tables/t.parquet").equals(table)
+    assert store.read_table("tables/t.parquet", columns=["id"]).equals(table.select(["id"]))
+    assert store.list("tables") == ["t.parquet"]
+    assert store.list("tables", ".json") == []
+    assert _keys(s3, bucket, "store/") == ["store/tables/t.parquet"]
+    assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+    # Overwrites and files written by someone else are seen, despite s3fs's listing cache.
+    smaller = table.slice(0, 1)
+    store.write_table("tables/t.parquet", smaller)
+    assert store.read_table("tables/t.parquet").equals(smaller)
+    s3.put_object(Bucket=bucket, Key="store/tables/u.parquet", Body=b"")
+    assert store.list("tables") == ["t.parquet", "u.parquet"]
+
+    store.write_json("meta/info.json", {"rows": 3, "name": "t"})
+    assert store.read_json("meta/info.json") == {"rows": 3, "name": "t"}
+    assert json.loads(_get(s3, bucket, "store/meta/info.json")) == {"name": "t", "rows": 3}
+
+    store.remove("tables/t.parquet")
+    assert not store.exists("tables/t.parquet")
+    assert store.list("tables") == ["u.parquet"]
+
+    store.check_writable()
+    assert not [k for k in _keys(s3, bucket, "store/") if "probe" in k]
+
+
+def test_rerun_on_same_s3_output_is_idempotent(ray_local, s3, bucket, storage_options):
+    _upload_corpus(s3, bucket)
+    config = _config(bucket, storage_options, select={"method": "random", "budget": {"docs": 5}})
+
+    first = pipeline.run(config)
+    first_ids = sorted(_selected(s3, bucket).column("id").to_pylist())
+    first_objects = {key: _get(s3, bucket, key) for key in _keys(s3, bucket, "out/selected/")}
+    assert first["selected_docs"] == 5 == len(first_ids)
+    assert first["stages"]["ingest"]["resumed_shards"] == 0
+
+    second = pipeline.run(config)
+    second_ids = sorted(_selected(s3, bucket).column("id").to_pylist())
+    assert second["stages"]["ingest"]["resumed_shards"] == 3
+    assert second_ids == first_ids
+    assert {key: _get(s3, bucket, key) for key in _keys(s3, bucket, "out/selected/")} == (
+        first_objects
+    )
+    for count in ("input_docs", "accepted_docs", "rejected_docs", "selected_docs", "shards"):
+        assert second[count] == first[count]
+    written = json.loads(_get(s3, bucket, "out/manifest.json"))
+    assert written["stages"]["ingest"]["resumed_shards"] == 3
+
+
+def test_rerun_with_other_input_on_same_s3_output_is_refused(
+    ray_local, s3, bucket, storage_options
+):
+    _upload_corpus(s3, bucket)
+    pipeline.run(_config(bucket, storage_options))
+    changed = _config(bucket, storage_options)
+    changed.input.text_field = "body"
+    with pytest.raises(DistselError, match=r"input\.text_field"):
+        pipeline.run(changed)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="list_shards reads s3fs's cached listing: an object uploaded after an earlier listing "
+    "in the same process is missed by a glob and reported missing when named (distsel/corpus.py "
+    "_expand does not refresh)",
+)
+def test_list_shards_sees_objects_uploaded_after_an_earlier_listing(s3, bucket, endpoint_options):
+    _upload_corpus(s3, bucket)
+    config = _config(bucket, endpoint_options)
+    config.input.paths = [f"s3://{bucket}/corpus/*.jsonl*"]
+    assert [s.key for s in list_shards(config.input)] == ["a.jsonl", "b.jsonl.gz"]
+
+    s3.put_object(Bucket=bucket, Key="corpus/d.jsonl", Body=_jsonl(_docs("d", 2, "web")))
+    assert [s.key for s in list_shards(config.input)] == ["a.jsonl", "b.jsonl.gz", "d.jsonl"]
+    config.input.paths = [f"s3://{bucket}/corpus/d.jsonl"]
+    assert [s.key for s in list_shards(config.input)] == ["d.jsonl"]
