@@ -101,6 +101,7 @@ def _is_explicit_file(fs: Any, given_path: str, file_path: str) -> bool:
 
 
 def _expand(fs: Any, path: str, given: str) -> list[tuple[str, str]]:
+    fs.invalidate_cache()
     try:
         if any(char in path for char in "*?["):
             matches = sorted(fs.glob(path))

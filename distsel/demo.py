@@ -1,4 +1,4 @@
-"""A demo corpus from real text every Python install has: the standard library's sources and docs."""
+"""A demo corpus of real text every Python has: the standard library's sources and docstrings."""
 
 from __future__ import annotations
 
@@ -41,7 +41,11 @@ def write_demo_corpus(folder: Path) -> list[Path]:
     """
     root = Path(sysconfig.get_paths()["stdlib"])
     folder.mkdir(parents=True, exist_ok=True)
-    shards: dict[str, list[dict[str, Any]]] = {"docstrings": [], "sources-a-m": [], "sources-n-z": []}
+    shards: dict[str, list[dict[str, Any]]] = {
+        "docstrings": [],
+        "sources-a-m": [],
+        "sources-n-z": [],
+    }
     for path in stdlib_modules():
         source_record, doc_record = _records(path, root)
         half = "sources-a-m" if source_record["module"][:1].lower() <= "m" else "sources-n-z"

@@ -92,6 +92,7 @@ class Store:
             return json.load(handle)
 
     def exists(self, relative: str) -> bool:
+        self.fs.invalidate_cache(self.path(relative))
         return self.fs.exists(self.path(relative))
 
     def list(self, folder: str, suffix: str = "") -> list[str]:

@@ -47,7 +47,11 @@ def test_random_selection_end_to_end(ray_local, tmp_path):
     assert manifest["input_docs"] == 60 + 1 + 40 + 2 + 20
     assert manifest["accepted_docs"] == 120
     assert manifest["rejected_docs"] == 3
-    assert manifest["rejected_by_reason"] == {"empty_text": 1, "invalid_json": 1, "not_an_object": 1}
+    assert manifest["rejected_by_reason"] == {
+        "empty_text": 1,
+        "invalid_json": 1,
+        "not_an_object": 1,
+    }
     assert manifest["selected_docs"] == 25
     assert manifest["by_group"]["pool"] == {"code": 40, "legal": 20, "news": 60}
     assert sum(manifest["by_group"]["selected"].values()) == 25
@@ -61,7 +65,8 @@ def test_random_selection_end_to_end(ray_local, tmp_path):
         assert row["text"] in texts
         assert row["n_chars"] == len(row["text"]), "stage scores stay aligned with their rows"
     rejected = read_folder(tmp_path / "out" / "rejected")
-    assert sorted(zip(rejected["shard"].to_pylist(), rejected["reason"].to_pylist())) == [
+    pairs = zip(rejected["shard"].to_pylist(), rejected["reason"].to_pylist(), strict=True)
+    assert sorted(pairs) == [
         ("code.jsonl", "empty_text"),
         ("code.jsonl", "not_an_object"),
         ("news.jsonl.gz", "invalid_json"),
@@ -121,7 +126,9 @@ def test_changed_input_settings_do_not_mix_into_an_old_output(ray_local, tmp_pat
     raw = base_config([corpus], tmp_path / "out")
     pipeline.run(parse_config(raw))
     raw["input"]["rows_per_part"] = 5
-    with pytest.raises(DistselError, match=r"another input configuration \(changed: input\.rows_per_part\)"):
+    with pytest.raises(
+        DistselError, match=r"another input configuration \(changed: input\.rows_per_part\)"
+    ):
         pipeline.run(parse_config(raw))
 
 
@@ -154,7 +161,10 @@ def _big_corpus(root: Path) -> Path:
     corpus = root / "corpus"
     for shard in range(12):
         records = [
-            {"text": f"{PARAGRAPHS[(shard * 7 + i) % 120]} ({shard}-{i})", "domain": f"d{shard % 3}"}
+            {
+                "text": f"{PARAGRAPHS[(shard * 7 + i) % 120]} ({shard}-{i})",
+                "domain": f"d{shard % 3}",
+            }
             for i in range(400)
         ]
         write_jsonl(corpus / f"s{shard:02d}.jsonl", [*records, {"text": None}])

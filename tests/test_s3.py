@@ -380,12 +380,6 @@ def test_rerun_with_other_input_on_same_s3_output_is_refused(
         pipeline.run(changed)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="list_shards reads s3fs's cached listing: an object uploaded after an earlier listing "
-    "in the same process is missed by a glob and reported missing when named (distsel/corpus.py "
-    "_expand does not refresh)",
-)
 def test_list_shards_sees_objects_uploaded_after_an_earlier_listing(s3, bucket, endpoint_options):
     _upload_corpus(s3, bucket)
     config = _config(bucket, endpoint_options)
