@@ -43,6 +43,7 @@ def connect_ray(address: str | None = None) -> None:
     else:
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         ray.init(logging_level=logging.WARNING, include_dashboard=False)
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False
@@ -150,21 +151,21 @@ def _over_items(
             options["num_gpus"] = resources.num_gpus
     else:
         options.update(num_cpus=1, fn_kwargs=worker_kwargs or {})
-    progress = _Progress(label, len(items))
+    progress = _Progress(label, len(items), "parts" if isinstance(worker, type) else "shards")
     for row in dataset.map_batches(worker, **options).iter_rows():
         progress.advance()
         yield row
 
 
 class _Progress:
-    def __init__(self, label: str, total: int) -> None:
-        self.label, self.total, self.done = label, total, 0
+    def __init__(self, label: str, total: int, unit: str) -> None:
+        self.label, self.total, self.unit, self.done = label, total, unit, 0
         self.last = time.monotonic()
 
     def advance(self) -> None:
         self.done += 1
         if self.done == self.total or time.monotonic() - self.last > 10:
-            log.info("%s: %d/%d parts done", self.label, self.done, self.total)
+            log.info("%s: %d/%d %s done", self.label, self.done, self.total, self.unit)
             self.last = time.monotonic()
 
 
