@@ -62,13 +62,64 @@ class Budget(_Strict):
         return self
 
 
+class EmbedConfig(_Strict):
+    """The encoder for the embedding stage (default: the bundled all-MiniLM-L6-v2)."""
+
+    model: str | None = None
+    max_length: int = Field(default=256, gt=0)
+    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+
+
+class DsirOptions(_Strict):
+    num_buckets: int = Field(default=10_000, gt=0)
+    ngrams: int = Field(default=2, ge=1, le=3)
+    length_normalize: bool = False
+    sampling: Literal["gumbel", "topk"] = "gumbel"
+
+
+class SimilarityOptions(_Strict):
+    aggregate: Literal["max", "mean"] = "max"
+    betr: bool = False
+    betr_sample: int = Field(default=5_000, gt=0)
+    betr_top_fraction: float = Field(default=0.1, gt=0, lt=1)
+
+
+class TopkOptions(_Strict):
+    column: str = "similarity"
+    descending: bool = True
+
+
+class ThresholdOptions(_Strict):
+    """Keep documents whose `column` lies in [min, max] (default min: the pool's median)."""
+
+    column: str = "similarity"
+    min: float | None = None
+    max: float | None = None
+
+
+class StratifiedOptions(_Strict):
+    """CCS: drop the hardest `hard_fraction`, then equal budgets over `bins` equal-width strata."""
+
+    column: str = "similarity"
+    bins: int = Field(default=50, gt=0)
+    hard_fraction: float = Field(default=0.0, ge=0, lt=1)
+    hard_is_high: bool = True
+
+
 class SelectConfig(_Strict):
-    method: Literal["all", "random"] = "all"
+    method: Literal["all", "random", "dsir", "similarity", "topk", "threshold", "stratified"] = (
+        "all"
+    )
     budget: Budget | None = None
+    dsir: DsirOptions = Field(default_factory=DsirOptions)
+    similarity: SimilarityOptions = Field(default_factory=SimilarityOptions)
+    topk: TopkOptions = Field(default_factory=TopkOptions)
+    threshold: ThresholdOptions = Field(default_factory=ThresholdOptions)
+    stratified: StratifiedOptions = Field(default_factory=StratifiedOptions)
 
     @model_validator(mode="after")
     def _budget_when_needed(self) -> SelectConfig:
-        if self.method != "all" and self.budget is None:
+        if self.method not in ("all", "threshold") and self.budget is None:
             raise ValueError(
                 f"select.method '{self.method}' needs select.budget (docs: or tokens:)"
             )
@@ -88,14 +139,24 @@ class RayConfig(_Strict):
     address: str | None = None
 
 
+TARGET_METHODS = ("dsir", "similarity")
+
+
 class Config(_Strict):
     input: InputConfig
     target: TargetConfig = Field(default_factory=TargetConfig)
     output: OutputConfig
     select: SelectConfig = Field(default_factory=SelectConfig)
     stages: dict[str, StageConfig] = Field(default_factory=dict)
+    embed: EmbedConfig = Field(default_factory=EmbedConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _targets_when_needed(self) -> Config:
+        if self.select.method in TARGET_METHODS and not self.target.paths:
+            raise ValueError(f"select.method '{self.select.method}' needs target.paths")
+        return self
 
 
 def _describe(error: dict[str, Any]) -> str:

@@ -20,16 +20,16 @@ import numpy as np
 import pyarrow as pa
 import ray
 
-from distsel import corpus
+from distsel import corpus, evaluate
 from distsel.config import Config
 from distsel.errors import DistselError, InputError
+from distsel.scoring import stage_class
 from distsel.select import Pool, gather_pool, selector_for
-from distsel.stage import Stage, TextStatsStage
+from distsel.stage import Stage, StageContext
 from distsel.storage import Store
 
 log = logging.getLogger("distsel")
 
-STAGES: dict[str, type[Stage]] = {TextStatsStage.name: TextStatsStage}
 SECRET_WORDS = ("secret", "key", "token", "password", "credential", "session")
 
 
@@ -72,34 +72,50 @@ def run(config: Config, address: str | None = None) -> dict[str, Any]:
     began = time.perf_counter()
     pool = gather_pool(store, parts, [s.name for s in stages], config)
     chosen, section = selector.select(pool, config)
-    write_selection(store, pool, chosen, [s.name for s in stages])
+    selected_parts = write_selection(store, pool, chosen, [s.name for s in stages])
     timings["select"] = {"rows": int(len(chosen)), "seconds": round(time.perf_counter() - began, 3)}
 
+    began = time.perf_counter()
+    pool_counts = next((s.pool_counts for s in stages if s.name == "dsir"), None)
+    evaluation = {
+        "kl": evaluate.kl_section(config, store, parts, selected_parts, pool_counts),
+        "labels": evaluate.label_shares(config, pool, chosen),
+    }
+    timings["evaluate"] = {
+        "rows": int(len(chosen)),
+        "seconds": round(time.perf_counter() - began, 3),
+    }
+
     manifest = build_manifest(config, ingested, pool, chosen, timings, section)
+    manifest["evaluation"] = evaluation
     manifest["wall_seconds"] = round(time.perf_counter() - started, 3)
     store.write_json("manifest.json", manifest)
     return manifest
-
-
-@dataclasses.dataclass
-class StageContext:
-    """What a stage's driver-side `prepare` may use."""
-
-    config: Config
-    store: Store
-    parts: list[str]
 
 
 def build_stages(config: Config) -> list[Stage]:
     """The stages the configuration asks for, plus those its selector needs, in dependency order."""
     wanted = list(config.stages) + list(selector_for(config).required_stages(config))
     ordered: list[Stage] = []
-    for name in dict.fromkeys(wanted):
-        if name not in STAGES:
-            raise DistselError(f"stages.{name}: unknown stage (known: {', '.join(sorted(STAGES))})")
-        stage_class = STAGES[name]
-        resources = stage_class.default_resources.with_overrides(config.stages.get(name))
-        ordered.append(stage_class.from_config(config, resources))
+    for name in _with_requirements(wanted):
+        cls = stage_class(name)
+        resources = cls.default_resources.with_overrides(config.stages.get(name))
+        ordered.append(cls.from_config(config, resources))
+    return ordered
+
+
+def _with_requirements(names: list[str]) -> list[str]:
+    """`names` with the stages they require, each after its requirements, without repeats."""
+    ordered: list[str] = []
+
+    def visit(name: str) -> None:
+        if name not in ordered:
+            for required in stage_class(name).requires:
+                visit(required)
+            ordered.append(name)
+
+    for name in names:
+        visit(name)
     return ordered
 
 
@@ -288,7 +304,7 @@ def _write_selected_part(store: Store, part: str, rows: np.ndarray, stages: list
     return table.num_rows
 
 
-def write_selection(store: Store, pool: Pool, chosen: np.ndarray, stages: list[str]) -> None:
+def write_selection(store: Store, pool: Pool, chosen: np.ndarray, stages: list[str]) -> list[str]:
     """Write the chosen rows of each part to `selected/<part>`; remove stale selected parts."""
     chosen = np.sort(chosen)
     part_of = pool.part_index[chosen]
@@ -302,6 +318,7 @@ def write_selection(store: Store, pool: Pool, chosen: np.ndarray, stages: list[s
     for name in store.list("selected", ".parquet"):
         if name not in written:
             store.remove(f"selected/{name}")
+    return sorted(written)
 
 
 def build_manifest(
@@ -324,7 +341,7 @@ def build_manifest(
         "selected_docs": int(len(chosen)),
         "pool_tokens_approx": int(pool.tokens.sum()),
         "selected_tokens_approx": int(pool.tokens[chosen].sum()),
-        "by_group": pool.group_counts(chosen),
+        "by_group": pool.counts(config.input.group_field, chosen),
         "shards": [
             {"shard": r.shard, "docs_in": r.docs_in, "accepted": r.accepted, "rejected": r.rejected}
             for r in ingested

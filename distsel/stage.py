@@ -8,9 +8,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from distsel.config import StageConfig
+from distsel.config import Config, StageConfig
+from distsel.storage import Store
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,15 @@ class Resources:
         return replace(self, **changes)
 
 
+@dataclass
+class StageContext:
+    """What a stage's driver-side `prepare` may use."""
+
+    config: Config
+    store: Store
+    parts: list[str]
+
+
 class Stage(ABC):
     """A scoring step. Built on the driver, shipped to each actor, where `setup` runs once.
 
@@ -38,6 +47,7 @@ class Stage(ABC):
 
     name: ClassVar[str]
     input_columns: ClassVar[tuple[str, ...]] = ("id", "text")
+    output_columns: ClassVar[tuple[str, ...]] = ()
     requires: ClassVar[tuple[str, ...]] = ()
     default_resources: ClassVar[Resources] = Resources()
 
@@ -53,7 +63,7 @@ class Stage(ABC):
         """What makes this stage's output what it is; a change invalidates finished parts."""
         return {"name": self.name}
 
-    def prepare(self, context: Any) -> None:  # noqa: B027 - optional hook
+    def prepare(self, context: StageContext) -> None:  # noqa: B027 - optional hook
         """Driver-side work before scoring (e.g. fitting on the whole pool); default: none."""
 
     def setup(self) -> None:  # noqa: B027 - optional hook
@@ -62,26 +72,3 @@ class Stage(ABC):
     @abstractmethod
     def __call__(self, batch: pa.Table) -> dict[str, np.ndarray | pa.Array]:
         """Score a batch; return output columns with one value per row."""
-
-
-class TextStatsStage(Stage):
-    """Cheap text statistics: characters, words, mean word length, share of alphabetic chars."""
-
-    name = "stats"
-    input_columns = ("text",)
-    default_resources = Resources(num_cpus=1, batch_size=1024, pool_size=2)
-
-    def __call__(self, batch: pa.Table) -> dict[str, np.ndarray | pa.Array]:
-        text = batch.column("text")
-        chars = pc.utf8_length(text)
-        words = pc.list_value_length(pc.utf8_split_whitespace(text))
-        alpha = pc.utf8_length(pc.replace_substring_regex(text, r"[^\p{L}]", ""))
-        letters = pc.utf8_length(pc.replace_substring_regex(text, r"\s", ""))
-        chars_np = chars.to_numpy().astype(np.float64)
-        words_np = words.to_numpy().astype(np.float64)
-        return {
-            "n_chars": chars,
-            "n_words": words,
-            "mean_word_length": letters.to_numpy() / np.maximum(words_np, 1),
-            "alpha_fraction": alpha.to_numpy() / np.maximum(chars_np, 1),
-        }

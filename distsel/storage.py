@@ -82,6 +82,10 @@ class Store:
         with self.fs.open(self.path(relative), "rb") as handle:
             return pq.read_table(handle, columns=columns)
 
+    def read_schema(self, relative: str) -> pa.Schema:
+        with self.fs.open(self.path(relative), "rb") as handle:
+            return pq.read_schema(handle)
+
     def write_json(self, relative: str, value: Any) -> None:
         self.write_bytes(
             relative, json.dumps(value, indent=2, sort_keys=True, default=str).encode()

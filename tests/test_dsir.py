@@ -50,7 +50,9 @@ def reference_hash(ngram: str) -> int:
 def ngrams_of(text: str, ngrams: int) -> list[str]:
     tokens = TOKEN.findall(text.lower())
     return [
-        " ".join(tokens[i : i + n]) for n in range(1, ngrams + 1) for i in range(len(tokens) - n + 1)
+        " ".join(tokens[i : i + n])
+        for n in range(1, ngrams + 1)
+        for i in range(len(tokens) - n + 1)
     ]
 
 
@@ -81,6 +83,12 @@ def test_featurize_equals_per_ngram_counting(num_buckets, ngrams):
     counts = dsir.featurize(texts, num_buckets=num_buckets, ngrams=ngrams)
     assert counts.shape == (len(texts), num_buckets)
     np.testing.assert_array_equal(counts, brute_force_counts(texts, num_buckets, ngrams))
+
+
+def test_featurize_is_the_same_when_the_batch_is_cut_into_small_chunks(monkeypatch):
+    texts = TRICKY_TEXTS + stdlib_texts()
+    monkeypatch.setattr(dsir, "_CHUNK_CHARS", 64)  # most chunks hold one or two documents
+    np.testing.assert_array_equal(dsir.featurize(texts, 997), brute_force_counts(texts, 997, 2))
 
 
 def test_hashed_ngrams_lists_every_occurrence():
@@ -140,7 +148,7 @@ def test_fit_follows_the_reference_formula():
     ]
     np.testing.assert_allclose(dsir.fit_log_diff(target_counts, raw_counts), expected, rtol=1e-12)
     np.testing.assert_allclose(dsir.fit_log_diff(t, r), expected, rtol=1e-12)
-    np.testing.assert_allclose(np.exp(dsir.fit_ngram_model(r, smoothing=0.0)).sum(), 1.0)
+    np.testing.assert_allclose(np.exp(dsir.fit_ngram_model(r + 1, smoothing=0.0)).sum(), 1.0)
     with pytest.raises(ValueError):
         dsir.fit_ngram_model(np.zeros(10))
 
@@ -156,7 +164,9 @@ def test_weights_equal_a_dictionary_computation():
         plain.append(weight)
         normalised.append(weight / max(1, sum(buckets.values())))
     assert np.allclose(dsir.log_importance_weights(counts, log_diff), plain)
-    assert np.allclose(dsir.log_importance_weights(counts, log_diff, length_normalize=True), normalised)
+    assert np.allclose(
+        dsir.log_importance_weights(counts, log_diff, length_normalize=True), normalised
+    )
     assert np.allclose(dsir.text_log_importance_weights(raw, log_diff), plain)
     assert np.allclose(
         dsir.text_log_importance_weights(raw, log_diff, length_normalize=True), normalised
@@ -166,18 +176,18 @@ def test_weights_equal_a_dictionary_computation():
     )
 
 
-def test_length_normalisation_lets_a_short_on_target_document_beat_a_long_mixed_one():
-    target = ["the cat sat on the mat and purred", "a cat purred on a warm mat"] * 5
+def test_length_normalisation_lets_a_short_on_target_document_beat_a_long_one():
+    on_target, generic = "the cat purred on the mat", "it was a quiet day in the town"
     off_topic = ["stock prices fell sharply as markets closed", "the court ruled on appeal"]
-    short = "the cat purred on the mat"
-    long = " ".join([short] * 12 + off_topic * 3)
-    pool = [short, long, *off_topic]
+    target = [on_target, generic]
+    raw = off_topic * 5 + [generic] * 4 + [on_target]  # generic n-grams are common in raw too
+    log_diff = dsir.fit_log_diff(dsir.featurize(target), dsir.featurize(raw))
+    pool = [on_target, " ".join([generic] * 12), *off_topic]
     counts = dsir.featurize(pool)
-    log_diff = dsir.fit_log_diff(dsir.featurize(target), counts)
     plain = dsir.log_importance_weights(counts, log_diff)
     normalised = dsir.log_importance_weights(counts, log_diff, length_normalize=True)
-    assert plain[1] > plain[0] > 0  # unnormalised: the long document wins on length alone
-    assert normalised[0] > normalised[1] > 0  # per n-gram: the short, purely on-target one wins
+    assert plain[1] > plain[0] > 0 > plain[2]  # unnormalised: the long document wins on length
+    assert normalised[0] > normalised[1] > 0 > normalised[2]  # per n-gram: the short one wins
     assert list(dsir.topk(plain, 1)) == [1]
     assert list(dsir.topk(normalised, 1)) == [0]
 

@@ -30,14 +30,26 @@ sample of k documents without replacement with probabilities ∝ exp(log w_i).
 
 Data metric: KL reduction = KL(target ‖ pool) − KL(target ‖ selection) over hashed n-gram
 distributions, smoothed by adding α to every bucket count (α = 1 by default).
+
+Throughput: `featurize` + `log_importance_weights` go through a dense (documents, B) matrix;
+`total_ngram_counts` (for fitting) and `text_log_importance_weights` (for scoring) compute the
+same values straight from `hashed_ngrams`, several times faster. All are pure numpy.
 """
 
 from __future__ import annotations
 
 import re
 import threading
+from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import ray
+
+from distsel.config import Config
+from distsel.corpus import read_texts
+from distsel.stage import Resources, Stage, StageContext
+from distsel.storage import Store
 
 __all__ = [
     "DEFAULT_NUM_BUCKETS",
@@ -62,6 +74,7 @@ TOKEN_PATTERN = r"\w+|[^\w\s]+"
 FIT_SMOOTHING = 1e-8
 KL_SMOOTHING = 1.0
 
+_CHUNK_CHARS = 1 << 16
 _MASK64 = (1 << 64) - 1
 _POLY_BASE = 0x9E3779B97F4A7C15
 _POLY_BASE_INVERSE = pow(_POLY_BASE, -1, 1 << 64)
@@ -126,7 +139,7 @@ class _Powers:
             return tables
         with self._lock:
             if len(self.tables[0]) < n:
-                self.tables = self._build(max(n, 2 * len(self.tables[0])))
+                self.tables = self._build(1 << (n - 1).bit_length())
             return self.tables
 
 
@@ -179,23 +192,37 @@ def hashed_ngrams(
     tokens(t) = re.findall(r"\\w+|[^\\w\\s]+", t.lower()); the n-gram at token i is
     g = " ".join(tokens[i:i+n]) and its bucket is ngram_hash(g) mod num_buckets.
 
-    Computed for the whole batch at once: the lower-cased texts are joined by spaces and read as
-    code points; a lookup table gives each one's token class and token boundaries are where the
-    class changes; a prefix sum G[i] = Σ_{j<i} (c_j + 1) P^j gives each token's polynomial as
-    (G[end] − G[start]) · P^-start, and the n-gram polynomial follows from the tokens',
+    Computed a chunk of about `_CHUNK_CHARS` characters at a time, vectorised over the chunk:
+    the lower-cased texts are joined by spaces and read as code points; a lookup table gives
+    each one's token class and token boundaries are where the class changes; a prefix sum
+    G[i] = Σ_{j<i} (c_j + 1) P^j gives each token's polynomial as (G[end] − G[start]) · P^-start,
+    and the n-gram polynomial follows from the tokens',
     poly(a ␣ b) = poly(a) + (ord(" ") + 1) P^|a| + poly(b) P^(|a|+1).
-    Returns two int64 arrays of equal length, ordered by n, then position.
+    Returns two int64 arrays of equal length (one entry per occurrence, in a fixed order).
     """
     if num_buckets < 1:
         raise ValueError(f"num_buckets must be at least 1, got {num_buckets}")
     if ngrams < 1:
         raise ValueError(f"ngrams must be at least 1, got {ngrams}")
-    empty = np.zeros(0, dtype=np.int64)
-    if not texts:
-        return empty, empty
-
     lowered = [text.lower() for text in texts]
     lengths = np.fromiter(map(len, lowered), dtype=np.int64, count=len(lowered))
+    chunk_of_doc = (np.cumsum(lengths + 1) - 1) // _CHUNK_CHARS
+    bounds = [0, *(np.flatnonzero(np.diff(chunk_of_doc)) + 1).tolist(), len(lowered)]
+    doc_parts, bucket_parts = [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=np.int64)]
+    for first, last in zip(bounds[:-1], bounds[1:], strict=True):
+        if first == last:
+            continue
+        doc_index, keys = _ngram_keys(lowered[first:last], lengths[first:last], ngrams)
+        doc_parts.append(doc_index + first)
+        bucket_parts.append((keys % np.uint64(num_buckets)).astype(np.int64))
+    return np.concatenate(doc_parts), np.concatenate(bucket_parts)
+
+
+def _ngram_keys(
+    lowered: list[str], lengths: np.ndarray, ngrams: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(document index, 64-bit n-gram hash) for every n-gram of the lower-cased texts."""
+    empty = np.zeros(0, dtype=np.int64)
     doc_start = np.zeros(len(lowered), dtype=np.int64)
     np.cumsum(lengths[:-1] + 1, out=doc_start[1:])
     joined = " ".join(lowered)
@@ -209,7 +236,7 @@ def hashed_ngrams(
     starts = boundary[padded[boundary + 1] != _SPACE]
     ends = boundary[padded[boundary] != _SPACE]
     if len(starts) == 0:
-        return empty, empty
+        return empty, empty.astype(np.uint64)
 
     # G[i] = Σ_{j<i} c_j P^j + Σ_{j<i} P^j, so G[e] − G[s] = P^s · poly(text[s:e]).
     forward, inverse, forward_prefix = _POWERS.get(n_chars + ngrams + 2)
@@ -220,7 +247,7 @@ def hashed_ngrams(
     token_poly = (prefix[ends] - prefix[starts]) * inverse[starts]
     token_len = ends - starts
     tokens_per_doc = np.diff(np.searchsorted(starts, doc_start), append=len(starts))
-    token_doc = np.repeat(np.arange(len(texts), dtype=np.int64), tokens_per_doc)
+    token_doc = np.repeat(np.arange(len(lowered), dtype=np.int64), tokens_per_doc)
 
     docs = [token_doc]
     keys = [_splitmix64(token_poly)]
@@ -239,9 +266,7 @@ def hashed_ngrams(
         docs.append(token_doc[:count][same_doc])
         keys.append(_splitmix64(poly[same_doc]))
 
-    doc_index = np.concatenate(docs)
-    bucket = (np.concatenate(keys) % np.uint64(num_buckets)).astype(np.int64)
-    return doc_index, bucket
+    return np.concatenate(docs), np.concatenate(keys)
 
 
 def featurize(
@@ -262,7 +287,7 @@ def featurize(
 def total_ngram_counts(
     texts: list[str], num_buckets: int = DEFAULT_NUM_BUCKETS, ngrams: int = 2
 ) -> np.ndarray:
-    """c[b] = Σ_i x_i[b], the summed counts that `fit_ngram_model` takes (int64, no dense matrix)."""
+    """c[b] = Σ_i x_i[b], the summed counts for `fit_ngram_model` (int64, no dense matrix)."""
     _, bucket = hashed_ngrams(texts, num_buckets, ngrams)
     return np.bincount(bucket, minlength=num_buckets)
 
@@ -316,7 +341,7 @@ def fit_ngram_model(counts: np.ndarray, smoothing: float = FIT_SMOOTHING) -> np.
 def fit_log_diff(
     target_counts: np.ndarray, raw_counts: np.ndarray, smoothing: float = FIT_SMOOTHING
 ) -> np.ndarray:
-    """log_diff[b] = log(p_target[b] + ε) − log(p_raw[b] + ε), each p fitted by `fit_ngram_model`."""
+    """log_diff[b] = log(p_target[b] + ε) − log(p_raw[b] + ε), each by `fit_ngram_model`."""
     return fit_ngram_model(target_counts, smoothing) - fit_ngram_model(raw_counts, smoothing)
 
 
@@ -443,3 +468,90 @@ def kl_reduction(
     return kl_divergence(target_counts, pool_counts, smoothing) - kl_divergence(
         target_counts, selection_counts, smoothing
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Pipeline stage: fit on the target and the whole pool, then score every part
+
+
+class DsirStage(Stage):
+    """Log importance weights per document, plain and divided by the document's n-gram count.
+
+    `prepare` fits p_target on the target examples and p_raw on the whole pool, the pool counts
+    summed part by part on the cluster; the fitted log_diff travels with the stage to its actors.
+    """
+
+    name = "dsir"
+    input_columns = ("text",)
+    output_columns = ("dsir_log_weight", "dsir_log_weight_per_ngram")
+    default_resources = Resources(num_cpus=1, batch_size=4096, pool_size=2)
+
+    def __init__(self, resources: Resources, config: Config) -> None:
+        super().__init__(resources)
+        self.options = config.select.dsir
+        self.target = config.target
+        self.log_diff: np.ndarray | None = None
+        self.target_counts: np.ndarray | None = None
+        self.pool_counts: np.ndarray | None = None
+
+    @classmethod
+    def from_config(cls, config: Config, resources: Resources) -> DsirStage:
+        return cls(resources, config)
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "num_buckets": self.options.num_buckets,
+            "ngrams": self.options.ngrams,
+            "target": self.target.model_dump(exclude={"storage_options"}),
+        }
+
+    def prepare(self, context: StageContext) -> None:
+        options = self.options
+        self.target_counts = target_ngram_counts(
+            context.config, options.num_buckets, options.ngrams
+        )
+        self.pool_counts = pool_ngram_counts(
+            context.store, context.parts, options.num_buckets, options.ngrams
+        )
+        self.log_diff = fit_log_diff(self.target_counts, self.pool_counts)
+
+    def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
+        texts = batch.column("text").to_pylist()
+        doc_index, bucket = hashed_ngrams(texts, self.options.num_buckets, self.options.ngrams)
+        weights = np.bincount(doc_index, weights=self.log_diff[bucket], minlength=len(texts))
+        ngram_counts = np.maximum(np.bincount(doc_index, minlength=len(texts)), 1)
+        return {"dsir_log_weight": weights, "dsir_log_weight_per_ngram": weights / ngram_counts}
+
+
+def target_ngram_counts(config: Config, num_buckets: int, ngrams: int) -> np.ndarray:
+    """Summed hashed n-gram counts of all target examples."""
+    target = config.target
+    texts = read_texts(target.paths, target.text_field, target.storage_options)
+    return total_ngram_counts(texts, num_buckets, ngrams)
+
+
+@ray.remote(num_cpus=1)
+def _part_ngram_counts(
+    store: Store, folder: str, part: str, num_buckets: int, ngrams: int
+) -> np.ndarray:
+    texts = store.read_table(f"{folder}/{part}", columns=["text"]).column("text").to_pylist()
+    return total_ngram_counts(texts, num_buckets, ngrams)
+
+
+def pool_ngram_counts(
+    store: Store, parts: list[str], num_buckets: int, ngrams: int, folder: str = "docs"
+) -> np.ndarray:
+    """Σ over every document of every part of its hashed n-gram counts, one Ray task per part.
+
+    Only the B-bucket count vectors travel to the driver, never the texts or features.
+    """
+    total = np.zeros(num_buckets, dtype=np.int64)
+    pending = [
+        _part_ngram_counts.remote(store, folder, part, num_buckets, ngrams) for part in parts
+    ]
+    while pending:
+        done, pending = ray.wait(pending, num_returns=min(len(pending), 16))
+        for counts in ray.get(done):
+            total += counts
+    return total

@@ -7,8 +7,10 @@ from typing import Any, Protocol
 import numpy as np
 
 from distsel.config import Config
+from distsel.errors import DistselError
+from distsel.scoring import stage_for_column
 from distsel.select.pool import Pool, gather_pool
-from distsel.select.samplers import fill_budget, random_order
+from distsel.select.samplers import ccs_stratified, descending, fill_budget, random_order
 
 __all__ = ["Pool", "Selector", "gather_pool", "selector_for"]
 
@@ -19,6 +21,18 @@ class Selector(Protocol):
     def select(self, pool: Pool, config: Config) -> tuple[np.ndarray, dict[str, Any]]:
         """Indices into the pool of the chosen documents, and the manifest section."""
         ...
+
+
+def _budget(config: Config) -> dict[str, int] | None:
+    budget = config.select.budget
+    return budget.model_dump(exclude_none=True) if budget else None
+
+
+def _column(pool: Pool, name: str) -> np.ndarray:
+    if name not in pool.scores:
+        known = ", ".join(sorted(pool.scores)) or "none"
+        raise DistselError(f"no numeric score column '{name}' (score columns: {known})")
+    return np.asarray(pool.scores[name], dtype=np.float64)
 
 
 class AllSelector:
@@ -43,12 +57,111 @@ class RandomSelector:
         return chosen, {"budget": _budget(config), "seed": config.seed}
 
 
-def _budget(config: Config) -> dict[str, int] | None:
-    budget = config.select.budget
-    return budget.model_dump(exclude_none=True) if budget else None
+class DsirSelector:
+    """DSIR resampling: Gumbel top-k (∝ importance weight) or plain top-k of the log weights."""
+
+    def required_stages(self, config: Config) -> tuple[str, ...]:
+        return ("dsir",)
+
+    def select(self, pool: Pool, config: Config) -> tuple[np.ndarray, dict[str, Any]]:
+        from distsel.scoring.dsir import gumbel_noise_from_keys
+
+        options = config.select.dsir
+        name = "dsir_log_weight_per_ngram" if options.length_normalize else "dsir_log_weight"
+        weights = _column(pool, name)
+        if options.sampling == "gumbel":
+            weights = weights + gumbel_noise_from_keys(pool.random_key)
+        chosen = fill_budget(
+            descending(weights, pool.random_key), pool.tokens, config.select.budget
+        )
+        return chosen, {"budget": _budget(config), "column": name, **options.model_dump()}
 
 
-SELECTORS: dict[str, Selector] = {"all": AllSelector(), "random": RandomSelector()}
+class SimilaritySelector:
+    """RDS+: highest cosine to the target; with several target sets, round-robin over them."""
+
+    def required_stages(self, config: Config) -> tuple[str, ...]:
+        return ("betr",) if config.select.similarity.betr else ("similarity",)
+
+    def select(self, pool: Pool, config: Config) -> tuple[np.ndarray, dict[str, Any]]:
+        from distsel.scoring.similarity import round_robin
+
+        options = config.select.similarity
+        if options.betr:
+            columns = ["betr_score"]
+        else:
+            columns = sorted(c for c in pool.scores if c.startswith("similarity_task_"))
+        per_task = np.stack([_column(pool, c) for c in columns])
+        if len(columns) == 1:
+            order = descending(per_task[0], pool.random_key)
+        else:
+            order = round_robin(per_task, len(pool))
+        chosen = fill_budget(order, pool.tokens, config.select.budget)
+        return chosen, {"budget": _budget(config), "columns": columns, **options.model_dump()}
+
+
+class TopkSelector:
+    """The documents with the highest (or lowest) value of any score column."""
+
+    def required_stages(self, config: Config) -> tuple[str, ...]:
+        return (stage_for_column(config.select.topk.column),)
+
+    def select(self, pool: Pool, config: Config) -> tuple[np.ndarray, dict[str, Any]]:
+        options = config.select.topk
+        values = _column(pool, options.column)
+        order = descending(values if options.descending else -values, pool.random_key)
+        chosen = fill_budget(order, pool.tokens, config.select.budget)
+        return chosen, {"budget": _budget(config), **options.model_dump()}
+
+
+class ThresholdSelector:
+    """Documents whose score lies in [min, max]; a budget samples among them at random."""
+
+    def required_stages(self, config: Config) -> tuple[str, ...]:
+        return (stage_for_column(config.select.threshold.column),)
+
+    def select(self, pool: Pool, config: Config) -> tuple[np.ndarray, dict[str, Any]]:
+        options = config.select.threshold
+        values = _column(pool, options.column)
+        low = float(np.nanmedian(values)) if options.min is None else options.min
+        high = np.inf if options.max is None else options.max
+        passing = np.flatnonzero((values >= low) & (values <= high))
+        order = passing[random_order(pool.random_key[passing])]
+        chosen = fill_budget(order, pool.tokens, config.select.budget)
+        section = {"budget": _budget(config), **options.model_dump(), "min_used": low}
+        return chosen, {**section, "passing_docs": int(len(passing))}
+
+
+class StratifiedSelector:
+    """CCS coverage-centric sampling over equal-width score strata."""
+
+    def required_stages(self, config: Config) -> tuple[str, ...]:
+        return (stage_for_column(config.select.stratified.column),)
+
+    def select(self, pool: Pool, config: Config) -> tuple[np.ndarray, dict[str, Any]]:
+        options = config.select.stratified
+        values = _column(pool, options.column)
+        chosen = ccs_stratified(
+            values,
+            pool.random_key,
+            pool.tokens,
+            config.select.budget,
+            bins=options.bins,
+            hard_fraction=options.hard_fraction,
+            hard_is_high=options.hard_is_high,
+        )
+        return chosen, {"budget": _budget(config), **options.model_dump()}
+
+
+SELECTORS: dict[str, Selector] = {
+    "all": AllSelector(),
+    "random": RandomSelector(),
+    "dsir": DsirSelector(),
+    "similarity": SimilaritySelector(),
+    "topk": TopkSelector(),
+    "threshold": ThresholdSelector(),
+    "stratified": StratifiedSelector(),
+}
 
 
 def selector_for(config: Config) -> Selector:

@@ -29,20 +29,21 @@ class Pool:
     row_index: np.ndarray
     tokens: np.ndarray
     random_key: np.ndarray
-    group_field: str | None = None
-    groups: np.ndarray | None = None
+    categories: dict[str, np.ndarray] = field(default_factory=dict)
     scores: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.tokens)
 
-    def group_counts(self, chosen: np.ndarray) -> dict[str, Any] | None:
-        if self.groups is None:
+    def counts(self, name: str | None, chosen: np.ndarray) -> dict[str, Any] | None:
+        """Documents per value of the passed-through field `name`, in the pool and chosen."""
+        if name is None or name not in self.categories:
             return None
+        values = self.categories[name]
         return {
-            "field": self.group_field,
-            "pool": dict(sorted(Counter(self.groups.tolist()).items())),
-            "selected": dict(sorted(Counter(self.groups[chosen].tolist()).items())),
+            "field": name,
+            "pool": dict(sorted(Counter(values.tolist()).items())),
+            "selected": dict(sorted(Counter(values[chosen].tolist()).items())),
         }
 
 
@@ -59,20 +60,14 @@ def random_keys(ids: list[str], seed: int) -> np.ndarray:
 
 
 @ray.remote(num_cpus=1)
-def _part_columns(
-    store: Store, part: str, stages: list[str], group_field: str | None, seed: int
-) -> dict:
-    docs = store.read_table(f"docs/{part}")
+def _part_columns(store: Store, part: str, stages: list[str], fields: list[str], seed: int) -> dict:
+    present = [name for name in fields if name in store.read_schema(f"docs/{part}").names]
+    docs = store.read_table(f"docs/{part}", columns=["id", "tokens_approx", *present])
     columns: dict[str, Any] = {
         "tokens": docs.column("tokens_approx").to_numpy(),
         "random_key": random_keys(docs.column("id").to_pylist(), seed),
+        "categories": {name: _category(docs, name) for name in fields},
     }
-    if group_field:
-        values = docs.column(group_field).to_pylist() if group_field in docs.column_names else []
-        values = values or [None] * docs.num_rows
-        columns["groups"] = np.array(
-            [MISSING_GROUP if v is None else str(v) for v in values], dtype=object
-        )
     scores = {}
     for stage in stages:
         table = store.read_table(f"scores/{stage}/{part}")
@@ -83,16 +78,19 @@ def _part_columns(
     return columns
 
 
+def _category(docs: pa.Table, name: str) -> np.ndarray:
+    values = docs.column(name).to_pylist() if name in docs.column_names else [None] * len(docs)
+    return np.array([MISSING_GROUP if v is None else str(v) for v in values], dtype=object)
+
+
 def _is_numeric(arrow_type: pa.DataType) -> bool:
     return pa.types.is_integer(arrow_type) or pa.types.is_floating(arrow_type)
 
 
 def gather_pool(store: Store, parts: list[str], stages: list[str], config: Config) -> Pool:
     """Read the selection columns of every part in parallel and stack them."""
-    group_field = config.input.group_field
-    futures = [
-        _part_columns.remote(store, part, stages, group_field, config.seed) for part in parts
-    ]
+    fields = [f for f in (config.input.group_field, config.input.label_field) if f]
+    futures = [_part_columns.remote(store, part, stages, fields, config.seed) for part in parts]
     gathered = ray.get(futures)
     sizes = [len(columns["tokens"]) for columns in gathered]
     score_names = set().union(*(columns["scores"] for columns in gathered)) if gathered else set()
@@ -104,8 +102,10 @@ def gather_pool(store: Store, parts: list[str], stages: list[str], config: Confi
         ),
         tokens=_stack(gathered, "tokens", np.int64),
         random_key=_stack(gathered, "random_key", np.uint64),
-        group_field=group_field,
-        groups=_stack(gathered, "groups", object) if group_field else None,
+        categories={
+            name: np.concatenate([columns["categories"][name] for columns in gathered])
+            for name in fields
+        },
         scores={
             name: np.concatenate([columns["scores"][name] for columns in gathered])
             for name in sorted(score_names)
