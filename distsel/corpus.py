@@ -10,6 +10,7 @@ import gzip
 import io
 import json
 import math
+import re
 import zlib
 from collections import Counter
 from collections.abc import Iterator
@@ -374,13 +375,31 @@ def _strict_message(shard: Shard, rejection: Rejection) -> str:
     return f"{shard.url}: {where}: {rejection.reason.replace('_', ' ')} ({rejection.detail})"
 
 
-def read_texts(paths: list[str], text_field: str, storage_options: dict[str, Any]) -> list[str]:
-    """All texts of a small file set (target examples); bad rows are errors here."""
+def read_target_tasks(
+    paths: list[str], text_field: str, storage_options: dict[str, Any]
+) -> dict[str, list[str]]:
+    """Texts of a small file set (target examples), one task per file, named by its stem.
+
+    Bad rows are errors here: target sets are small and a silent gap would skew every score.
+    """
     config = InputConfig(paths=paths, text_field=text_field, storage_options=storage_options)
-    texts = []
+    tasks: dict[str, list[str]] = {}
     for shard in list_shards(config):
+        texts = tasks.setdefault(task_name(shard.key), [])
         for _, outcome in _records(shard, config, _Validator(config, shard)):
             if isinstance(outcome, Rejection):
                 raise InputError(_strict_message(shard, outcome))
             texts.append(outcome["text"])
-    return texts
+    return tasks
+
+
+def task_name(key: str) -> str:
+    """'evals/gsm8k.jsonl.gz' → 'gsm8k': the file's stem, safe as part of a column name."""
+    stem = key.rsplit("/", 1)[-1].split(".", 1)[0]
+    return re.sub(r"[^0-9A-Za-z_]+", "_", stem) or "target"
+
+
+def read_texts(paths: list[str], text_field: str, storage_options: dict[str, Any]) -> list[str]:
+    """All texts of a small file set, every task together."""
+    tasks = read_target_tasks(paths, text_field, storage_options)
+    return [text for texts in tasks.values() for text in texts]

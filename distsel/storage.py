@@ -83,8 +83,11 @@ class Store:
             return pq.read_table(handle, columns=columns)
 
     def read_schema(self, relative: str) -> pa.Schema:
+        return self.read_metadata(relative).schema.to_arrow_schema()
+
+    def read_metadata(self, relative: str) -> pq.FileMetaData:
         with self.fs.open(self.path(relative), "rb") as handle:
-            return pq.read_schema(handle)
+            return pq.read_metadata(handle)
 
     def write_json(self, relative: str, value: Any) -> None:
         self.write_bytes(

@@ -88,6 +88,14 @@ def test_order_preserved_despite_length_sorting(embedder: Embedder):
     np.testing.assert_allclose(together, alone, atol=1e-5)
 
 
+def test_sort_windows_and_pretokenized_ids_give_the_same_vectors(embedder: Embedder):
+    texts = PARAGRAPHS[:14]
+    whole = embedder.embed(texts)
+    windowed = Embedder(device="cpu", batch_size=2, sort_window=3)
+    np.testing.assert_allclose(windowed.embed(texts), whole, atol=1e-5)
+    np.testing.assert_allclose(windowed.embed_tokens(windowed.tokenize(texts)), whole, atol=1e-5)
+
+
 def test_identical_texts_give_identical_vectors(embedder: Embedder):
     text = PARAGRAPHS[3]
     vectors = embedder.embed([text, PARAGRAPHS[0], text, PARAGRAPHS[5], text])
@@ -143,6 +151,10 @@ def test_rejects_bad_input(embedder: Embedder):
         Embedder(device="cpu", pooling="cls")
     with pytest.raises(ValueError, match="batch_size"):
         Embedder(device="cpu", batch_size=0)
+    with pytest.raises(ValueError, match="sort_window"):
+        Embedder(device="cpu", sort_window=0)
+    with pytest.raises(ValueError, match="over max_length"):
+        embedder.embed_tokens([[101] * 300])
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")

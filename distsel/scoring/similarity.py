@@ -18,6 +18,17 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import numpy as np
+import pyarrow as pa
+import ray
+
+from distsel.config import Config
+from distsel.corpus import read_target_tasks
+from distsel.errors import DistselError
+from distsel.scoring.dsir import hashed_ngrams
+from distsel.scoring.embed import EmbedStage, embed_texts_on_cluster, embedding_matrix
+from distsel.select.pool import random_keys
+from distsel.stage import Resources, Stage, StageContext
+from distsel.storage import Store
 
 Aggregate = Literal["max", "mean"]
 DEFAULT_CHUNK = 2048
@@ -244,12 +255,13 @@ def fit_betr_classifier(
     max_iter: int = 1000,
 ) -> LinearScorer:
     """Logistic regression (scikit-learn, L2 penalty with inverse strength `c`) of labels on
-    features, returned as its decision function: BETR's cheap classifier on embeddings."""
+    features (dense, or scipy sparse), returned as its decision function: BETR's cheap
+    classifier."""
     from sklearn.linear_model import LogisticRegression
 
-    x = _as_matrix("features", features)
+    x = features if hasattr(features, "tocsr") else _as_matrix("features", features)
     y = np.asarray(labels).astype(bool)
-    if y.shape != (len(x),):
+    if y.shape != (x.shape[0],):
         raise ValueError(f"labels must be 1-D with one label per row, got shape {y.shape}")
     if y.all() or not y.any():
         raise ValueError("labels need both classes (some True and some False)")
@@ -266,3 +278,153 @@ def predict_scores(model: LinearScorer, features: np.ndarray) -> np.ndarray:
     if x.shape[1] != model.dim:
         raise ValueError(f"features have dimension {x.shape[1]}, the classifier {model.dim}")
     return x.astype(np.float64, copy=False) @ model.coef + model.intercept
+
+
+# ---------------------------------------------------------------------------------------------
+# Pipeline stages
+
+
+class SimilarityStage(Stage):
+    """Cosine of each document's embedding to each target task, aggregated over its examples.
+
+    Columns: `similarity_task_<task>` per target file, and `similarity`, the best over tasks.
+    """
+
+    name = "similarity"
+    input_columns = ("id",)
+    requires = ("embed",)
+    output_columns = ("similarity",)
+    default_resources = Resources(num_cpus=1, batch_size=8192, pool_size=1)
+
+    def __init__(self, resources: Resources, config: Config) -> None:
+        super().__init__(resources)
+        self.target = config.target
+        self.embed_options = config.embed
+        self.embed_resources = EmbedStage.from_config(
+            config, EmbedStage.default_resources
+        ).resources
+        self.aggregate = config.select.similarity.aggregate
+        self.targets: dict[str, np.ndarray] = {}
+
+    @classmethod
+    def from_config(cls, config: Config, resources: Resources) -> SimilarityStage:
+        if not config.target.paths:
+            raise DistselError("the similarity stage needs target.paths (target examples)")
+        return cls(resources, config)
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "aggregate": self.aggregate,
+            "embed": self.embed_options.model_dump(),
+            "target": self.target.model_dump(exclude={"storage_options"}),
+        }
+
+    def prepare(self, context: StageContext) -> None:
+        tasks = read_target_tasks(
+            self.target.paths, self.target.text_field, self.target.storage_options
+        )
+        self.targets = embed_texts_on_cluster(tasks, self.embed_options, self.embed_resources)
+
+    def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
+        documents = embedding_matrix(batch.column("embedding"))
+        columns = {
+            f"similarity_task_{name}": cosine_scores(documents, targets, self.aggregate)
+            for name, targets in self.targets.items()
+        }
+        return {"similarity": np.max(np.stack(list(columns.values())), axis=0), **columns}
+
+
+class BetrStage(Stage):
+    """BETR at scale: embed only a sample, label its best-ranked share, and score every document
+    with a linear classifier on hashed n-grams, x_b = log(1 + count_b) / ‖log(1 + count)‖₂.
+    """
+
+    name = "betr"
+    input_columns = ("text",)
+    output_columns = ("betr_score",)
+    default_resources = Resources(num_cpus=1, batch_size=2048, pool_size=2)
+
+    def __init__(self, resources: Resources, config: Config) -> None:
+        super().__init__(resources)
+        self.config = config
+        self.options = config.select.similarity
+        self.buckets = config.select.dsir.num_buckets
+        self.ngrams = config.select.dsir.ngrams
+        self.scorer: LinearScorer | None = None
+        self.summary: dict[str, Any] = {}
+
+    @classmethod
+    def from_config(cls, config: Config, resources: Resources) -> BetrStage:
+        if not config.target.paths:
+            raise DistselError("the betr stage needs target.paths (target examples)")
+        return cls(resources, config)
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "options": self.options.model_dump(),
+            "features": [self.buckets, self.ngrams],
+            "embed": self.config.embed.model_dump(),
+            "target": self.config.target.model_dump(exclude={"storage_options"}),
+            "seed": self.config.seed,
+        }
+
+    def prepare(self, context: StageContext) -> None:
+        config, options = self.config, self.options
+        sample = sample_texts(context.store, context.parts, options.betr_sample, config.seed)
+        tasks = read_target_tasks(
+            config.target.paths, config.target.text_field, config.target.storage_options
+        )
+        embed_resources = EmbedStage.from_config(config, EmbedStage.default_resources).resources
+        vectors = embed_texts_on_cluster(
+            {"sample": sample, "targets": [t for texts in tasks.values() for t in texts]},
+            config.embed,
+            embed_resources,
+        )
+        labels = betr_labels(
+            best_rank_scores(vectors["sample"], vectors["targets"]), options.betr_top_fraction
+        )
+        self.scorer = fit_betr_classifier(self.features(sample), labels, seed=config.seed)
+        self.summary = {"sample_docs": len(sample), "positive_docs": int(labels.sum())}
+
+    def features(self, texts: list[str]) -> Any:
+        """Sparse rows log(1 + hashed n-gram counts), L2-normalised."""
+        from scipy import sparse
+
+        doc_index, bucket = hashed_ngrams(texts, self.buckets, self.ngrams)
+        shape = (len(texts), self.buckets)
+        counts = sparse.csr_matrix((np.ones(len(bucket)), (doc_index, bucket)), shape=shape)
+        counts.sum_duplicates()
+        counts.data = np.log1p(counts.data)
+        norms = np.sqrt(np.asarray(counts.multiply(counts).sum(axis=1)).ravel())
+        return sparse.diags(1 / np.maximum(norms, 1e-12)) @ counts
+
+    def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
+        features = self.features(batch.column("text").to_pylist())
+        return {
+            "betr_score": np.asarray(features @ self.scorer.coef).ravel() + self.scorer.intercept
+        }
+
+
+@ray.remote(num_cpus=1)
+def _sample_part(store: Store, part: str, seed: int, below: int) -> list[tuple[int, str]]:
+    docs = store.read_table(f"docs/{part}", columns=["id", "text"])
+    keys = random_keys(docs.column("id").to_pylist(), seed)
+    rows = np.flatnonzero(keys < np.uint64(below))
+    texts = docs.column("text").take(rows).to_pylist()
+    return list(zip(keys[rows].tolist(), texts, strict=True))
+
+
+def sample_texts(store: Store, parts: list[str], size: int, seed: int) -> list[str]:
+    """A seeded uniform sample of `size` documents' texts: the smallest random keys, each part
+    sending only the rows under a cut that keeps about 1.5 × `size` in all."""
+    total = sum(store.read_metadata(f"docs/{part}").num_rows for part in parts)
+    fraction = min(1.0, 1.5 * size / max(total, 1))
+    below = min(int(fraction * 2**64), 2**64 - 1)
+    candidates = [
+        pair
+        for found in ray.get([_sample_part.remote(store, p, seed, below) for p in parts])
+        for pair in found
+    ]
+    return [text for _, text in sorted(candidates)[:size]]
