@@ -40,6 +40,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or local Ray)")
     run.set_defaults(handler=_run)
 
+    report = commands.add_parser("report", help="write OUTPUT/report.html for a finished run")
+    report.add_argument("output", help="the run's output folder or s3:// prefix")
+    report.set_defaults(handler=_report)
+
     demo = commands.add_parser("demo", help="select from the Python standard library's text")
     demo.add_argument("output", nargs="?", default="distsel-demo", type=Path)
     demo.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or local Ray)")
@@ -65,6 +69,13 @@ def _demo(args: argparse.Namespace) -> int:
     config = parse_config(demo.demo_config(output), "demo configuration")
     manifest = pipeline.run(config, address=args.address)
     print(summary(manifest, str(output)))
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from distsel.report import write_report
+
+    print(f"distsel: report written to {write_report(args.output)}")
     return 0
 
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, replace
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
 
-from distsel.config import Config, StageConfig
 from distsel.storage import Store
+
+if TYPE_CHECKING:
+    from distsel.config import Config, StageConfig
 
 
 @dataclass(frozen=True)

@@ -18,14 +18,16 @@ import os
 import re
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import torch
 
-from distsel.config import Config, EmbedConfig
 from distsel.stage import Resources, Stage
+
+if TYPE_CHECKING:
+    from distsel.config import Config, EmbedConfig
 
 POOLINGS = ("mean", "position_weighted")
 GPU_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
