@@ -70,6 +70,41 @@ class EmbedConfig(_Strict):
     dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
 
 
+class ProxyConfig(_Strict):
+    """The small decoder LM behind perplexity and influence: a local folder, or trained here."""
+
+    path: str | None = None
+    layers: int = Field(default=2, gt=0)
+    hidden: int = Field(default=128, gt=0)
+    heads: int = Field(default=4, gt=0)
+    intermediate: int | None = None
+    tokenizer: Literal["bpe", "minilm"] = "bpe"
+    vocab_size: int = Field(default=8192, gt=255)
+    max_length: int = Field(default=256, gt=1)
+    train_tokens: int = Field(default=1_000_000, gt=0)
+    sample_docs: int = Field(default=20_000, gt=0)
+    batch_size: int = Field(default=16, gt=0)
+    learning_rate: float = Field(default=1e-3, gt=0)
+
+    @model_validator(mode="after")
+    def _heads_divide_hidden(self) -> ProxyConfig:
+        if self.hidden % self.heads:
+            raise ValueError(f"hidden ({self.hidden}) must be a multiple of heads ({self.heads})")
+        return self
+
+
+class InfluenceOptions(_Strict):
+    """I(z) = ∇L(R)ᵀ (G + λI)⁻¹ ∇L(z) over the chosen linear layers of the proxy."""
+
+    layers: Literal["attention", "attention+mlp"] = "attention"
+    curvature: Literal["ekfac", "kfac", "identity"] = "ekfac"
+    damping: float = Field(default=0.1, gt=0)
+    projection_dim: int | None = Field(default=None, gt=0)
+    target_examples: int = Field(default=1_000, gt=0)
+    max_chunks: int = Field(default=4, gt=0)
+    batch_size: int = Field(default=8, gt=0)
+
+
 class DsirOptions(_Strict):
     num_buckets: int = Field(default=10_000, gt=0)
     ngrams: int = Field(default=2, ge=1, le=3)
@@ -107,15 +142,16 @@ class StratifiedOptions(_Strict):
 
 
 class SelectConfig(_Strict):
-    method: Literal["all", "random", "dsir", "similarity", "topk", "threshold", "stratified"] = (
-        "all"
-    )
+    method: Literal[
+        "all", "random", "dsir", "similarity", "topk", "threshold", "stratified", "influence"
+    ] = "all"
     budget: Budget | None = None
     dsir: DsirOptions = Field(default_factory=DsirOptions)
     similarity: SimilarityOptions = Field(default_factory=SimilarityOptions)
     topk: TopkOptions = Field(default_factory=TopkOptions)
     threshold: ThresholdOptions = Field(default_factory=ThresholdOptions)
     stratified: StratifiedOptions = Field(default_factory=StratifiedOptions)
+    influence: InfluenceOptions = Field(default_factory=InfluenceOptions)
 
     @model_validator(mode="after")
     def _budget_when_needed(self) -> SelectConfig:
@@ -139,7 +175,7 @@ class RayConfig(_Strict):
     address: str | None = None
 
 
-TARGET_METHODS = ("dsir", "similarity")
+TARGET_METHODS = ("dsir", "similarity", "influence")
 
 
 class Config(_Strict):
@@ -149,6 +185,7 @@ class Config(_Strict):
     select: SelectConfig = Field(default_factory=SelectConfig)
     stages: dict[str, StageConfig] = Field(default_factory=dict)
     embed: EmbedConfig = Field(default_factory=EmbedConfig)
+    proxy: ProxyConfig = Field(default_factory=ProxyConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     seed: int = 0
 

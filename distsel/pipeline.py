@@ -289,6 +289,7 @@ def run_stage(stage: Stage, parts: list[str], store: Store, timings: dict[str, A
         "rows": rows,
         "seconds": round(time.perf_counter() - began, 3),
         "resumed_parts": len(parts) - len(pending),
+        **({"summary": stage.summary} if stage.summary else {}),
     }
 
 

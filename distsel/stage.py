@@ -55,6 +55,7 @@ class Stage(ABC):
 
     def __init__(self, resources: Resources | None = None) -> None:
         self.resources = resources or self.default_resources
+        self.summary: dict[str, Any] = {}
 
     @classmethod
     def from_config(cls, config: Any, resources: Resources) -> Stage:
@@ -66,7 +67,10 @@ class Stage(ABC):
         return {"name": self.name}
 
     def prepare(self, context: StageContext) -> None:  # noqa: B027 - optional hook
-        """Driver-side work before scoring (e.g. fitting on the whole pool); default: none."""
+        """Driver-side work before scoring (e.g. fitting on the whole pool); default: none.
+
+        What it learns worth reporting goes in `self.summary`, which the manifest records.
+        """
 
     def setup(self) -> None:  # noqa: B027 - optional hook
         """Per-worker initialisation (load a model); default: none."""

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from conftest import write_jsonl
 
 
@@ -20,6 +21,7 @@ def distsel(*args: str, cwd=None) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_demo_runs_end_to_end_on_standard_library_text(tmp_path):
     result = distsel("demo", str(tmp_path / "demo"))
     assert result.returncode == 0, result.stderr

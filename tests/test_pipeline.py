@@ -180,6 +180,7 @@ def _config_file(root: Path, corpus: Path, output: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kill_when", ["ingest", "stats"])
 def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path, kill_when):
     corpus = _big_corpus(tmp_path)

@@ -352,7 +352,6 @@ class BetrStage(Stage):
         self.buckets = config.select.dsir.num_buckets
         self.ngrams = config.select.dsir.ngrams
         self.scorer: LinearScorer | None = None
-        self.summary: dict[str, Any] = {}
 
     @classmethod
     def from_config(cls, config: Config, resources: Resources) -> BetrStage:

@@ -1,0 +1,567 @@
+"""Influence of candidate documents on a target set, over chosen linear layers of a causal LM.
+
+Method: Quad (Zhang et al., "Harnessing Diversity for Important Data Selection in Pretraining Large
+Language Models", ICLR 2025), which takes influence on attention layers with an EK-FAC curvature
+(George et al. 2018; Grosse et al. 2023).
+
+For a candidate chunk z and the target set R, over layers l (curvature block-diagonal over layers):
+
+    I(z) = ∇L(R)ᵀ (G + λI)⁻¹ ∇L(z) = Σ_l ⟨H_l, ∇_l L(z)⟩,   H_l = (G_l + λ_l I)⁻¹ ∇_l L(R)
+
+where L(z) is the mean token loss of chunk z and L(R) the mean of L over the target chunks.
+I(z) > 0: a preconditioned gradient step on z lowers L(R). A document is cut into chunks of
+`max_length` tokens (at most `max_chunks`); its score is the mean of its chunk scores.
+
+Per-example gradients. A linear layer y_t = W a_t with b_t = ∂L_i/∂y_t gives ∇_W L_i = Σ_t b_t a_tᵀ.
+Inputs a_t are saved by forward hooks; b_t come from one backward of Σ_i L_i per batch (example i's
+outputs reach only L_i). Scores use Σ_t b_tᵀ H a_t, so ∇L(z) is never formed.
+
+Curvature, from the target chunks' per-token pairs (a_t, b_t) over loss positions, pooled, with b_t
+rescaled by the example's token count n_i (the gradient of the summed token loss):
+
+    A = E_t[a_t a_tᵀ] = Q_A Λ_A Q_Aᵀ,   S = E_t[b_t b_tᵀ] = Q_S Λ_S Q_Sᵀ
+    K-FAC:   Λ[o, i] = Λ_S[o] Λ_A[i]
+    EK-FAC:  Λ[o, i] = E_t[(q_S,oᵀ b_t)² (q_A,iᵀ a_t)²]   (best diagonal fit, in the Kronecker
+             eigenbasis, of the per-token Fisher F = E_t[vec(b_t a_tᵀ) vec(b_t a_tᵀ)ᵀ])
+    H_l = Q_S [(Q_Sᵀ g_R Q_A) ⊘ (Λ + λ)] Q_Aᵀ,   λ = damping · mean(Λ),   g_R = ∇_l L(R)
+    identity: H_l = g_R (plain gradient dot product).
+
+Unlike the authors' code, the inverse divides by (Λ + λ), and candidates and iHVP cover the same
+layers under the same projection.
+
+Projection (optional, seeded): per layer P_l = P_out ⊗ P_in, P_out (k_out × out), P_in (k_in × in)
+with Rademacher or Gaussian entries of variance 1/k, so E[⟨Px, Py⟩] = ⟨x, y⟩, and
+k_out · k_in ≈ d / n_layers (a factor whose k reaches its side is the identity). Then
+P_out ∇L(z) P_inᵀ = Σ_t (P_out b_t)(P_in a_t)ᵀ, and the projected score is
+Σ_l ⟨P_out H_l P_inᵀ, P_out ∇_l L(z) P_inᵀ⟩.
+
+Framework-free: the Ray stage wraps `InfluenceScorer`; the fitted state is a dict of numpy arrays.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from distsel.config import InfluenceOptions
+from distsel.errors import DistselError
+
+ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
+MLP = ("gate_proj", "up_proj", "down_proj")
+# Texts are cut to this many characters per kept token before tokenizing (long documents would
+# otherwise be tokenized in full only to keep max_chunks × max_length tokens).
+CHARS_PER_TOKEN_CUT = 16
+TIMERS = ("forward_backward", "projection", "rest")
+
+
+def find_linear_layers(model: nn.Module, suffixes: Sequence[str]) -> dict[str, nn.Linear]:
+    """nn.Linear modules whose name ends with one of `suffixes`, in model order."""
+    found = {
+        name: module
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear) and name.split(".")[-1] in suffixes
+    }
+    if not found:
+        raise DistselError(f"influence: the model has no linear layers named {', '.join(suffixes)}")
+    return found
+
+
+def chunk_documents(
+    tokenizer: Any, texts: Sequence[str], max_length: int, max_chunks: int
+) -> tuple[list[list[int]], np.ndarray]:
+    """Chunks of ≤ max_length (and ≥ 2) tokens, ≤ max_chunks per text, and each one's text index."""
+    cut = max_length * max_chunks * CHARS_PER_TOKEN_CUT
+    encoded = tokenizer([text[:cut] for text in texts])["input_ids"]
+    chunks: list[list[int]] = []
+    owners: list[int] = []
+    for index, ids in enumerate(encoded):
+        for start in range(0, len(ids), max_length)[:max_chunks]:
+            piece = list(ids[start : start + max_length])
+            if len(piece) >= 2:
+                chunks.append(piece)
+                owners.append(index)
+    return chunks, np.asarray(owners, dtype=np.int64)
+
+
+def mean_by_owner(values: np.ndarray, owners: np.ndarray, count: int) -> np.ndarray:
+    """Mean of `values` (first axis) per owner; owners without values get zeros."""
+    flat = values.reshape(len(values), -1)
+    sums = np.zeros((count, flat.shape[1]))
+    np.add.at(sums, owners, flat)
+    counts = np.bincount(owners, minlength=count).astype(np.float64)
+    means = sums / np.maximum(counts, 1.0)[:, None]
+    return means.reshape((count, *values.shape[1:]))
+
+
+@dataclass
+class Batch:
+    """One forward/backward: per layer inputs a (B, T, in) and output gradients b (B, T, out).
+
+    b_t = ∂L_i/∂y_t with L_i the mean token loss of example i; `positions` (B, T) marks the loss
+    positions (tokens that predict a next token); `counts` (B,) is n_i = positions per example.
+    """
+
+    inputs: dict[str, Tensor]
+    grads: dict[str, Tensor]
+    positions: Tensor
+    counts: Tensor
+    losses: Tensor
+
+
+class _Capture:
+    """Forward hooks that keep each layer's input and output (outputs are made differentiable)."""
+
+    def __init__(self, layers: dict[str, nn.Linear]) -> None:
+        self.layers = layers
+        self.inputs: dict[str, Tensor] = {}
+        self.outputs: dict[str, Tensor] = {}
+        self.handles: list[Any] = []
+
+    def __enter__(self) -> _Capture:
+        for name, module in self.layers.items():
+            self.handles.append(module.register_forward_hook(self._hook(name)))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+    def _hook(self, name: str) -> Any:
+        def hook(module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> None:
+            if not output.requires_grad:  # frozen model and no trainable layer upstream
+                output.requires_grad_(True)
+            self.inputs[name] = args[0].detach()
+            self.outputs[name] = output
+
+        return hook
+
+
+def _split_budget(budget: int, n_out: int, n_in: int) -> tuple[int, int]:
+    """k_out · k_in ≈ budget with k_in / k_out ≈ n_in / n_out, each k within [1, side]."""
+    k_in = min(n_in, max(1, round(math.sqrt(budget * n_in / n_out))))
+    k_out = min(n_out, max(1, budget // k_in))
+    k_in = min(n_in, max(1, budget // k_out))
+    return k_out, k_in
+
+
+def _random_factor(k: int, n: int, generator: torch.Generator, kind: str) -> Tensor | None:
+    if k >= n:
+        return None
+    if kind == "gaussian":
+        values = torch.randn(k, n, generator=generator, dtype=torch.float64)
+    else:
+        values = torch.randint(0, 2, (k, n), generator=generator).to(torch.float64) * 2 - 1
+    return values / math.sqrt(k)
+
+
+class KroneckerProjection:
+    """Per layer P = P_out ⊗ P_in (a None factor is the identity); seeded, so actors rebuild it."""
+
+    def __init__(
+        self,
+        shapes: dict[str, tuple[int, int]],
+        dim: int,
+        seed: int,
+        kind: Literal["rademacher", "gaussian"] = "rademacher",
+    ) -> None:
+        budget = max(1, dim // len(shapes))
+        self.factors: dict[str, tuple[Tensor | None, Tensor | None]] = {}
+        for index, (name, (n_out, n_in)) in enumerate(shapes.items()):
+            k_out, k_in = _split_budget(budget, n_out, n_in)
+            generator = torch.Generator().manual_seed(seed * 1_000_003 + index)
+            self.factors[name] = (
+                _random_factor(k_out, n_out, generator, kind),
+                _random_factor(k_in, n_in, generator, kind),
+            )
+
+    def to(self, device: torch.device, dtype: torch.dtype) -> KroneckerProjection:
+        for name, pair in self.factors.items():
+            self.factors[name] = tuple(  # type: ignore[assignment]
+                None if p is None else p.to(device=device, dtype=dtype) for p in pair
+            )
+        return self
+
+    def outputs(self, name: str, b: Tensor) -> Tensor:
+        """P_out b_t for every token (last axis = out)."""
+        p_out = self.factors[name][0]
+        return b if p_out is None else b @ p_out.T
+
+    def inputs(self, name: str, a: Tensor) -> Tensor:
+        """P_in a_t for every token (last axis = in)."""
+        p_in = self.factors[name][1]
+        return a if p_in is None else a @ p_in.T
+
+    def matrix(self, name: str, g: Tensor) -> Tensor:
+        """P_out G P_inᵀ of explicit matrices G (..., out, in)."""
+        return self.inputs(name, self.outputs(name, g.transpose(-1, -2)).transpose(-1, -2))
+
+
+@dataclass
+class _Accumulator:
+    """Sums over the target's loss positions for one layer."""
+
+    a_cov: Tensor
+    b_cov: Tensor
+    grad: Tensor
+    tokens: int = 0
+
+
+class InfluenceScorer:
+    """Fit the target iHVP once (`fit`), then score candidate documents (`score`).
+
+    `layer_names` overrides the layers that `options.layers` selects (exact module names).
+    `timings` accumulates seconds spent in forward/backward, projection and the rest.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        options: InfluenceOptions,
+        max_length: int,
+        device: str | torch.device = "cpu",
+        *,
+        seed: int = 0,
+        projection: Literal["rademacher", "gaussian"] = "rademacher",
+        layer_names: Sequence[str] | None = None,
+    ) -> None:
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.tokenizer = tokenizer
+        self.options = options
+        self.max_length = max_length
+        self.seed = seed
+        self.projection_kind = projection
+        self.layers = self._choose_layers(layer_names)
+        dtype = next(model.parameters()).dtype
+        self.dtype = torch.float64 if dtype == torch.float64 else torch.float32
+        self.ihvp: dict[str, Tensor] | None = None
+        self.target_gradient: dict[str, Tensor] | None = None
+        self.projector: KroneckerProjection | None = None
+        self._projected: dict[str, Tensor] | None = None
+        self.timings = dict.fromkeys(TIMERS, 0.0)
+
+    def _choose_layers(self, names: Sequence[str] | None) -> dict[str, nn.Linear]:
+        suffixes = ATTENTION + (MLP if self.options.layers == "attention+mlp" else ())
+        if names is None:
+            return find_linear_layers(self.model, suffixes)
+        modules = dict(self.model.named_modules())
+        missing = [name for name in names if not isinstance(modules.get(name), nn.Linear)]
+        if missing:
+            raise DistselError(f"influence: no linear layers named {', '.join(missing)}")
+        return {name: modules[name] for name in names}
+
+    # ---------------------------------------------------------------- public API
+
+    def fit(self, target_texts: Sequence[str]) -> InfluenceScorer:
+        """Curvature from the target chunks (≤ target_examples), then H_l = (G_l + λ_l I)⁻¹ g_R."""
+        with self._total():
+            chunks = self._target_chunks(target_texts)
+            sums = self._target_sums(chunks)
+            self.target_gradient = {name: acc.grad / len(chunks) for name, acc in sums.items()}
+            if self.options.curvature == "identity":
+                self.ihvp = {k: g.to(self.dtype) for k, g in self.target_gradient.items()}
+            else:
+                self.ihvp = self._precondition(chunks, sums)
+            self._set_projection()
+        return self
+
+    def score(self, texts: Sequence[str]) -> np.ndarray:
+        """I(z) per text (float64): mean over its chunks of Σ_l Σ_t (P_out b_t)ᵀ H̃_l (P_in a_t)."""
+        ihvp = self._fitted()
+        with self._total():
+            chunks, owners = self._chunks(texts)
+            chunk_scores = np.zeros(len(chunks))
+            for indices, batch in self._batches(chunks):
+                total = torch.zeros(len(indices), dtype=self.dtype, device=self.device)
+                for name in self.layers:
+                    a, b = self._projected_pair(name, batch)
+                    total += ((b @ ihvp[name]) * a).sum(dim=(1, 2))
+                chunk_scores[indices] = total.double().cpu().numpy()
+            return mean_by_owner(chunk_scores, owners, len(texts))
+
+    def project_gradients(self, texts: Sequence[str]) -> np.ndarray:
+        """(n_docs, d) float32: per layer P_out ∇L P_inᵀ flattened, layers concatenated, mean
+        over chunks; `score(texts) == project_gradients(texts) @ target_vector()` (up to rounding).
+        Without projection_dim: the full gradients of the chosen layers."""
+        with self._total():
+            chunks, owners = self._chunks(texts)
+            rows = np.zeros((len(chunks), self.dim), dtype=np.float64)
+            for indices, batch in self._batches(chunks):
+                parts = []
+                for name in self.layers:
+                    a, b = self._projected_pair(name, batch)
+                    parts.append(torch.einsum("bto,bti->boi", b, a).flatten(1))
+                rows[indices] = torch.cat(parts, dim=1).double().cpu().numpy()
+            return mean_by_owner(rows, owners, len(texts)).astype(np.float32)
+
+    def target_vector(self) -> np.ndarray:
+        """The (projected) iHVP flattened in the order of `project_gradients` (float64)."""
+        ihvp = self._fitted()
+        return torch.cat([ihvp[name].flatten() for name in self.layers]).double().cpu().numpy()
+
+    def per_example_gradients(
+        self, texts: Sequence[str], layers: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Full per-document gradients (n_docs, out, in), mean over chunks (for small models)."""
+        names = list(self.layers) if layers is None else list(layers)
+        chunks, owners = self._chunks(texts)
+        grads = {name: np.zeros((len(chunks), *self._shape(name))) for name in names}
+        for indices, batch in self._batches(chunks):
+            for name in names:
+                g = torch.einsum("bto,bti->boi", batch.grads[name], batch.inputs[name])
+                grads[name][indices] = g.double().cpu().numpy()
+        return {name: mean_by_owner(g, owners, len(texts)) for name, g in grads.items()}
+
+    def token_pairs(self, target_texts: Sequence[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Per-token (a_t, n_i b_t) over the loss positions of the chunks `fit` would use: the
+        samples the curvature is estimated from (for exact checks on small models)."""
+        pairs: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {
+            name: ([], []) for name in self.layers
+        }
+        for _, batch in self._batches(self._target_chunks(target_texts)):
+            for name in self.layers:
+                a, b = self._token_pair(name, batch)
+                pairs[name][0].append(a.double().cpu().numpy())
+                pairs[name][1].append(b.double().cpu().numpy())
+        return {name: (np.concatenate(a), np.concatenate(b)) for name, (a, b) in pairs.items()}
+
+    def state(self) -> dict[str, np.ndarray]:
+        """Plain numpy arrays (full iHVP per layer, projection seed) for Ray's object store."""
+        ihvp = self._full_ihvp()
+        arrays = {f"ihvp/{name}": h.cpu().numpy() for name, h in ihvp.items()}
+        arrays["seed"] = np.asarray(self.seed, dtype=np.int64)
+        return arrays
+
+    @classmethod
+    def from_state(
+        cls,
+        model: nn.Module,
+        tokenizer: Any,
+        options: InfluenceOptions,
+        max_length: int,
+        device: str | torch.device,
+        arrays: dict[str, np.ndarray],
+        **kwargs: Any,
+    ) -> InfluenceScorer:
+        """A fitted scorer from `state()`; the projection follows `options` and the stored seed."""
+        names = [key.removeprefix("ihvp/") for key in arrays if key.startswith("ihvp/")]
+        kwargs.setdefault("layer_names", names)
+        scorer = cls(model, tokenizer, options, max_length, device, seed=_seed(arrays), **kwargs)
+        scorer.ihvp = scorer._load_ihvp(arrays)
+        scorer._set_projection()
+        return scorer
+
+    @property
+    def dim(self) -> int:
+        """Length of a (projected) gradient vector over the chosen layers."""
+        if self.projector is None:
+            return sum(out * inp for out, inp in map(self._shape, self.layers))
+        return sum(self._projected_shape(name).numel() for name in self.layers)
+
+    # ---------------------------------------------------------------- fitting
+
+    def _target_chunks(self, texts: Sequence[str]) -> list[list[int]]:
+        chunks = self._chunks(texts)[0][: self.options.target_examples]
+        if not chunks:
+            raise DistselError("influence: the target texts have no chunk of 2 or more tokens")
+        return chunks
+
+    def _target_sums(self, chunks: list[list[int]]) -> dict[str, _Accumulator]:
+        """Σ_t a aᵀ, Σ_t (n b)(n b)ᵀ over loss positions and Σ_i ∇L_i = Σ_t b aᵀ, per layer."""
+        sums = {name: self._accumulator(name) for name in self.layers}
+        for _, batch in self._batches(chunks):
+            for name, acc in sums.items():
+                a, b = self._token_pair(name, batch)
+                acc.a_cov += (a.T @ a).double()
+                acc.b_cov += (b.T @ b).double()
+                acc.grad += torch.einsum("bto,bti->oi", batch.grads[name], batch.inputs[name])
+                acc.tokens += len(a)
+        return sums
+
+    def _accumulator(self, name: str) -> _Accumulator:
+        n_out, n_in = self._shape(name)
+        zeros = lambda *shape: torch.zeros(shape, dtype=torch.float64, device=self.device)  # noqa: E731
+        return _Accumulator(zeros(n_in, n_in), zeros(n_out, n_out), zeros(n_out, n_in))
+
+    def _precondition(
+        self, chunks: list[list[int]], sums: dict[str, _Accumulator]
+    ) -> dict[str, Tensor]:
+        """H_l = Q_S [(Q_Sᵀ g_R Q_A) ⊘ (Λ + λ)] Q_Aᵀ with K-FAC or EK-FAC eigenvalues Λ."""
+        bases = {}
+        for name, acc in sums.items():
+            eig_a, q_a = torch.linalg.eigh(acc.a_cov / acc.tokens)
+            eig_s, q_s = torch.linalg.eigh(acc.b_cov / acc.tokens)
+            bases[name] = (q_s, q_a, torch.outer(eig_s.clamp(min=0), eig_a.clamp(min=0)))
+        if self.options.curvature == "ekfac":
+            refit = self._refit_eigenvalues(chunks, bases)
+            bases = {name: (q_s, q_a, refit[name]) for name, (q_s, q_a, _) in bases.items()}
+        assert self.target_gradient is not None
+        ihvp = {}
+        for name, (q_s, q_a, eigenvalues) in bases.items():
+            damping = self.options.damping * eigenvalues.mean()
+            rotated = q_s.T @ self.target_gradient[name] @ q_a
+            ihvp[name] = (q_s @ (rotated / (eigenvalues + damping)) @ q_a.T).to(self.dtype)
+        return ihvp
+
+    def _refit_eigenvalues(
+        self, chunks: list[list[int]], bases: dict[str, tuple[Tensor, Tensor, Tensor]]
+    ) -> dict[str, Tensor]:
+        """EK-FAC: Λ[o, i] = E_t[(q_S,oᵀ b_t)² (q_A,iᵀ a_t)²] (a second pass over the target)."""
+        sums = {name: torch.zeros_like(eig) for name, (_, _, eig) in bases.items()}
+        tokens = 0
+        for _, batch in self._batches(chunks):
+            for name, (q_s, q_a, _) in bases.items():
+                a, b = self._token_pair(name, batch)
+                a_rot = (a.double() @ q_a) ** 2
+                b_rot = (b.double() @ q_s) ** 2
+                sums[name] += b_rot.T @ a_rot
+            tokens += int(batch.counts.sum())
+        return {name: total / tokens for name, total in sums.items()}
+
+    def _set_projection(self) -> None:
+        dim = self.options.projection_dim
+        if dim is None:
+            self.projector, self._projected = None, None
+            return
+        shapes = {name: self._shape(name) for name in self.layers}
+        projector = KroneckerProjection(shapes, dim, self.seed, self.projection_kind)
+        self.projector = projector.to(self.device, self.dtype)
+        full = self._full_ihvp()
+        self._projected = {name: projector.matrix(name, h) for name, h in full.items()}
+
+    # ---------------------------------------------------------------- forward/backward
+
+    def _chunks(self, texts: Sequence[str]) -> tuple[list[list[int]], np.ndarray]:
+        opts = self.options
+        return chunk_documents(self.tokenizer, texts, self.max_length, opts.max_chunks)
+
+    def _batches(self, chunks: list[list[int]]) -> Iterator[tuple[np.ndarray, Batch]]:
+        """Batches of `batch_size` chunks, longest first (less padding), with their indices."""
+        order = np.argsort([-len(c) for c in chunks], kind="stable")
+        size = self.options.batch_size
+        for start in range(0, len(order), size):
+            indices = order[start : start + size]
+            yield indices, self._forward_backward([chunks[i] for i in indices])
+
+    def _forward_backward(self, chunks: list[list[int]]) -> Batch:
+        """One forward, one backward of Σ_i L_i (L_i: mean token loss of chunk i, pads masked)."""
+        with self._timer("forward_backward"):
+            ids, mask = self._pad(chunks)
+            with torch.enable_grad(), _Capture(self.layers) as capture:
+                logits = self.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+                losses, positions = _mean_token_losses(logits, ids, mask)
+                names = list(self.layers)
+                outputs = [capture.outputs[name] for name in names]
+                grads = torch.autograd.grad(losses.sum(), outputs, allow_unused=True)
+            cast = lambda t: t.to(self.dtype)  # noqa: E731
+            return Batch(
+                inputs={name: cast(capture.inputs[name]) for name in names},
+                grads={
+                    name: cast(torch.zeros_like(o) if g is None else g)
+                    for name, g, o in zip(names, grads, outputs, strict=True)
+                },
+                positions=positions,
+                counts=positions.sum(dim=1),
+                losses=losses.detach(),
+            )
+
+    def _pad(self, chunks: list[list[int]]) -> tuple[Tensor, Tensor]:
+        width = max(len(c) for c in chunks)
+        ids = torch.zeros((len(chunks), width), dtype=torch.long)
+        mask = torch.zeros((len(chunks), width), dtype=torch.long)
+        for row, chunk in enumerate(chunks):
+            ids[row, : len(chunk)] = torch.tensor(chunk)
+            mask[row, : len(chunk)] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    def _token_pair(self, name: str, batch: Batch) -> tuple[Tensor, Tensor]:
+        """(a_t, n_i b_t) at the loss positions: the per-token samples of the curvature."""
+        scale = batch.counts.to(self.dtype)[:, None, None]
+        positions = batch.positions
+        return batch.inputs[name][positions], (batch.grads[name] * scale)[positions]
+
+    def _projected_pair(self, name: str, batch: Batch) -> tuple[Tensor, Tensor]:
+        a, b = batch.inputs[name], batch.grads[name]
+        if self.projector is None:
+            return a, b
+        with self._timer("projection"):
+            return self.projector.inputs(name, a), self.projector.outputs(name, b)
+
+    # ---------------------------------------------------------------- helpers
+
+    def _shape(self, name: str) -> tuple[int, int]:
+        weight = self.layers[name].weight
+        return int(weight.shape[0]), int(weight.shape[1])
+
+    def _projected_shape(self, name: str) -> torch.Size:
+        assert self._projected is not None
+        return self._projected[name].shape
+
+    def _full_ihvp(self) -> dict[str, Tensor]:
+        if self.ihvp is None:
+            raise DistselError("influence: call fit() (or from_state) before scoring")
+        return self.ihvp
+
+    def _fitted(self) -> dict[str, Tensor]:
+        full = self._full_ihvp()
+        return full if self._projected is None else self._projected
+
+    def _load_ihvp(self, arrays: dict[str, np.ndarray]) -> dict[str, Tensor]:
+        ihvp = {}
+        for name in self.layers:
+            array = np.asarray(arrays[f"ihvp/{name}"])
+            if array.dtype.kind != "f" or array.shape != self._shape(name):
+                raise DistselError(
+                    f"influence state: ihvp/{name} has {array.dtype} {array.shape}, "
+                    f"expected a float array of shape {self._shape(name)}"
+                )
+            ihvp[name] = torch.from_numpy(array.copy()).to(self.device, self.dtype)
+        return ihvp
+
+    @contextmanager
+    def _timer(self, key: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.timings[key] += time.perf_counter() - start
+
+    @contextmanager
+    def _total(self) -> Iterator[None]:
+        before = self.timings["forward_backward"] + self.timings["projection"]
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            inner = self.timings["forward_backward"] + self.timings["projection"] - before
+            self.timings["rest"] += time.perf_counter() - start - inner
+
+
+def _mean_token_losses(logits: Tensor, ids: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """L_i = mean over i's next-token losses, and the loss positions (B, T) (t predicts t + 1)."""
+    targets = mask[:, 1:].bool()
+    logits = logits[:, :-1].to(torch.promote_types(logits.dtype, torch.float32))
+    token_losses = F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
+    counts = targets.sum(dim=1).clamp(min=1)
+    losses = (token_losses * targets).sum(dim=1) / counts
+    positions = torch.cat([targets, torch.zeros_like(targets[:, :1])], dim=1)
+    return losses, positions
+
+
+def _seed(arrays: dict[str, np.ndarray]) -> int:
+    seed = np.asarray(arrays.get("seed", 0))
+    if seed.dtype.kind not in "iu" or seed.shape != ():
+        raise DistselError("influence state: 'seed' must be an integer scalar")
+    return int(seed)
