@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 from distsel.errors import ConfigError
 
@@ -15,8 +22,15 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=False, validate_assignment=True)
 
 
+def _one_path_is_a_list(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+PathList = Annotated[list[str], BeforeValidator(_one_path_is_a_list)]
+
+
 class InputConfig(_Strict):
-    paths: list[str] = Field(min_length=1)
+    paths: Annotated[PathList, Field(min_length=1)]
     text_field: str = "text"
     id_field: str | None = None
     group_field: str | None = None
@@ -27,21 +41,11 @@ class InputConfig(_Strict):
     rows_per_part: int = Field(default=20_000, gt=0)
     storage_options: dict[str, Any] = Field(default_factory=dict)
 
-    @field_validator("paths", mode="before")
-    @classmethod
-    def _one_path_is_a_list(cls, value: Any) -> Any:
-        return [value] if isinstance(value, str) else value
-
 
 class TargetConfig(_Strict):
-    paths: list[str] = Field(default_factory=list)
+    paths: PathList = Field(default_factory=list)
     text_field: str = "text"
     storage_options: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("paths", mode="before")
-    @classmethod
-    def _one_path_is_a_list(cls, value: Any) -> Any:
-        return [value] if isinstance(value, str) else value
 
 
 class OutputConfig(_Strict):
