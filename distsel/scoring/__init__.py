@@ -13,6 +13,8 @@ STAGE_CLASSES = {
     "embed": "distsel.scoring.embed:EmbedStage",
     "similarity": "distsel.scoring.similarity:SimilarityStage",
     "betr": "distsel.scoring.similarity:BetrStage",
+    "perplexity": "distsel.scoring.proxy:PerplexityStage",
+    "influence": "distsel.scoring.influence:InfluenceStage",
 }
 
 

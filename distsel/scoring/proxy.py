@@ -163,29 +163,34 @@ def _set_special_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase)
 # Training
 
 
-def token_stream(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], limit: int) -> list:
+def token_stream(
+    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], limit: int
+) -> np.ndarray:
     """Documents' ids (special tokens included), each followed by eos unless it already ends
     with it, concatenated; tokenizing stops once `limit` tokens are in hand."""
     eos = tokenizer.eos_token_id
-    stream: list[int] = []
+    pieces: list[np.ndarray] = []
+    total = 0
     for start in range(0, len(texts), TOKENIZE_CHUNK):
         chunk = list(texts[start : start + TOKENIZE_CHUNK])
-        for ids in tokenizer(chunk, return_attention_mask=False)["input_ids"]:
-            stream += ids if ids and ids[-1] == eos else [*ids, eos]
-        if len(stream) >= limit:
+        encoded = tokenizer(chunk, return_attention_mask=False, verbose=False)
+        for ids in encoded["input_ids"]:
+            pieces.append(np.asarray(ids if ids and ids[-1] == eos else [*ids, eos], np.int64))
+            total += len(pieces[-1])
+        if total >= limit:
             break
-    return stream
+    return np.concatenate(pieces) if pieces else np.empty(0, dtype=np.int64)
 
 
-def pack(stream: list[int], length: int) -> torch.Tensor:
+def pack(stream: np.ndarray, length: int) -> torch.Tensor:
     """(n, length) sequences cut from the stream (the remainder dropped); a stream shorter than
     one sequence is repeated to fill it."""
-    if not stream:
+    if not len(stream):
         raise DistselError("the proxy's training sample holds no tokens")
     if len(stream) < length:
-        stream = stream * math.ceil(length / len(stream))
+        stream = np.tile(stream, math.ceil(length / len(stream)))
     count = len(stream) // length
-    return torch.tensor(stream[: count * length], dtype=torch.long).view(count, length)
+    return torch.from_numpy(np.ascontiguousarray(stream[: count * length])).view(count, length)
 
 
 def learning_rate_factor(step: int, warmup: int, steps: int) -> float:
@@ -258,22 +263,32 @@ def _train_loop(
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: learning_rate_factor(step, warmup, steps)
     )
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     losses = torch.zeros(steps, device=device)
     report = max(1, steps // 10)
     for step, rows in enumerate(batch_indices(len(sequences), config.batch_size, steps, seed)):
         batch = sequences[rows].to(device, non_blocking=True)
-        with autocast:
-            loss = model(input_ids=batch, labels=batch).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses[step] = loss.detach()
+        losses[step] = _training_step(model, batch, optimizer, schedule)
         if (step + 1) % report == 0 or step + 1 == steps:
             log.info("proxy: step %d/%d, loss %.4f", step + 1, steps, losses[step].item())
     return losses.cpu().tolist()
+
+
+def _training_step(
+    model: torch.nn.Module,
+    batch: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler,
+) -> torch.Tensor:
+    """One update on a batch of packed sequences (bfloat16 autocast on a GPU); its loss."""
+    on_gpu = batch.device.type == "cuda"
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_gpu):
+        loss = model(input_ids=batch, labels=batch).loss
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    schedule.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss.detach()
 
 
 def _training_info(
@@ -308,6 +323,20 @@ def _training_info(
 # Saving and loading
 
 
+@contextlib.contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    """transformers' progress bars off for a while (they would flood worker logs)."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
 def save_proxy(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -319,7 +348,7 @@ def save_proxy(
     s3:// prefix), the json last; return the info written (with the weights' sha256)."""
     store = Store(folder, storage_options)
     digest = hashlib.sha256()
-    with tempfile.TemporaryDirectory() as local:
+    with tempfile.TemporaryDirectory() as local, _no_progress_bars():
         model.save_pretrained(local)
         tokenizer.save_pretrained(local)
         files = sorted(p for p in Path(local).rglob("*") if p.is_file())
@@ -358,7 +387,7 @@ def load_proxy(
     A tokenizer without a pad token gets pad = eos."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    with _local_folder(folder, storage_options) as local:
+    with _local_folder(folder, storage_options) as local, _no_progress_bars():
         if not any(Path(local).glob("*.safetensors")):
             raise DistselError(
                 f"proxy folder {folder} holds no .safetensors weights "
@@ -630,6 +659,7 @@ class PerplexityStage(Stage):
 
     def prepare(self, context: StageContext) -> None:
         self.folder, self.info = ensure_proxy(context)
+        self.summary = {"proxy": self.info}
 
     def setup(self) -> None:
         if self.folder is None:
