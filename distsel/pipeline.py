@@ -65,8 +65,7 @@ def run(config: Config, address: str | None = None) -> dict[str, Any]:
     parts = [part for result in ingested for part in result.parts]
     stages = build_stages(config)
     for stage in stages:
-        stage.prepare(StageContext(config, store, parts))
-        run_stage(stage, parts, store, timings)
+        run_stage(stage, StageContext(config, store, parts), timings)
 
     selector = selector_for(config)
     began = time.perf_counter()
@@ -262,9 +261,12 @@ def score_part(stage: Stage, store: Store, part: str) -> int:
     return docs.num_rows
 
 
-def run_stage(stage: Stage, parts: list[str], store: Store, timings: dict[str, Any]) -> None:
-    """Score every part not yet done by `stage`; a changed stage fingerprint redoes them all."""
+def run_stage(stage: Stage, context: StageContext, timings: dict[str, Any]) -> None:
+    """Prepare `stage`, then score every part it has not done; a changed fingerprint redoes all."""
     began = time.perf_counter()
+    store, parts = context.store, context.parts
+    stage.prepare(context)
+    prepared = time.perf_counter() - began
     fingerprint_path = f"_state/{stage.name}/_fingerprint.json"
     fingerprint = stage.fingerprint()
     if store.exists(fingerprint_path) and store.read_json(fingerprint_path) != fingerprint:
@@ -289,6 +291,7 @@ def run_stage(stage: Stage, parts: list[str], store: Store, timings: dict[str, A
         "rows": rows,
         "seconds": round(time.perf_counter() - began, 3),
         "resumed_parts": len(parts) - len(pending),
+        "prepare_seconds": round(prepared, 3),
         **({"summary": stage.summary} if stage.summary else {}),
     }
 
