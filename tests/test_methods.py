@@ -172,3 +172,73 @@ def test_betr_scores_the_pool_from_an_embedded_sample(ray_local, tmp_path, corpu
     assert not (tmp_path / "betr" / "scores" / "embed").exists(), "only the sample is embedded"
     assert manifest["stages"]["betr"]["rows"] == 150
     assert manifest["by_group"]["selected"].get("recipes", 0) >= 12
+
+
+TINY_PROXY = {
+    "hidden": 32,
+    "layers": 1,
+    "heads": 4,
+    "vocab_size": 512,
+    "train_tokens": 20_000,
+    "sample_docs": 200,
+    "max_length": 64,
+}
+
+
+def test_influence_topk_trains_a_proxy_and_matches_a_direct_scorer(
+    ray_local, tmp_path, corpus_and_target
+):
+    import torch
+
+    from distsel.scoring.influence import InfluenceScorer
+    from distsel.scoring.proxy import load_proxy
+
+    corpus, target, pool, target_texts = corpus_and_target
+    raw = base_config([corpus], tmp_path / "inf", method="influence", budget={"docs": 15})
+    raw["input"].update(group_field="domain", rows_per_part=40)
+    raw["target"] = {"paths": [str(target)]}
+    raw["proxy"] = TINY_PROXY
+    raw["stages"] = {"influence": {"num_cpus": 1, "pool_size": 1}}
+    config = parse_config(raw)
+    manifest = pipeline.run(config)
+
+    proxy = manifest["stages"]["influence"]["summary"]["proxy"]
+    assert proxy["params"] > 0 and proxy["train_tokens"] >= 20_000 and proxy["final_loss"] > 0
+    torch.set_num_threads(1)
+    model, tokenizer = load_proxy(str(tmp_path / "inf" / "proxy"))
+    scorer = InfluenceScorer(model, tokenizer, config.select.influence, 64, "cpu")
+    texts = [d["text"] for d in pool]
+    expected = dict(zip(texts, scorer.fit(target_texts).score(texts), strict=True))
+    scores = read_folder(tmp_path / "inf" / "scores" / "influence")
+    docs = read_folder(tmp_path / "inf" / "docs")
+    text_of = dict(zip(docs["id"].to_pylist(), docs["text"].to_pylist(), strict=True))
+    got = [expected[text_of[i]] for i in scores["id"].to_pylist()]
+    assert np.allclose(scores["influence"].to_numpy(), got, rtol=1e-4, atol=1e-6)
+    chosen = read_folder(tmp_path / "inf" / "selected")["influence"].to_numpy()
+    assert np.allclose(np.sort(chosen), np.sort(scores["influence"].to_numpy())[-15:])
+
+
+def test_influence_pool_scores_groups_like_the_stage(ray_local, tmp_path, corpus_and_target):
+    from distsel.scoring.influence import InfluencePool, InfluenceStage
+    from distsel.stage import Resources, StageContext
+    from distsel.storage import Store
+
+    corpus, target, pool, _ = corpus_and_target
+    raw = base_config([corpus], tmp_path / "p", method="influence", budget={"docs": 5})
+    raw["target"] = {"paths": [str(target)]}
+    raw["proxy"] = TINY_PROXY
+    config = parse_config(raw)
+    pipeline.run(config)
+    store = Store(str(tmp_path / "p"))
+    stage = InfluenceStage(Resources(num_cpus=1, pool_size=2), config)
+    stage.prepare(StageContext(config, store, store.list("docs", ".parquet")))
+    service = InfluencePool(stage)
+    groups = [[d["text"] for d in pool[:3]], [d["text"] for d in pool[3:7]]]
+    first, second = service.score(groups)
+    service.close()
+    scores = read_folder(tmp_path / "p" / "scores" / "influence")
+    docs = read_folder(tmp_path / "p" / "docs")
+    by_text = dict(zip(docs["text"].to_pylist(), scores["influence"].to_numpy(), strict=True))
+    assert np.allclose(first, [by_text[t] for t in groups[0]], rtol=1e-4, atol=1e-6)
+    assert np.allclose(second, [by_text[t] for t in groups[1]], rtol=1e-4, atol=1e-6)
+    assert service.evaluated == 7

@@ -45,15 +45,21 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+import pyarrow as pa
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from distsel.config import InfluenceOptions
 from distsel.errors import DistselError
+from distsel.scoring.embed import _with_cluster_gpus
+from distsel.scoring.proxy import ensure_proxy, load_proxy
+from distsel.stage import Resources, Stage, StageContext
+
+if TYPE_CHECKING:
+    from distsel.config import Config, InfluenceOptions
 
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP = ("gate_proj", "up_proj", "down_proj")
@@ -94,7 +100,7 @@ def chunk_documents(
 
 def mean_by_owner(values: np.ndarray, owners: np.ndarray, count: int) -> np.ndarray:
     """Mean of `values` (first axis) per owner; owners without values get zeros."""
-    flat = values.reshape(len(values), -1)
+    flat = values.reshape(len(values), int(np.prod(values.shape[1:])))
     sums = np.zeros((count, flat.shape[1]))
     np.add.at(sums, owners, flat)
     counts = np.bincount(owners, minlength=count).astype(np.float64)
@@ -146,8 +152,13 @@ class _Capture:
 
 
 def _split_budget(budget: int, n_out: int, n_in: int) -> tuple[int, int]:
-    """k_out · k_in ≈ budget with k_in / k_out ≈ n_in / n_out, each k within [1, side]."""
-    k_in = min(n_in, max(1, round(math.sqrt(budget * n_in / n_out))))
+    """k_out · k_in ≈ budget, as equal as the sides allow (each k within [1, side]).
+
+    For nearly low-rank gradients the relative error of a Kronecker projection grows like
+    1/k_out + 1/k_in (each factor is a JL estimate), which equal sides minimise; a side whose
+    k reaches its size is exact.
+    """
+    k_in = min(n_in, max(1, math.isqrt(budget)))
     k_out = min(n_out, max(1, budget // k_in))
     k_in = min(n_in, max(1, budget // k_out))
     return k_out, k_in
@@ -246,6 +257,8 @@ class InfluenceScorer:
         self.dtype = torch.float64 if dtype == torch.float64 else torch.float32
         self.ihvp: dict[str, Tensor] | None = None
         self.target_gradient: dict[str, Tensor] | None = None
+        # per layer (Q_S, Q_A, Λ) after fit with K-FAC or EK-FAC; G_l = (Q_S ⊗ Q_A) diag(Λ) (…)ᵀ
+        self.curvature: dict[str, tuple[Tensor, Tensor, Tensor]] = {}
         self.projector: KroneckerProjection | None = None
         self._projected: dict[str, Tensor] | None = None
         self.timings = dict.fromkeys(TIMERS, 0.0)
@@ -314,13 +327,14 @@ class InfluenceScorer:
     ) -> dict[str, np.ndarray]:
         """Full per-document gradients (n_docs, out, in), mean over chunks (for small models)."""
         names = list(self.layers) if layers is None else list(layers)
-        chunks, owners = self._chunks(texts)
-        grads = {name: np.zeros((len(chunks), *self._shape(name))) for name in names}
-        for indices, batch in self._batches(chunks):
-            for name in names:
-                g = torch.einsum("bto,bti->boi", batch.grads[name], batch.inputs[name])
-                grads[name][indices] = g.double().cpu().numpy()
-        return {name: mean_by_owner(g, owners, len(texts)) for name, g in grads.items()}
+        with self._total():
+            chunks, owners = self._chunks(texts)
+            grads = {name: np.zeros((len(chunks), *self._shape(name))) for name in names}
+            for indices, batch in self._batches(chunks):
+                for name in names:
+                    g = torch.einsum("bto,bti->boi", batch.grads[name], batch.inputs[name])
+                    grads[name][indices] = g.double().cpu().numpy()
+            return {name: mean_by_owner(g, owners, len(texts)) for name, g in grads.items()}
 
     def token_pairs(self, target_texts: Sequence[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """Per-token (a_t, n_i b_t) over the loss positions of the chunks `fit` would use: the
@@ -406,6 +420,7 @@ class InfluenceScorer:
             refit = self._refit_eigenvalues(chunks, bases)
             bases = {name: (q_s, q_a, refit[name]) for name, (q_s, q_a, _) in bases.items()}
         assert self.target_gradient is not None
+        self.curvature = bases
         ihvp = {}
         for name, (q_s, q_a, eigenvalues) in bases.items():
             damping = self.options.damping * eigenvalues.mean()
@@ -565,3 +580,131 @@ def _seed(arrays: dict[str, np.ndarray]) -> int:
     if seed.dtype.kind not in "iu" or seed.shape != ():
         raise DistselError("influence state: 'seed' must be an integer scalar")
     return int(seed)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pipeline stage, and the same scorer as a pool of actors a selector can call
+
+
+class InfluenceStage(Stage):
+    """Influence of every document on the target set, under the run's proxy LM.
+
+    `prepare` trains or loads the proxy, then fits the curvature and the target iHVP once, in one
+    Ray task; the fitted arrays travel with the stage to every actor.
+    """
+
+    name = "influence"
+    input_columns = ("text",)
+    output_columns = ("influence",)
+    default_resources = Resources(num_cpus=1, batch_size=64, pool_size=2)
+
+    def __init__(self, resources: Resources, config: Config) -> None:
+        super().__init__(resources)
+        self.config = config
+        self.options = config.select.influence
+        self.folder: str | None = None
+        self.proxy_info: dict[str, Any] = {}
+        self.arrays: dict[str, np.ndarray] = {}
+        self.scorer: InfluenceScorer | None = None
+
+    @classmethod
+    def from_config(cls, config: Config, resources: Resources) -> InfluenceStage:
+        if not config.target.paths:
+            raise DistselError("the influence stage needs target.paths (target examples)")
+        return cls(_with_cluster_gpus(resources, config.stages.get(cls.name)), config)
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "options": self.options.model_dump(exclude={"batch_size"}),
+            "proxy": self.proxy_info.get("weights_sha256") or self.folder,
+            "target": self.config.target.model_dump(exclude={"storage_options"}),
+            "seed": self.config.seed,
+        }
+
+    def prepare(self, context: StageContext) -> None:
+        import ray
+
+        from distsel.corpus import read_texts
+
+        self.folder, self.proxy_info = ensure_proxy(context)
+        target = self.config.target
+        texts = read_texts(target.paths, target.text_field, target.storage_options)
+        rng = np.random.default_rng(self.config.seed)
+        if len(texts) > self.options.target_examples:
+            keep = np.sort(rng.choice(len(texts), self.options.target_examples, replace=False))
+            texts = [texts[i] for i in keep]
+        fit = ray.remote(num_cpus=self.resources.num_cpus, num_gpus=self.resources.num_gpus)(
+            _fit_state
+        )
+        self.arrays = ray.get(fit.remote(self, texts))
+        self.summary = {
+            "proxy": self.proxy_info,
+            "target_examples": len(texts),
+            "layers": self.options.layers,
+            "curvature": self.options.curvature,
+            "projection_dim": self.options.projection_dim,
+        }
+
+    def setup(self) -> None:
+        self.scorer = self._scorer(self.arrays)
+
+    def _scorer(self, arrays: dict[str, np.ndarray] | None) -> InfluenceScorer:
+        torch.set_num_threads(max(1, int(self.resources.num_cpus)))
+        device = "cuda" if self.resources.num_gpus else "cpu"
+        model, tokenizer = load_proxy(self.folder, device, self.config.output.storage_options)
+        max_length = self.config.proxy.max_length
+        if arrays is None:
+            return InfluenceScorer(
+                model, tokenizer, self.options, max_length, device, seed=self.config.seed
+            )
+        return InfluenceScorer.from_state(
+            model, tokenizer, self.options, max_length, device, arrays
+        )
+
+    def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
+        return {"influence": self.scorer.score(batch.column("text").to_pylist())}
+
+
+def _fit_state(stage: InfluenceStage, target_texts: list[str]) -> dict[str, np.ndarray]:
+    return stage._scorer(None).fit(target_texts).state()
+
+
+class _InfluenceActor:
+    def __init__(self, stage: InfluenceStage) -> None:
+        self.stage = stage
+        stage.setup()
+
+    def score(self, texts: list[str]) -> np.ndarray:
+        return self.stage.scorer.score(texts)
+
+
+class InfluencePool:
+    """The prepared influence stage as a pool of actors: `score(groups)` scores several small
+    groups of documents (e.g. the draws of the arms a bandit pulled) in parallel."""
+
+    def __init__(self, stage: InfluenceStage) -> None:
+        import ray
+
+        resources = stage.resources
+        options = {"num_cpus": resources.num_cpus, "num_gpus": resources.num_gpus}
+        self.actors = [
+            ray.remote(_InfluenceActor).options(**options).remote(stage)
+            for _ in range(resources.pool_size)
+        ]
+        self.evaluated = 0
+
+    def score(self, groups: list[list[str]]) -> list[np.ndarray]:
+        import ray
+
+        futures = [
+            self.actors[i % len(self.actors)].score.remote(texts) for i, texts in enumerate(groups)
+        ]
+        self.evaluated += sum(len(texts) for texts in groups)
+        return ray.get(futures)
+
+    def close(self) -> None:
+        import ray
+
+        for actor in self.actors:
+            ray.kill(actor)

@@ -27,13 +27,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
-import ray
 import torch
 from fsspec.implementations.local import LocalFileSystem
 
 from distsel.errors import DistselError
 from distsel.scoring.embed import CHARS_PER_TOKEN_CUT, _dtype_kwarg, _with_cluster_gpus
-from distsel.scoring.similarity import sample_texts
 from distsel.stage import Resources, Stage, StageContext
 from distsel.storage import Store, open_fs
 
@@ -558,6 +556,8 @@ def ensure_proxy(context: StageContext) -> tuple[str, dict[str, Any]]:
             log.info("proxy: reusing %s (%s parameters)", folder, info.get("params"))
             return folder, {**info, "path": folder}
         log.info("proxy: %s was trained with other settings; training again", folder)
+    from distsel.scoring.similarity import sample_texts
+
     texts = sample_texts(store, context.parts, config.proxy.sample_docs, config.seed)
     info = train_on_cluster(texts, config.proxy, config.seed, folder, store.storage_options)
     return folder, {**info, "path": folder}
@@ -576,6 +576,8 @@ def user_proxy_info(path: str, storage_options: dict[str, Any] | None = None) ->
 def training_resources() -> tuple[int, int]:
     """(CPUs, GPUs) for the training task: one GPU when the cluster has one; the CPUs of the
     largest eligible node, at most MAX_TRAINING_CPUS."""
+    import ray
+
     wants_gpu = ray.cluster_resources().get("GPU", 0) >= 1
     nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
     eligible = [r for r in nodes if r.get("GPU", 0) >= 1] if wants_gpu else nodes
@@ -592,16 +594,17 @@ def train_on_cluster(
 ) -> dict[str, Any]:
     """Train a proxy in one Ray task and save it to `folder`; return the info saved with it
     (its `fingerprint` being proxy_fingerprint's for `config` and `seed`)."""
+    import ray
+
     cpus, gpus = training_resources()
     fingerprint = proxy_fingerprint(config, seed)
     log.info("proxy: training on %d documents (%d CPUs, %d GPUs)", len(texts), cpus, gpus)
-    task = _train_and_save.options(num_cpus=cpus, num_gpus=gpus)
+    task = ray.remote(_train_and_save).options(num_cpus=cpus, num_gpus=gpus)
     level = log.getEffectiveLevel()
     job = task.remote(texts, config, seed, folder, storage_options, cpus, fingerprint, level)
     return ray.get(job)
 
 
-@ray.remote
 def _train_and_save(
     texts: list[str],
     config: ProxyConfig,
@@ -616,7 +619,7 @@ def _train_and_save(
         log.addHandler(logging.StreamHandler())
     log.setLevel(log_level)
     torch.set_num_threads(cpus)
-    device = "cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu"
+    device = "cuda" if torch.cuda.is_available() and torch.cuda.device_count() else "cpu"
     model, tokenizer, info = train_proxy(texts, config, seed, device)
     info = {**info, "documents": len(texts), "fingerprint": fingerprint}
     return save_proxy(model, tokenizer, info, folder, storage_options)

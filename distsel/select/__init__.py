@@ -153,6 +153,18 @@ class StratifiedSelector:
         return chosen, {"budget": _budget(config), **options.model_dump()}
 
 
+class InfluenceSelector:
+    """Top-k by influence on the target under the proxy LM (trained here unless proxy.path)."""
+
+    def required_stages(self, config: Config) -> tuple[str, ...]:
+        return ("influence",)
+
+    def select(self, pool: Pool, config: Config) -> tuple[np.ndarray, dict[str, Any]]:
+        order = descending(_column(pool, "influence"), pool.random_key)
+        chosen = fill_budget(order, pool.tokens, config.select.budget)
+        return chosen, {"budget": _budget(config), **config.select.influence.model_dump()}
+
+
 SELECTORS: dict[str, Selector] = {
     "all": AllSelector(),
     "random": RandomSelector(),
@@ -161,6 +173,7 @@ SELECTORS: dict[str, Selector] = {
     "topk": TopkSelector(),
     "threshold": ThresholdSelector(),
     "stratified": StratifiedSelector(),
+    "influence": InfluenceSelector(),
 }
 
 
