@@ -1,0 +1,106 @@
+"""Influence scoring throughput for the default proxy, with where the time goes.
+
+Builds the default proxy architecture (distsel.config.ProxyConfig defaults) with a BPE tokenizer
+trained on a corpus sample. Throughput does not depend on the weights' quality, so the weights are
+trained only for --train-tokens (default: a short run). Then it fits the EK-FAC iHVP on target
+documents and scores pool documents, with and without a Kronecker projection, and prints docs/s
+and the share of time in per-example gradients (forward + backward with hooks), projection and
+the rest. Runs on the CPU, or on a GPU with --device cuda (no Ray needed).
+
+    python benchmarks/influence_throughput.py --docs 1000
+    python benchmarks/influence_throughput.py --device cuda --docs 20000 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from distsel.config import InfluenceOptions, ProxyConfig  # noqa: E402
+from distsel.scoring.influence import InfluenceScorer  # noqa: E402
+from distsel.scoring.proxy import train_proxy  # noqa: E402
+
+
+def load_texts(corpus: Path, count: int, seed: int) -> list[str]:
+    texts = []
+    for path in sorted(corpus.glob("*.jsonl.gz")):
+        with gzip.open(path, "rt", encoding="utf-8") as lines:
+            texts += [json.loads(line)["text"] for line in lines if line.strip()]
+    random.Random(seed).shuffle(texts)
+    return (texts * (count // max(len(texts), 1) + 1))[:count]
+
+
+def measure(scorer: InfluenceScorer, texts: list[str], device: str) -> dict[str, float]:
+    scorer.score(texts[:32])
+    scorer.timings = dict.fromkeys(scorer.timings, 0.0)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    began = time.perf_counter()
+    scorer.score(texts)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - began
+    shares = {k: v / max(sum(scorer.timings.values()), 1e-9) for k, v in scorer.timings.items()}
+    return {"docs_per_s": len(texts) / seconds, "seconds": seconds, **shares}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--corpus", type=Path, default=REPO.parent / "shared/data/corpus")
+    parser.add_argument("--docs", type=int, default=1000, help="pool documents to score")
+    parser.add_argument("--targets", type=int, default=300, help="target documents to fit on")
+    parser.add_argument("--train-tokens", type=int, default=100_000)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--projections", default="none,8192", help="comma-separated dims")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    texts = load_texts(args.corpus, args.docs + args.targets + 2000, seed=0)
+    proxy_config = ProxyConfig(train_tokens=args.train_tokens)
+    model, tokenizer, info = train_proxy(texts[-2000:], proxy_config, seed=0, device=args.device)
+    targets, pool = texts[: args.targets], texts[args.targets : args.targets + args.docs]
+    batch = args.batch_size or (64 if args.device == "cuda" else 8)
+    print(
+        f"proxy: {info['params']:,} parameters ({proxy_config.layers} layers, hidden "
+        f"{proxy_config.hidden}, vocab {info['vocab']}), max_length {proxy_config.max_length}; "
+        f"device {args.device}, {args.threads} threads, batch {batch}; {len(pool)} docs scored, "
+        f"{len(targets)} target docs; at most 4 chunks/doc"
+    )
+    rows = []
+    for dim in args.projections.split(","):
+        projection = None if dim == "none" else int(dim)
+        options = InfluenceOptions(projection_dim=projection, batch_size=batch)
+        scorer = InfluenceScorer(model, tokenizer, options, proxy_config.max_length, args.device)
+        began = time.perf_counter()
+        scorer.fit(targets)
+        fit_seconds = time.perf_counter() - began
+        timing = measure(scorer, pool, args.device)
+        rows.append({"projection_dim": dim, "fit_seconds": fit_seconds, **timing})
+    print(
+        f"{'projection':>10} {'fit s':>7} {'docs/s':>8} {'grads %':>8} {'proj %':>7} {'rest %':>7}"
+    )
+    for row in rows:
+        print(
+            f"{row['projection_dim']:>10} {row['fit_seconds']:>7.1f} {row['docs_per_s']:>8.1f} "
+            f"{100 * row['forward_backward']:>8.1f} {100 * row['projection']:>7.1f} "
+            f"{100 * row['rest']:>7.1f}"
+        )
+    if args.json:
+        args.json.write_text(json.dumps({"proxy": info, "rows": rows}, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
