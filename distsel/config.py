@@ -109,6 +109,23 @@ class InfluenceOptions(_Strict):
     batch_size: int = Field(default=8, gt=0)
 
 
+class QuadOptions(_Strict):
+    """Quad's bandit. With `scale: standardized`, rewards are influences standardised by the
+    mean and deviation of all influences evaluated before the round, so α and τ are in units of
+    that deviation and one default serves any proxy; `raw` uses influences as they are."""
+
+    clusters: int | None = Field(default=None, ge=2)
+    metric: Literal["cosine", "l2"] = "cosine"
+    alpha: float = Field(default=1.0, ge=0)
+    gamma: float = Field(default=0.2, gt=0)
+    tau: float = 0.0
+    scale: Literal["standardized", "raw"] = "standardized"
+    arms_per_round: int | None = Field(default=None, gt=0)
+    draws_per_arm: int = Field(default=10, gt=0)
+    docs_per_accept: int | None = Field(default=None, gt=0)
+    rounds: int = Field(default=200, gt=0)
+
+
 class DsirOptions(_Strict):
     num_buckets: int = Field(default=10_000, gt=0)
     ngrams: int = Field(default=2, ge=1, le=3)
@@ -147,7 +164,15 @@ class StratifiedOptions(_Strict):
 
 class SelectConfig(_Strict):
     method: Literal[
-        "all", "random", "dsir", "similarity", "topk", "threshold", "stratified", "influence"
+        "all",
+        "random",
+        "dsir",
+        "similarity",
+        "topk",
+        "threshold",
+        "stratified",
+        "influence",
+        "quad",
     ] = "all"
     budget: Budget | None = None
     dsir: DsirOptions = Field(default_factory=DsirOptions)
@@ -156,6 +181,7 @@ class SelectConfig(_Strict):
     threshold: ThresholdOptions = Field(default_factory=ThresholdOptions)
     stratified: StratifiedOptions = Field(default_factory=StratifiedOptions)
     influence: InfluenceOptions = Field(default_factory=InfluenceOptions)
+    quad: QuadOptions = Field(default_factory=QuadOptions)
 
     @model_validator(mode="after")
     def _budget_when_needed(self) -> SelectConfig:
@@ -179,7 +205,7 @@ class RayConfig(_Strict):
     address: str | None = None
 
 
-TARGET_METHODS = ("dsir", "similarity", "influence")
+TARGET_METHODS = ("dsir", "similarity", "influence", "quad")
 
 
 class Config(_Strict):

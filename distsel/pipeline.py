@@ -70,7 +70,7 @@ def run(config: Config, address: str | None = None) -> dict[str, Any]:
     selector = selector_for(config)
     began = time.perf_counter()
     pool = gather_pool(store, parts, [s.name for s in stages], config)
-    chosen, section = selector.select(pool, config)
+    chosen, section = selector.select(pool, config, StageContext(config, store, parts))
     selected_parts = write_selection(store, pool, chosen, [s.name for s in stages])
     timings["select"] = {"rows": int(len(chosen)), "seconds": round(time.perf_counter() - began, 3)}
 

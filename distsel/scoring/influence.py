@@ -665,6 +665,10 @@ class InfluenceStage(Stage):
     def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
         return {"influence": self.scorer.score(batch.column("text").to_pylist())}
 
+    def actor_pool(self) -> InfluencePool:
+        """This prepared stage as `resources.pool_size` actors that score groups on request."""
+        return InfluencePool(self)
+
 
 def _fit_state(stage: InfluenceStage, target_texts: list[str]) -> dict[str, np.ndarray]:
     return stage._scorer(None).fit(target_texts).state()

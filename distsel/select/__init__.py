@@ -9,8 +9,9 @@ import numpy as np
 from distsel.config import Config
 from distsel.errors import DistselError
 from distsel.scoring import stage_for_column
-from distsel.select.pool import Pool, gather_pool
+from distsel.select.pool import Pool, fetch_texts, gather_pool
 from distsel.select.samplers import ccs_stratified, descending, fill_budget, random_order
+from distsel.stage import StageContext
 
 __all__ = ["Pool", "Selector", "gather_pool", "selector_for"]
 
@@ -18,7 +19,9 @@ __all__ = ["Pool", "Selector", "gather_pool", "selector_for"]
 class Selector(Protocol):
     def required_stages(self, config: Config) -> tuple[str, ...]: ...
 
-    def select(self, pool: Pool, config: Config) -> tuple[np.ndarray, dict[str, Any]]:
+    def select(
+        self, pool: Pool, config: Config, context: StageContext
+    ) -> tuple[np.ndarray, dict[str, Any]]:
         """Indices into the pool of the chosen documents, and the manifest section."""
         ...
 
@@ -41,7 +44,9 @@ class AllSelector:
     def required_stages(self, config: Config) -> tuple[str, ...]:
         return ()
 
-    def select(self, pool: Pool, config: Config) -> tuple[np.ndarray, dict[str, Any]]:
+    def select(
+        self, pool: Pool, config: Config, context: StageContext
+    ) -> tuple[np.ndarray, dict[str, Any]]:
         chosen = fill_budget(np.arange(len(pool)), pool.tokens, config.select.budget)
         return chosen, {"budget": _budget(config)}
 
@@ -52,7 +57,9 @@ class RandomSelector:
     def required_stages(self, config: Config) -> tuple[str, ...]:
         return ()
 
-    def select(self, pool: Pool, config: Config) -> tuple[np.ndarray, dict[str, Any]]:
+    def select(
+        self, pool: Pool, config: Config, context: StageContext
+    ) -> tuple[np.ndarray, dict[str, Any]]:
         chosen = fill_budget(random_order(pool.random_key), pool.tokens, config.select.budget)
         return chosen, {"budget": _budget(config), "seed": config.seed}
 
@@ -63,7 +70,9 @@ class DsirSelector:
     def required_stages(self, config: Config) -> tuple[str, ...]:
         return ("dsir",)
 
-    def select(self, pool: Pool, config: Config) -> tuple[np.ndarray, dict[str, Any]]:
+    def select(
+        self, pool: Pool, config: Config, context: StageContext
+    ) -> tuple[np.ndarray, dict[str, Any]]:
         from distsel.scoring.dsir import gumbel_noise_from_keys
 
         options = config.select.dsir
@@ -83,7 +92,9 @@ class SimilaritySelector:
     def required_stages(self, config: Config) -> tuple[str, ...]:
         return ("betr",) if config.select.similarity.betr else ("similarity",)
 
-    def select(self, pool: Pool, config: Config) -> tuple[np.ndarray, dict[str, Any]]:
+    def select(
+        self, pool: Pool, config: Config, context: StageContext
+    ) -> tuple[np.ndarray, dict[str, Any]]:
         from distsel.scoring.similarity import round_robin
 
         options = config.select.similarity
@@ -106,7 +117,9 @@ class TopkSelector:
     def required_stages(self, config: Config) -> tuple[str, ...]:
         return (stage_for_column(config.select.topk.column),)
 
-    def select(self, pool: Pool, config: Config) -> tuple[np.ndarray, dict[str, Any]]:
+    def select(
+        self, pool: Pool, config: Config, context: StageContext
+    ) -> tuple[np.ndarray, dict[str, Any]]:
         options = config.select.topk
         values = _column(pool, options.column)
         order = descending(values if options.descending else -values, pool.random_key)
@@ -120,7 +133,9 @@ class ThresholdSelector:
     def required_stages(self, config: Config) -> tuple[str, ...]:
         return (stage_for_column(config.select.threshold.column),)
 
-    def select(self, pool: Pool, config: Config) -> tuple[np.ndarray, dict[str, Any]]:
+    def select(
+        self, pool: Pool, config: Config, context: StageContext
+    ) -> tuple[np.ndarray, dict[str, Any]]:
         options = config.select.threshold
         values = _column(pool, options.column)
         low = float(np.nanmedian(values)) if options.min is None else options.min
@@ -138,7 +153,9 @@ class StratifiedSelector:
     def required_stages(self, config: Config) -> tuple[str, ...]:
         return (stage_for_column(config.select.stratified.column),)
 
-    def select(self, pool: Pool, config: Config) -> tuple[np.ndarray, dict[str, Any]]:
+    def select(
+        self, pool: Pool, config: Config, context: StageContext
+    ) -> tuple[np.ndarray, dict[str, Any]]:
         options = config.select.stratified
         values = _column(pool, options.column)
         chosen = ccs_stratified(
@@ -159,10 +176,51 @@ class InfluenceSelector:
     def required_stages(self, config: Config) -> tuple[str, ...]:
         return ("influence",)
 
-    def select(self, pool: Pool, config: Config) -> tuple[np.ndarray, dict[str, Any]]:
+    def select(
+        self, pool: Pool, config: Config, context: StageContext
+    ) -> tuple[np.ndarray, dict[str, Any]]:
         order = descending(_column(pool, "influence"), pool.random_key)
         chosen = fill_budget(order, pool.tokens, config.select.budget)
         return chosen, {"budget": _budget(config), **config.select.influence.model_dump()}
+
+
+class QuadSelector:
+    """Quad: a bandit over k-means clusters that computes influence on a few draws per pull."""
+
+    def required_stages(self, config: Config) -> tuple[str, ...]:
+        return ("embed", "cluster")
+
+    def select(
+        self, pool: Pool, config: Config, context: StageContext
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        from distsel.clustering import load_centroid_distances
+        from distsel.scoring import stage_class
+        from distsel.select.quad import QuadBandit
+
+        influence_stage = stage_class("influence")
+        stage = influence_stage.from_config(
+            config, influence_stage.default_resources.with_overrides(config.stages.get("influence"))
+        )
+        stage.prepare(context)
+        clusters = pool.scores["cluster"].astype(np.int64)
+        bandit = QuadBandit(
+            clusters,
+            pool.random_key,
+            pool.tokens,
+            load_centroid_distances(context.store),
+            config.select.quad,
+            config.select.budget,
+            config.seed,
+        )
+        scorer = stage.actor_pool()
+        try:
+            chosen = bandit.run(
+                lambda groups: scorer.score(fetch_texts(context.store, pool, groups)), context.store
+            )
+        finally:
+            scorer.close()
+        section = {"budget": _budget(config), **config.select.quad.model_dump()}
+        return chosen, {**section, **bandit.summary(clusters), "influence": stage.summary}
 
 
 SELECTORS: dict[str, Selector] = {
@@ -174,6 +232,7 @@ SELECTORS: dict[str, Selector] = {
     "threshold": ThresholdSelector(),
     "stratified": StratifiedSelector(),
     "influence": InfluenceSelector(),
+    "quad": QuadSelector(),
 }
 
 

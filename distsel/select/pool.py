@@ -116,3 +116,25 @@ def gather_pool(store: Store, parts: list[str], stages: list[str], config: Confi
 def _stack(gathered: list[dict], name: str, dtype: Any) -> np.ndarray:
     arrays = [columns[name] for columns in gathered]
     return np.concatenate(arrays).astype(dtype) if arrays else np.zeros(0, dtype=dtype)
+
+
+@ray.remote(num_cpus=1)
+def _part_texts(store: Store, part: str, rows: np.ndarray) -> list[str]:
+    return store.read_table(f"docs/{part}", columns=["text"]).column("text").take(rows).to_pylist()
+
+
+def fetch_texts(store: Store, pool: Pool, groups: list[np.ndarray]) -> list[list[str]]:
+    """The texts of a few groups of pool documents, read part by part in parallel."""
+    flat = np.concatenate(groups) if groups else np.zeros(0, dtype=np.int64)
+    parts = pool.part_index[flat]
+    texts: list[str | None] = [None] * len(flat)
+    futures = {}
+    for part in np.unique(parts):
+        positions = np.flatnonzero(parts == part)
+        rows = pool.row_index[flat[positions]]
+        futures[int(part)] = (positions, _part_texts.remote(store, pool.parts[part], rows))
+    for positions, future in futures.values():
+        for position, text in zip(positions, ray.get(future), strict=True):
+            texts[position] = text
+    bounds = np.cumsum([0] + [len(g) for g in groups])
+    return [texts[bounds[i] : bounds[i + 1]] for i in range(len(groups))]
