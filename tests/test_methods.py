@@ -242,3 +242,29 @@ def test_influence_pool_scores_groups_like_the_stage(ray_local, tmp_path, corpus
     assert np.allclose(first, [by_text[t] for t in groups[0]], rtol=1e-4, atol=1e-6)
     assert np.allclose(second, [by_text[t] for t in groups[1]], rtol=1e-4, atol=1e-6)
     assert service.evaluated == 7
+
+
+def test_quad_selects_with_influence_on_draws_only(ray_local, tmp_path, corpus_and_target):
+    corpus, target, _, _ = corpus_and_target
+    raw = base_config([corpus], tmp_path / "quad", method="quad", budget={"docs": 15})
+    raw["input"].update(group_field="domain", rows_per_part=40)
+    raw["target"] = {"paths": [str(target)]}
+    raw["proxy"] = TINY_PROXY
+    raw["select"]["quad"] = {
+        "clusters": 6,
+        "arms_per_round": 2,
+        "draws_per_arm": 3,
+        "docs_per_accept": 5,
+    }
+    manifest = pipeline.run(parse_config(raw))
+    quad = manifest["quad"]
+    assert manifest["selected_docs"] == 15 and quad["stopped"] == "budget reached"
+    assert quad["clusters"] == 6 and 1 <= quad["clusters_accepted"] <= 6
+    assert quad["influence_evaluated_docs"] == 3 * 2 * quad["rounds"] < 150
+    assert not (tmp_path / "quad" / "scores" / "influence").exists(), "no full influence pass"
+    assert sum(quad["selected_per_cluster"].values()) == 15
+    assert [h["round"] for h in quad["history"]] == list(range(1, quad["rounds"] + 1))
+    assert quad["influence"]["proxy"]["params"] > 0
+    clusters = read_folder(tmp_path / "quad" / "selected")["cluster"].to_numpy()
+    counts = np.bincount(clusters, minlength=6)
+    assert {str(i): int(c) for i, c in enumerate(counts) if c} == quad["selected_per_cluster"]

@@ -15,6 +15,7 @@ STAGE_CLASSES = {
     "betr": "distsel.scoring.similarity:BetrStage",
     "perplexity": "distsel.scoring.proxy:PerplexityStage",
     "influence": "distsel.scoring.influence:InfluenceStage",
+    "cluster": "distsel.clustering:ClusterStage",
 }
 
 

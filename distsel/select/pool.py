@@ -118,7 +118,7 @@ def _stack(gathered: list[dict], name: str, dtype: Any) -> np.ndarray:
     return np.concatenate(arrays).astype(dtype) if arrays else np.zeros(0, dtype=dtype)
 
 
-@ray.remote(num_cpus=1)
+@ray.remote(num_cpus=0)  # light reads that must run while influence actors hold every CPU
 def _part_texts(store: Store, part: str, rows: np.ndarray) -> list[str]:
     return store.read_table(f"docs/{part}", columns=["text"]).column("text").take(rows).to_pylist()
 
