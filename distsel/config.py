@@ -111,8 +111,8 @@ class InfluenceOptions(_Strict):
 
 class QuadOptions(_Strict):
     """Quad's bandit. With `scale: standardized`, rewards are influences standardised by the
-    mean and deviation of all influences evaluated before the round, so α and τ are in units of
-    that deviation and one default serves any proxy; `raw` uses influences as they are."""
+    mean and deviation of all influences evaluated so far, so α and τ are in units of that
+    deviation and one default serves any proxy; `raw` uses influences as they are."""
 
     clusters: int | None = Field(default=None, ge=2)
     metric: Literal["cosine", "l2"] = "cosine"

@@ -124,6 +124,41 @@ def embedding_projection(store: Store, selected: set[str]) -> list[tuple[str, st
     return result
 
 
+def quad_plots(manifest: dict[str, Any]) -> list[tuple[str, str]]:
+    """Reward of each pulled arm per round (accepted ones marked) and documents per cluster."""
+    quad = manifest.get("quad")
+    if not quad or not quad.get("history"):
+        return []
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(6.5, 3.4))
+    for entry in quad["history"]:
+        for arm, reward in zip(entry["arms"], entry["rewards"], strict=True):
+            accepted = arm in entry["accepted"]
+            axis.scatter(
+                entry["round"],
+                reward,
+                s=10,
+                c=[plt.cm.tab20(arm % 20)],
+                marker="o" if accepted else "x",
+            )
+    axis.axhline(0, color="#444444", linewidth=0.8)
+    axis.set_xlabel("round")
+    axis.set_ylabel("reward (o accepted, x rejected)")
+    axis.set_title("Quad: reward per pulled arm")
+    figures = [("Quad: reward per arm over rounds", _png(figure))]
+    plt.close(figure)
+    counts = {int(k): v for k, v in quad["selected_per_cluster"].items()}
+    figure, axis = plt.subplots(figsize=(6.5, 3.2))
+    clusters = sorted(counts, key=counts.get, reverse=True)
+    axis.bar(range(len(clusters)), [counts[c] for c in clusters])
+    axis.set_xlabel(f"cluster (of {quad['clusters']}), most selected first")
+    axis.set_ylabel("selected documents")
+    axis.set_title("Quad: selected documents per cluster")
+    figures.append(("Quad: selected documents per cluster", _png(figure)))
+    plt.close(figure)
+    return figures
+
+
 def _summary_rows(manifest: dict[str, Any]) -> str:
     keys = (
         "input_docs",
@@ -149,6 +184,7 @@ def write_report(output: str, storage_options: dict[str, Any] | None = None) -> 
     selected = _selected_ids(store)
     figures = (
         group_shares(manifest)
+        + quad_plots(manifest)
         + score_histograms(store, selected)
         + embedding_projection(store, selected)
     )

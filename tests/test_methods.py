@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -268,3 +270,9 @@ def test_quad_selects_with_influence_on_draws_only(ray_local, tmp_path, corpus_a
     clusters = read_folder(tmp_path / "quad" / "selected")["cluster"].to_numpy()
     counts = np.bincount(clusters, minlength=6)
     assert {str(i): int(c) for i, c in enumerate(counts) if c} == quad["selected_per_cluster"]
+
+    from distsel.report import write_report
+
+    page = Path(write_report(str(tmp_path / "quad"))).read_text(encoding="utf-8")
+    assert "<figcaption>Quad: reward per arm over rounds</figcaption>" in page
+    assert "<figcaption>Quad: selected documents per cluster</figcaption>" in page

@@ -14,7 +14,7 @@ pulls of arm i; the first round takes B arms at random (seeded). The top-B arms 
 each, the next b documents not yet drawn (each arm's documents in a seeded random order) are
 scored by influence, all pulled arms in parallel. The reward is the mean influence − τ (with
 `scale: standardized`, influences are first standardised by the mean and deviation of all
-influences evaluated before the round). An arm with reward > 0 is accepted and adds m documents:
+influences evaluated so far). An arm with reward > 0 is accepted and adds m documents:
 its b drawn ones and the next m − b of its order. An arm whose documents are all drawn retires.
 The run stops at the budget, exactly (documents, or tokens filled greedily), or after `rounds`.
 
@@ -200,20 +200,17 @@ class QuadBandit:
         return taken
 
     def _rewards(self, scores: list[np.ndarray]) -> np.ndarray:
-        """Mean influence of each arm's draws − τ, standardised by earlier rounds if asked."""
+        """Mean influence of each arm's draws − τ; standardised, if asked, by the mean and
+        deviation of every influence evaluated so far, this round's included."""
         state = self.state
         means = np.array([float(np.mean(s)) if len(s) else 0.0 for s in scores])
         values = np.concatenate(scores) if scores else np.zeros(0)
-        if state.evaluated == 0:
-            center, spread = float(values.mean()), float(values.std())
-        else:
-            center = state.influence_sum / state.evaluated
-            variance = state.influence_sq_sum / state.evaluated - center**2
-            spread = math.sqrt(max(variance, 0.0))
         state.evaluated += len(values)
         state.influence_sum += float(values.sum())
         state.influence_sq_sum += float((values**2).sum())
-        if self.options.scale == "standardized":
+        if self.options.scale == "standardized" and state.evaluated:
+            center = state.influence_sum / state.evaluated
+            spread = math.sqrt(max(state.influence_sq_sum / state.evaluated - center**2, 0.0))
             means = (means - center) / (spread if spread > 0 else 1.0)
         return means - self.options.tau
 
