@@ -126,6 +126,23 @@ class QuadOptions(_Strict):
     rounds: int = Field(default=200, gt=0)
 
 
+class MixtureOptions(_Strict):
+    """Mixture-weight search over groups with small proxy LMs (RegMix / Ray Tune)."""
+
+    group_field: str | None = None
+    mode: Literal["tune", "regmix"] = "tune"
+    trials: int = Field(default=16, gt=0)
+    max_concurrent: int = Field(default=2, gt=0)
+    train_tokens: int = Field(default=200_000, gt=0)
+    report_every: int = Field(default=20, gt=0)
+    trial_cpus: float = Field(default=1.0, gt=0)
+    trial_gpus: float = Field(default=0.0, ge=0)
+    asha: bool = True
+    heldout_docs: int = Field(default=200, gt=0)
+    regmix_samples: int = Field(default=100_000, gt=0)
+    regmix_top: int = Field(default=128, gt=0)
+
+
 class DsirOptions(_Strict):
     num_buckets: int = Field(default=10_000, gt=0)
     ngrams: int = Field(default=2, ge=1, le=3)
@@ -173,6 +190,7 @@ class SelectConfig(_Strict):
         "stratified",
         "influence",
         "quad",
+        "mixture",
     ] = "all"
     budget: Budget | None = None
     dsir: DsirOptions = Field(default_factory=DsirOptions)
@@ -205,7 +223,7 @@ class RayConfig(_Strict):
     address: str | None = None
 
 
-TARGET_METHODS = ("dsir", "similarity", "influence", "quad")
+TARGET_METHODS = ("dsir", "similarity", "influence", "quad", "mixture")
 
 
 class Config(_Strict):
@@ -216,6 +234,7 @@ class Config(_Strict):
     stages: dict[str, StageConfig] = Field(default_factory=dict)
     embed: EmbedConfig = Field(default_factory=EmbedConfig)
     proxy: ProxyConfig = Field(default_factory=ProxyConfig)
+    mixture: MixtureOptions = Field(default_factory=MixtureOptions)
     ray: RayConfig = Field(default_factory=RayConfig)
     seed: int = 0
 
