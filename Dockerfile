@@ -4,4 +4,5 @@ WORKDIR /home/ray/distsel
 COPY --chown=ray:users pyproject.toml README.md ./
 COPY --chown=ray:users distsel ./distsel
 COPY --chown=ray:users jobs ./jobs
+COPY --chown=ray:users cluster ./cluster
 RUN pip install --no-cache-dir .
