@@ -237,4 +237,7 @@ SELECTORS: dict[str, Selector] = {
 
 
 def selector_for(config: Config) -> Selector:
-    return SELECTORS[config.select.method]
+    method = config.select.method
+    if method not in SELECTORS:
+        raise DistselError(f"select.method '{method}' is not available in this version")
+    return SELECTORS[method]
