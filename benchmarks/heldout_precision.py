@@ -123,6 +123,31 @@ def write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
 # --- runs -------------------------------------------------------------------------------------
 
 
+def write_workdir(
+    workdir: Path | None,
+    prefix: str,
+    target: list[dict[str, Any]],
+    pool: list[tuple[str, list[dict[str, Any]]]],
+) -> tuple[tempfile.TemporaryDirectory | None, Path, Path, Path]:
+    """Write target.jsonl and pool/<domain>.jsonl.gz under `workdir` (or a temporary folder,
+    returned so the caller can remove it); its old pool/ and runs/ are replaced."""
+    temporary = None
+    if workdir is None:
+        temporary = tempfile.TemporaryDirectory(prefix=prefix)
+        workdir = Path(temporary.name)
+    else:
+        workdir = workdir.resolve()
+        workdir.mkdir(parents=True, exist_ok=True)
+    pool_dir, runs, target_path = workdir / "pool", workdir / "runs", workdir / "target.jsonl"
+    for stale in (pool_dir, runs):
+        shutil.rmtree(stale, ignore_errors=True)
+    write_jsonl(target_path, target)
+    for name, records in pool:
+        if records:
+            write_jsonl(pool_dir / f"{name}.jsonl.gz", records)
+    return temporary, pool_dir, runs, target_path
+
+
 def run_config(
     method: str, args: argparse.Namespace, pool_dir: Path, target: Path, output: Path, k: int
 ) -> dict[str, Any]:
@@ -287,20 +312,9 @@ def main() -> None:
     if k == 0:
         raise SystemExit(f"no '{args.domain}' docs left in the pool; lower --target-size")
 
-    temporary = None
-    if args.workdir is None:
-        temporary = tempfile.TemporaryDirectory(prefix="heldout_precision_")
-        workdir = Path(temporary.name)
-    else:
-        workdir = args.workdir.resolve()
-        workdir.mkdir(parents=True, exist_ok=True)
-    pool_dir, runs, target_path = workdir / "pool", workdir / "runs", workdir / "target.jsonl"
-    for stale in (pool_dir, runs):
-        shutil.rmtree(stale, ignore_errors=True)
-    write_jsonl(target_path, target)
-    for name, records in pool:
-        if records:
-            write_jsonl(pool_dir / f"{name}.jsonl.gz", records)
+    temporary, pool_dir, runs, target_path = write_workdir(
+        args.workdir, "heldout_precision_", target, pool
+    )
 
     import ray
 

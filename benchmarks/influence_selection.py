@@ -40,9 +40,7 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 import argparse
 import json
 import logging
-import shutil
 import sys
-import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -61,7 +59,7 @@ from heldout_precision import (  # noqa: E402
     positive,
     print_table,
     split,
-    write_jsonl,
+    write_workdir,
 )
 
 METHODS = ("influence", "random")
@@ -287,20 +285,9 @@ def main() -> None:
         raise SystemExit(f"no '{args.domain}' docs left in the pool; lower --target-size")
     target_texts = [r["text"] for r in target]
 
-    temporary = None
-    if args.workdir is None:
-        temporary = tempfile.TemporaryDirectory(prefix="influence_selection_")
-        workdir = Path(temporary.name)
-    else:
-        workdir = args.workdir.resolve()
-        workdir.mkdir(parents=True, exist_ok=True)
-    pool_dir, runs, target_path = workdir / "pool", workdir / "runs", workdir / "target.jsonl"
-    for stale in (pool_dir, runs):
-        shutil.rmtree(stale, ignore_errors=True)
-    write_jsonl(target_path, target)
-    for name, records in pool:
-        if records:
-            write_jsonl(pool_dir / f"{name}.jsonl.gz", records)
+    temporary, pool_dir, runs, target_path = write_workdir(
+        args.workdir, "influence_selection_", target, pool
+    )
 
     cores = os.cpu_count()
     limit = f", at most {limit_per_domain} per domain" if limit_per_domain else ""
