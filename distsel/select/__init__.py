@@ -8,6 +8,7 @@ import numpy as np
 
 from distsel.config import Config
 from distsel.errors import DistselError
+from distsel.mixture import MixtureSelector
 from distsel.scoring import stage_for_column
 from distsel.select.pool import Pool, fetch_texts, gather_pool
 from distsel.select.samplers import ccs_stratified, descending, fill_budget, random_order
@@ -233,6 +234,7 @@ SELECTORS: dict[str, Selector] = {
     "stratified": StratifiedSelector(),
     "influence": InfluenceSelector(),
     "quad": QuadSelector(),
+    "mixture": MixtureSelector(),
 }
 
 

@@ -89,7 +89,8 @@ def _is_numeric(arrow_type: pa.DataType) -> bool:
 
 def gather_pool(store: Store, parts: list[str], stages: list[str], config: Config) -> Pool:
     """Read the selection columns of every part in parallel and stack them."""
-    fields = [f for f in (config.input.group_field, config.input.label_field) if f]
+    wanted = (config.input.group_field, config.input.label_field, config.mixture.group_field)
+    fields = list(dict.fromkeys(f for f in wanted if f))
     futures = [_part_columns.remote(store, part, stages, fields, config.seed) for part in parts]
     gathered = ray.get(futures)
     sizes = [len(columns["tokens"]) for columns in gathered]

@@ -1,0 +1,361 @@
+"""Mixture search over the corpus domains: the best mixture found vs uniform vs natural, and the
+proxy steps ASHA saves.
+
+Data: ../shared/data/corpus/*.jsonl.gz (one domain per file, field `domain`); at most `--limit`
+documents per domain (seeded sample), so domains of short documents (news, reviews) hold few of
+the pool's tokens and the natural (token-share) mixture differs from the uniform one.
+
+Two scenarios, each a pool ingested by distsel and searched by distsel.mixture.run_mixture_search
+(groups = `domain`), every proxy trained on the same `--train-tokens` budget:
+  targets   target = ../shared/data/targets/pubmedqa.jsonl + gsm8k.jsonl; searched three ways:
+            tune + ASHA, tune without ASHA (same seed, same trials), and RegMix
+  heldout   target = `--heldout-size` documents of `--heldout-domain` taken out of the pool
+            (the rest of that domain stays in it), so the right answer is known: weight on it
+target loss / held-out loss = mean token loss of the proxy trained on the mixture, on the fixed
+target sequences / on held-out pool documents (the uniform and natural rows are their own
+full-budget runs). Proxy steps = optimizer steps over all proxies of a search; "steps to L*" =
+steps spent (trials in creation order) until the first full-budget trial reached L*, the worse
+of the two searches' best losses.
+
+    python benchmarks/mixture.py                       # both scenarios, about 15 min, 2 CPUs
+    python benchmarks/mixture.py --scenarios targets --no-regmix --limit 300
+    python benchmarks/mixture.py --json /tmp/mixture.json --workdir /tmp/mixture-bench
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+import argparse
+import gzip
+import json
+import logging
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+DATA = REPO.parent / "shared" / "data"
+DEFAULT_TARGETS = [DATA / "targets" / "pubmedqa.jsonl", DATA / "targets" / "gsm8k.jsonl"]
+
+
+# --- data -------------------------------------------------------------------------------------
+
+
+def load_domains(corpus: Path, limit: int, seed: int) -> dict[str, list[dict[str, Any]]]:
+    """Each domain file's records, at most `limit` of them (seeded sample, file order kept)."""
+    files = sorted(corpus.glob("*.jsonl.gz"))
+    if not files:
+        raise SystemExit(f"no *.jsonl.gz files in {corpus} (pass --corpus)")
+    rng = np.random.default_rng(seed)
+    domains = {}
+    for path in files:
+        with gzip.open(path, "rt", encoding="utf-8") as lines:
+            records = [json.loads(line) for line in lines if line.strip()]
+        if limit and len(records) > limit:
+            records = [records[i] for i in sorted(rng.choice(len(records), limit, replace=False))]
+        domains[path.name.removesuffix(".jsonl.gz")] = records
+    return domains
+
+
+def hold_out(
+    domains: dict[str, list[dict[str, Any]]], domain: str, size: int, seed: int
+) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
+    """`size` seeded documents of `domain` as the target; the pool keeps everything else."""
+    records = domains.get(domain)
+    if not records or len(records) <= size:
+        raise SystemExit(f"--heldout-domain {domain!r} needs more than {size} documents")
+    held = set(np.random.default_rng(seed).choice(len(records), size, replace=False).tolist())
+    pool = dict(domains)
+    pool[domain] = [r for i, r in enumerate(records) if i not in held]
+    return [records[i] for i in sorted(held)], pool
+
+
+def write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "wt", encoding="utf-8") as out:
+        for record in records:
+            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def write_pool(folder: Path, domains: dict[str, list[dict[str, Any]]]) -> Path:
+    shutil.rmtree(folder, ignore_errors=True)
+    for name, records in domains.items():
+        write_jsonl(folder / f"{name}.jsonl.gz", records)
+    return folder
+
+
+# --- runs -------------------------------------------------------------------------------------
+
+
+def make_config(args: argparse.Namespace, pool: Path, targets: list[Path], output: Path) -> Any:
+    from distsel.config import parse_config
+
+    return parse_config(
+        {
+            "input": {"paths": [str(pool)], "group_field": "domain", "rows_per_part": 2000},
+            "target": {"paths": [str(p) for p in targets]},
+            "output": {"path": str(output)},
+            "select": {"method": "mixture", "budget": {"tokens": args.train_tokens}},
+            "proxy": {
+                "layers": args.layers,
+                "hidden": args.hidden,
+                "heads": 4,
+                "vocab_size": args.vocab_size,
+                "max_length": args.max_length,
+                "batch_size": args.batch_size,
+                "learning_rate": args.learning_rate,
+                "sample_docs": args.sample_docs,
+            },
+            "mixture": {
+                "trials": args.trials,
+                "max_concurrent": args.max_concurrent,
+                "train_tokens": args.train_tokens,
+                "report_every": args.report_every,
+                "trial_cpus": 1,
+                "heldout_docs": args.heldout_docs,
+            },
+            "seed": args.seed,
+        }
+    )
+
+
+def ingest(config: Any) -> tuple[Any, Any]:
+    """The gathered pool and the selector context of an ingested output (no scoring stages)."""
+    from distsel import corpus, pipeline
+    from distsel.select.pool import gather_pool
+    from distsel.stage import StageContext
+    from distsel.storage import Store
+
+    store = Store(config.output.path)
+    results = pipeline.ingest(corpus.list_shards(config.input), config, store, {})
+    parts = [part for result in results for part in result.parts]
+    return gather_pool(store, parts, [], config), StageContext(config, store, parts)
+
+
+def search(config: Any, pool: Any, context: Any, label: str, **mixture: Any) -> dict[str, Any]:
+    from distsel.mixture import run_mixture_search
+
+    config = config.model_copy(update={"mixture": config.mixture.model_copy(update=mixture)})
+    context = type(context)(config, context.store, context.parts)
+    print(f"[{label}] searching ...", file=sys.stderr, flush=True)
+    began = time.perf_counter()
+    _, section = run_mixture_search(pool, config, context)
+    section["wall_seconds"] = round(time.perf_counter() - began, 1)
+    print(f"[{label}] done in {section['wall_seconds']} s", file=sys.stderr, flush=True)
+    return section
+
+
+def steps_to_reach(section: dict[str, Any], loss: float) -> int | None:
+    """Steps spent (trials in creation order) until a full-budget trial reached `loss`."""
+    spent = 0
+    for row in section["trials"]:
+        spent += row["steps"]
+        if row["status"] == "completed" and row["target_loss"] <= loss + 1e-12:
+            return spent
+    return None
+
+
+# --- tables -----------------------------------------------------------------------------------
+
+
+def top_weights(weights: dict[str, float], count: int = 3) -> str:
+    ranked = sorted(weights.items(), key=lambda item: -item[1])[:count]
+    return ", ".join(f"{name} {share:.2f}" for name, share in ranked)
+
+
+def mixture_rows(runs: dict[str, dict[str, Any]], watch: str | None) -> list[list[str]]:
+    first = next(iter(runs.values()))
+    natural = {g: info["natural"] for g, info in first["groups"].items()}
+    uniform = {g: 1 / len(natural) for g in natural}
+    rows = []
+    for name, weights in (("uniform", uniform), ("natural", natural)):
+        base = first["baseline_losses"][name]
+        rows.append(_row(name, base["target_loss"], base["heldout_loss"], weights, watch))
+    for label, section in runs.items():
+        name = f"best: {label}"
+        if "regmix" in section:
+            name += f" (predicted {section['regmix']['predicted_loss']:.4f})"
+        rows.append(
+            _row(
+                name,
+                section["best_loss"],
+                section["best_heldout_loss"],
+                section["best_weights"],
+                watch,
+            )
+        )
+    return rows
+
+
+def _row(name: str, target: float, heldout: float, weights: dict, watch: str | None) -> list[str]:
+    row = [name, f"{target:.4f}", f"{heldout:.4f}"]
+    if watch:
+        row.append(f"{weights[watch]:.3f}")
+    return [*row, top_weights(weights)]
+
+
+def asha_rows(tuned: dict[str, dict[str, Any]]) -> list[list[str]]:
+    level = max(section["best_loss"] for section in tuned.values())
+    rows = []
+    for label, section in tuned.items():
+        trials = section["trials"]
+        stopped = sum(r["status"] == "stopped" for r in trials)
+        reached = steps_to_reach(section, level)
+        rows.append(
+            [
+                label,
+                f"{len(trials) - stopped}/{stopped}",
+                str(section["proxy_steps"]),
+                f"{section['best_loss']:.4f}",
+                "-" if reached is None else str(reached),
+                f"{section['wall_seconds']:.0f}"
+                + (" (resumed)" if section["resumed_trials"] else ""),
+            ]
+        )
+    return rows
+
+
+def print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(str(x)) for x in column) for column in zip(header, *rows, strict=True)]
+    print(f"\n{title}")
+    for row in [header, ["-" * w for w in widths], *rows]:
+        print("  ".join(f"{cell:<{w}}" for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+# --- main -------------------------------------------------------------------------------------
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--corpus", type=Path, default=DATA / "corpus")
+    parser.add_argument("--targets", type=Path, nargs="+", default=DEFAULT_TARGETS)
+    parser.add_argument("--scenarios", default="targets,heldout", help="targets,heldout")
+    parser.add_argument("--heldout-domain", default="legal")
+    parser.add_argument("--heldout-size", type=int, default=200)
+    parser.add_argument("--limit", type=int, default=800, help="docs per domain; 0: all")
+    parser.add_argument("--no-regmix", action="store_true", help="skip the RegMix search")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num-cpus", type=int, default=2, help="CPUs of the local Ray")
+    group = parser.add_argument_group("search")
+    group.add_argument("--trials", type=int, default=16)
+    group.add_argument("--max-concurrent", type=int, default=2)
+    group.add_argument("--train-tokens", type=int, default=200_000, help="per proxy")
+    group.add_argument("--report-every", type=int, default=10, help="steps")
+    group.add_argument("--heldout-docs", type=int, default=200)
+    group = parser.add_argument_group("proxy")
+    group.add_argument("--layers", type=int, default=2)
+    group.add_argument("--hidden", type=int, default=64)
+    group.add_argument("--vocab-size", type=int, default=2048)
+    group.add_argument("--max-length", type=int, default=128)
+    group.add_argument("--batch-size", type=int, default=16)
+    group.add_argument("--learning-rate", type=float, default=3e-3)
+    group.add_argument("--sample-docs", type=int, default=2000, help="BPE training docs")
+    parser.add_argument("--workdir", type=Path, default=None, help="default: a temporary folder")
+    parser.add_argument("--json", type=Path, default=None, help="also save every section here")
+    return parser.parse_args()
+
+
+def run_targets(args: argparse.Namespace, domains: dict, workdir: Path) -> dict[str, Any]:
+    config = make_config(
+        args, write_pool(workdir / "pool-targets", domains), args.targets, workdir / "out-targets"
+    )
+    pool, context = ingest(config)
+    runs = {
+        "tune + ASHA": search(config, pool, context, "targets: tune + ASHA", asha=True),
+        "tune, no ASHA": search(config, pool, context, "targets: tune, no ASHA", asha=False),
+    }
+    if not args.no_regmix:
+        runs["RegMix"] = search(config, pool, context, "targets: RegMix", mode="regmix")
+    return runs
+
+
+def run_heldout(args: argparse.Namespace, domains: dict, workdir: Path) -> dict[str, Any]:
+    target, pool_domains = hold_out(domains, args.heldout_domain, args.heldout_size, args.seed)
+    write_jsonl(workdir / "heldout-target.jsonl", target)
+    config = make_config(
+        args,
+        write_pool(workdir / "pool-heldout", pool_domains),
+        [workdir / "heldout-target.jsonl"],
+        workdir / "out-heldout",
+    )
+    pool, context = ingest(config)
+    label = f"heldout {args.heldout_domain}: tune + ASHA"
+    return {"tune + ASHA": search(config, pool, context, label, asha=True)}
+
+
+def main() -> None:
+    args = parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")
+    scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    domains = load_domains(args.corpus, args.limit, args.seed)
+    temporary = None if args.workdir else tempfile.TemporaryDirectory(prefix="mixture_bench_")
+    workdir = args.workdir.resolve() if args.workdir else Path(temporary.name)
+    workdir.mkdir(parents=True, exist_ok=True)
+
+    import ray
+
+    ray.init(num_cpus=args.num_cpus, include_dashboard=False, logging_level=logging.WARNING)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    began = time.perf_counter()
+    results: dict[str, dict[str, Any]] = {}
+    try:
+        if "targets" in scenarios:
+            results["targets"] = run_targets(args, domains, workdir)
+        if "heldout" in scenarios:
+            results["heldout"] = run_heldout(args, domains, workdir)
+    finally:
+        ray.shutdown()
+        if temporary is not None:
+            temporary.cleanup()
+    report(args, results, domains, time.perf_counter() - began)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2, default=str))
+
+
+def report(args: argparse.Namespace, results: dict, domains: dict, seconds: float) -> None:
+    any_run = next(iter(next(iter(results.values())).values()))
+    proxy = any_run["proxy"]
+    print(
+        f"\nmixture benchmark | {len(domains)} domains, at most {args.limit} docs each | proxy "
+        f"{args.layers}x{args.hidden}, vocab {args.vocab_size}, {args.max_length} tokens x "
+        f"{args.batch_size} | {proxy['tokens_per_trial']} tokens = {proxy['steps_per_trial']} "
+        f"steps per proxy | {args.trials} trials, {args.max_concurrent} at a time | seed "
+        f"{args.seed} | {args.num_cpus} Ray CPUs | {seconds / 60:.1f} min"
+    )
+    header = ["mixture", "target loss", "held-out loss", "top weights"]
+    if "targets" in results:
+        targets = " + ".join(p.stem for p in args.targets)
+        print_table(f"target {targets}", header, mixture_rows(results["targets"], None))
+        tuned = {k: v for k, v in results["targets"].items() if k.startswith("tune")}
+        print_table(
+            f"ASHA vs none ({targets}; L* = {max(s['best_loss'] for s in tuned.values()):.4f})",
+            ["search", "full/stopped", "proxy steps", "best loss", "steps to L*", "wall s"],
+            asha_rows(tuned),
+        )
+    if "heldout" in results:
+        domain = args.heldout_domain
+        print_table(
+            f"target: {args.heldout_size} held-out {domain} docs",
+            [*header[:3], f"w[{domain}]", header[3]],
+            mixture_rows(results["heldout"], domain),
+        )
+
+
+if __name__ == "__main__":
+    main()
