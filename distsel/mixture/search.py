@@ -46,7 +46,13 @@ from distsel.mixture import (
     to_simplex,
     uniform_weights,
 )
-from distsel.scoring.proxy import build_proxy, learning_rate_factor, make_tokenizer, token_stream
+from distsel.scoring.proxy import (
+    build_proxy,
+    learning_rate_factor,
+    make_optimizer,
+    make_tokenizer,
+    token_stream,
+)
 from distsel.select.samplers import random_order
 
 if TYPE_CHECKING:
@@ -335,16 +341,6 @@ def _batch(
 ) -> torch.Tensor:
     rows = [streams[g][o : o + length] for g, o in zip(groups, offsets, strict=True)]
     return torch.from_numpy(np.stack(rows))
-
-
-def make_optimizer(model: torch.nn.Module, config: ProxyConfig) -> torch.optim.Optimizer:
-    """AdamW, β = (0.9, 0.95), weight decay 0.1 on matrices only (as the proxy's own training)."""
-    params = list(model.parameters())
-    groups = [
-        {"params": [p for p in params if p.ndim >= 2], "weight_decay": 0.1},
-        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(groups, lr=config.learning_rate, betas=(0.9, 0.95))
 
 
 def training_step(

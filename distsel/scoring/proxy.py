@@ -212,7 +212,7 @@ def batch_indices(count: int, batch_size: int, steps: int, seed: int) -> Iterato
         pool = pool[batch_size:]
 
 
-def _optimizer(model: torch.nn.Module, config: ProxyConfig) -> torch.optim.Optimizer:
+def make_optimizer(model: torch.nn.Module, config: ProxyConfig) -> torch.optim.Optimizer:
     """AdamW, β = (0.9, 0.95), weight decay 0.1 on matrices only (not on norms)."""
     params = list(model.parameters())
     groups = [
@@ -257,7 +257,7 @@ def _train_loop(
     tokens_per_step = config.batch_size * config.max_length
     steps = max(1, math.ceil(config.train_tokens / tokens_per_step))
     warmup = max(1, min(1000, steps // 10))
-    optimizer = _optimizer(model, config)
+    optimizer = make_optimizer(model, config)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: learning_rate_factor(step, warmup, steps)
     )
