@@ -6,6 +6,7 @@ import base64
 import html
 import io
 import json
+import math
 from typing import Any
 
 import numpy as np
@@ -15,6 +16,7 @@ from distsel.storage import Store
 
 MAX_ROWS = 200_000
 MAX_POINTS = 5_000
+_BASELINE = {"uniform": "#2ca02c", "natural": "#d62728"}
 
 
 def _png(figure: Any) -> str:
@@ -159,6 +161,54 @@ def quad_plots(manifest: dict[str, Any]) -> list[tuple[str, str]]:
     return figures
 
 
+def mixture_plots(manifest: dict[str, Any]) -> list[tuple[str, str]]:
+    """Target loss of each full-budget trial against each group's weight, and the best loss
+    found so far over the trials (the uniform and natural mixtures as reference lines)."""
+    mixture = manifest.get("mixture")
+    done = [
+        row
+        for row in (mixture or {}).get("trials", [])
+        if row["status"] == "completed" and row["target_loss"] is not None
+    ]
+    if not done:
+        return []
+    plt = _pyplot()
+    groups = list(mixture["best_weights"])
+    columns = min(len(groups), 4)
+    rows = math.ceil(len(groups) / columns)
+    figure, axes = plt.subplots(
+        rows, columns, figsize=(2.4 * columns + 1, 2.2 * rows + 0.6), squeeze=False, sharey=True
+    )
+    losses = [row["target_loss"] for row in done]
+    for axis, group in zip(axes.flat, groups, strict=False):
+        axis.scatter([row["weights"][group] for row in done], losses, s=12)
+        axis.scatter(mixture["best_weights"][group], mixture["best_loss"], marker="*", s=80)
+        axis.set_xlabel(f"weight of {group}")
+    for axis in axes.flat[len(groups) :]:
+        axis.set_visible(False)
+    axes[0][0].set_ylabel("target loss")
+    figure.suptitle("mixture: target loss of each trial (* best)")
+    figure.tight_layout()
+    figures = [("mixture: target loss vs each group's weight", _png(figure))]
+    plt.close(figure)
+
+    figure, axis = plt.subplots(figsize=(6.5, 3.2))
+    order = [row["trial"] for row in done]
+    axis.scatter(order, losses, s=12, color="#999999", label="trial")
+    axis.step(order, np.minimum.accumulate(losses), where="post", label="best so far")
+    for name, baseline in mixture["baseline_losses"].items():
+        if baseline["target_loss"] is not None:
+            axis.axhline(
+                baseline["target_loss"], linestyle="--", label=name, color=_BASELINE.get(name)
+            )
+    axis.set_xlabel("trial")
+    axis.set_ylabel("target loss")
+    axis.legend()
+    figures.append(("mixture: best target loss so far", _png(figure)))
+    plt.close(figure)
+    return figures
+
+
 def _summary_rows(manifest: dict[str, Any]) -> str:
     keys = (
         "input_docs",
@@ -185,6 +235,7 @@ def write_report(output: str, storage_options: dict[str, Any] | None = None) -> 
     figures = (
         group_shares(manifest)
         + quad_plots(manifest)
+        + mixture_plots(manifest)
         + score_histograms(store, selected)
         + embedding_projection(store, selected)
     )

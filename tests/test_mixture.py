@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import sysconfig
@@ -26,6 +27,7 @@ from distsel.mixture import (
     to_simplex,
     uniform_weights,
 )
+from distsel.report import write_report
 from distsel.select.pool import Pool
 
 PROSE = stdlib_paragraphs(260)
@@ -341,3 +343,8 @@ def test_distsel_run_with_the_mixture_selector(ray_local, corpus, tmp_path):
     assert sum(section["best_weights"].values()) == pytest.approx(1.0)
     assert set(section["baseline_losses"]) == {"uniform", "natural"}
     assert len(section["trials"]) == 2
+
+    page = Path(write_report(str(tmp_path / "out"))).read_text(encoding="utf-8")
+    captions = re.findall(r"<figcaption>([^<]+)</figcaption>", page)
+    assert "mixture: target loss vs each group&#x27;s weight" in captions
+    assert "mixture: best target loss so far" in captions
