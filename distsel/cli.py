@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from distsel.config import load_config, parse_config
+from distsel.config import PHASES, load_config, parse_config
 from distsel.errors import DistselError
 
 
@@ -38,6 +38,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("config", type=Path, help="configuration file (YAML)")
     run.add_argument("--output", help="output folder or s3:// prefix (overrides output.path)")
     run.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or local Ray)")
+    run.add_argument(
+        "--phase",
+        choices=PHASES,
+        default="all",
+        help="all (default); score: ingest and score only; select: select from a finished "
+        "scoring; mixture: score, then only the mixture search",
+    )
     run.set_defaults(handler=_run)
 
     report = commands.add_parser("report", help="write OUTPUT/report.html for a finished run")
@@ -56,8 +63,13 @@ def _run(args: argparse.Namespace) -> int:
 
     overrides = {"output.path": args.output} if args.output else {}
     config = load_config(args.config, overrides)
-    manifest = pipeline.run(config, address=args.address)
-    print(summary(manifest, config.output.path))
+    result = pipeline.run(config, address=args.address, phase=args.phase)
+    if args.phase == "score":
+        print(summary(result, config.output.path, "scoring.json"))
+    elif args.phase == "mixture":
+        print(mixture_summary(result, config.output.path))
+    else:
+        print(summary(result, config.output.path))
     return 0
 
 
@@ -79,23 +91,53 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
-def summary(manifest: dict[str, Any], output: str) -> str:
-    """A short table of what a run did and where its output is."""
+def summary(manifest: dict[str, Any], output: str, written: str = "manifest.json") -> str:
+    """A short table of what a run (or its scoring phase) did and where its output is."""
     reasons = ", ".join(f"{k} {v:,}" for k, v in manifest["rejected_by_reason"].items())
     lines = [
-        f"distsel: done in {manifest['wall_seconds']:.1f} s; output in {output}",
+        f"distsel: done in {manifest['wall_seconds']:.1f} s; output in {output} ({written})",
         f"  {'documents in':<14}{manifest['input_docs']:>12,}",
         f"  {'accepted':<14}{manifest['accepted_docs']:>12,}",
         f"  {'rejected':<14}{manifest['rejected_docs']:>12,}   {reasons or '-'}   -> rejected/",
-        f"  {'selected':<14}{manifest['selected_docs']:>12,}   "
-        f"~{manifest['selected_tokens_approx']:,} tokens   -> selected/",
     ]
+    if "selected_docs" not in manifest:
+        stages = ", ".join(name for name in manifest["stages"] if name != "ingest")
+        lines.append(f"  {'scored by':<14}{stages or '-':>12}   -> scores/")
+        return "\n".join(lines)
+    lines.append(
+        f"  {'selected':<14}{manifest['selected_docs']:>12,}   "
+        f"~{manifest['selected_tokens_approx']:,} tokens   -> selected/"
+    )
     groups = manifest.get("by_group")
     if groups:
         lines.append(f"  {groups['field']:<24}{'pool':>10}{'selected':>10}")
         for name, count in groups["pool"].items():
             lines.append(f"    {name:<22}{count:>10,}{groups['selected'].get(name, 0):>10,}")
     return "\n".join(lines)
+
+
+def mixture_summary(section: dict[str, Any], output: str) -> str:
+    """The mixture search's best weights and losses against the baselines."""
+    base = section["baseline_losses"]
+    lines = [
+        f"distsel: mixture search done in {section['wall_seconds']:.1f} s; "
+        f"{output}/mixture/search.json",
+        f"  best target loss {section['best_loss']:.4f}   uniform "
+        f"{base['uniform']['target_loss']:.4f}   natural {base['natural']['target_loss']:.4f}",
+    ]
+    lines += [f"    {group:<22}{weight:>8.3f}" for group, weight in section["best_weights"].items()]
+    return "\n".join(lines)
+
+
+def job_main(phase: str) -> int:
+    """Entry of the jobs/ scripts: `python jobs/<name>.py --config FILE [--output PATH]` on a
+    running cluster (`ray job submit`), doing `phase` of the run."""
+    parser = argparse.ArgumentParser(description=f"distsel {phase} as a Ray job")
+    parser.add_argument("--config", required=True, help="configuration file (YAML)")
+    parser.add_argument("--output", help="output folder or s3:// prefix (overrides output.path)")
+    args = parser.parse_args()
+    extra = ["--output", args.output] if args.output else []
+    return main(["run", args.config, "--address", "auto", "--phase", phase, *extra])
 
 
 if __name__ == "__main__":

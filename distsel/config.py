@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -223,6 +223,9 @@ class RayConfig(_Strict):
     address: str | None = None
 
 
+# What one `distsel run` does: everything, or one phase (see distsel.pipeline.run).
+Phase = Literal["all", "score", "select", "mixture"]
+PHASES: tuple[str, ...] = get_args(Phase)
 TARGET_METHODS = ("dsir", "similarity", "influence", "quad", "mixture")
 
 

@@ -12,6 +12,7 @@ import logging
 import os
 import platform
 import time
+from collections import Counter
 from collections.abc import Iterable
 from importlib import metadata
 from typing import Any
@@ -21,8 +22,8 @@ import pyarrow as pa
 import ray
 
 from distsel import corpus, evaluate
-from distsel.config import Config
-from distsel.errors import DistselError, InputError
+from distsel.config import Config, Phase
+from distsel.errors import ConfigError, DistselError, InputError
 from distsel.scoring import stage_class
 from distsel.select import Pool, gather_pool, selector_for
 from distsel.stage import Stage, StageContext
@@ -49,9 +50,28 @@ def connect_ray(address: str | None = None) -> None:
     context.print_on_execution_start = False
 
 
-def run(config: Config, address: str | None = None) -> dict[str, Any]:
-    """Run the whole selection described by `config`; return the manifest (also written)."""
+@dataclasses.dataclass
+class Scored:
+    """What the scoring phase leaves for selection: the shards' ingest results, the document
+    parts, the stages (prepared) and their timings."""
+
+    ingested: list[corpus.IngestResult]
+    parts: list[str]
+    stages: list[Stage]
+    timings: dict[str, Any]
+
+
+def run(config: Config, address: str | None = None, phase: Phase = "all") -> dict[str, Any]:
+    """Run the selection described by `config`, or one phase of it; return its summary.
+
+    all: ingest, score, select, evaluate → manifest.json. score: ingest and every stage the
+    selector needs → scoring.json. select: selection from a finished scoring phase (an error
+    names what is missing) → manifest.json. mixture: scoring, then only the mixture search →
+    mixture/search.json (a later select with `select.method: mixture` reuses the search).
+    """
     started = time.perf_counter()
+    if phase == "mixture" and not config.target.paths:
+        raise ConfigError("target.paths: the mixture search needs target examples")
     shards = corpus.list_shards(config.input)
     for shard in shards:
         corpus.check_readable(shard, config.input.storage_options)
@@ -60,13 +80,42 @@ def run(config: Config, address: str | None = None) -> dict[str, Any]:
     _check_same_input(store, config)
     connect_ray(address or config.ray.address)
 
+    scored = score(config, store, shards, require_done=phase == "select")
+    if phase == "score":
+        summary = {**counts(scored.ingested), "stages": scored.timings, "phase": phase}
+        return _finish(store, "scoring.json", summary, started)
+    if phase == "mixture":
+        from distsel.mixture import run_mixture_search
+
+        pool = gather_pool(store, scored.parts, [s.name for s in scored.stages], config)
+        _, section = run_mixture_search(pool, config, StageContext(config, store, scored.parts))
+        return _finish(store, "mixture/search.json", {**section, "phase": phase}, started)
+    return _finish(store, "manifest.json", select(config, store, scored), started)
+
+
+def _finish(store: Store, name: str, summary: dict[str, Any], started: float) -> dict[str, Any]:
+    summary["wall_seconds"] = round(time.perf_counter() - started, 3)
+    store.write_json(name, summary)
+    return summary
+
+
+def score(
+    config: Config, store: Store, shards: list[corpus.Shard], require_done: bool = False
+) -> Scored:
+    """Ingest every shard and run every stage on every part, skipping finished work; with
+    `require_done`, refuse to do any of it (a selection-only run needs a finished scoring)."""
     timings: dict[str, dict[str, Any]] = {}
-    ingested = ingest(shards, config, store, timings)
+    ingested = ingest(shards, config, store, timings, require_done)
     parts = [part for result in ingested for part in result.parts]
     stages = build_stages(config)
     for stage in stages:
-        run_stage(stage, StageContext(config, store, parts), timings)
+        run_stage(stage, StageContext(config, store, parts), timings, require_done)
+    return Scored(ingested, parts, stages, timings)
 
+
+def select(config: Config, store: Store, scored: Scored) -> dict[str, Any]:
+    """Select from the scored pool, write selected/ and evaluate; return the manifest."""
+    parts, stages, timings = scored.parts, scored.stages, scored.timings
     selector = selector_for(config)
     began = time.perf_counter()
     pool = gather_pool(store, parts, [s.name for s in stages], config)
@@ -84,12 +133,16 @@ def run(config: Config, address: str | None = None) -> dict[str, Any]:
         "rows": int(len(chosen)),
         "seconds": round(time.perf_counter() - began, 3),
     }
-
-    manifest = build_manifest(config, ingested, pool, chosen, timings, section)
+    manifest = build_manifest(config, scored.ingested, pool, chosen, timings, section)
     manifest["evaluation"] = evaluation
-    manifest["wall_seconds"] = round(time.perf_counter() - started, 3)
-    store.write_json("manifest.json", manifest)
     return manifest
+
+
+def _not_scored(what: str, pending: list[str], total: int) -> DistselError:
+    return DistselError(
+        f"selection only: {what}: {len(pending)} of {total} not done yet (first: {pending[0]}); "
+        "run the scoring phase first (`distsel run CONFIG --phase score` or jobs/score.py)"
+    )
 
 
 def build_stages(config: Config) -> list[Stage]:
@@ -197,11 +250,17 @@ def _ingest_item(batch: dict[str, np.ndarray], config_json: str, store: Store) -
 
 
 def ingest(
-    shards: list[corpus.Shard], config: Config, store: Store, timings: dict[str, Any]
+    shards: list[corpus.Shard],
+    config: Config,
+    store: Store,
+    timings: dict[str, Any],
+    require_done: bool = False,
 ) -> list[corpus.IngestResult]:
     """Validate and split every shard not yet done; return every shard's result, in shard order."""
     began = time.perf_counter()
     pending = [s for s in shards if not store.exists(f"_state/ingest/{s.safe_key}.json")]
+    if pending and require_done:
+        raise _not_scored("ingest", [s.key for s in pending], len(shards))
     if pending:
         log.info("ingest: %d of %d shards to read", len(pending), len(shards))
         items = [json.dumps(dataclasses.asdict(shard)) for shard in pending]
@@ -232,7 +291,9 @@ class _StageWorker:
         began = time.perf_counter()
         rows = score_part(self.stage, self.store, part)
         seconds = time.perf_counter() - began
-        self.store.write_json(_stage_marker(self.stage, part), {"rows": rows, "seconds": seconds})
+        node = ray.get_runtime_context().get_node_id()
+        marker = {"rows": rows, "seconds": seconds, "node": node}
+        self.store.write_json(_stage_marker(self.stage, part), marker)
         return {"part": [part], "rows": [rows]}
 
 
@@ -261,15 +322,25 @@ def score_part(stage: Stage, store: Store, part: str) -> int:
     return docs.num_rows
 
 
-def run_stage(stage: Stage, context: StageContext, timings: dict[str, Any]) -> None:
-    """Prepare `stage`, then score every part it has not done; a changed fingerprint redoes all."""
+def run_stage(
+    stage: Stage, context: StageContext, timings: dict[str, Any], require_done: bool = False
+) -> None:
+    """Prepare `stage`, then score every part it has not done; a changed fingerprint redoes all.
+    With `require_done`, an unscored part (or changed settings) is an error instead."""
     began = time.perf_counter()
     store, parts = context.store, context.parts
+    if require_done:
+        _require_scored(stage, store, parts)
     stage.prepare(context)
     prepared = time.perf_counter() - began
     fingerprint_path = f"_state/{stage.name}/_fingerprint.json"
     fingerprint = stage.fingerprint()
     if store.exists(fingerprint_path) and store.read_json(fingerprint_path) != fingerprint:
+        if require_done:
+            raise DistselError(
+                f"selection only: the {stage.name} stage's settings changed since it scored "
+                "the pool; run the scoring phase again first"
+            )
         log.info("%s: settings changed, scoring every part again", stage.name)
         for part in parts:
             store.remove(_stage_marker(stage, part))
@@ -286,14 +357,21 @@ def run_stage(stage: Stage, context: StageContext, timings: dict[str, Any]) -> N
             worker_kwargs=worker_kwargs,
         ):
             pass
-    rows = sum(store.read_json(_stage_marker(stage, part))["rows"] for part in parts)
+    markers = [store.read_json(_stage_marker(stage, part)) for part in parts]
     timings[stage.name] = {
-        "rows": rows,
+        "rows": sum(marker["rows"] for marker in markers),
+        "parts_per_node": dict(Counter(marker.get("node", "?") for marker in markers)),
         "seconds": round(time.perf_counter() - began, 3),
         "resumed_parts": len(parts) - len(pending),
         "prepare_seconds": round(prepared, 3),
         **({"summary": stage.summary} if stage.summary else {}),
     }
+
+
+def _require_scored(stage: Stage, store: Store, parts: list[str]) -> None:
+    pending = [part for part in parts if not store.exists(_stage_marker(stage, part))]
+    if pending:
+        raise _not_scored(f"the {stage.name} stage's parts", pending, len(parts))
 
 
 @ray.remote(num_cpus=1)
@@ -333,32 +411,40 @@ def build_manifest(
     timings: dict[str, Any],
     section: dict[str, Any],
 ) -> dict[str, Any]:
-    reasons: dict[str, int] = {}
-    for result in ingested:
-        for reason, count in result.reasons.items():
-            reasons[reason] = reasons.get(reason, 0) + count
     manifest = {
-        "input_docs": sum(r.docs_in for r in ingested),
-        "accepted_docs": sum(r.accepted for r in ingested),
-        "rejected_docs": sum(r.rejected for r in ingested),
-        "rejected_by_reason": dict(sorted(reasons.items())),
+        **counts(ingested),
         "selected_docs": int(len(chosen)),
         "pool_tokens_approx": int(pool.tokens.sum()),
         "selected_tokens_approx": int(pool.tokens[chosen].sum()),
         "by_group": pool.counts(config.input.group_field, chosen),
-        "shards": [
-            {"shard": r.shard, "docs_in": r.docs_in, "accepted": r.accepted, "rejected": r.rejected}
-            for r in ingested
-        ],
         "config": redact(config.model_dump(mode="json")),
         "seed": config.seed,
         "versions": versions(),
         "stages": timings,
     }
-    if manifest["input_docs"] != manifest["accepted_docs"] + manifest["rejected_docs"]:
-        raise AssertionError("documents in != accepted + rejected")
     manifest[config.select.method] = section
     return manifest
+
+
+def counts(ingested: list[corpus.IngestResult]) -> dict[str, Any]:
+    """Documents in, accepted and rejected (by reason), in all and per shard."""
+    reasons: dict[str, int] = {}
+    for result in ingested:
+        for reason, count in result.reasons.items():
+            reasons[reason] = reasons.get(reason, 0) + count
+    found = {
+        "input_docs": sum(r.docs_in for r in ingested),
+        "accepted_docs": sum(r.accepted for r in ingested),
+        "rejected_docs": sum(r.rejected for r in ingested),
+        "rejected_by_reason": dict(sorted(reasons.items())),
+        "shards": [
+            {"shard": r.shard, "docs_in": r.docs_in, "accepted": r.accepted, "rejected": r.rejected}
+            for r in ingested
+        ],
+    }
+    if found["input_docs"] != found["accepted_docs"] + found["rejected_docs"]:
+        raise AssertionError("documents in != accepted + rejected")
+    return found
 
 
 def redact(value: Any, inside_storage_options: bool = False) -> Any:

@@ -113,6 +113,33 @@ def test_stage_pool_scores_parts_once_and_reruns_skip_them(ray_local, tmp_path):
     assert second["selected_docs"] == first["selected_docs"] == 120
 
 
+def test_score_then_select_phases_equal_one_whole_run(ray_local, tmp_path):
+    corpus = make_corpus(tmp_path)
+    raw = base_config([corpus], tmp_path / "phased", method="dsir", budget={"docs": 20})
+    raw["target"] = {"paths": [str(corpus / "legal.parquet")]}
+    config = parse_config(raw)
+    with pytest.raises(DistselError, match="selection only: ingest: 3 of 3 not done yet"):
+        pipeline.run(config, phase="select")
+
+    scoring = pipeline.run(config, phase="score")
+    out = tmp_path / "phased"
+    assert scoring["stages"]["dsir"]["rows"] == scoring["accepted_docs"] == 120
+    assert json.loads((out / "scoring.json").read_text())["phase"] == "score"
+    assert not (out / "manifest.json").exists() and not (out / "selected").exists()
+    (out / "_state" / "dsir" / sorted(os.listdir(out / "scores" / "dsir"))[0]).with_suffix(
+        ".parquet.json"
+    ).unlink()
+    with pytest.raises(DistselError, match="the dsir stage's parts: 1 of 3 not done yet"):
+        pipeline.run(config, phase="select")
+
+    pipeline.run(config, phase="score")
+    phased = pipeline.run(config, phase="select")
+    whole = pipeline.run(parse_config({**raw, "output": {"path": str(tmp_path / "whole")}}))
+    assert phased["stages"]["dsir"]["resumed_parts"] == 3
+    assert phased["selected_docs"] == whole["selected_docs"] == 20
+    assert read_folder(out / "selected").equals(read_folder(tmp_path / "whole" / "selected"))
+
+
 def test_strict_mode_stops_with_file_and_line(ray_local, tmp_path):
     corpus = make_corpus(tmp_path)
     raw = base_config([corpus / "news.jsonl.gz"], tmp_path / "out")
