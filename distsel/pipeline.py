@@ -210,8 +210,9 @@ def _over_items(
     )
     options: dict[str, Any] = {"batch_size": 1}
     if isinstance(worker, type):
+        start = max(1, min(resources.pool_size, len(items), _actors_that_fit(resources)))
         options.update(
-            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=resources.pool_size),
+            compute=ray.data.ActorPoolStrategy(min_size=start, max_size=resources.pool_size),
             num_cpus=resources.num_cpus,
             fn_constructor_kwargs=worker_kwargs or {},
         )
@@ -223,6 +224,17 @@ def _over_items(
     for row in dataset.map_batches(worker, **options).iter_rows():
         progress.advance()
         yield row
+
+
+def _actors_that_fit(resources: Any) -> int:
+    """How many actors of these resources the cluster holds now: the pool starts with as many
+    (up to its size), so the work spreads over the nodes from the start; an autoscaling cluster
+    grows the pool to its size as nodes join."""
+    total = ray.cluster_resources()
+    fits = [int(total.get("CPU", 0) // resources.num_cpus)] if resources.num_cpus else []
+    if resources.num_gpus:
+        fits.append(int(total.get("GPU", 0) // resources.num_gpus))
+    return min(fits, default=resources.pool_size)
 
 
 class _Progress:
@@ -388,11 +400,12 @@ def _write_selected_part(store: Store, part: str, rows: np.ndarray, stages: list
 
 def write_selection(store: Store, pool: Pool, chosen: np.ndarray, stages: list[str]) -> list[str]:
     """Write the chosen rows of each part to `selected/<part>`; remove stale selected parts."""
-    chosen = np.sort(chosen)
     part_of = pool.part_index[chosen]
+    chosen = chosen[np.lexsort((chosen, part_of))]
+    bounds = np.searchsorted(np.sort(part_of), np.arange(len(pool.parts) + 1))
     futures, written = [], set()
     for index, part in enumerate(pool.parts):
-        rows = pool.row_index[chosen[part_of == index]]
+        rows = pool.row_index[chosen[bounds[index] : bounds[index + 1]]]
         if len(rows):
             futures.append(_write_selected_part.remote(store, part, rows, stages))
             written.add(part)

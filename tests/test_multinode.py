@@ -1,0 +1,75 @@
+"""Multi-node behaviour on one machine: `ray.cluster_utils.Cluster` with a head without CPUs and
+two one-CPU worker nodes, in a subprocess (tests/cluster_scenario.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from conftest import stdlib_paragraphs, write_jsonl
+
+SCENARIO = Path(__file__).with_name("cluster_scenario.py")
+PARTS = 8
+
+
+def scenario(tmp_path: Path, name: str, *flags: str) -> dict:
+    texts = stdlib_paragraphs(PARTS * 15)
+    corpus = write_jsonl(tmp_path / "corpus" / "c.jsonl", [{"text": t} for t in texts])
+    raw = {
+        "input": {"paths": [str(corpus)], "rows_per_part": 15},
+        "output": {"path": str(tmp_path / name)},
+        "select": {"method": "random", "budget": {"docs": 40}},
+        "stages": {"embed": {"pool_size": 2, "batch_size": 5}},
+        "embed": {"max_length": 64},
+    }
+    config = tmp_path / f"{name}.json"
+    config.write_text(json.dumps(raw))
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    done = subprocess.run(
+        [sys.executable, str(SCENARIO), str(config), *flags],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def embeddings(folder: Path) -> dict[str, np.ndarray]:
+    found = {}
+    for path in sorted((folder / "scores" / "embed").glob("*.parquet")):
+        table = pq.read_table(path)
+        for doc, vector in zip(
+            table["id"].to_pylist(), table["embedding"].to_pylist(), strict=True
+        ):
+            assert doc not in found, f"{doc} written twice"
+            found[doc] = np.asarray(vector)
+    return found
+
+
+@pytest.mark.slow
+def test_scoring_spreads_over_worker_nodes_and_survives_losing_one(tmp_path):
+    clean = scenario(tmp_path, "clean")
+    per_node = clean["manifest"]["stages"]["embed"]["parts_per_node"]
+    assert set(per_node) == set(clean["workers"]), "both workers scored, the CPU-less head none"
+    assert sum(per_node.values()) == PARTS
+
+    faulty = scenario(tmp_path, "faulty", "--remove-worker-after", "2", "--stage", "embed")
+    assert faulty["removed"] == [faulty["workers"][1]]
+    reference, survived = embeddings(tmp_path / "clean"), embeddings(tmp_path / "faulty")
+    assert sorted(survived) == sorted(reference), "no document lost"
+    for doc, vector in reference.items():
+        np.testing.assert_allclose(survived[doc], vector, atol=1e-5)
+    for key in ("accepted_docs", "selected_docs", "selected_tokens_approx"):
+        assert faulty["manifest"][key] == clean["manifest"][key]
+    chosen = [
+        pq.read_table(tmp_path / n / "selected")["id"].to_pylist() for n in ("clean", "faulty")
+    ]
+    assert sorted(chosen[0]) == sorted(chosen[1])
