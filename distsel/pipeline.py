@@ -141,7 +141,7 @@ def select(config: Config, store: Store, scored: Scored) -> dict[str, Any]:
 def _not_scored(what: str, pending: list[str], total: int) -> DistselError:
     return DistselError(
         f"selection only: {what}: {len(pending)} of {total} not done yet (first: {pending[0]}); "
-        "run the scoring phase first (`distsel run CONFIG --phase score` or jobs/score.py)"
+        "run the scoring phase first (`distsel run CONFIG --phase score` or jobs/scoring.py)"
     )
 
 

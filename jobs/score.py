@@ -1,9 +1,0 @@
-"""`ray job submit --working-dir . -- python jobs/score.py --config FILE`: ingest and score only
-(OUTPUT/scores/, OUTPUT/scoring.json); jobs/select.py selects from it later."""
-
-import sys
-
-from distsel.cli import job_main
-
-if __name__ == "__main__":
-    sys.exit(job_main("score"))

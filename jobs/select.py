@@ -1,9 +1,0 @@
-"""`ray job submit --working-dir . -- python jobs/select.py --config FILE`: selection only, from
-the scores a finished jobs/score.py left in the same output (an error names what is missing)."""
-
-import sys
-
-from distsel.cli import job_main
-
-if __name__ == "__main__":
-    sys.exit(job_main("select"))

@@ -1,0 +1,185 @@
+"""A real Ray head started with `ray start --head` on 127.0.0.1 with token authentication, and
+distsel submitted to it with `ray job submit`, as README.md's commands do.
+
+Two differences from the README, so that the test session's own Ray survives: the head runs
+with `--block` in its own process group (stopped by signalling that group, where the README
+says `ray stop`, which stops every Ray on the machine) and on free ports instead of the defaults.
+HOME is a temporary folder, so the token is made for this test only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from conftest import stdlib_paragraphs, write_jsonl
+
+from distsel import pipeline
+from distsel.config import load_config
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+PORT_FLAGS = (
+    "--port",
+    "--dashboard-port",
+    "--ray-client-server-port",
+    "--dashboard-agent-listen-port",
+    "--dashboard-agent-grpc-port",
+    "--metrics-export-port",
+    "--runtime-env-agent-port",
+    "--node-manager-port",
+    "--object-manager-port",
+)
+
+pytestmark = pytest.mark.slow
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for sock in sockets:
+        sock.bind(("127.0.0.1", 0))
+    ports = [sock.getsockname()[1] for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports
+
+
+def wait_for_port(port: int, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.5)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {seconds} s")
+
+
+@pytest.fixture(scope="module")
+def head(tmp_path_factory):
+    """`ray get-auth-token --generate`, then a head on 127.0.0.1; yields (dashboard URL, env)."""
+    root = tmp_path_factory.mktemp("head")
+    env = {
+        **os.environ,
+        "HOME": str(root / "home"),
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "RAY_AUTH_MODE": "token",
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    }
+    env.pop("RAY_ADDRESS", None)
+    env.pop("RAY_AUTH_TOKEN", None)
+    generate = ["ray", "get-auth-token", "--generate"]
+    subprocess.run(generate, env=env, check=True, capture_output=True)
+    ports = dict(zip(PORT_FLAGS, free_ports(len(PORT_FLAGS)), strict=True))
+    command = ["ray", "start", "--head", "--block", "--node-ip-address=127.0.0.1"]
+    command += ["--dashboard-host=127.0.0.1", "--num-cpus=2", "--disable-usage-stats"]
+    command += [f"--temp-dir={root / 'ray'}"] + [f"{flag}={port}" for flag, port in ports.items()]
+    process = subprocess.Popen(
+        command, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        wait_for_port(ports["--dashboard-port"], 120)
+        yield f"http://127.0.0.1:{ports['--dashboard-port']}", env
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=30)
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+def submit(address: str, env: dict, job: str, config: Path, *flags: str) -> subprocess.Popen:
+    command = ["ray", "job", "submit", "--address", address, *flags, "--working-dir", str(REPO)]
+    command += ["--", "python", f"jobs/{job}.py", "--config", str(config)]
+    return subprocess.Popen(
+        command, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+def finish(process: subprocess.Popen, seconds: float = 600) -> str:
+    output, _ = process.communicate(timeout=seconds)
+    assert process.returncode == 0, output[-3000:]
+    return output
+
+
+def write_run(root: Path, name: str, texts: list[str], stages: dict) -> Path:
+    corpus = write_jsonl(root / "corpus" / "c.jsonl", [{"text": t} for t in texts])
+    config = root / f"{name}.yaml"
+    raw = {
+        "input": {"paths": [str(corpus)], "rows_per_part": 20},
+        "output": {"path": str(root / name)},
+        "select": {"method": "dsir", "budget": {"docs": 30}},
+        "target": {"paths": [str(write_jsonl(root / "target.jsonl", [{"text": texts[0]}]))]},
+        "stages": stages,
+    }
+    config.write_text(json.dumps(raw))  # JSON is YAML
+    return config
+
+
+def selected_ids(output: Path) -> list[str]:
+    return sorted(pq.read_table(output / "selected")["id"].to_pylist())
+
+
+def test_a_client_without_the_token_is_refused(head, tmp_path):
+    address, env = head
+    stranger = {**env, "HOME": str(tmp_path), "RAY_AUTH_MODE": "disabled"}
+    refused = subprocess.run(
+        ["ray", "job", "list", "--address", address], env=stranger, capture_output=True, text=True
+    )
+    assert refused.returncode != 0
+    assert "auth" in (refused.stdout + refused.stderr).lower()
+
+
+def test_submitted_phases_equal_a_local_whole_run(head, tmp_path, ray_local):
+    address, env = head
+    config = write_run(tmp_path, "submitted", stdlib_paragraphs(100), {"stats": {}})
+    finish(submit(address, env, "scoring", config))
+    assert (tmp_path / "submitted" / "scoring.json").exists()
+    assert not (tmp_path / "submitted" / "selected").exists()
+    output = finish(submit(address, env, "selection", config))
+    assert "selected" in output and "manifest.json" in output
+
+    local = load_config(config, {"output.path": str(tmp_path / "local")})
+    manifest = pipeline.run(local)
+    submitted = json.loads((tmp_path / "submitted" / "manifest.json").read_text())
+    assert submitted["selected_docs"] == manifest["selected_docs"] == 30
+    assert selected_ids(tmp_path / "submitted") == selected_ids(tmp_path / "local")
+
+
+def test_a_killed_driver_resubmitted_gives_the_clean_result(head, tmp_path, ray_local):
+    address, env = head
+    texts = stdlib_paragraphs(160)
+    config = write_run(tmp_path, "crashed", texts, {"embed": {"batch_size": 10}})
+    job = submit(address, env, "pipeline", config)
+    markers = tmp_path / "crashed" / "_state" / "embed"
+    deadline = time.monotonic() + 300
+    while not list(markers.glob("*.parquet.json")):
+        assert time.monotonic() < deadline and job.poll() is None, "no part scored in time"
+        time.sleep(0.2)
+    drivers = subprocess.run(
+        ["pgrep", "-f", f"jobs/pipeline.py --config {config}"], capture_output=True, text=True
+    ).stdout.split()
+    assert drivers, "the job's driver process"
+    for pid in drivers:
+        os.kill(int(pid), signal.SIGKILL)
+    output, _ = job.communicate(timeout=120)
+    assert job.returncode != 0, "the job failed with its driver"
+    assert len(list(markers.glob("*.parquet.json"))) < 8, "killed mid-run"
+
+    finish(submit(address, env, "pipeline", config))
+    resumed = json.loads((tmp_path / "crashed" / "manifest.json").read_text())
+    assert resumed["stages"]["embed"]["resumed_parts"] >= 1
+    clean = pipeline.run(load_config(config, {"output.path": str(tmp_path / "clean")}))
+    assert resumed["selected_docs"] == clean["selected_docs"]
+    assert selected_ids(tmp_path / "crashed") == selected_ids(tmp_path / "clean")
+    for name in sorted(os.listdir(tmp_path / "clean" / "scores" / "embed")):
+        first = pq.read_table(tmp_path / "crashed" / "scores" / "embed" / name)
+        second = pq.read_table(tmp_path / "clean" / "scores" / "embed" / name)
+        assert first["id"].equals(second["id"]), "every document once, none lost"
