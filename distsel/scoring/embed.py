@@ -127,7 +127,10 @@ class Embedder:
         local = os.path.isdir(self.model_path)
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path, local_files_only=local)
         model = AutoModel.from_pretrained(
-            self.model_path, local_files_only=local, **_dtype_kwarg(self.dtype)
+            self.model_path,
+            local_files_only=local,
+            use_safetensors=True,  # never a pickled checkpoint
+            **_dtype_kwarg(self.dtype),
         )
         self.model = model.to(self.device).eval()
 
