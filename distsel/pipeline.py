@@ -301,12 +301,15 @@ class _StageWorker:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         part = str(batch["item"][0])
         began = time.perf_counter()
-        rows = score_part(self.stage, self.store, part)
+        try:
+            rows = score_part(self.stage, self.store, part)
+        except DistselError as exc:  # to the driver as one line, not a task traceback
+            return {"part": [part], "rows": [0], "error": [str(exc)]}
         seconds = time.perf_counter() - began
         node = ray.get_runtime_context().get_node_id()
         marker = {"rows": rows, "seconds": seconds, "node": node}
         self.store.write_json(_stage_marker(self.stage, part), marker)
-        return {"part": [part], "rows": [rows]}
+        return {"part": [part], "rows": [rows], "error": [""]}
 
 
 def _stage_marker(stage: Stage, part: str) -> str:
@@ -361,14 +364,15 @@ def run_stage(
     if pending:
         log.info("%s: %d of %d parts to score", stage.name, len(pending), len(parts))
         worker_kwargs = {"stage": stage, "store": store}
-        for _ in _over_items(
+        for row in _over_items(
             pending,
             _StageWorker,
             stage.name,
             resources=stage.resources,
             worker_kwargs=worker_kwargs,
         ):
-            pass
+            if row["error"]:
+                raise DistselError(f"{stage.name}: {row['error']}")
     markers = [store.read_json(_stage_marker(stage, part)) for part in parts]
     timings[stage.name] = {
         "rows": sum(marker["rows"] for marker in markers),
@@ -409,7 +413,12 @@ def write_selection(store: Store, pool: Pool, chosen: np.ndarray, stages: list[s
         if len(rows):
             futures.append(_write_selected_part.remote(store, part, rows, stages))
             written.add(part)
-    ray.get(futures)
+    try:
+        ray.get(futures)
+    except ray.exceptions.RayTaskError as exc:
+        if isinstance(exc.cause, DistselError):
+            raise exc.cause from None
+        raise
     for name in store.list("selected", ".parquet"):
         if name not in written:
             store.remove(f"selected/{name}")
