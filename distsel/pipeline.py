@@ -212,7 +212,11 @@ def _over_items(
     if isinstance(worker, type):
         start = max(1, min(resources.pool_size, len(items), _actors_that_fit(resources)))
         options.update(
-            compute=ray.data.ActorPoolStrategy(min_size=start, max_size=resources.pool_size),
+            # One part at a time per actor: parts are large, and the first actor up must not
+            # queue the parts that the actors still starting (on other nodes) would take.
+            compute=ray.data.ActorPoolStrategy(
+                min_size=start, max_size=resources.pool_size, max_tasks_in_flight_per_actor=1
+            ),
             num_cpus=resources.num_cpus,
             fn_constructor_kwargs=worker_kwargs or {},
         )

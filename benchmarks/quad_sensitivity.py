@@ -1,0 +1,156 @@
+"""Quad's sensitivity to the number of clusters k and to τ, replayed on a finished quad.py run.
+
+Reads a `benchmarks/quad.py --workdir W` folder: every pool document's influence from
+W/runs/influence-topk/scores/influence (the same proxy and target iHVP quad's actors use), the
+MiniLM embeddings from W/runs/quad/scores/embed, and the budget and cluster ids of the default
+quad run. For each k it clusters the embeddings with distsel's own k-means (`fit_kmeans`, on a
+local Ray), then plays `QuadBandit` with every option at its default except k and τ, its
+influence callable looking the values up instead of recomputing them. A replay of the default
+run's own clusters checks the lookup: it must reproduce that run's selection.
+
+Columns: evaluated (share of the pool whose influence the bandit asked for), ratio (mean
+influence of the selection / influence top-k's), clusters and entropy (nats) of the selection
+over the default run's clusters, precision (share of the held-out domain), and `ceiling`: the
+ratio of an oracle that takes whole clusters in order of their true mean influence.
+
+    python benchmarks/quad_sensitivity.py --workdir /tmp/quad_bench
+    python benchmarks/quad_sensitivity.py --workdir W --clusters 53 100 200 --taus 0 0.5
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from distsel.clustering import assign, centroid_distances, fit_kmeans  # noqa: E402
+from distsel.config import Budget, QuadOptions  # noqa: E402
+from distsel.select.pool import random_keys  # noqa: E402
+from distsel.select.quad import QuadBandit  # noqa: E402
+from distsel.storage import Store  # noqa: E402
+
+
+def read_parts(folder: Path, columns: list[str]) -> dict[str, list[Any]]:
+    found: dict[str, list[Any]] = {name: [] for name in columns}
+    for path in sorted(folder.glob("*.parquet")):
+        table = pq.read_table(path, columns=columns)
+        for name in columns:
+            found[name] += table.column(name).to_pylist()
+    return found
+
+
+class Replay:
+    """The pool of a finished quad run, with every document's influence."""
+
+    def __init__(self, workdir: Path) -> None:
+        quad, topk = workdir / "runs" / "quad", workdir / "runs" / "influence-topk"
+        manifest = json.loads((quad / "manifest.json").read_text())
+        self.manifest, self.store = manifest, Store(str(quad))
+        self.parts = sorted(p.name for p in (quad / "docs").glob("*.parquet"))
+        docs = read_parts(quad / "docs", ["id", "tokens_approx", "domain"])
+        scored = read_parts(quad / "scores" / "cluster", ["id", "cluster"])
+        embedded = read_parts(quad / "scores" / "embed", ["id", "embedding"])
+        values = read_parts(topk / "scores" / "influence", ["id", "influence"])
+        influence = dict(zip(values["id"], values["influence"], strict=True))
+        assert scored["id"] == docs["id"] == embedded["id"], "parts in the same order"
+        self.ids = docs["id"]
+        self.tokens = np.asarray(docs["tokens_approx"], dtype=np.int64)
+        self.domain = np.asarray(docs["domain"])
+        self.clusters = np.asarray(scored["cluster"], dtype=np.int64)
+        self.embeddings = np.asarray(embedded["embedding"], dtype=np.float32)
+        self.influence = np.array([influence[i] for i in self.ids])
+        self.seed = manifest["config"]["seed"]
+        self.keys = random_keys(self.ids, self.seed)
+        self.budget = Budget(**manifest["config"]["select"]["budget"])
+        self.held_out = manifest["config"]["target"]["paths"]
+        topk = np.sort(self.influence)[::-1][: self.budget.docs]
+        self.topk_mean = float(topk.mean())
+
+    def cluster(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        result = fit_kmeans(self.store, self.parts, k, seed=self.seed)
+        labels, _ = assign(self.embeddings, result.centroids)
+        return labels.astype(np.int64), centroid_distances(result.centroids)
+
+    def play(self, labels: np.ndarray, distances: np.ndarray, options: QuadOptions) -> np.ndarray:
+        bandit = QuadBandit(
+            labels, self.keys, self.tokens, distances, options, self.budget, self.seed
+        )
+        chosen = bandit.run(lambda groups: [self.influence[g] for g in groups])
+        self.evaluated = bandit.state.evaluated
+        return chosen
+
+    def ceiling(self, labels: np.ndarray) -> float:
+        k = int(labels.max()) + 1
+        means = np.bincount(labels, self.influence, k) / np.maximum(np.bincount(labels, None, k), 1)
+        taken: list[int] = []
+        for cluster in np.argsort(-means):
+            taken += np.flatnonzero(labels == cluster).tolist()
+            if len(taken) >= self.budget.docs:
+                break
+        return float(self.influence[taken[: self.budget.docs]].mean() / self.topk_mean)
+
+    def row(self, chosen: np.ndarray, domain: str) -> dict[str, Any]:
+        _, counts = np.unique(self.clusters[chosen], return_counts=True)
+        shares = counts / counts.sum()
+        return {
+            "selected": int(len(chosen)),
+            "evaluated": self.evaluated / len(self.ids),
+            "ratio": float(self.influence[chosen].mean() / self.topk_mean),
+            "clusters": int(len(counts)),
+            "entropy": float(-(shares * np.log(shares)).sum()),
+            "precision": float(np.mean(self.domain[chosen] == domain)),
+        }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workdir", type=Path, required=True, help="benchmarks/quad.py's")
+    parser.add_argument("--domain", default="scientific", help="the held-out domain")
+    parser.add_argument("--clusters", type=int, nargs="+", default=[25, 53, 100, 200, 400])
+    parser.add_argument("--taus", type=float, nargs="+", default=[-0.5, 0.0, 0.5, 1.0])
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    replay = Replay(args.workdir)
+    options = QuadOptions(**replay.manifest["config"]["select"]["quad"])
+    from distsel.clustering import load_centroid_distances
+
+    chosen = replay.play(replay.clusters, load_centroid_distances(replay.store), options)
+    real = read_parts(args.workdir / "runs" / "quad" / "selected", ["id"])["id"]
+    same = sorted(real) == sorted(replay.ids[i] for i in chosen)
+    print(f"replay of the default run's clusters reproduces its selection: {same}")
+
+    rows = []
+    header = f"{'k':>5} {'tau':>5} {'ceiling':>8} {'evaluated':>9} {'ratio':>6} "
+    print(header + f"{'clusters':>8} {'entropy':>7} {'precision':>9}")
+    for k in args.clusters:
+        labels, distances = replay.cluster(k)
+        ceiling = replay.ceiling(labels)
+        for tau in args.taus:
+            chosen = replay.play(labels, distances, options.model_copy(update={"tau": tau}))
+            row = {"k": k, "tau": tau, "ceiling": ceiling, **replay.row(chosen, args.domain)}
+            rows.append(row)
+            print(
+                f"{k:>5} {tau:>5.2f} {ceiling:>8.3f} {row['evaluated']:>9.3f} {row['ratio']:>6.3f} "
+                f"{row['clusters']:>8} {row['entropy']:>7.3f} {row['precision']:>9.3f}"
+            )
+    if args.json:
+        args.json.write_text(json.dumps({"reproduced": same, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
