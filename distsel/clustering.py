@@ -472,9 +472,12 @@ class ClusterStage(Stage):
 
     @classmethod
     def from_config(cls, config: Config, resources: Resources) -> ClusterStage:
-        """Options from select.quad (`clusters`, `metric`) when that section exists."""
+        """k and metric from select.quad, or k from mixture.clusters when a mixture search
+        groups by cluster."""
         quad = getattr(config.select, "quad", None)
         k = getattr(quad, "clusters", None)
+        if config.select.method == "mixture" and config.mixture.group_field == "cluster":
+            k = config.mixture.clusters
         metric = getattr(quad, "metric", None) or "cosine"
         return cls(resources, k=k, metric=metric, seed=config.seed)
 

@@ -127,9 +127,13 @@ class QuadOptions(_Strict):
 
 
 class MixtureOptions(_Strict):
-    """Mixture-weight search over groups with small proxy LMs (RegMix / Ray Tune)."""
+    """Mixture-weight search over groups with small proxy LMs (RegMix / Ray Tune). Groups are
+    the values of `group_field` (default: input.group_field), or with `group_field: cluster`
+    the k-means clusters of the documents' embeddings."""
 
     group_field: str | None = None
+    # With group_field `cluster`: the groups are k-means clusters of the embeddings, this many.
+    clusters: int = Field(default=8, ge=2)
     mode: Literal["tune", "regmix"] = "tune"
     trials: int = Field(default=16, gt=0)
     max_concurrent: int = Field(default=2, gt=0)

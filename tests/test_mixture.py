@@ -348,3 +348,36 @@ def test_distsel_run_with_the_mixture_selector(ray_local, corpus, tmp_path):
     captions = re.findall(r"<figcaption>([^<]+)</figcaption>", page)
     assert "mixture: target loss vs each group&#x27;s weight" in captions
     assert "mixture: best target loss so far" in captions
+
+
+def test_cluster_groups_searched_in_the_mixture_phase_then_reused(ray_local, corpus, tmp_path):
+    from distsel import pipeline
+
+    raw = {
+        "input": {"paths": [str(corpus / "pool.jsonl")]},
+        "target": {"paths": [str(corpus / "target.jsonl")]},
+        "output": {"path": str(tmp_path / "out")},
+        "select": {"method": "mixture", "budget": {"docs": 30}},
+        "proxy": TINY_PROXY,
+        "embed": {"max_length": 32},
+        "mixture": {
+            "group_field": "cluster",
+            "clusters": 2,
+            "trials": 2,
+            "max_concurrent": 2,
+            "train_tokens": 4096,
+            "report_every": 4,
+        },
+    }
+    config = parse_config(raw)
+    search = pipeline.run(config, phase="mixture")
+    assert set(search["best_weights"]) == {"cluster-0", "cluster-1"}
+    saved = json.loads((tmp_path / "out" / "mixture" / "search.json").read_text())
+    assert saved["best_loss"] == search["best_loss"]
+    assert not (tmp_path / "out" / "selected").exists()
+
+    manifest = pipeline.run(config)
+    assert manifest["mixture"]["resumed_trials"] == 2, "the finished search is reused"
+    assert manifest["mixture"]["best_weights"] == search["best_weights"]
+    assert manifest["selected_docs"] == 30
+    assert manifest["stages"]["cluster"]["summary"]["clusters"] == 2

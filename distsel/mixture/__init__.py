@@ -43,6 +43,8 @@ __all__ = [
 Parametrization = Literal["dirichlet", "softmax"]
 # Bounds of the flat-Dirichlet parameters: u ∈ [U_LOW, U_HIGH] keeps −log u in (0, 13.8].
 U_LOW, U_HIGH = 1e-6, 1.0 - 1e-6
+# mixture.group_field naming the k-means clusters as groups.
+CLUSTER_GROUPS = "cluster"
 # Bounds of the softmax logits.
 LOGIT_BOUND = 6.0
 
@@ -135,7 +137,7 @@ def sample_by_weights(
     proportion to their weights (groups of weight 0 only once all others are exhausted).
     `seed` mixes the key order of the leftover pass.
     """
-    values = pool.categories[groups_field]
+    values = group_values(pool, groups_field)
     names = sorted(set(values.tolist()) | set(weights))
     orders = {g: _group_order(pool, values, g) for g in names}
     w = np.array([max(0.0, float(weights.get(g, 0.0))) for g in names])
@@ -225,11 +227,25 @@ def group_field(config: Config) -> str:
     return name
 
 
+def group_values(pool: Pool, field: str) -> np.ndarray:
+    """Each document's group: the passed-through field's value, or for `cluster` its k-means
+    cluster (as "cluster-<id>")."""
+    from distsel.errors import DistselError
+
+    if field == CLUSTER_GROUPS and CLUSTER_GROUPS in pool.scores:
+        ids = pool.scores[CLUSTER_GROUPS].astype(np.int64).astype(str)
+        return np.char.add("cluster-", ids).astype(object)
+    if field in pool.categories:
+        return pool.categories[field]
+    known = [*pool.categories, CLUSTER_GROUPS]
+    raise DistselError(f"the pool has no group field '{field}' (known: {known})")
+
+
 class MixtureSelector:
     """Search the group mixture with proxy LMs, then sample the budget by the best weights."""
 
     def required_stages(self, config: Config) -> tuple[str, ...]:
-        return ()
+        return ("embed", "cluster") if group_field(config) == CLUSTER_GROUPS else ()
 
     def select(
         self, pool: Pool, config: Config, context: StageContext

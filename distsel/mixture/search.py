@@ -42,6 +42,7 @@ from distsel.mixture import (
     apportion,
     from_simplex,
     group_field,
+    group_values,
     natural_weights,
     to_simplex,
     uniform_weights,
@@ -121,11 +122,7 @@ def prepare_data(pool: Pool, config: Config, context: StageContext) -> tuple[Mix
     """The trials' data, from OUTPUT/mixture/tokens when it was made under the same settings,
     else tokenised now; and a summary of the groups."""
     store, field = context.store, group_field(config)
-    if field not in pool.categories:
-        raise DistselError(
-            f"the pool has no group field '{field}' (known: {list(pool.categories)})"
-        )
-    values = pool.categories[field]
+    values = group_values(pool, field)
     groups = sorted(set(values.tolist()))
     if len(groups) < 2:
         raise DistselError(f"mixture search needs at least 2 groups in '{field}', found {groups}")
@@ -187,7 +184,7 @@ def _tokenise(
 
     began = time.perf_counter()
     store, options, proxy = context.store, config.mixture, config.proxy
-    values = pool.categories[fingerprint["field"]]
+    values = group_values(pool, fingerprint["field"])
     heldout = random_order(pool.random_key)[: min(options.heldout_docs, len(pool) // 2)]
     samples = [_group_sample(pool, values, g, heldout, options.train_tokens, proxy) for g in groups]
     texts = fetch_texts(store, pool, [*samples, heldout])
