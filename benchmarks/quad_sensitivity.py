@@ -8,10 +8,11 @@ local Ray), then plays `QuadBandit` with every option at its default except k an
 influence callable looking the values up instead of recomputing them. A replay of the default
 run's own clusters checks the lookup: it must reproduce that run's selection.
 
-Columns: evaluated (share of the pool whose influence the bandit asked for), ratio (mean
-influence of the selection / influence top-k's), clusters and entropy (nats) of the selection
-over the default run's clusters, precision (share of the held-out domain), and `ceiling`: the
-ratio of an oracle that takes whole clusters in order of their true mean influence.
+Columns: selected (documents; fewer than the budget when every arm is spent first), evaluated
+(share of the pool whose influence the bandit asked for), ratio (mean influence of the
+selection / influence top-k's), clusters and entropy (nats) of the selection over the default
+run's clusters, precision (share of the held-out domain), and `ceiling`: the ratio of an oracle
+that takes whole clusters in order of their true mean influence.
 
     python benchmarks/quad_sensitivity.py --workdir /tmp/quad_bench
     python benchmarks/quad_sensitivity.py --workdir W --clusters 53 100 200 --taus 0 0.5
@@ -119,6 +120,9 @@ def main() -> None:
     parser.add_argument("--domain", default="scientific", help="the held-out domain")
     parser.add_argument("--clusters", type=int, nargs="+", default=[25, 53, 100, 200, 400])
     parser.add_argument("--taus", type=float, nargs="+", default=[-0.5, 0.0, 0.5, 1.0])
+    parser.add_argument(
+        "--set", nargs="*", default=[], metavar="KEY=VALUE", help="other select.quad options"
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -133,9 +137,12 @@ def main() -> None:
     real = read_parts(args.workdir / "runs" / "quad" / "selected", ["id"])["id"]
     same = sorted(real) == sorted(replay.ids[i] for i in chosen)
     print(f"replay of the default run's clusters reproduces its selection: {same}")
+    changes = dict(item.split("=", 1) for item in args.set)
+    options = QuadOptions(**{**options.model_dump(), **changes})
+    print(f"options: {options.model_dump(exclude={'clusters', 'tau'})}")
 
     rows = []
-    header = f"{'k':>5} {'tau':>5} {'ceiling':>8} {'evaluated':>9} {'ratio':>6} "
+    header = f"{'k':>5} {'tau':>5} {'ceiling':>8} {'selected':>8} {'evaluated':>9} {'ratio':>6} "
     print(header + f"{'clusters':>8} {'entropy':>7} {'precision':>9}")
     for k in args.clusters:
         labels, distances = replay.cluster(k)
@@ -145,7 +152,8 @@ def main() -> None:
             row = {"k": k, "tau": tau, "ceiling": ceiling, **replay.row(chosen, args.domain)}
             rows.append(row)
             print(
-                f"{k:>5} {tau:>5.2f} {ceiling:>8.3f} {row['evaluated']:>9.3f} {row['ratio']:>6.3f} "
+                f"{k:>5} {tau:>5.2f} {ceiling:>8.3f} {row['selected']:>8} {row['evaluated']:>9.3f} "
+                f"{row['ratio']:>6.3f} "
                 f"{row['clusters']:>8} {row['entropy']:>7.3f} {row['precision']:>9.3f}"
             )
     if args.json:
