@@ -26,7 +26,7 @@ from distsel.config import Config, Phase
 from distsel.errors import ConfigError, DistselError, InputError
 from distsel.scoring import stage_class
 from distsel.select import Pool, gather_pool, selector_for
-from distsel.stage import Stage, StageContext
+from distsel.stage import Resources, Stage, StageContext
 from distsel.storage import Store
 
 log = logging.getLogger("distsel")
@@ -230,7 +230,7 @@ def _over_items(
         yield row
 
 
-def _actors_that_fit(resources: Any) -> int:
+def _actors_that_fit(resources: Resources) -> int:
     """How many actors of these resources the cluster holds now: the pool starts with as many
     (up to its size), so the work spreads over the nodes from the start; an autoscaling cluster
     grows the pool to its size as nodes join."""
