@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 import tracemalloc
 from pathlib import Path
-from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -310,13 +310,22 @@ def test_stage_prepares_and_assigns(ray_local, tmp_path: Path):
     assert refit.fingerprint()["centroids"] != stage.fingerprint()["centroids"]
 
 
-def test_stage_reads_quad_options_when_present():
-    quad = SimpleNamespace(clusters=4, metric="l2")
-    config = SimpleNamespace(select=SimpleNamespace(quad=quad), seed=3)
-    stage = ClusterStage.from_config(config, ClusterStage.default_resources)
-    assert (stage.k, stage.metric, stage.seed) == (4, "l2", 3)
-    bare = ClusterStage.from_config(
-        SimpleNamespace(select=SimpleNamespace(), seed=0), ClusterStage.default_resources
+def test_stage_takes_k_from_quad_or_from_a_mixture_over_clusters():
+    def stage_for(**sections: Any) -> ClusterStage:
+        raw = {"input": {"paths": ["x"]}, "output": {"path": "y"}, "seed": 3, **sections}
+        return ClusterStage.from_config(parse_config(raw), ClusterStage.default_resources)
+
+    quad = stage_for(
+        select={"method": "quad", "budget": {"docs": 1}, "quad": {"clusters": 4, "metric": "l2"}},
+        target={"paths": ["t"]},
     )
+    assert (quad.k, quad.metric, quad.seed) == (4, "l2", 3)
+    mixture = stage_for(
+        select={"method": "mixture", "budget": {"docs": 1}},
+        target={"paths": ["t"]},
+        mixture={"group_field": "cluster", "clusters": 5},
+    )
+    assert (mixture.k, mixture.metric) == (5, "cosine")
+    bare = stage_for(select={"method": "all"})
     assert (bare.k, bare.metric) == (None, "cosine")
     assert bare.fingerprint()["centroids"] is None

@@ -91,7 +91,7 @@ def head(tmp_path_factory):
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=30)
+            process.wait(timeout=5)
         os.killpg(process.pid, signal.SIGKILL)
 
 
@@ -155,7 +155,7 @@ def test_submitted_phases_equal_a_local_whole_run(head, tmp_path, ray_local):
 
 def test_a_killed_driver_resubmitted_gives_the_clean_result(head, tmp_path, ray_local):
     address, env = head
-    texts = stdlib_paragraphs(160)
+    texts = stdlib_paragraphs(100)
     config = write_run(tmp_path, "crashed", texts, {"embed": {"batch_size": 10}})
     job = submit(address, env, "pipeline", config)
     markers = tmp_path / "crashed" / "_state" / "embed"
@@ -171,7 +171,7 @@ def test_a_killed_driver_resubmitted_gives_the_clean_result(head, tmp_path, ray_
         os.kill(int(pid), signal.SIGKILL)
     output, _ = job.communicate(timeout=120)
     assert job.returncode != 0, "the job failed with its driver"
-    assert len(list(markers.glob("*.parquet.json"))) < 8, "killed mid-run"
+    assert len(list(markers.glob("*.parquet.json"))) < 5, "killed mid-run"
 
     finish(submit(address, env, "pipeline", config))
     resumed = json.loads((tmp_path / "crashed" / "manifest.json").read_text())
