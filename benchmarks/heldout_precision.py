@@ -123,6 +123,19 @@ def write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
 # --- runs -------------------------------------------------------------------------------------
 
 
+def work_folder(
+    workdir: Path | None, prefix: str
+) -> tuple[tempfile.TemporaryDirectory | None, Path]:
+    """`workdir` (created if missing), or a new temporary folder, returned so the caller can
+    remove it."""
+    if workdir is None:
+        temporary = tempfile.TemporaryDirectory(prefix=prefix)
+        return temporary, Path(temporary.name)
+    workdir = workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    return None, workdir
+
+
 def write_workdir(
     workdir: Path | None,
     prefix: str,
@@ -131,13 +144,7 @@ def write_workdir(
 ) -> tuple[tempfile.TemporaryDirectory | None, Path, Path, Path]:
     """Write target.jsonl and pool/<domain>.jsonl.gz under `workdir` (or a temporary folder,
     returned so the caller can remove it); its old pool/ and runs/ are replaced."""
-    temporary = None
-    if workdir is None:
-        temporary = tempfile.TemporaryDirectory(prefix=prefix)
-        workdir = Path(temporary.name)
-    else:
-        workdir = workdir.resolve()
-        workdir.mkdir(parents=True, exist_ok=True)
+    temporary, workdir = work_folder(workdir, prefix)
     pool_dir, runs, target_path = workdir / "pool", workdir / "runs", workdir / "target.jsonl"
     for stale in (pool_dir, runs):
         shutil.rmtree(stale, ignore_errors=True)

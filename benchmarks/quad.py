@@ -58,7 +58,6 @@ import logging
 import math
 import shutil
 import sys
-import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -77,6 +76,7 @@ from heldout_precision import (  # noqa: E402
     positive,
     print_table,
     split,
+    work_folder,
     write_jsonl,
 )
 from influence_selection import eval_proxy_config, evaluate_selection  # noqa: E402
@@ -415,13 +415,7 @@ def main() -> None:
         raise SystemExit(f"no '{args.domain}' docs left in the pool; lower --target-size")
     target_texts = [r["text"] for r in target]
 
-    temporary = None
-    if args.workdir is None:
-        temporary = tempfile.TemporaryDirectory(prefix="quad_bench_")
-        workdir = Path(temporary.name)
-    else:
-        workdir = args.workdir.resolve()
-        workdir.mkdir(parents=True, exist_ok=True)
+    temporary, workdir = work_folder(args.workdir, "quad_bench_")
     pool_dir, runs, target_path = workdir / "pool", workdir / "runs", workdir / "target.jsonl"
     split_settings = {
         "corpus": str(args.corpus.resolve()),

@@ -48,7 +48,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -70,7 +69,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from heldout_precision import DEFAULT_CORPUS, load_corpus, write_jsonl  # noqa: E402
+from heldout_precision import DEFAULT_CORPUS, load_corpus, work_folder, write_jsonl  # noqa: E402
 
 STAGES = ("embed", "dsir", "perplexity")
 NODES = (1, 2)
@@ -376,15 +375,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.stage == "dsir" and not target:
         raise SystemExit(f"no documents of --target-domain {args.target_domain!r} left")
 
-    temporary = None
-    if args.workdir is None:
-        temporary = tempfile.TemporaryDirectory(prefix="scaling_")
-        work = Path(temporary.name)
-    else:
-        work = args.workdir.resolve()
-        work.mkdir(parents=True, exist_ok=True)
-        for stale in ("pool", "template", "runs", "specs"):
-            shutil.rmtree(work / stale, ignore_errors=True)
+    temporary, work = work_folder(args.workdir, "scaling_")
+    for stale in ("pool", "template", "runs", "specs"):
+        shutil.rmtree(work / stale, ignore_errors=True)
     try:
         write_jsonl(work / "pool" / "pool.jsonl.gz", pool)
         write_jsonl(work / "target.jsonl", target)
