@@ -51,6 +51,8 @@ class TargetConfig(_Strict):
 class OutputConfig(_Strict):
     path: str
     storage_options: dict[str, Any] = Field(default_factory=dict)
+    #: how long an unreachable object store is tried again before the run fails
+    retry_seconds: float = Field(default=20.0, ge=0)
 
 
 class Budget(_Strict):

@@ -19,7 +19,13 @@ def ray_local():
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+        ray.init(
+            num_cpus=2,
+            include_dashboard=False,
+            logging_level="WARNING",
+            # Idle workers stay up between the many small runs instead of being started again.
+            _system_config={"idle_worker_killing_time_threshold_ms": 600_000},
+        )
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     yield ray

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -23,9 +24,10 @@ def read_folder(folder):
     )
 
 
-@pytest.fixture
-def corpus_and_target(tmp_path):
+@pytest.fixture(scope="module")
+def corpus_and_target(tmp_path_factory):
     """A pool of stdlib prose plus short 'recipe' texts; the target is more recipes."""
+    root = tmp_path_factory.mktemp("methods")
     cooking = [
         f"Stir the {food} into the pan with butter, then bake the {food} for {m} minutes."
         for food in ("onions", "apples", "carrots", "potatoes", "pears", "leeks", "beans")
@@ -33,23 +35,48 @@ def corpus_and_target(tmp_path):
     ]
     prose = [{"text": p, "domain": "docs", "label": "prose"} for p in PARAGRAPHS[:120]]
     recipes = [{"text": t, "domain": "recipes", "label": "food"} for t in cooking[:30]]
-    write_jsonl(tmp_path / "corpus" / "a.jsonl", prose[:60] + recipes[:15])
-    write_jsonl(tmp_path / "corpus" / "b.jsonl", prose[60:] + recipes[15:])
-    write_jsonl(tmp_path / "target.jsonl", [{"text": t} for t in cooking[30:]])
-    return tmp_path / "corpus", tmp_path / "target.jsonl", prose + recipes, cooking[30:]
+    write_jsonl(root / "corpus" / "a.jsonl", prose[:60] + recipes[:15])
+    write_jsonl(root / "corpus" / "b.jsonl", prose[60:] + recipes[15:])
+    write_jsonl(root / "target.jsonl", [{"text": t} for t in cooking[30:]])
+    return root / "corpus", root / "target.jsonl", prose + recipes, cooking[30:]
 
 
-def run(tmp_path, corpus, target, method, **options):
-    raw = base_config([corpus], tmp_path / method, method=method, budget={"docs": 15})
+def method_config(output, corpus, target, method, **options):
+    raw = base_config([corpus], output, method=method, budget={"docs": 15})
     raw["input"].update(group_field="domain", label_field="label", rows_per_part=40)
     raw["target"] = {"paths": [str(target)]}
     raw["select"].update(options)
-    return parse_config(raw), pipeline.run(parse_config(raw))
+    return parse_config(raw)
 
 
-def test_dsir_weights_and_kl_match_a_direct_computation(ray_local, tmp_path, corpus_and_target):
-    corpus, target, pool, target_texts = corpus_and_target
-    config, manifest = run(tmp_path, corpus, target, "dsir", dsir={"sampling": "topk"})
+def run(tmp_path, corpus, target, method, **options):
+    config = method_config(tmp_path / method, corpus, target, method, **options)
+    return config, pipeline.run(config)
+
+
+@pytest.fixture(scope="module")
+def dsir_scored(ray_local, tmp_path_factory, corpus_and_target):
+    """The pool scored once by the dsir stage (the scoring phase only)."""
+    corpus, target, _, _ = corpus_and_target
+    output = tmp_path_factory.mktemp("dsir-scored") / "out"
+    pipeline.run(method_config(output, corpus, target, "dsir"), phase="score")
+    return output
+
+
+def select_from(dsir_scored, tmp_path, corpus_and_target, method, **options):
+    """The selection phase of `method` on a copy of the dsir-scored pool."""
+    corpus, target, _, _ = corpus_and_target
+    output = tmp_path / method
+    shutil.copytree(dsir_scored, output)
+    config = method_config(output, corpus, target, method, **options)
+    return config, pipeline.run(config, phase="select")
+
+
+def test_dsir_weights_and_kl_match_a_direct_computation(tmp_path, corpus_and_target, dsir_scored):
+    _, _, pool, target_texts = corpus_and_target
+    _, manifest = select_from(
+        dsir_scored, tmp_path, corpus_and_target, "dsir", dsir={"sampling": "topk"}
+    )
 
     texts = [d["text"] for d in pool]
     counts, target_counts = dsir.featurize(texts), dsir.featurize(target_texts)
@@ -80,10 +107,9 @@ def test_dsir_weights_and_kl_match_a_direct_computation(ray_local, tmp_path, cor
     assert kl["kl_reduction"] > 0
 
 
-def test_dsir_gumbel_sampling_is_seeded(ray_local, tmp_path, corpus_and_target):
-    corpus, target, _, _ = corpus_and_target
-    _, first = run(tmp_path / "1", corpus, target, "dsir")
-    _, again = run(tmp_path / "2", corpus, target, "dsir")
+def test_dsir_gumbel_sampling_is_seeded(tmp_path, corpus_and_target, dsir_scored):
+    _, first = select_from(dsir_scored, tmp_path / "1", corpus_and_target, "dsir")
+    select_from(dsir_scored, tmp_path / "2", corpus_and_target, "dsir")
     ids = [
         sorted(read_folder(p / "dsir" / "selected")["id"].to_pylist())
         for p in (tmp_path / "1", tmp_path / "2")
@@ -101,10 +127,9 @@ def test_dsir_gumbel_sampling_is_seeded(ray_local, tmp_path, corpus_and_target):
     ],
 )
 def test_generic_selectors_on_a_score_column(
-    ray_local, tmp_path, corpus_and_target, method, options
+    tmp_path, corpus_and_target, dsir_scored, method, options
 ):
-    corpus, target, _, _ = corpus_and_target
-    _, manifest = run(tmp_path, corpus, target, method, **options)
+    _, manifest = select_from(dsir_scored, tmp_path, corpus_and_target, method, **options)
     selected = read_folder(tmp_path / method / "selected")
     scores = read_folder(tmp_path / method / "scores" / "dsir")["dsir_log_weight"].to_numpy()
     chosen = selected["dsir_log_weight"].to_numpy()
@@ -187,71 +212,74 @@ TINY_PROXY = {
 }
 
 
+@pytest.fixture(scope="module")
+def influence_run(ray_local, tmp_path_factory, corpus_and_target):
+    """One influence top-k run, which trains its proxy; the other influence tests reuse both."""
+    corpus, target, _, _ = corpus_and_target
+    output = tmp_path_factory.mktemp("influence") / "inf"
+    raw = base_config([corpus], output, method="influence", budget={"docs": 15})
+    raw["input"].update(group_field="domain", rows_per_part=40)
+    raw["target"] = {"paths": [str(target)]}
+    raw["proxy"] = TINY_PROXY
+    raw["stages"] = {"influence": {"num_cpus": 1, "pool_size": 1}}
+    config = parse_config(raw)
+    return config, pipeline.run(config), output
+
+
 def test_influence_topk_trains_a_proxy_and_matches_a_direct_scorer(
-    ray_local, tmp_path, corpus_and_target
+    corpus_and_target, influence_run
 ):
     import torch
 
     from distsel.scoring.influence import InfluenceScorer
     from distsel.scoring.proxy import load_proxy
 
-    corpus, target, pool, target_texts = corpus_and_target
-    raw = base_config([corpus], tmp_path / "inf", method="influence", budget={"docs": 15})
-    raw["input"].update(group_field="domain", rows_per_part=40)
-    raw["target"] = {"paths": [str(target)]}
-    raw["proxy"] = TINY_PROXY
-    raw["stages"] = {"influence": {"num_cpus": 1, "pool_size": 1}}
-    config = parse_config(raw)
-    manifest = pipeline.run(config)
-
+    _, _, pool, target_texts = corpus_and_target
+    config, manifest, output = influence_run
     proxy = manifest["stages"]["influence"]["summary"]["proxy"]
     assert proxy["params"] > 0 and proxy["train_tokens"] >= 20_000 and proxy["final_loss"] > 0
     torch.set_num_threads(1)
-    model, tokenizer = load_proxy(str(tmp_path / "inf" / "proxy"))
+    model, tokenizer = load_proxy(str(output / "proxy"))
     scorer = InfluenceScorer(model, tokenizer, config.select.influence, 64, "cpu")
     texts = [d["text"] for d in pool]
     expected = dict(zip(texts, scorer.fit(target_texts).score(texts), strict=True))
-    scores = read_folder(tmp_path / "inf" / "scores" / "influence")
-    docs = read_folder(tmp_path / "inf" / "docs")
+    scores = read_folder(output / "scores" / "influence")
+    docs = read_folder(output / "docs")
     text_of = dict(zip(docs["id"].to_pylist(), docs["text"].to_pylist(), strict=True))
     got = [expected[text_of[i]] for i in scores["id"].to_pylist()]
     assert np.allclose(scores["influence"].to_numpy(), got, rtol=1e-4, atol=1e-6)
-    chosen = read_folder(tmp_path / "inf" / "selected")["influence"].to_numpy()
+    chosen = read_folder(output / "selected")["influence"].to_numpy()
     assert np.allclose(np.sort(chosen), np.sort(scores["influence"].to_numpy())[-15:])
 
 
-def test_influence_pool_scores_groups_like_the_stage(ray_local, tmp_path, corpus_and_target):
+def test_influence_pool_scores_groups_like_the_stage(corpus_and_target, influence_run):
     from distsel.scoring.influence import InfluencePool, InfluenceStage
     from distsel.stage import Resources, StageContext
     from distsel.storage import Store
 
-    corpus, target, pool, _ = corpus_and_target
-    raw = base_config([corpus], tmp_path / "p", method="influence", budget={"docs": 5})
-    raw["target"] = {"paths": [str(target)]}
-    raw["proxy"] = TINY_PROXY
-    config = parse_config(raw)
-    pipeline.run(config)
-    store = Store(str(tmp_path / "p"))
+    _, _, pool, _ = corpus_and_target
+    config, _, output = influence_run
+    store = Store(str(output))
     stage = InfluenceStage(Resources(num_cpus=1, pool_size=2), config)
     stage.prepare(StageContext(config, store, store.list("docs", ".parquet")))
     service = InfluencePool(stage)
     groups = [[d["text"] for d in pool[:3]], [d["text"] for d in pool[3:7]]]
     first, second = service.score(groups)
     service.close()
-    scores = read_folder(tmp_path / "p" / "scores" / "influence")
-    docs = read_folder(tmp_path / "p" / "docs")
+    scores = read_folder(output / "scores" / "influence")
+    docs = read_folder(output / "docs")
     by_text = dict(zip(docs["text"].to_pylist(), scores["influence"].to_numpy(), strict=True))
     assert np.allclose(first, [by_text[t] for t in groups[0]], rtol=1e-4, atol=1e-6)
     assert np.allclose(second, [by_text[t] for t in groups[1]], rtol=1e-4, atol=1e-6)
     assert service.evaluated == 7
 
 
-def test_quad_selects_with_influence_on_draws_only(ray_local, tmp_path, corpus_and_target):
+def test_quad_selects_with_influence_on_draws_only(tmp_path, corpus_and_target, influence_run):
     corpus, target, _, _ = corpus_and_target
     raw = base_config([corpus], tmp_path / "quad", method="quad", budget={"docs": 15})
     raw["input"].update(group_field="domain", rows_per_part=40)
     raw["target"] = {"paths": [str(target)]}
-    raw["proxy"] = TINY_PROXY
+    raw["proxy"] = {**TINY_PROXY, "path": str(influence_run[2] / "proxy")}
     raw["select"]["quad"] = {
         "clusters": 6,
         "arms_per_round": 2,
