@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 from typing import Any
 
+from distsel import console
 from distsel.config import PHASES, load_config, parse_config
 from distsel.errors import DistselError
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="distsel: %(message)s",
-        stream=sys.stderr,
-    )
+    console.configure(args.verbose)
     try:
         return args.handler(args)
     except DistselError as exc:
@@ -31,7 +27,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="distsel", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="more log output")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="more log output, Ray's own included"
+    )
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     run = commands.add_parser("run", help="run the selection a YAML configuration describes")
@@ -75,12 +73,14 @@ def _run(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     from distsel import demo, pipeline
+    from distsel.report import write_report
 
     output = args.output.resolve()
-    demo.write_demo_corpus(output / "demo-corpus")
-    config = parse_config(demo.demo_config(output), "demo configuration")
+    config = parse_config(demo.prepare(output), "demo configuration")
     manifest = pipeline.run(config, address=args.address)
     print(summary(manifest, str(output)))
+    print(demo.concentration(manifest))
+    print(f"distsel: report written to {write_report(str(output))}")
     return 0
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import ray
 
-from distsel import corpus, evaluate
+from distsel import console, corpus, evaluate
 from distsel.config import Config, Phase
 from distsel.errors import ConfigError, DistselError, InputError
 from distsel.scoring import stage_class
@@ -32,22 +32,23 @@ from distsel.storage import Store
 log = logging.getLogger("distsel")
 
 SECRET_WORDS = ("secret", "key", "token", "password", "credential", "session")
+LOCAL_RAY_SETTINGS = {"idle_worker_killing_time_threshold_ms": 60_000}
 
 
 def connect_ray(address: str | None = None) -> None:
-    """Join the cluster at `address` (or RAY_ADDRESS); else start a local single-node Ray."""
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, logging_level=logging.WARNING)
-    else:
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-        ray.init(logging_level=logging.WARNING, include_dashboard=False)
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False
-    context.print_on_execution_start = False
+    """Join the cluster at `address` (or RAY_ADDRESS); else start a local single-node Ray.
+    Ray's own console output is off unless distsel.console is verbose (`distsel -v`)."""
+    if not ray.is_initialized():
+        address = address or os.environ.get("RAY_ADDRESS")
+        options = console.ray_init_options()
+        if address:
+            ray.init(address=address, **options)
+        else:
+            os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+            # Idle workers are kept for a minute, not a second, so that the next stage's tasks
+            # do not wait for new worker processes.
+            ray.init(include_dashboard=False, _system_config=LOCAL_RAY_SETTINGS, **options)
+    console.quiet_ray_data()
 
 
 @dataclasses.dataclass
@@ -75,7 +76,7 @@ def run(config: Config, address: str | None = None, phase: Phase = "all") -> dic
     shards = corpus.list_shards(config.input)
     for shard in shards:
         corpus.check_readable(shard, config.input.storage_options)
-    store = Store(config.output.path, config.output.storage_options)
+    store = Store(config.output.path, config.output.storage_options, config.output.retry_seconds)
     store.check_writable()
     _check_same_input(store, config)
     connect_ray(address or config.ray.address)
@@ -242,15 +243,38 @@ def _actors_that_fit(resources: Resources) -> int:
 
 
 class _Progress:
-    def __init__(self, label: str, total: int, unit: str) -> None:
-        self.label, self.total, self.unit, self.done = label, total, unit, 0
-        self.last = time.monotonic()
+    """distsel's progress lines for one step over `total` items: count, rate and ETA at most
+    every `every` seconds, then one line with the count, rate and time taken."""
+
+    def __init__(self, label: str, total: int, unit: str, every: float = 5.0) -> None:
+        self.label, self.total, self.unit, self.every = label, total, unit, every
+        self.done = 0
+        self.started = self.logged = time.monotonic()
 
     def advance(self) -> None:
         self.done += 1
-        if self.done == self.total or time.monotonic() - self.last > 10:
-            log.info("%s: %d/%d %s done", self.label, self.done, self.total, self.unit)
-            self.last = time.monotonic()
+        now = time.monotonic()
+        elapsed = max(now - self.started, 1e-6)
+        count = f"{self.label}: {self.done}/{self.total} {self.unit}"
+        rate = f"{_figure(self.done / elapsed)} {self.unit}/s"
+        if self.done >= self.total:
+            log.info("%s done in %s (%s)", count, _duration(elapsed), rate)
+        elif now - self.logged >= self.every:
+            eta = (self.total - self.done) * elapsed / self.done
+            log.info("%s, %s, ETA %s", count, rate, _duration(eta))
+            self.logged = now
+
+
+def _figure(value: float) -> str:
+    return f"{value:.2g}" if value < 100 else f"{value:.0f}"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 100:
+        return f"{_figure(seconds)} s"
+    if seconds < 6000:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def _ingest_item(batch: dict[str, np.ndarray], config_json: str, store: Store) -> dict[str, list]:

@@ -45,7 +45,7 @@ def main() -> None:
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
     workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
     cluster.wait_for_nodes()
-    ray.init(address=cluster.address, logging_level="WARNING")
+    ray.init(address=cluster.address, logging_level="WARNING", log_to_driver=False)
     removed: list[str] = []
     if args.remove_worker_after:
         markers = Path(config.output.path) / "_state" / args.stage

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import subprocess
 import sys
 
@@ -23,15 +25,34 @@ def distsel(*args: str, cwd=None) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_demo_runs_end_to_end_on_standard_library_text(tmp_path):
-    result = distsel("demo", str(tmp_path / "demo"))
+    output = tmp_path / "demo"
+    result = distsel("demo", str(output))
     assert result.returncode == 0, result.stderr
-    assert f"output in {tmp_path / 'demo'}" in result.stdout
+    assert f"output in {output}" in result.stdout
     assert "documents in" in result.stdout and "selected" in result.stdout
-    manifest = json.loads((tmp_path / "demo" / "manifest.json").read_text())
+    assert f"report written to {output / 'report.html'}" in result.stdout
+    assert (output / "report.html").stat().st_size > 0
+    assert "networking share" in result.stdout and "KL(target" in result.stdout
+
+    manifest = json.loads((output / "manifest.json").read_text())
     assert manifest["input_docs"] == manifest["accepted_docs"] + manifest["rejected_docs"]
     assert manifest["rejected_by_reason"]["empty_text"] > 0, "modules without docstrings"
-    assert manifest["selected_docs"] == 300
-    assert list((tmp_path / "demo" / "selected").glob("*.parquet"))
+    assert manifest["config"]["select"]["method"] == "dsir"
+    shares = manifest["evaluation"]["labels"]
+    assert shares["field"] == "topic"
+    assert shares["selected"]["networking"] > 2 * shares["pool"]["networking"]
+    assert manifest["evaluation"]["kl"]["kl_reduction"] > 0
+    assert list((output / "selected").glob("*.parquet"))
+
+    # Without -v only distsel's lines reach stderr; the one exception is a line that Ray's
+    # C++ core worker writes itself (ERROR level, once per process; ray-project/ray#53727).
+    ray_lines = [
+        line
+        for line in result.stderr.splitlines()
+        if not line.startswith("distsel: ") and "core_worker.cc" not in line
+    ]
+    assert ray_lines == []
+    assert re.search(r"^distsel: dsir: (\d+)/\1 parts done in .* parts/s\)$", result.stderr, re.M)
 
 
 def test_configuration_errors_name_the_key_without_a_traceback(tmp_path):
@@ -43,6 +64,7 @@ def test_configuration_errors_name_the_key_without_a_traceback(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_strict_mode_error_names_file_and_line(tmp_path):
     shard = write_jsonl(tmp_path / "c.jsonl", [{"text": "fine"}, b"{broken"])
     config = tmp_path / "run.yaml"
@@ -53,3 +75,29 @@ def test_strict_mode_error_names_file_and_line(tmp_path):
     assert result.returncode == 2, result.stderr
     assert f"distsel: error: {shard}: line 2: invalid json" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_progress_lines_give_count_rate_and_eta_then_the_time_taken(caplog):
+    from distsel.pipeline import _Progress
+
+    caplog.set_level(logging.INFO, logger="distsel")
+    for label, every in (("embed", 0.0), ("dsir", 5.0)):
+        progress = _Progress(label, 3, "parts", every=every)
+        for _ in range(3):
+            progress.advance()
+    number, ending = r"[\d.e+-]+", r"done in [\d.e+-]+ s \([\d.e+-]+ parts/s\)"
+    assert [record.getMessage() for record in caplog.records] == [
+        Matches(rf"embed: 1/3 parts, {number} parts/s, ETA {number} s"),
+        Matches(rf"embed: 2/3 parts, {number} parts/s, ETA {number} s"),
+        Matches(rf"embed: 3/3 parts {ending}"),
+        Matches(rf"dsir: 3/3 parts {ending}"),  # nothing between: at most every 5 s
+    ]
+
+
+class Matches(str):
+    """Equal to the strings that the regular expression matches in full."""
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, str) and re.fullmatch(self, other) is not None
+
+    __hash__ = str.__hash__

@@ -147,6 +147,7 @@ def test_generic_selectors_on_a_score_column(
         assert len(set(strata.tolist())) >= 3, "coverage: several strata are represented"
 
 
+@pytest.mark.slow
 def test_similarity_matches_numpy_and_round_robins_over_tasks(
     ray_local, tmp_path, corpus_and_target
 ):
@@ -189,6 +190,7 @@ def test_similarity_matches_numpy_and_round_robins_over_tasks(
     ]
 
 
+@pytest.mark.slow
 def test_betr_scores_the_pool_from_an_embedded_sample(ray_local, tmp_path, corpus_and_target):
     corpus, target, _, _ = corpus_and_target
     raw = base_config([corpus], tmp_path / "betr", method="similarity", budget={"docs": 15})
@@ -274,6 +276,7 @@ def test_influence_pool_scores_groups_like_the_stage(corpus_and_target, influenc
     assert service.evaluated == 7
 
 
+@pytest.mark.slow
 def test_quad_selects_with_influence_on_draws_only(tmp_path, corpus_and_target, influence_run):
     corpus, target, _, _ = corpus_and_target
     raw = base_config([corpus], tmp_path / "quad", method="quad", budget={"docs": 15})

@@ -277,6 +277,7 @@ class InterruptOnce(tune.Callback):
             os.kill(os.getpid(), signal.SIGUSR1)
 
 
+@pytest.mark.slow
 def test_an_interrupted_search_resumes_without_rerunning_finished_trials(
     ray_local, corpus, tmp_path
 ):
@@ -305,6 +306,7 @@ def test_an_interrupted_search_resumes_without_rerunning_finished_trials(
     assert section["proxy_steps"] == 6 * steps
 
 
+@pytest.mark.slow
 def test_regmix_end_to_end(ray_local, corpus, tmp_path):
     from distsel.mixture import run_mixture_search
 
@@ -325,6 +327,7 @@ def test_regmix_end_to_end(ray_local, corpus, tmp_path):
     assert section["proxy_steps"] == 6 * section["proxy"]["steps_per_trial"]
 
 
+@pytest.mark.slow
 def test_distsel_run_with_the_mixture_selector(ray_local, corpus, tmp_path):
     from distsel import pipeline
 
@@ -350,6 +353,7 @@ def test_distsel_run_with_the_mixture_selector(ray_local, corpus, tmp_path):
     assert "mixture: best target loss so far" in captions
 
 
+@pytest.mark.slow
 def test_cluster_groups_searched_in_the_mixture_phase_then_reused(ray_local, corpus, tmp_path):
     from distsel import pipeline
 

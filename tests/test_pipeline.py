@@ -192,7 +192,7 @@ def _big_corpus(root: Path) -> Path:
                 "text": f"{PARAGRAPHS[(shard * 7 + i) % 120]} ({shard}-{i})",
                 "domain": f"d{shard % 3}",
             }
-            for i in range(400)
+            for i in range(200)
         ]
         write_jsonl(corpus / f"s{shard:02d}.jsonl", [*records, {"text": None}])
     return corpus
@@ -207,11 +207,20 @@ def _config_file(root: Path, corpus: Path, output: Path) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def clean_cli_run(tmp_path_factory) -> tuple[Path, Path]:
+    """The corpus of the killed-run tests and its uninterrupted run, made once."""
+    root = tmp_path_factory.mktemp("clean-run")
+    corpus = _big_corpus(root)
+    clean = _cli_run(_config_file(root, corpus, root / "clean"))
+    assert clean.wait(timeout=300) == 0, clean.stdout.read().decode()
+    return corpus, root / "clean"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("kill_when", ["ingest", "stats"])
-def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path, kill_when):
-    corpus = _big_corpus(tmp_path)
-    clean = _cli_run(_config_file(tmp_path, corpus, tmp_path / "clean"))
+def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path, kill_when, clean_cli_run):
+    corpus, clean_output = clean_cli_run
     killed_output = tmp_path / "killed"
     config = _config_file(tmp_path, corpus, killed_output)
     victim = _cli_run(config)
@@ -224,15 +233,14 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path, kill_when):
     os.killpg(victim.pid, signal.SIGKILL)
     victim.wait()
     assert not (killed_output / "manifest.json").exists(), "the run was killed before it finished"
-    assert clean.wait(timeout=300) == 0, clean.stdout.read().decode()
 
     resumed = _cli_run(config)
     assert resumed.wait(timeout=300) == 0, resumed.stdout.read().decode()
     for folder, key in (("selected", "id"), ("rejected", "shard"), ("scores/stats", "id")):
-        expected = read_folder(tmp_path / "clean" / folder)
+        expected = read_folder(clean_output / folder)
         got = read_folder(killed_output / folder)
         assert got.num_rows == expected.num_rows > 0
         assert got.sort_by(key).equals(expected.sort_by(key)), folder
     manifest = json.loads((killed_output / "manifest.json").read_text())
-    assert manifest["input_docs"] == 12 * 401 and manifest["rejected_docs"] == 12
+    assert manifest["input_docs"] == 12 * 201 and manifest["rejected_docs"] == 12
     assert manifest["selected_docs"] == 1000

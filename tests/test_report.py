@@ -4,6 +4,7 @@ import base64
 import re
 from pathlib import Path
 
+import pytest
 from conftest import base_config, stdlib_paragraphs, write_jsonl
 
 from distsel import pipeline
@@ -11,6 +12,7 @@ from distsel.config import parse_config
 from distsel.report import write_report
 
 
+@pytest.mark.slow
 def test_report_is_self_contained_html_with_plots(ray_local, tmp_path):
     texts = stdlib_paragraphs(40)
     records = [{"text": t, "kind": "even" if i % 2 else "odd"} for i, t in enumerate(texts)]

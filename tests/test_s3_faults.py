@@ -158,7 +158,8 @@ def test_write_succeeds_when_the_server_is_back_within_the_retry_window(
 
 def test_store_retry_bridges_an_outage_longer_than_one_try(server, s3, bucket, options):
     """The server comes back only after a whole try (botocore's own retries) has failed."""
-    store = Store(f"s3://{bucket}/out", options)
+    quick = {**options, "config_kwargs": {"retries": {"max_attempts": 2}}}
+    store = Store(f"s3://{bucket}/out", quick)
     table, key = _table(), "docs/b.jsonl-00000.parquet"
     handler = _OnRetry(server.start)
     logging.getLogger("distsel").addHandler(handler)

@@ -20,6 +20,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "distsel"
 SECRET, KEY = "s3cr3t-hunter2-value", "AKIAFAKEKEY0000"
 
 
+@pytest.mark.slow
 def test_credentials_stay_out_of_logs_manifest_and_report(tmp_path):
     corpus = write_jsonl(tmp_path / "c.jsonl", [{"text": t} for t in stdlib_paragraphs(30)])
     raw = base_config([corpus], tmp_path / "out", method="random", budget={"docs": 5})
