@@ -192,7 +192,7 @@ def _big_corpus(root: Path) -> Path:
                 "text": f"{PARAGRAPHS[(shard * 7 + i) % 120]} ({shard}-{i})",
                 "domain": f"d{shard % 3}",
             }
-            for i in range(200)
+            for i in range(100)
         ]
         write_jsonl(corpus / f"s{shard:02d}.jsonl", [*records, {"text": None}])
     return corpus
@@ -242,5 +242,5 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path, kill_when, c
         assert got.num_rows == expected.num_rows > 0
         assert got.sort_by(key).equals(expected.sort_by(key)), folder
     manifest = json.loads((killed_output / "manifest.json").read_text())
-    assert manifest["input_docs"] == 12 * 201 and manifest["rejected_docs"] == 12
+    assert manifest["input_docs"] == 12 * 101 and manifest["rejected_docs"] == 12
     assert manifest["selected_docs"] == 1000

@@ -205,7 +205,7 @@ def test_write_fails_clearly_when_the_server_stays_down(server, s3, bucket, opti
 def test_reads_and_listings_fail_clearly_when_the_server_stays_down(server, s3, bucket, options):
     """With botocore's own retries turned off, only the Store's short window applies."""
     quick = {**options, "config_kwargs": {"retries": {"max_attempts": 1}}}
-    store = Store(f"s3://{bucket}/out", quick, retry_seconds=2.0)
+    store = Store(f"s3://{bucket}/out", quick, retry_seconds=1.5)
     store.write_json("_state/input.json", {"paths": ["x"]})
     server.stop()
     for call, relative in [
