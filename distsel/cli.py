@@ -4,25 +4,41 @@ from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
-from distsel import console
+from distsel import console, errors
 from distsel.config import PHASES, load_config, parse_config
-from distsel.errors import DistselError
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line; every failure ends as one line `distsel: error: ...` on stderr
+    (after its traceback with -v): exit status 2 for usage and configuration, else 1."""
+    argv = sys.argv[1:] if argv is None else argv
+    errors.conceal(*errors.userinfo(" ".join(argv)))
     args = _parser().parse_args(argv)
     console.configure(args.verbose)
     try:
         return args.handler(args)
-    except DistselError as exc:
-        print(f"distsel: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("distsel: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+    except Exception as exc:
+        return _fail(exc, args.verbose)
+
+
+def _fail(exc: Exception, verbose: bool) -> int:
+    if verbose:
+        print(errors.strip_credentials(traceback.format_exc()).rstrip(), file=sys.stderr)
+    known = errors.user_error(exc)
+    if known is None:
+        message, status = errors.short(errors.innermost(exc)), 1
+    else:
+        message = " ".join(line.strip() for line in str(known).splitlines())
+        status = 2 if isinstance(known, errors.ConfigError) else 1
+    print(f"distsel: error: {errors.strip_credentials(message)}", file=sys.stderr)
+    return status
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -61,6 +77,7 @@ def _run(args: argparse.Namespace) -> int:
 
     overrides = {"output.path": args.output} if args.output else {}
     config = load_config(args.config, overrides)
+    errors.conceal(*pipeline.credentials(config))
     result = pipeline.run(config, address=args.address, phase=args.phase)
     if args.phase == "score":
         print(summary(result, config.output.path, "scoring.json"))

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -15,7 +16,7 @@ from pydantic import (
     model_validator,
 )
 
-from distsel.errors import ConfigError
+from distsel.errors import ConfigError, credentials_in_url
 
 
 class _Strict(BaseModel):
@@ -26,7 +27,15 @@ def _one_path_is_a_list(value: Any) -> Any:
     return [value] if isinstance(value, str) else value
 
 
-PathList = Annotated[list[str], BeforeValidator(_one_path_is_a_list)]
+def _no_credentials(value: str) -> str:
+    problem = credentials_in_url(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+Location = Annotated[str, AfterValidator(_no_credentials)]
+PathList = Annotated[list[Location], BeforeValidator(_one_path_is_a_list)]
 
 
 class InputConfig(_Strict):
@@ -49,9 +58,9 @@ class TargetConfig(_Strict):
 
 
 class OutputConfig(_Strict):
-    path: str
+    path: Location
     storage_options: dict[str, Any] = Field(default_factory=dict)
-    #: how long an unreachable object store is tried again before the run fails
+    #: how long an unreachable object store (output or input) is tried again before the run fails
     retry_seconds: float = Field(default=20.0, ge=0)
 
 
@@ -260,20 +269,24 @@ def _describe(error: dict[str, Any]) -> str:
         return f"{key}: unknown key"
     if error["type"] == "missing":
         return f"{key}: required key is missing"
-    return f"{key}: {error['msg']}"
+    return f"{key}: {error['msg'].removeprefix('Value error, ')}"
 
 
 def parse_config(data: Any, source: str = "configuration") -> Config:
-    """Validate a mapping into a Config; every problem is listed with its dotted key."""
-    if not isinstance(data, dict):
-        raise ConfigError(
-            f"{source}: expected a mapping at the top level, got {type(data).__name__}"
-        )
+    """Validate a mapping into a Config; every problem is listed (on one line) with its
+    dotted key."""
+    _require_mapping(data, source)
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        problems = "\n  ".join(_describe(error) for error in exc.errors())
-        raise ConfigError(f"{source}: invalid configuration\n  {problems}") from None
+        problems = "; ".join(_describe(error) for error in exc.errors())
+        raise ConfigError(f"{source}: invalid configuration: {problems}") from None
+
+
+def _require_mapping(data: Any, source: str, key: str = "") -> None:
+    if not isinstance(data, dict):
+        where = f"{key}: expected a mapping" if key else "expected a mapping at the top level"
+        raise ConfigError(f"{source}: {where}, got {type(data).__name__}")
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
@@ -290,13 +303,17 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         raise ConfigError(f"{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
     data = {} if data is None else data
+    _require_mapping(data, str(path))
     for dotted, value in (overrides or {}).items():
-        _set_dotted(data, dotted, value)
+        _set_dotted(data, dotted, value, str(path))
     return parse_config(data, str(path))
 
 
-def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any, source: str) -> None:
     *parents, leaf = dotted.split(".")
-    for part in parents:
-        data = data.setdefault(part, {})
+    for depth, part in enumerate(parents):
+        if data.get(part) is None:
+            data[part] = {}
+        data = data[part]
+        _require_mapping(data, source, ".".join(parents[: depth + 1]))
     data[leaf] = value

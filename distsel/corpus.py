@@ -6,14 +6,16 @@ Every row of every input shard ends up either accepted (a document with a stable
 
 from __future__ import annotations
 
+import functools
 import gzip
+import hashlib
 import io
 import json
 import math
 import re
 import zlib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -23,12 +25,20 @@ import zstandard
 
 from distsel.config import InputConfig
 from distsel.errors import InputError
+from distsel.errors import short as _short
 from distsel.storage import Store, full_url, open_fs
 
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".json.gz", ".ndjson")
 PARQUET_SUFFIXES = (".parquet",)
 RESERVED_COLUMNS = ("id", "text", "tokens_approx")
 CHARS_PER_TOKEN = 4
+#: A JSON line nested deeper is quarantined (`too_deep`): storing it would recurse without bound.
+MAX_DEPTH = 100
+NAME_STEM_CHARS = 80
+UNSAFE_NAME_CHARS = re.compile(r"[^0-9A-Za-z._-]+")
+UTF8_BOM = b"\xef\xbb\xbf"
+JSON_WHITESPACE = b" \t\r\n"
+SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 REJECTED_SCHEMA = pa.schema(
     [
         ("shard", pa.string()),
@@ -52,7 +62,17 @@ class Shard:
 
     @property
     def safe_key(self) -> str:
-        return self.key.replace("/", "__")
+        """Name of the shard's files: its key made safe, then a hash of the whole key, so that
+        distinct keys never share a name ('sub/y.jsonl' → 'sub__y.jsonl-<12 hex digits>')."""
+        return safe_name(self.key)
+
+
+def safe_name(key: str) -> str:
+    """`key` in [0-9A-Za-z._-] ('/' → '__'), its last 80 characters, then '-' and a 48-bit
+    BLAKE2b hash of `key`. No leading '.' or '_': Arrow's dataset readers skip such files."""
+    stem = UNSAFE_NAME_CHARS.sub("_", key.replace("/", "__"))[-NAME_STEM_CHARS:].lstrip("._-")
+    digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=6).hexdigest()
+    return f"{stem or 'shard'}-{digest}"
 
 
 def tokens_approx(chars: int) -> int:
@@ -94,7 +114,20 @@ def list_shards(config: InputConfig) -> list[Shard]:
             shards[key] = shard
     if not shards:
         raise InputError(f"no .jsonl[.gz|.zst] or .parquet files found in {config.paths}")
+    _check_distinct_names(shards.values())
     return sorted(shards.values(), key=lambda shard: shard.key)
+
+
+def _check_distinct_names(shards: Iterable[Shard]) -> None:
+    """Two keys whose names share stem and hash are all but impossible; refuse them anyway."""
+    seen: dict[str, Shard] = {}
+    for shard in shards:
+        other = seen.setdefault(shard.safe_key, shard)
+        if other is not shard:
+            raise InputError(
+                f"input files {other.url} and {shard.url} would share the file name "
+                f"'{shard.safe_key}'; rename one"
+            )
 
 
 def _is_explicit_file(fs: Any, given_path: str, file_path: str) -> bool:
@@ -149,11 +182,6 @@ def _decompressed(raw: IO[bytes], url: str) -> IO[bytes]:
         reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
         return io.BufferedReader(reader, buffer_size=1 << 20)
     return raw
-
-
-def _short(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
 @dataclass
@@ -215,31 +243,63 @@ class _Validator:
 def _jsonl_records(handle: IO[bytes], validator: _Validator) -> Iterator[tuple[int, Any]]:
     """Yield (line number, document or Rejection) for every non-blank line."""
     for number, line in enumerate(handle, start=1):
+        if number == 1 and line.startswith(UTF8_BOM):
+            line = line[len(UTF8_BOM) :]
         line = line.rstrip(b"\r\n")
-        if not line.strip():
+        if not line.strip(JSON_WHITESPACE):
             continue
         try:
-            decoded = line.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            yield (
-                number,
-                Rejection(number, None, "not_utf8", f"byte {exc.start}: {exc.reason}", line),
-            )
-            continue
-        try:
-            value = json.loads(decoded)
-        except json.JSONDecodeError as exc:
-            yield number, Rejection(number, None, "invalid_json", exc.msg, line)
-            continue
-        if not isinstance(value, dict):
-            kind = type(value).__name__
-            yield number, Rejection(number, None, "not_an_object", f"a JSON {kind}", line)
-            continue
-        outcome = validator.document(value, number)
-        if isinstance(outcome, tuple):
-            yield number, Rejection(number, None, outcome[0], outcome[1], line)
-        else:
-            yield number, outcome
+            outcome = _jsonl_row(line, number, validator)
+        except Exception as exc:  # no check foresaw it: this row is quarantined, the run goes on
+            outcome = _failed_row(exc, number, None, line)
+        yield number, outcome
+
+
+def _jsonl_row(line: bytes, number: int, validator: _Validator) -> dict[str, Any] | Rejection:
+    def rejected(reason: str, detail: str) -> Rejection:
+        return Rejection(number, None, reason, detail, line)
+
+    try:
+        value = json.loads(line.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        return rejected("not_utf8", f"byte {exc.start}: {exc.reason}")
+    except json.JSONDecodeError as exc:
+        return rejected("invalid_json", exc.msg)
+    except ValueError as exc:  # valid JSON that Python refuses: an integer of over 4300 digits
+        return rejected("invalid_json", _short(exc))
+    if not isinstance(value, dict):
+        return rejected("not_an_object", f"a JSON {type(value).__name__}")
+    if line.count(b"[") + line.count(b"{") > MAX_DEPTH and _depth(value) > MAX_DEPTH:
+        return rejected("too_deep", f"nested more than {MAX_DEPTH} levels")
+    if SURROGATE_ESCAPE.search(line) and not _encodable(value):
+        return rejected("not_utf8", "a \\u escape stands for a lone surrogate, not a character")
+    outcome = validator.document(value, number)
+    return rejected(*outcome) if isinstance(outcome, tuple) else outcome
+
+
+def _failed_row(exc: Exception, line: int | None, row: int | None, raw: bytes) -> Rejection:
+    if isinstance(exc, RecursionError):
+        return Rejection(line, row, "too_deep", f"nested more than {MAX_DEPTH} levels", raw)
+    return Rejection(line, row, "invalid_row", _short(exc), raw)
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of a JSON value (0 for a scalar, 1 for a flat object), without recursion."""
+    depth, level = 0, [value]
+    while level := [item for item in level if isinstance(item, (dict, list))]:
+        depth += 1
+        level = [
+            child for item in level for child in (item.values() if isinstance(item, dict) else item)
+        ]
+    return depth
+
+
+def _encodable(value: Any) -> bool:
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _parquet_records(handle: IO[bytes], validator: _Validator) -> Iterator[tuple[int, Any]]:
@@ -253,10 +313,34 @@ def _parquet_records(handle: IO[bytes], validator: _Validator) -> Iterator[tuple
         )
     row = 0
     for batch in parquet.iter_batches(batch_size=4096):
-        for record in batch.to_pylist():
-            outcome = _parquet_row(record, row, validator)
+        for record, unreadable in _batch_records(batch):
+            try:
+                outcome = _parquet_row(record, unreadable, row, validator)
+            except Exception as exc:  # no check foresaw it: this row is quarantined
+                outcome = _failed_row(exc, None, row, _raw_record(record))
             yield row, outcome
             row += 1
+
+
+def _batch_records(batch: pa.RecordBatch) -> list[tuple[dict[str, Any], Exception | None]]:
+    """The batch's rows as Python values, each with the error of a value Python cannot hold
+    (a date past year 9999, a string that is not UTF-8), if any."""
+    try:
+        return [(record, None) for record in batch.to_pylist()]
+    except Exception:  # find the rows that fail, value by value
+        return [_row_values(batch, index) for index in range(batch.num_rows)]
+
+
+def _row_values(batch: pa.RecordBatch, index: int) -> tuple[dict[str, Any], Exception | None]:
+    record: dict[str, Any] = {}
+    failure: Exception | None = None
+    for name, column in zip(batch.schema.names, batch.columns, strict=True):
+        try:
+            record[name] = column[index].as_py()
+        except Exception as exc:
+            record[name] = None
+            failure = failure or ValueError(f"column '{name}': {_short(exc)}")
+    return record, failure
 
 
 def _records(shard: Shard, config: InputConfig, validator: _Validator) -> Iterator[tuple[int, Any]]:
@@ -268,37 +352,62 @@ def _records(shard: Shard, config: InputConfig, validator: _Validator) -> Iterat
             yield from _jsonl_records(_decompressed(raw, shard.url), validator)
 
 
-def _parquet_row(record: dict[str, Any], row: int, validator: _Validator) -> Any:
+def _parquet_row(
+    record: dict[str, Any], unreadable: Exception | None, row: int, validator: _Validator
+) -> Any:
+    def rejected(reason: str, detail: str) -> Rejection:
+        return Rejection(None, row, reason, detail, _raw_record(record))
+
+    if unreadable is not None:
+        return rejected("invalid_value", str(unreadable))
     text = record.get(validator.config.text_field)
     if isinstance(text, bytes):
         try:
             record[validator.config.text_field] = text.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raw = json.dumps(record, default=repr).encode()
-            return Rejection(None, row, "not_utf8", f"byte {exc.start}: {exc.reason}", raw)
+            return rejected("not_utf8", f"byte {exc.start}: {exc.reason}")
     outcome = validator.document(record, row)
-    if isinstance(outcome, tuple):
-        return Rejection(
-            None, row, outcome[0], outcome[1], json.dumps(record, default=repr).encode()
-        )
-    return outcome
+    return rejected(*outcome) if isinstance(outcome, tuple) else outcome
+
+
+def _raw_record(record: dict[str, Any]) -> bytes:
+    try:
+        return json.dumps(record, default=repr).encode()
+    except (ValueError, TypeError, RecursionError):
+        return repr(record).encode("utf-8", "backslashreplace")
 
 
 def documents_table(documents: list[dict[str, Any]]) -> pa.Table:
-    """Arrow table of documents; a field whose values have mixed types is stored as JSON text."""
+    """Arrow table of documents; a field whose values have mixed types, or a type Parquet cannot
+    store and read back, is stored as JSON text."""
     names = list(dict.fromkeys(name for document in documents for name in document))
-    columns = {}
-    for name in names:
-        values = [document.get(name) for document in documents]
-        try:
-            columns[name] = pa.array(values)
-        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
-            columns[name] = pa.array(
-                [None if v is None else json.dumps(v, default=str) for v in values]
-            )
-        if pa.types.is_null(columns[name].type):
-            columns[name] = columns[name].cast(pa.string())
-    return pa.table(columns)
+    return pa.table(
+        {name: _column([document.get(name) for document in documents]) for name in names}
+    )
+
+
+def _column(values: list[Any]) -> pa.Array | pa.ChunkedArray:
+    try:
+        array = pa.array(values)
+    except (pa.ArrowException, ValueError, TypeError, OverflowError):
+        array = None
+    if array is None or not _parquet_round_trips(array.type):
+        texts = [None if value is None else json.dumps(value, default=str) for value in values]
+        return pa.array(texts, pa.string())
+    return array.cast(pa.string()) if pa.types.is_null(array.type) else array
+
+
+@functools.lru_cache(maxsize=1024)
+def _parquet_round_trips(kind: pa.DataType) -> bool:
+    """Whether Parquet stores and reads back this type (not: an empty struct, an interval,
+    lists nested about 50 deep, which are written but then refused as too deeply nested)."""
+    buffer = pa.BufferOutputStream()
+    try:
+        pq.write_table(pa.table({"value": pa.array([], kind)}), buffer)
+        pq.read_table(pa.BufferReader(buffer.getvalue()))
+    except (pa.ArrowException, OSError):
+        return False
+    return True
 
 
 def rejected_table(shard: Shard, rejections: list[Rejection]) -> pa.Table:

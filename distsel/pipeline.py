@@ -7,29 +7,31 @@ in place, so a rerun skips finished parts and a killed run resumes with the same
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
 import platform
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from importlib import metadata
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
 import ray
 
-from distsel import console, corpus, evaluate
-from distsel.config import Config, Phase
+from distsel import console, corpus, duplicates, evaluate
+from distsel.config import Budget, Config, Phase
 from distsel.errors import ConfigError, DistselError, InputError
 from distsel.scoring import stage_class
-from distsel.select import Pool, gather_pool, selector_for
+from distsel.select import Pool, Selector, gather_pool, selector_for
 from distsel.stage import Resources, Stage, StageContext
-from distsel.storage import Store
+from distsel.storage import Store, is_remote, reads_inside, retrying
 
 log = logging.getLogger("distsel")
+T = TypeVar("T")
 
 SECRET_WORDS = ("secret", "key", "token", "password", "credential", "session")
 LOCAL_RAY_SETTINGS = {"idle_worker_killing_time_threshold_ms": 60_000}
@@ -60,6 +62,7 @@ class Scored:
     parts: list[str]
     stages: list[Stage]
     timings: dict[str, Any]
+    dropped: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
 
 def run(config: Config, address: str | None = None, phase: Phase = "all") -> dict[str, Any]:
@@ -73,9 +76,8 @@ def run(config: Config, address: str | None = None, phase: Phase = "all") -> dic
     started = time.perf_counter()
     if phase == "mixture" and not config.target.paths:
         raise ConfigError("target.paths: the mixture search needs target examples")
-    shards = corpus.list_shards(config.input)
-    for shard in shards:
-        corpus.check_readable(shard, config.input.storage_options)
+    check_output_apart(config)
+    shards = list_inputs(config)
     store = Store(config.output.path, config.output.storage_options, config.output.retry_seconds)
     store.check_writable()
     _check_same_input(store, config)
@@ -88,10 +90,40 @@ def run(config: Config, address: str | None = None, phase: Phase = "all") -> dic
     if phase == "mixture":
         from distsel.mixture import run_mixture_search
 
-        pool = gather_pool(store, scored.parts, [s.name for s in scored.stages], config)
+        stages = [s.name for s in scored.stages]
+        pool = gather_pool(store, scored.parts, stages, config, scored.dropped)
         _, section = run_mixture_search(pool, config, StageContext(config, store, scored.parts))
         return _finish(store, "mixture/search.json", {**section, "phase": phase}, started)
     return _finish(store, "manifest.json", select(config, store, scored), started)
+
+
+def check_output_apart(config: Config) -> None:
+    """Refuse an output inside (or equal to) an input location: a rerun would read the
+    output's own files back as input. Checked before anything is read or written."""
+    output = config.output.path
+    for kind, paths in (("input", config.input.paths), ("target", config.target.paths)):
+        for given in paths:
+            if reads_inside(given, output):
+                raise ConfigError(
+                    f"output {output} lies inside {kind} path {given}; a rerun would read the "
+                    "output back as input: choose an output location outside it"
+                )
+
+
+def list_inputs(config: Config) -> list[corpus.Shard]:
+    """The input shards, each opened once so a bad file fails early."""
+    options, seconds = config.input.storage_options, config.output.retry_seconds
+    shards = _reading(config.input.paths, lambda: corpus.list_shards(config.input), seconds)
+    for shard in shards:
+        _reading([shard.url], functools.partial(corpus.check_readable, shard, options), seconds)
+    return shards
+
+
+def _reading(urls: list[str], action: Callable[[], T], retry_seconds: float) -> T:
+    """`action()`, which reads `urls`; while those on an object store cannot be reached, it is
+    tried again for `retry_seconds` (output.retry_seconds, as for the output)."""
+    remote = [url for url in urls if is_remote(url)]
+    return retrying(", ".join(remote), action, retry_seconds) if remote else action()
 
 
 def _finish(store: Store, name: str, summary: dict[str, Any], started: float) -> dict[str, Any]:
@@ -107,11 +139,12 @@ def score(
     `require_done`, refuse to do any of it (a selection-only run needs a finished scoring)."""
     timings: dict[str, dict[str, Any]] = {}
     ingested = ingest(shards, config, store, timings, require_done)
+    ingested, dropped = quarantine_duplicate_ids(config, store, shards, ingested, require_done)
     parts = [part for result in ingested for part in result.parts]
     stages = build_stages(config)
     for stage in stages:
         run_stage(stage, StageContext(config, store, parts), timings, require_done)
-    return Scored(ingested, parts, stages, timings)
+    return Scored(ingested, parts, stages, timings, dropped)
 
 
 def select(config: Config, store: Store, scored: Scored) -> dict[str, Any]:
@@ -119,8 +152,9 @@ def select(config: Config, store: Store, scored: Scored) -> dict[str, Any]:
     parts, stages, timings = scored.parts, scored.stages, scored.timings
     selector = selector_for(config)
     began = time.perf_counter()
-    pool = gather_pool(store, parts, [s.name for s in stages], config)
-    chosen, section = selector.select(pool, config, StageContext(config, store, parts))
+    pool = gather_pool(store, parts, [s.name for s in stages], config, scored.dropped)
+    over = budget_exceeds_pool(config.select.budget, pool)
+    chosen, section = choose(selector, pool, config, StageContext(config, store, parts), over)
     selected_parts = write_selection(store, pool, chosen, [s.name for s in stages])
     timings["select"] = {"rows": int(len(chosen)), "seconds": round(time.perf_counter() - began, 3)}
 
@@ -135,8 +169,39 @@ def select(config: Config, store: Store, scored: Scored) -> dict[str, Any]:
         "seconds": round(time.perf_counter() - began, 3),
     }
     manifest = build_manifest(config, scored.ingested, pool, chosen, timings, section)
+    manifest["budget_exceeds_pool"] = over
     manifest["evaluation"] = evaluation
     return manifest
+
+
+def budget_exceeds_pool(budget: Budget | None, pool: Pool) -> bool:
+    """Whether the budget is larger than the whole pool, in documents or in tokens."""
+    if budget is None:
+        return False
+    if budget.docs is not None:
+        return budget.docs > len(pool)
+    return budget.tokens > int(pool.tokens.sum())
+
+
+def choose(
+    selector: Selector, pool: Pool, config: Config, context: StageContext, over: bool
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """The selector's choice. With a budget larger than the pool (`over`), the whole pool
+    instead, and one warning; a selector that `filters` (threshold) still applies its filter."""
+    if not over:
+        return selector.select(pool, config, context)
+    budget = config.select.budget
+    assert budget is not None
+    if budget.docs is not None:
+        sizes = f"{budget.docs:,} documents", f"{len(pool):,} documents"
+    else:
+        sizes = f"{budget.tokens:,} tokens", f"~{int(pool.tokens.sum()):,} tokens"
+    filters = getattr(selector, "filters", False)
+    taken = "every document that passes the filter" if filters else "the whole pool"
+    log.warning("select: the budget (%s) is larger than the pool (%s); selecting %s", *sizes, taken)
+    if filters:
+        return selector.select(pool, config, context)
+    return np.arange(len(pool), dtype=np.int64), {"budget": budget.model_dump(exclude_none=True)}
 
 
 def _not_scored(what: str, pending: list[str], total: int) -> DistselError:
@@ -282,11 +347,18 @@ def _ingest_item(batch: dict[str, np.ndarray], config_json: str, store: Store) -
     shard = corpus.Shard(**json.loads(batch["item"][0]))
     error = ""
     try:
-        result = corpus.ingest_shard(shard, config.input, store)
+        result = _ingest_retrying(shard, config, store)
         store.write_json(f"_state/ingest/{shard.safe_key}.json", dataclasses.asdict(result))
     except InputError as exc:
         error = str(exc)
     return {"shard": [shard.key], "error": [error]}
+
+
+def _ingest_retrying(shard: corpus.Shard, config: Config, store: Store) -> corpus.IngestResult:
+    """Ingest one shard; while its object store cannot be reached, the shard is read again
+    from the start (its parts are rewritten under the same names)."""
+    action = functools.partial(corpus.ingest_shard, shard, config.input, store)
+    return _reading([shard.url], action, config.output.retry_seconds)
 
 
 def ingest(
@@ -317,6 +389,101 @@ def ingest(
         "resumed_shards": len(shards) - len(pending),
     }
     return results
+
+
+DUPLICATES = "_state/duplicates.parquet"
+
+
+@ray.remote(num_cpus=1)
+def _write_part_ids(store: Store, part: str, rank: int, groups: int) -> None:
+    duplicates.write_part_ids(store, part, rank, groups)
+
+
+@ray.remote(num_cpus=1)
+def _find_duplicates(store: Store, parts: list[str], group: int) -> pa.Table:
+    return duplicates.find_duplicates(store, parts, group)
+
+
+def quarantine_duplicate_ids(
+    config: Config,
+    store: Store,
+    shards: list[corpus.Shard],
+    ingested: list[corpus.IngestResult],
+    require_done: bool = False,
+) -> tuple[list[corpus.IngestResult], dict[str, np.ndarray]]:
+    """With `input.id_field` set, every later copy of an id (in input order) is quarantined as
+    `duplicate_id`: moved from accepted to rejected and listed in rejected/duplicate_id.parquet.
+    The check runs once (kept in _state/duplicates.parquet). Returns the results with the
+    moved counts and the rows that each part drops from the pool."""
+    if config.input.id_field is None:
+        return ingested, {}
+    parts = [part for result in ingested for part in result.parts]
+    if not store.exists(DUPLICATES):
+        if require_done:
+            raise _not_scored("the duplicate-id check", [DUPLICATES], 1)
+        found = _find_duplicate_ids(store, parts, sum(r.accepted for r in ingested))
+        shard_of = {part: result.shard for result in ingested for part in result.parts}
+        if found.num_rows and config.input.strict:
+            first = found.slice(0, 1).to_pylist()[0]
+            raise InputError(
+                f"{shard_of[parts[first['rank']]]}: id '{first['id']}' appears again "
+                f"(first in {shard_of[parts[first['first_rank']]]}); input.strict is set"
+            )
+        urls = {shard.key: shard.url for shard in shards}
+        store.write_table(
+            "rejected/duplicate_id.parquet", _rejections(found, parts, shard_of, urls)
+        )
+        store.write_table(DUPLICATES, found)
+    found = store.read_table(DUPLICATES)
+    ranks, rows = found.column("rank").to_numpy(), found.column("row").to_numpy()
+    dropped = {parts[rank]: np.sort(rows[ranks == rank]) for rank in np.unique(ranks)}
+    return [_moved_to_rejected(result, dropped) for result in ingested], dropped
+
+
+def _find_duplicate_ids(store: Store, parts: list[str], total_ids: int) -> pa.Table:
+    groups = duplicates.group_count(total_ids)
+    log.info("duplicate ids: checking %d parts in %d groups", len(parts), groups)
+    ray.get([_write_part_ids.remote(store, part, rank, groups) for rank, part in enumerate(parts)])
+    found = ray.get([_find_duplicates.remote(store, parts, group) for group in range(groups)])
+    return pa.concat_tables(found).sort_by([("rank", "ascending"), ("row", "ascending")])
+
+
+def _rejections(
+    found: pa.Table, parts: list[str], shard_of: dict[str, str], urls: dict[str, str]
+) -> pa.Table:
+    rows = found.to_pylist()
+    shards = [shard_of[parts[row["rank"]]] for row in rows]
+    return pa.table(
+        {
+            "shard": shards,
+            "path": [urls[shard] for shard in shards],
+            "line": pa.nulls(len(rows), pa.int64()),
+            "row": pa.nulls(len(rows), pa.int64()),
+            "reason": ["duplicate_id"] * len(rows),
+            "detail": [
+                f"id '{row['id']}' first in {shard_of[parts[row['first_rank']]]}; this copy: "
+                f"docs/{parts[row['rank']]} row {row['row']}"
+                for row in rows
+            ],
+            "raw": [row["id"].encode() for row in rows],
+        },
+        schema=corpus.REJECTED_SCHEMA,
+    )
+
+
+def _moved_to_rejected(
+    result: corpus.IngestResult, dropped: dict[str, np.ndarray]
+) -> corpus.IngestResult:
+    count = sum(len(dropped.get(part, ())) for part in result.parts)
+    if not count:
+        return result
+    reasons = {**result.reasons, "duplicate_id": result.reasons.get("duplicate_id", 0) + count}
+    return dataclasses.replace(
+        result,
+        accepted=result.accepted - count,
+        rejected=result.rejected + count,
+        reasons=dict(sorted(reasons.items())),
+    )
 
 
 class _StageWorker:
@@ -497,6 +664,25 @@ def counts(ingested: list[corpus.IngestResult]) -> dict[str, Any]:
     return found
 
 
+def credentials(config: Config) -> list[str]:
+    """The credential-like strings of the configuration: those that redact hides."""
+    return _secret_values(config.model_dump(mode="json"))
+
+
+def _secret_values(value: Any, inside_storage_options: bool = False) -> list[str]:
+    if isinstance(value, list):
+        return [found for item in value for found in _secret_values(item, inside_storage_options)]
+    if not isinstance(value, dict):
+        return []
+    found = []
+    for key, item in value.items():
+        if inside_storage_options and isinstance(item, str) and _names_a_secret(key):
+            found.append(item)
+        else:
+            found += _secret_values(item, inside_storage_options or key == "storage_options")
+    return found
+
+
 def redact(value: Any, inside_storage_options: bool = False) -> Any:
     """Hide credential-like values (keys naming a secret, key or token) in storage options."""
     if isinstance(value, dict):
@@ -507,9 +693,13 @@ def redact(value: Any, inside_storage_options: bool = False) -> Any:
 
 
 def _redact_item(key: str, item: Any, inside_storage_options: bool) -> Any:
-    if inside_storage_options and item and any(word in key.lower() for word in SECRET_WORDS):
+    if inside_storage_options and item and _names_a_secret(key):
         return "***"
     return redact(item, inside_storage_options or key == "storage_options")
+
+
+def _names_a_secret(key: str) -> bool:
+    return any(word in key.lower() for word in SECRET_WORDS)
 
 
 def versions() -> dict[str, str]:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import io
 import json
 import logging
 import os
-import re
 import time
 import uuid
 from collections.abc import Callable
@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
-from distsel.errors import InputError
+from distsel.errors import USERINFO, ConfigError, InputError, credentials_in_url, short
 
 log = logging.getLogger("distsel")
 T = TypeVar("T")
@@ -38,10 +38,12 @@ UNREACHABLE_ERRORS: tuple[type[BaseException], ...] = (
     ConnectionError,
     TimeoutError,
 )
+#: Characters that make an input path a glob (as corpus.list_shards reads it).
+WILDCARDS = "*?["
 
 
 class StorageError(InputError):
-    """The output location stayed unreachable through every retry; the message names the URL.
+    """An object store stayed unreachable through every retry; the message names the URL.
 
     An InputError, like an output that cannot be written at all: the ingest tasks report those
     to the driver as one clear line instead of a Ray task traceback.
@@ -59,6 +61,80 @@ def full_url(fs: fsspec.AbstractFileSystem, path: str) -> str:
     return fs.unstrip_protocol(path) if not isinstance(fs, LocalFileSystem) else path
 
 
+def is_remote(url: str) -> bool:
+    """Whether `url` names an object store (or another remote filesystem), not a local path."""
+    return "://" in url and not url.startswith("file://")
+
+
+def retrying(where: str, action: Callable[[], T], retry_seconds: float = RETRY_SECONDS) -> T:
+    """`action()`, tried again while an object store is unreachable; then a StorageError
+    naming `where`. Other errors pass through at once."""
+    began, pause, attempts = time.monotonic(), RETRY_PAUSE, 0
+    while True:
+        attempts += 1
+        try:
+            return action()
+        except Exception as exc:
+            reason = unreachable(exc)
+            if reason is None:
+                raise
+            elapsed = time.monotonic() - began
+            if elapsed + pause > retry_seconds:
+                raise StorageError(
+                    f"{where}: storage unreachable; gave up after {attempts} attempts "
+                    f"in {elapsed:.0f} s ({short(reason, with_type=False)})"
+                ) from exc
+            log.warning(
+                "%s: storage unreachable (%s); trying again", where, short(reason, with_type=False)
+            )
+            time.sleep(pause)
+            pause *= 2
+
+
+def unreachable(exc: BaseException) -> BaseException | None:
+    """The error behind `exc` that says an object store could not be reached, if any (also
+    when a reader reported it as another error); never for a StorageError, whose retries are
+    spent."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen and not isinstance(current, StorageError):
+        if isinstance(current, UNREACHABLE_ERRORS):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def reads_inside(given: str, location: str) -> bool:
+    """Whether reading the input `given` (a file, folder or glob) could read `location` or
+    files under it. Local paths compare as real absolute paths; URLs by scheme and path
+    components, so s3://b/data2 is not inside s3://b/data."""
+    (scheme, pattern), (other, target) = _components(given), _components(location)
+    if scheme != other:
+        return False
+    glob = any(char in given for char in WILDCARDS)
+    for index, part in enumerate(pattern):
+        if index == len(target):
+            return glob  # a glob reaches below `location`; a folder or file lies below it
+        if glob and "**" in part:
+            return True
+        if not (fnmatch.fnmatchcase(target[index], part) if glob else target[index] == part):
+            return False
+    return not glob or len(target) == len(pattern)
+
+
+def _components(url: str) -> tuple[str, list[str]]:
+    """A URL's scheme and path components; a local path's real path up to its first wildcard."""
+    if is_remote(url):
+        scheme, rest = USERINFO.sub("", url).split("://", 1)
+        return scheme.lower(), [part for part in rest.split("/") if part]
+    path = os.path.expanduser(url.removeprefix("file://"))
+    literal = path[: min((path.index(c) for c in WILDCARDS if c in path), default=len(path))]
+    head = literal if literal == path else literal[: literal.rfind(os.sep) + 1]
+    parts = [*os.path.realpath(head or ".").split(os.sep), *path[len(head) :].split(os.sep)]
+    return "file", [part for part in parts if part]
+
+
 class Store:
     """Files under one root. Every write is atomic: a reader sees the whole file or nothing.
 
@@ -74,6 +150,9 @@ class Store:
         storage_options: dict[str, Any] | None = None,
         retry_seconds: float = RETRY_SECONDS,
     ) -> None:
+        problem = credentials_in_url(url)
+        if problem:
+            raise ConfigError(problem)
         self.url = url.rstrip("/")
         self.storage_options = dict(storage_options or {})
         self.retry_seconds = retry_seconds
@@ -90,21 +169,7 @@ class Store:
         """`action()`, tried again while the object store is unreachable; then a StorageError."""
         if self.is_local:
             return action()
-        began, pause, attempts = time.monotonic(), RETRY_PAUSE, 0
-        while True:
-            attempts += 1
-            try:
-                return action()
-            except UNREACHABLE_ERRORS as exc:
-                where, elapsed = full_url(self.fs, self.path(relative)), time.monotonic() - began
-                if elapsed + pause > self.retry_seconds:
-                    raise StorageError(
-                        f"{where}: storage unreachable; gave up after {attempts} attempts "
-                        f"in {elapsed:.0f} s ({_short(exc)})"
-                    ) from exc
-                log.warning("%s: storage unreachable (%s); trying again", where, _short(exc))
-                time.sleep(pause)
-                pause *= 2
+        return retrying(full_url(self.fs, self.path(relative)), action, self.retry_seconds)
 
     def _read(self, relative: str, reader: Callable[[IO[bytes]], T]) -> T:
         def attempt() -> T:
@@ -120,7 +185,9 @@ class Store:
             self.write_bytes(probe, b"")
             self.fs.rm(self.path(probe))
         except Exception as exc:
-            raise InputError(f"output {self.url}: cannot write there ({_short(exc)})") from None
+            raise InputError(
+                f"output {self.url}: cannot write there ({short(exc, with_type=False)})"
+            ) from None
 
     def write_bytes(self, relative: str, data: bytes) -> None:
         target = self.path(relative)
@@ -146,6 +213,9 @@ class Store:
 
     def read_table(self, relative: str, columns: list[str] | None = None) -> pa.Table:
         return self._read(relative, lambda handle: pq.read_table(handle, columns=columns))
+
+    def read_row_group(self, relative: str, index: int) -> pa.Table:
+        return self._read(relative, lambda handle: pq.ParquetFile(handle).read_row_group(index))
 
     def read_schema(self, relative: str) -> pa.Schema:
         return self.read_metadata(relative).schema.to_arrow_schema()
@@ -182,9 +252,3 @@ class Store:
         if self.exists(relative):
             with contextlib.suppress(FileNotFoundError):
                 self._retrying(relative, lambda: self.fs.rm(self.path(relative)))
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    # An endpoint URL may carry user:password@; the message never repeats it.
-    return re.sub(r"//[^/@\s]*@", "//", text[0]) if text else type(exc).__name__

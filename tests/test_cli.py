@@ -60,8 +60,10 @@ def test_configuration_errors_name_the_key_without_a_traceback(tmp_path):
     config.write_text("input: {paths: [x], max_chars: lots}\noutput: {path: out}\nsedd: 3\n")
     result = distsel("run", str(config))
     assert result.returncode == 2
-    assert "input.max_chars" in result.stderr and "sedd: unknown key" in result.stderr
-    assert "Traceback" not in result.stderr
+    assert result.stderr == (
+        f"distsel: error: {config}: invalid configuration: input.max_chars: Input should be a "
+        "valid integer, unable to parse string as an integer; sedd: unknown key\n"
+    )
 
 
 @pytest.mark.slow
@@ -72,7 +74,7 @@ def test_strict_mode_error_names_file_and_line(tmp_path):
         json.dumps({"input": {"paths": [str(shard)], "strict": True}, "output": {"path": "o"}})
     )
     result = distsel("run", str(config), "--output", str(tmp_path / "out"), cwd=tmp_path)
-    assert result.returncode == 2, result.stderr
+    assert result.returncode == 1, result.stderr  # 2 is for usage and configuration errors
     assert f"distsel: error: {shard}: line 2: invalid json" in result.stderr
     assert "Traceback" not in result.stderr
 

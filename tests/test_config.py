@@ -69,3 +69,48 @@ def test_overrides_replace_dotted_keys(tmp_path):
 def test_missing_config_file_is_named(tmp_path):
     with pytest.raises(ConfigError, match="nope.yaml: cannot read"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_every_problem_is_listed_on_one_line():
+    with pytest.raises(ConfigError) as caught:
+        parse_config(
+            {"input": {"paths": ["x"], "max_chars": "lots"}, "output": {"path": "o"}, "x": 1}
+        )
+    assert str(caught.value) == (
+        "configuration: invalid configuration: input.max_chars: Input should be a valid integer, "
+        "unable to parse string as an integer; x: unknown key"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("- a\n- b\n", "expected a mapping at the top level, got list"),
+        ("7\n", "expected a mapping at the top level, got int"),
+        ("input: {paths: [a]}\noutput: [o]\n", "output: expected a mapping, got list"),
+    ],
+)
+def test_overrides_need_mappings_to_go_into(tmp_path, text, problem):
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=f"^{path}: {problem}$"):
+        load_config(path, {"output.path": "elsewhere"})
+
+
+def test_an_empty_section_takes_an_override(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("input: {paths: [a]}\noutput:\n")
+    assert load_config(path, {"output.path": "o"}).output.path == "o"
+
+
+@pytest.mark.parametrize("key", ["input.paths", "target.paths", "output.path"])
+def test_credentials_in_a_url_are_refused_without_repeating_them(key):
+    data = {"input": {"paths": ["x"]}, "output": {"path": "o"}}
+    section, field = key.split(".")
+    url = "s3://AKIAKEY:s3cr3t@bucket/data"
+    data[section] = {**data.get(section, {}), field: [url] if field == "paths" else url}
+    with pytest.raises(ConfigError) as caught:
+        parse_config(data)
+    message = str(caught.value)
+    assert f"{key}" in message and "s3://***@bucket/data: credentials in a URL" in message
+    assert "AKIAKEY" not in message and "s3cr3t" not in message

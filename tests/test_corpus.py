@@ -4,15 +4,17 @@ import gzip
 import json
 import os
 import threading
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import stdlib_paragraphs, write_jsonl
+from conftest import base_config, stdlib_paragraphs, write_jsonl
 
-from distsel import corpus
-from distsel.config import InputConfig
+from distsel import corpus, pipeline
+from distsel.config import InputConfig, parse_config
 from distsel.errors import InputError
 from distsel.storage import Store
 
@@ -130,10 +132,96 @@ def test_strict_mode_stops_at_the_first_bad_row(tmp_path):
         ingest(path, tmp_path, strict=True)
 
 
+def test_a_line_nested_10000_levels_deep_is_quarantined(tmp_path):
+    deep = b'{"text": "deep", "meta": ' + b"[" * 10_000 + b"]" * 10_000 + b"}"
+    path = write_jsonl(tmp_path / "d.jsonl", [{"text": "before"}, deep, {"text": "after"}])
+    result, store, shard = ingest(path, tmp_path)
+    assert (result.docs_in, result.accepted, result.reasons) == (3, 2, {"too_deep": 1})
+    (rejected,) = store.read_table(f"rejected/{shard.safe_key}.parquet").to_pylist()
+    assert (rejected["line"], rejected["raw"]) == (2, deep)
+    assert rejected["detail"] == f"nested more than {corpus.MAX_DEPTH} levels"
+
+
+def test_a_line_nested_past_the_limit_is_quarantined_wherever_the_parser_stops(tmp_path):
+    levels = corpus.MAX_DEPTH + 1
+    line = b'{"text": "deep", "meta": ' + b"[" * (levels - 1) + b"]" * (levels - 1) + b"}"
+    fits = b'{"text": "fits", "meta": ' + b"[" * (levels - 2) + b"]" * (levels - 2) + b"}"
+    result, _, _ = ingest(write_jsonl(tmp_path / "d.jsonl", [line, fits]), tmp_path)
+    assert (result.accepted, result.reasons) == (1, {"too_deep": 1})
+
+
+@pytest.mark.parametrize("compress", [None, "gz"])
+def test_a_utf8_byte_order_mark_may_start_a_jsonl_file(tmp_path, compress):
+    lines = b'{"text": "first"}\n{"text": "second"}\n\xef\xbb\xbf{"text": "third"}\n'
+    data = corpus.UTF8_BOM + lines
+    path = tmp_path / ("bom.jsonl.gz" if compress else "bom.jsonl")
+    path.write_bytes(gzip.compress(data) if compress else data)
+    result, store, _ = ingest(path, tmp_path)
+    assert store.read_table(f"docs/{result.parts[0]}").column("text").to_pylist() == [
+        "first",
+        "second",
+    ]
+    assert result.reasons == {"invalid_json": 1}, "only the file may start with a BOM"
+
+
+def test_a_lone_surrogate_escape_is_quarantined_and_a_pair_is_kept(tmp_path):
+    lines = [b'{"text": "half \\ud83d of a pair"}', b'{"text": "a pair \\ud83d\\ude00"}']
+    result, store, shard = ingest(write_jsonl(tmp_path / "s.jsonl", lines), tmp_path)
+    assert store.read_table(f"docs/{result.parts[0]}").column("text").to_pylist() == [
+        "a pair \N{GRINNING FACE}"
+    ]
+    (rejected,) = store.read_table(f"rejected/{shard.safe_key}.parquet").to_pylist()
+    assert (rejected["line"], rejected["reason"]) == (1, "not_utf8")
+
+
+def test_an_integer_python_will_not_read_is_quarantined(tmp_path):
+    huge = b'{"text": "big number", "n": ' + b"9" * 5000 + b"}"
+    result, store, shard = ingest(write_jsonl(tmp_path / "n.jsonl", [huge]), tmp_path)
+    (rejected,) = store.read_table(f"rejected/{shard.safe_key}.parquet").to_pylist()
+    assert (result.docs_in, result.accepted, rejected["reason"]) == (1, 0, "invalid_json")
+    assert "4300 digits" in rejected["detail"]
+
+
+def deeply_nested_list(levels: int) -> Any:
+    nested: Any = 1
+    for _ in range(levels):
+        nested = [nested]
+    return nested
+
+
+@pytest.mark.parametrize(
+    "meta",
+    [
+        {},
+        deeply_nested_list(60),
+    ],  # Parquet has no empty struct; it writes this list, cannot read it
+    ids=["empty-object", "list-60-deep"],
+)
+def test_values_parquet_cannot_store_or_read_back_are_kept_as_json_text(tmp_path, meta):
+    records = [{"text": "one", "meta": meta}, {"text": "two", "meta": meta}]
+    result, store, _ = ingest(write_jsonl(tmp_path / "v.jsonl", records), tmp_path)
+    assert result.accepted == 2
+    stored = store.read_table(f"docs/{result.parts[0]}").column("meta").to_pylist()
+    assert [json.loads(value) for value in stored] == [meta, meta]
+
+
+def test_parquet_values_python_cannot_hold_quarantine_their_row(tmp_path):
+    path = tmp_path / "t.parquet"
+    days = pa.array([0, 2**30, 1], pa.date32())  # 2**30 days is past the year 9999
+    pq.write_table(pa.table({"text": ["first row", "second row", "third row"], "day": days}), path)
+    result, store, shard = ingest(path, tmp_path)
+    docs = store.read_table(f"docs/{result.parts[0]}")
+    assert docs.column("text").to_pylist() == ["first row", "third row"]
+    (rejected,) = store.read_table(f"rejected/{shard.safe_key}.parquet").to_pylist()
+    assert (rejected["row"], rejected["reason"]) == (1, "invalid_value")
+    assert rejected["detail"].startswith("column 'day': OverflowError")
+    assert json.loads(rejected["raw"]) == {"text": "second row", "day": None}
+
+
 def test_rows_are_split_into_parts(tmp_path):
     path = write_jsonl(tmp_path / "big.jsonl", [{"text": f"document {i}"} for i in range(25)])
-    result, store, _ = ingest(path, tmp_path, rows_per_part=10)
-    assert result.parts == [f"big.jsonl-{i:05d}.parquet" for i in range(3)]
+    result, store, shard = ingest(path, tmp_path, rows_per_part=10)
+    assert result.parts == [f"{shard.safe_key}-{i:05d}.parquet" for i in range(3)]
     sizes = [store.read_table(f"docs/{p}").num_rows for p in result.parts]
     assert sizes == [10, 10, 5]
 
@@ -225,3 +313,71 @@ def test_readers_never_see_a_half_written_shard(tmp_path):
     writer.join()
     assert reads > 5
     assert store.list("docs") == ["a.parquet"]
+
+
+def test_shard_names_are_a_safe_stem_and_a_hash_of_the_whole_key():
+    def name(key: str) -> str:
+        return corpus.Shard("unused", key, "jsonl").safe_key
+
+    assert name("sub/y.jsonl") == "sub__y.jsonl-3bd5d7ee183d", "names stay the same across runs"
+    assert name("sub__y.jsonl").startswith("sub__y.jsonl-") and name("sub__y.jsonl") != name(
+        "sub/y.jsonl"
+    )
+    assert name(".hidden/é ü:*?/part 1.jsonl")[:-12] == "hidden_____part_1.jsonl-"
+    long = name("folder/" * 100 + "part-00001.jsonl")
+    assert len(long) == corpus.NAME_STEM_CHARS + 13 and long[:-13].endswith("__part-00001.jsonl")
+    allowed = set("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ._-")
+    for key in ("_a.jsonl", ".a.jsonl", "日本.jsonl", "x" * 300 + ".jsonl"):
+        assert set(name(key)) <= allowed
+        assert name(key)[0] not in "._-" and len(name(key)) <= corpus.NAME_STEM_CHARS + 13
+
+
+def test_keys_whose_names_share_stem_and_hash_are_refused(tmp_path):
+    file_name = "n" * 74 + ".jsonl"  # two folders found by a cycle search for equal 48-bit hashes
+    for folder in ("a0ddceb5ae8e", "bb3665262b21"):
+        write_jsonl(tmp_path / "c" / folder / file_name, [{"text": folder}])
+    with pytest.raises(InputError, match=r"would share the file name 'n+\.jsonl-4623ec40a8b3'"):
+        corpus.list_shards(InputConfig(paths=[str(tmp_path / "c")]))
+
+
+def colliding_shards(nested: Path, flat: Path) -> dict[str, list[str]]:
+    """7 documents in `nested` ('sub/y.jsonl'), 5 in `flat` ('sub__y.jsonl'), one bad line each."""
+    texts = stdlib_paragraphs(12)
+    write_jsonl(nested, [*({"text": text} for text in texts[:7]), b"{bad"])
+    write_jsonl(flat, [*({"text": text} for text in texts[7:]), b"{bad"])
+    return {"sub/y.jsonl": texts[:7], "sub__y.jsonl": texts[7:]}
+
+
+def assert_every_document_selected(
+    inputs: list[Path], output: Path, expected: dict[str, list[str]]
+) -> None:
+    manifest = pipeline.run(parse_config(base_config(inputs, output)))
+    assert manifest["shards"] == [
+        {"shard": key, "docs_in": len(texts) + 1, "accepted": len(texts), "rejected": 1}
+        for key, texts in expected.items()
+    ]
+    tables = [pq.read_table(path) for path in sorted((output / "selected").glob("*.parquet"))]
+    selected = pa.concat_tables(tables)
+    assert manifest["selected_docs"] == selected.num_rows == 12 == manifest["accepted_docs"]
+    ids = {
+        f"{key}:{line}": text
+        for key, texts in expected.items()
+        for line, text in enumerate(texts, 1)
+    }
+    got = zip(selected.column("id").to_pylist(), selected.column("text").to_pylist(), strict=True)
+    assert dict(got) == ids
+    rejected = pq.read_table(output / "rejected").column("shard").to_pylist()
+    assert sorted(rejected) == sorted(expected)
+
+
+def test_nested_and_flat_names_that_collide_once_flattened_keep_every_document(ray_local, tmp_path):
+    corpus_folder = tmp_path / "corpus"
+    expected = colliding_shards(corpus_folder / "sub" / "y.jsonl", corpus_folder / "sub__y.jsonl")
+    assert_every_document_selected([corpus_folder], tmp_path / "out", expected)
+
+
+def test_names_that_collide_once_flattened_across_input_paths_keep_every_document(
+    ray_local, tmp_path
+):
+    expected = colliding_shards(tmp_path / "a" / "sub" / "y.jsonl", tmp_path / "b" / "sub__y.jsonl")
+    assert_every_document_selected([tmp_path / "a", tmp_path / "b"], tmp_path / "out", expected)

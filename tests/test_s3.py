@@ -197,18 +197,18 @@ def test_run_reads_shards_from_s3_and_writes_output_to_s3(ray_local, s3, bucket,
 
     # Everything the run wrote is in the bucket, under out/.
     assert _keys(s3, bucket, "out/selected/") == [
-        "out/selected/a.jsonl-00000.parquet",
-        "out/selected/b.jsonl.gz-00000.parquet",
-        "out/selected/c.parquet-00000.parquet",
+        "out/selected/a.jsonl-4a976e20f24e-00000.parquet",
+        "out/selected/b.jsonl.gz-45e82794e626-00000.parquet",
+        "out/selected/c.parquet-ca5b2c59a5de-00000.parquet",
     ]
     assert _keys(s3, bucket, "out/docs/") == [
         k.replace("selected", "docs") for k in _keys(s3, bucket, "out/selected/")
     ]
     assert "out/_state/input.json" in _keys(s3, bucket, "out/_state/")
     assert _keys(s3, bucket, "out/_state/ingest/") == [
-        "out/_state/ingest/a.jsonl.json",
-        "out/_state/ingest/b.jsonl.gz.json",
-        "out/_state/ingest/c.parquet.json",
+        "out/_state/ingest/a.jsonl-4a976e20f24e.json",
+        "out/_state/ingest/b.jsonl.gz-45e82794e626.json",
+        "out/_state/ingest/c.parquet-ca5b2c59a5de.json",
     ]
     assert not [k for k in _keys(s3, bucket, "out/") if "/.probe-" in k or k.endswith(".tmp")]
     assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
@@ -240,10 +240,11 @@ def test_run_reads_shards_from_s3_and_writes_output_to_s3(ray_local, s3, bucket,
 
     # Each bad line is quarantined on S3 with its shard, line number and reason.
     assert _keys(s3, bucket, "out/rejected/") == [
-        "out/rejected/a.jsonl.parquet",
-        "out/rejected/b.jsonl.gz.parquet",
+        "out/rejected/a.jsonl-4a976e20f24e.parquet",
+        "out/rejected/b.jsonl.gz-45e82794e626.parquet",
     ]
-    bad_a = pq.read_table(io.BytesIO(_get(s3, bucket, "out/rejected/a.jsonl.parquet"))).to_pylist()
+    bad_a = _get(s3, bucket, "out/rejected/a.jsonl-4a976e20f24e.parquet")
+    bad_a = pq.read_table(io.BytesIO(bad_a)).to_pylist()
     assert len(bad_a) == 1
     assert bad_a[0]["shard"] == "a.jsonl"
     assert bad_a[0]["path"] == f"s3://{bucket}/corpus/a.jsonl"
@@ -251,10 +252,32 @@ def test_run_reads_shards_from_s3_and_writes_output_to_s3(ray_local, s3, bucket,
     assert bad_a[0]["row"] is None
     assert bad_a[0]["reason"] == "invalid_json"
     assert bad_a[0]["raw"].rstrip(b"\n") == BAD_JSON
-    bad_b = pq.read_table(io.BytesIO(_get(s3, bucket, "out/rejected/b.jsonl.gz.parquet")))
+    bad_b = _get(s3, bucket, "out/rejected/b.jsonl.gz-45e82794e626.parquet")
+    bad_b = pq.read_table(io.BytesIO(bad_b))
     assert bad_b.select(["shard", "line", "reason"]).to_pylist() == [
         {"shard": "b.jsonl.gz", "line": 2, "reason": "empty_text"}
     ]
+
+
+def test_s3_keys_that_collide_once_flattened_keep_every_document(
+    ray_local, s3, bucket, storage_options
+):
+    nested, flat = _docs("nested", 7, "web"), _docs("flat", 5, "books")
+    s3.put_object(Bucket=bucket, Key="corpus/sub/y.jsonl", Body=_jsonl([*nested, BAD_JSON]))
+    s3.put_object(Bucket=bucket, Key="corpus/sub__y.jsonl", Body=_jsonl([*flat, BAD_JSON]))
+
+    manifest = pipeline.run(_config(bucket, storage_options))
+
+    assert manifest["shards"] == [
+        {"shard": "sub/y.jsonl", "docs_in": 8, "accepted": 7, "rejected": 1},
+        {"shard": "sub__y.jsonl", "docs_in": 6, "accepted": 5, "rejected": 1},
+    ]
+    selected = _selected(s3, bucket)
+    assert manifest["selected_docs"] == selected.num_rows == 12
+    got = zip(selected.column("id").to_pylist(), selected.column("text").to_pylist(), strict=True)
+    assert dict(got) == {doc["doc_id"]: doc["text"] for doc in nested + flat}
+    assert len(_keys(s3, bucket, "out/_state/ingest/")) == 2
+    assert len(_keys(s3, bucket, "out/rejected/")) == 2
 
 
 def test_glob_input_on_s3(s3, bucket, endpoint_options):

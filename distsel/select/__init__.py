@@ -18,6 +18,10 @@ __all__ = ["Pool", "Selector", "gather_pool", "selector_for"]
 
 
 class Selector(Protocol):
+    """A selector may set `filters = True` when it keeps only documents that pass a test (the
+    budget then only caps them): a budget larger than the pool selects every passing document
+    instead of the whole pool (see distsel.pipeline.choose)."""
+
     def required_stages(self, config: Config) -> tuple[str, ...]: ...
 
     def select(
@@ -130,6 +134,8 @@ class TopkSelector:
 
 class ThresholdSelector:
     """Documents whose score lies in [min, max]; a budget samples among them at random."""
+
+    filters = True
 
     def required_stages(self, config: Config) -> tuple[str, ...]:
         return (stage_for_column(config.select.threshold.column),)

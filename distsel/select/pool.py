@@ -60,17 +60,22 @@ def random_keys(ids: list[str], seed: int) -> np.ndarray:
 
 
 @ray.remote(num_cpus=1)
-def _part_columns(store: Store, part: str, stages: list[str], fields: list[str], seed: int) -> dict:
+def _part_columns(
+    store: Store, part: str, stages: list[str], fields: list[str], seed: int, dropped: np.ndarray
+) -> dict:
     present = [name for name in fields if name in store.read_schema(f"docs/{part}").names]
     docs = store.read_table(f"docs/{part}", columns=["id", "tokens_approx", *present])
+    rows = np.setdiff1d(np.arange(docs.num_rows, dtype=np.int64), dropped)
+    docs = docs.take(rows)
     columns: dict[str, Any] = {
+        "rows": rows,
         "tokens": docs.column("tokens_approx").to_numpy(),
         "random_key": random_keys(docs.column("id").to_pylist(), seed),
         "categories": {name: _category(docs, name) for name in fields},
     }
     scores = {}
     for stage in stages:
-        table = store.read_table(f"scores/{stage}/{part}")
+        table = store.read_table(f"scores/{stage}/{part}").take(rows)
         for name in table.column_names:
             if name != "id" and _is_numeric(table.schema.field(name).type):
                 scores[name] = table.column(name).to_numpy()
@@ -87,20 +92,31 @@ def _is_numeric(arrow_type: pa.DataType) -> bool:
     return pa.types.is_integer(arrow_type) or pa.types.is_floating(arrow_type)
 
 
-def gather_pool(store: Store, parts: list[str], stages: list[str], config: Config) -> Pool:
-    """Read the selection columns of every part in parallel and stack them."""
+def gather_pool(
+    store: Store,
+    parts: list[str],
+    stages: list[str],
+    config: Config,
+    dropped: dict[str, np.ndarray] | None = None,
+) -> Pool:
+    """Read the selection columns of every part in parallel and stack them, leaving out the
+    `dropped` rows of each part (quarantined after ingest, such as duplicate ids)."""
     wanted = (config.input.group_field, config.input.label_field, config.mixture.group_field)
     fields = list(dict.fromkeys(f for f in wanted if f))
-    futures = [_part_columns.remote(store, part, stages, fields, config.seed) for part in parts]
+    none = np.zeros(0, dtype=np.int64)
+    futures = [
+        _part_columns.remote(
+            store, part, stages, fields, config.seed, (dropped or {}).get(part, none)
+        )
+        for part in parts
+    ]
     gathered = ray.get(futures)
     sizes = [len(columns["tokens"]) for columns in gathered]
     score_names = set().union(*(columns["scores"] for columns in gathered)) if gathered else set()
     return Pool(
         parts=list(parts),
         part_index=np.repeat(np.arange(len(parts), dtype=np.int32), sizes),
-        row_index=np.concatenate(
-            [np.arange(n, dtype=np.int64) for n in sizes] or [np.zeros(0, np.int64)]
-        ),
+        row_index=_stack(gathered, "rows", np.int64),
         tokens=_stack(gathered, "tokens", np.int64),
         random_key=_stack(gathered, "random_key", np.uint64),
         categories={
