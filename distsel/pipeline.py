@@ -430,9 +430,11 @@ def quarantine_duplicate_ids(
                 f"(first in {shard_of[parts[first['first_rank']]]}); input.strict is set"
             )
         urls = {shard.key: shard.url for shard in shards}
-        store.write_table(
-            "rejected/duplicate_id.parquet", _rejections(found, parts, shard_of, urls)
-        )
+        if found.num_rows:
+            rejections = _rejections(found, parts, shard_of, urls)
+            store.write_table("rejected/duplicate_id.parquet", rejections)
+        else:
+            store.remove("rejected/duplicate_id.parquet")
         store.write_table(DUPLICATES, found)
     found = store.read_table(DUPLICATES)
     ranks, rows = found.column("rank").to_numpy(), found.column("row").to_numpy()

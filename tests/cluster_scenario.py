@@ -1,12 +1,13 @@
-"""One distsel run on a multi-node Ray made by `ray.cluster_utils.Cluster`, in its own process
-(the test session already holds a Ray): a head without CPUs and two worker nodes of one CPU
-each, all on 127.0.0.1. Prints one JSON line: the manifest, the worker and head node ids and the
-node removed, if any.
+"""distsel runs, one after another, on one multi-node Ray made by `ray.cluster_utils.Cluster`, in
+its own process (the test session already holds a Ray): a head without CPUs and two worker nodes
+of one CPU each, all on 127.0.0.1. Prints one JSON line: per run, the manifest, the worker and
+head node ids and the node removed, if any.
 
-    python tests/cluster_scenario.py CONFIG.json [--remove-worker-after N --stage NAME]
+    python tests/cluster_scenario.py CONFIG.json [CONFIG.json ...] [--remove-worker-after N
+        --stage NAME]
 
 With --remove-worker-after, one worker node is removed (its processes killed) once N parts of
-the stage are scored, and the run carries on with the other.
+the stage are scored in the last run, and that run carries on with the other.
 """
 
 from __future__ import annotations
@@ -36,31 +37,35 @@ def remove_when_scored(cluster: Cluster, node, markers: Path, count: int, remove
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("config", type=Path)
+    parser.add_argument("configs", type=Path, nargs="+")
     parser.add_argument("--remove-worker-after", type=int, default=0)
     parser.add_argument("--stage", default="embed")
     args = parser.parse_args()
-    config = parse_config(json.loads(args.config.read_text()))
+    configs = [parse_config(json.loads(path.read_text())) for path in args.configs]
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
     workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, logging_level="WARNING", log_to_driver=False)
-    removed: list[str] = []
-    if args.remove_worker_after:
-        markers = Path(config.output.path) / "_state" / args.stage
-        threading.Thread(
-            target=remove_when_scored,
-            args=(cluster, workers[1], markers, args.remove_worker_after, removed),
-            daemon=True,
-        ).start()
-    manifest = pipeline.run(config)
-    outcome = {
-        "manifest": manifest,
-        "head": cluster.head_node.node_id,
-        "workers": [worker.node_id for worker in workers],
-        "removed": removed,
-    }
+    outcome = []
+    for index, config in enumerate(configs):
+        removed: list[str] = []
+        if args.remove_worker_after and index == len(configs) - 1:
+            markers = Path(config.output.path) / "_state" / args.stage
+            threading.Thread(
+                target=remove_when_scored,
+                args=(cluster, workers[1], markers, args.remove_worker_after, removed),
+                daemon=True,
+            ).start()
+        manifest = pipeline.run(config)
+        outcome.append(
+            {
+                "manifest": manifest,
+                "head": cluster.head_node.node_id,
+                "workers": [worker.node_id for worker in workers],
+                "removed": removed,
+            }
+        )
     print(json.dumps(outcome))
     ray.shutdown()
     cluster.shutdown()

@@ -18,11 +18,9 @@ SCENARIO = Path(__file__).with_name("cluster_scenario.py")
 PARTS = 8
 
 
-def scenario(tmp_path: Path, name: str, *flags: str) -> dict:
-    texts = stdlib_paragraphs(PARTS * 15)
-    corpus = write_jsonl(tmp_path / "corpus" / "c.jsonl", [{"text": t} for t in texts])
+def write_config(tmp_path: Path, name: str) -> Path:
     raw = {
-        "input": {"paths": [str(corpus)], "rows_per_part": 15},
+        "input": {"paths": [str(tmp_path / "corpus" / "c.jsonl")], "rows_per_part": 15},
         "output": {"path": str(tmp_path / name)},
         "select": {"method": "random", "budget": {"docs": 40}},
         "stages": {"embed": {"pool_size": 2, "batch_size": 5}},
@@ -30,9 +28,17 @@ def scenario(tmp_path: Path, name: str, *flags: str) -> dict:
     }
     config = tmp_path / f"{name}.json"
     config.write_text(json.dumps(raw))
+    return config
+
+
+def scenario(tmp_path: Path, names: list[str], *flags: str) -> list[dict]:
+    """Runs `names` one after another on one simulated cluster; the flags act on the last."""
+    texts = stdlib_paragraphs(PARTS * 15)
+    write_jsonl(tmp_path / "corpus" / "c.jsonl", [{"text": t} for t in texts])
+    configs = [str(write_config(tmp_path, name)) for name in names]
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
     done = subprocess.run(
-        [sys.executable, str(SCENARIO), str(config), *flags],
+        [sys.executable, str(SCENARIO), *configs, *flags],
         capture_output=True,
         text=True,
         timeout=600,
@@ -56,12 +62,13 @@ def embeddings(folder: Path) -> dict[str, np.ndarray]:
 
 @pytest.mark.slow
 def test_scoring_spreads_over_worker_nodes_and_survives_losing_one(tmp_path):
-    clean = scenario(tmp_path, "clean")
+    clean, faulty = scenario(
+        tmp_path, ["clean", "faulty"], "--remove-worker-after", "2", "--stage", "embed"
+    )
     per_node = clean["manifest"]["stages"]["embed"]["parts_per_node"]
     assert set(per_node) == set(clean["workers"]), "both workers scored, the CPU-less head none"
     assert sum(per_node.values()) == PARTS
 
-    faulty = scenario(tmp_path, "faulty", "--remove-worker-after", "2", "--stage", "embed")
     assert faulty["removed"] == [faulty["workers"][1]]
     reference, survived = embeddings(tmp_path / "clean"), embeddings(tmp_path / "faulty")
     assert sorted(survived) == sorted(reference), "no document lost"
