@@ -3,9 +3,13 @@ output only when verbose (`distsel -v`). Ray's log files are not affected."""
 
 from __future__ import annotations
 
+import atexit
 import logging
+import os
 import sys
+import tempfile
 import warnings
+from pathlib import Path
 from typing import Any
 
 _verbose = False
@@ -16,12 +20,30 @@ def configure(verbose: bool) -> None:
     remember whether Ray may talk; the command line calls this once, first."""
     global _verbose
     _verbose = verbose
+    if not verbose:
+        _native_output_aside()
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(name)s: %(message)s",
         stream=sys.stderr,
     )
     logging.getLogger("distsel").setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def _native_output_aside() -> None:
+    """Ray's C++ core writes some lines (such as the one on actor constructor arguments,
+    ray-project/ray#53727) to file descriptor 2 itself, where no Python setting reaches them.
+    Python's own output keeps the console: sys.stderr moves to a copy of that descriptor. What
+    native code writes to descriptor 2 goes to a file in the temporary folder, removed at a
+    normal exit (a crash of native code leaves it for inspection; `distsel -v` shows it all)."""
+    console = os.fdopen(os.dup(2), "w", buffering=1, encoding="utf-8", errors="backslashreplace")
+    aside = Path(tempfile.gettempdir()) / f"distsel-native-{os.getpid()}.log"
+    sys.stderr.flush()
+    descriptor = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.dup2(descriptor, 2)
+    os.close(descriptor)
+    sys.stderr = console
+    atexit.register(aside.unlink, missing_ok=True)
 
 
 def ray_init_options() -> dict[str, Any]:
