@@ -15,7 +15,7 @@ import pytest
 from conftest import stdlib_paragraphs, write_jsonl
 
 SCENARIO = Path(__file__).with_name("cluster_scenario.py")
-PARTS = 8
+PARTS = 6
 
 
 def write_config(tmp_path: Path, name: str) -> Path:

@@ -186,7 +186,7 @@ def _cli_run(config_path: Path) -> subprocess.Popen:
 
 def _big_corpus(root: Path) -> Path:
     corpus = root / "corpus"
-    for shard in range(12):
+    for shard in range(8):
         records = [
             {
                 "text": f"{PARAGRAPHS[(shard * 7 + i) % 120]} ({shard}-{i})",
@@ -199,7 +199,7 @@ def _big_corpus(root: Path) -> Path:
 
 
 def _config_file(root: Path, corpus: Path, output: Path) -> Path:
-    raw = base_config([corpus], output, method="random", budget={"docs": 1000})
+    raw = base_config([corpus], output, method="random", budget={"docs": 500})
     raw["input"]["rows_per_part"] = 50
     raw["stages"] = {"stats": {"pool_size": 1, "batch_size": 10}}
     path = root / f"{output.name}.yaml"
@@ -242,5 +242,5 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path, kill_when, c
         assert got.num_rows == expected.num_rows > 0
         assert got.sort_by(key).equals(expected.sort_by(key)), folder
     manifest = json.loads((killed_output / "manifest.json").read_text())
-    assert manifest["input_docs"] == 12 * 101 and manifest["rejected_docs"] == 12
-    assert manifest["selected_docs"] == 1000
+    assert manifest["input_docs"] == 8 * 101 and manifest["rejected_docs"] == 8
+    assert manifest["selected_docs"] == 500
