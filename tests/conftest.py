@@ -11,6 +11,18 @@ import pytest
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# Modules that start Ray clusters of their own run one after another on one test process, so that
+# no more than one such cluster starts at a time on a small machine.
+OWN_CLUSTERS = {"test_multinode", "test_job_submit", "test_pipeline"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """With pytest-xdist's `--dist loadgroup`, a module's tests stay on one test process (its
+    module fixtures are made once), and the modules in OWN_CLUSTERS share one."""
+    for item in items:
+        module = item.module.__name__.rpartition(".")[2]
+        group = "own-clusters" if module in OWN_CLUSTERS else module
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(scope="session")

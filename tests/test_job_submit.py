@@ -12,10 +12,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -53,14 +55,14 @@ def free_ports(count: int) -> list[int]:
     return ports
 
 
-def wait_for_port(port: int, seconds: float) -> None:
+def wait_for_port(port: int, seconds: float, process: subprocess.Popen) -> None:
     deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and process.poll() is None:
         with socket.socket() as sock:
             if sock.connect_ex(("127.0.0.1", port)) == 0:
                 return
         time.sleep(0.5)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {seconds} s")
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} (head exit status {process.poll()})")
 
 
 @pytest.fixture(scope="module")
@@ -81,18 +83,27 @@ def head(tmp_path_factory):
     ports = dict(zip(PORT_FLAGS, free_ports(len(PORT_FLAGS)), strict=True))
     command = ["ray", "start", "--head", "--block", "--node-ip-address=127.0.0.1"]
     command += ["--dashboard-host=127.0.0.1", "--num-cpus=2", "--disable-usage-stats"]
-    command += [f"--temp-dir={root / 'ray'}"] + [f"{flag}={port}" for flag, port in ports.items()]
-    process = subprocess.Popen(
-        command, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
+    # Ray's socket paths must stay under 107 bytes, which pytest's folders can exceed.
+    sessions = tempfile.mkdtemp(prefix="ray-head-", dir="/tmp")
+    command += [f"--temp-dir={sessions}"] + [f"{flag}={port}" for flag, port in ports.items()]
+    log = root / "head.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            command, env=env, start_new_session=True, stdout=sink, stderr=subprocess.STDOUT
+        )
     try:
-        wait_for_port(ports["--dashboard-port"], 120)
+        try:
+            wait_for_port(ports["--dashboard-port"], 120, process)
+        except TimeoutError as error:
+            raise TimeoutError(f"{error}; the head said:\n{log.read_text()[-3000:]}") from None
         yield f"http://127.0.0.1:{ports['--dashboard-port']}", env
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=5)
-        os.killpg(process.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=5)
+            os.killpg(process.pid, signal.SIGKILL)
+        shutil.rmtree(sessions, ignore_errors=True)
 
 
 def submit(address: str, env: dict, job: str, config: Path, *flags: str) -> subprocess.Popen:

@@ -45,7 +45,7 @@ def scenario(tmp_path: Path, names: list[str], *flags: str) -> list[dict]:
         env=env,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return json.loads(next(line for line in done.stdout.splitlines() if line.startswith("[{")))
 
 
 def embeddings(folder: Path) -> dict[str, np.ndarray]:
