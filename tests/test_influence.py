@@ -374,3 +374,32 @@ def test_state_rejects_mismatched_arrays(proxy: dict) -> None:
         )
     with pytest.raises(DistselError, match="no chunk"):
         make_scorer(proxy).fit(["", "x"])
+
+
+@pytest.mark.parametrize("projection_dim", [None, 512])
+def test_gram_norms_equal_the_formed_gradient_norms(proxy: dict, projection_dim: int | None) -> None:
+    """‖∇L(z)‖ from the token Gram matrices equals the norm of the formed (projected) gradient,
+    and the normalised score is I(z)/‖∇L(z)‖ (single-chunk texts)."""
+    lengths = [len(ids) for ids in proxy["tokenizer"](proxy["candidates"])["input_ids"]]
+    texts = [t for t, n in zip(proxy["candidates"], lengths, strict=True) if 8 < n <= MAX_LENGTH]
+    texts = texts[:8]
+    scorer = make_scorer(proxy, projection_dim=projection_dim, batch_size=3).fit(proxy["target"])
+    formed = scorer.project_gradients(texts).astype(np.float64)
+    raw, normalized = scorer.score_both(texts)
+    norms = np.linalg.norm(formed, axis=1)
+    np.testing.assert_allclose(raw / norms, normalized, rtol=1e-5)
+    np.testing.assert_allclose(formed @ scorer.target_vector(), raw, rtol=1e-5, atol=1e-9)
+    assert scorer.options.normalize is False
+    np.testing.assert_allclose(scorer.score(texts), raw, rtol=1e-12)
+    scorer.options = InfluenceOptions(projection_dim=projection_dim, normalize=True)
+    np.testing.assert_allclose(scorer.score(texts), normalized, rtol=1e-12)
+
+
+def test_gradient_squared_norms_match_explicit_gradients() -> None:
+    from distsel.scoring.influence import gradient_squared_norms
+
+    generator = torch.Generator().manual_seed(3)
+    a = torch.randn(4, 7, 5, generator=generator, dtype=torch.float64)
+    b = torch.randn(4, 7, 3, generator=generator, dtype=torch.float64)
+    explicit = torch.einsum("bto,bti->boi", b, a).pow(2).sum(dim=(1, 2))
+    torch.testing.assert_close(gradient_squared_norms(a, b), explicit)

@@ -29,6 +29,14 @@ rescaled by the example's token count n_i (the gradient of the summed token loss
 Unlike the authors' code, the inverse divides by (Λ + λ), and candidates and iHVP cover the same
 layers under the same projection.
 
+Normalised influence, after LESS (Xia et al. 2024): raw inner products favour short, high-loss
+texts, whose gradients are large. Each chunk's score is also divided by its gradient's norm,
+I(z)/‖∇L(z)‖ with ‖∇L(z)‖² = Σ_l ‖G_l‖²_F, and per layer, from the token Gram matrices alone,
+
+    ‖G_l‖²_F = ‖Σ_t b_t a_tᵀ‖²_F = Σ_{t,s} (b_tᵀ b_s)(a_tᵀ a_s)
+
+(projected a_t, b_t under a projection: the norm of the projected gradient).
+
 Projection (optional, seeded): per layer P_l = P_out ⊗ P_in, P_out (k_out × out), P_in (k_in × in)
 with Rademacher or Gaussian entries of variance 1/k, so E[⟨Px, Py⟩] = ⟨x, y⟩, and
 k_out · k_in ≈ d / n_layers (a factor whose k reaches its side is the identity). Then
@@ -96,6 +104,13 @@ def chunk_documents(
                 chunks.append(piece)
                 owners.append(index)
     return chunks, np.asarray(owners, dtype=np.int64)
+
+
+def gradient_squared_norms(a: Tensor, b: Tensor) -> Tensor:
+    """‖Σ_t b_t a_tᵀ‖²_F = Σ_{t,s} (b_tᵀ b_s)(a_tᵀ a_s) per example, for a (B, T, in) and
+    b (B, T, out), without forming the (out, in) gradient (float64)."""
+    a, b = a.double(), b.double()
+    return ((b @ b.transpose(1, 2)) * (a @ a.transpose(1, 2))).sum(dim=(1, 2))
 
 
 def mean_by_owner(values: np.ndarray, owners: np.ndarray, count: int) -> np.ndarray:
@@ -289,18 +304,30 @@ class InfluenceScorer:
         return self
 
     def score(self, texts: Sequence[str]) -> np.ndarray:
-        """I(z) per text (float64): mean over its chunks of Σ_l Σ_t (P_out b_t)ᵀ H̃_l (P_in a_t)."""
+        """I(z) per text (float64): mean over its chunks of Σ_l Σ_t (P_out b_t)ᵀ H̃_l (P_in a_t);
+        with `options.normalize`, of I(chunk)/‖∇L(chunk)‖."""
+        raw, normalized = self.score_both(texts)
+        return normalized if self.options.normalize else raw
+
+    def score_both(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(raw, normalised) influence per text, from one forward/backward per chunk."""
         ihvp = self._fitted()
         with self._total():
             chunks, owners = self._chunks(texts)
-            chunk_scores = np.zeros(len(chunks))
+            raw, squared_norms = np.zeros(len(chunks)), np.zeros(len(chunks))
             for indices, batch in self._batches(chunks):
                 total = torch.zeros(len(indices), dtype=self.dtype, device=self.device)
+                squared = torch.zeros(len(indices), dtype=torch.float64, device=self.device)
                 for name in self.layers:
                     a, b = self._projected_pair(name, batch)
                     total += ((b @ ihvp[name]) * a).sum(dim=(1, 2))
-                chunk_scores[indices] = total.double().cpu().numpy()
-            return mean_by_owner(chunk_scores, owners, len(texts))
+                    squared += gradient_squared_norms(a, b)
+                raw[indices] = total.double().cpu().numpy()
+                squared_norms[indices] = squared.cpu().numpy()
+            norms = np.sqrt(squared_norms)
+            normalized = np.divide(raw, norms, out=np.zeros_like(raw), where=norms > 0)
+            count = len(texts)
+            return mean_by_owner(raw, owners, count), mean_by_owner(normalized, owners, count)
 
     def project_gradients(self, texts: Sequence[str]) -> np.ndarray:
         """(n_docs, d) float32: per layer P_out ∇L P_inᵀ flattened, layers concatenated, mean
@@ -595,7 +622,7 @@ class InfluenceStage(Stage):
 
     name = "influence"
     input_columns = ("text",)
-    output_columns = ("influence",)
+    output_columns = ("influence", "influence_normalized")
     default_resources = Resources(num_cpus=1, batch_size=64, pool_size=2)
 
     def __init__(self, resources: Resources, config: Config) -> None:
@@ -616,7 +643,8 @@ class InfluenceStage(Stage):
     def fingerprint(self) -> dict[str, Any]:
         return {
             "name": self.name,
-            "options": self.options.model_dump(exclude={"batch_size"}),
+            # `normalize` picks a column at selection; the stage writes both.
+            "options": self.options.model_dump(exclude={"batch_size", "normalize"}),
             "proxy": self.proxy_info.get("weights_sha256") or self.folder,
             "target": self.config.target.model_dump(exclude={"storage_options"}),
             "seed": self.config.seed,
@@ -663,7 +691,8 @@ class InfluenceStage(Stage):
         )
 
     def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
-        return {"influence": self.scorer.score(batch.column("text").to_pylist())}
+        raw, normalized = self.scorer.score_both(batch.column("text").to_pylist())
+        return {"influence": raw, "influence_normalized": normalized}
 
     def actor_pool(self) -> InfluencePool:
         """This prepared stage as `resources.pool_size` actors that score groups on request."""

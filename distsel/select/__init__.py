@@ -186,7 +186,8 @@ class InfluenceSelector:
     def select(
         self, pool: Pool, config: Config, context: StageContext
     ) -> tuple[np.ndarray, dict[str, Any]]:
-        order = descending(_column(pool, "influence"), pool.random_key)
+        column = "influence_normalized" if config.select.influence.normalize else "influence"
+        order = descending(_column(pool, column), pool.random_key)
         chosen = fill_budget(order, pool.tokens, config.select.budget)
         return chosen, {"budget": _budget(config), **config.select.influence.model_dump()}
 
