@@ -174,6 +174,17 @@ class SimilarityOptions(_Strict):
     betr_top_fraction: float = Field(default=0.1, gt=0, lt=1)
 
 
+class ClassifierOptions(_Strict):
+    """Target-vs-pool logistic regression on hashed n-grams: the target examples (at most
+    `max_positives`) against a seeded pool sample of `negatives` documents."""
+
+    negatives: int = Field(default=5_000, gt=0)
+    max_positives: int = Field(default=10_000, gt=0)
+    num_buckets: int = Field(default=1 << 18, gt=0)
+    ngrams: int = Field(default=2, ge=1, le=3)
+    c: float = Field(default=1.0, gt=0)
+
+
 class TopkOptions(_Strict):
     column: str = "similarity"
     descending: bool = True
@@ -202,6 +213,7 @@ class SelectConfig(_Strict):
         "random",
         "dsir",
         "similarity",
+        "classifier",
         "topk",
         "threshold",
         "stratified",
@@ -212,6 +224,7 @@ class SelectConfig(_Strict):
     budget: Budget | None = None
     dsir: DsirOptions = Field(default_factory=DsirOptions)
     similarity: SimilarityOptions = Field(default_factory=SimilarityOptions)
+    classifier: ClassifierOptions = Field(default_factory=ClassifierOptions)
     topk: TopkOptions = Field(default_factory=TopkOptions)
     threshold: ThresholdOptions = Field(default_factory=ThresholdOptions)
     stratified: StratifiedOptions = Field(default_factory=StratifiedOptions)
@@ -243,7 +256,7 @@ class RayConfig(_Strict):
 # What one `distsel run` does: everything, or one phase (see distsel.pipeline.run).
 Phase = Literal["all", "score", "select", "mixture"]
 PHASES: tuple[str, ...] = get_args(Phase)
-TARGET_METHODS = ("dsir", "similarity", "influence", "quad", "mixture")
+TARGET_METHODS = ("dsir", "similarity", "classifier", "influence", "quad", "mixture")
 
 
 class Config(_Strict):

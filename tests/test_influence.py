@@ -377,7 +377,9 @@ def test_state_rejects_mismatched_arrays(proxy: dict) -> None:
 
 
 @pytest.mark.parametrize("projection_dim", [None, 512])
-def test_gram_norms_equal_the_formed_gradient_norms(proxy: dict, projection_dim: int | None) -> None:
+def test_gram_norms_equal_the_formed_gradient_norms(
+    proxy: dict, projection_dim: int | None
+) -> None:
     """‖∇L(z)‖ from the token Gram matrices equals the norm of the formed (projected) gradient,
     and the normalised score is I(z)/‖∇L(z)‖ (single-chunk texts)."""
     lengths = [len(ids) for ids in proxy["tokenizer"](proxy["candidates"])["input_ids"]]

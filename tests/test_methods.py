@@ -307,3 +307,32 @@ def test_quad_selects_with_influence_on_draws_only(tmp_path, corpus_and_target, 
     page = Path(write_report(str(tmp_path / "quad"))).read_text(encoding="utf-8")
     assert "<figcaption>Quad: reward per arm over rounds</figcaption>" in page
     assert "<figcaption>Quad: selected documents per cluster</figcaption>" in page
+
+
+def test_classifier_scores_match_a_single_process_fit(ray_local, tmp_path, corpus_and_target):
+    """Positives: the target; negatives: the pool documents with the smallest seeded keys. The
+    stage's scores equal scikit-learn's decision function fitted here on the same rows."""
+    from sklearn.linear_model import LogisticRegression
+
+    from distsel.scoring.similarity import ngram_features
+    from distsel.select.pool import random_keys
+
+    corpus, target, _, target_texts = corpus_and_target
+    options = {"negatives": 50, "num_buckets": 4096}
+    config, manifest = run(tmp_path, corpus, target, "classifier", classifier=options)
+    docs = read_folder(tmp_path / "classifier" / "docs")
+    ids, texts = docs["id"].to_pylist(), docs["text"].to_pylist()
+    keys = random_keys(ids, config.seed)
+    negatives = [texts[i] for i in np.argsort(keys, kind="stable")[:50]]
+    features = ngram_features(target_texts + negatives, 4096, 2)
+    labels = np.r_[np.ones(len(target_texts)), np.zeros(50)]
+    reference = LogisticRegression(class_weight="balanced", random_state=config.seed)
+    reference.fit(features, labels)
+    decisions = reference.decision_function(ngram_features(texts, 4096, 2))
+    expected = dict(zip(ids, decisions, strict=True))
+    scored = read_folder(tmp_path / "classifier" / "scores" / "classifier")
+    got = dict(zip(scored["id"].to_pylist(), scored["classifier_score"].to_pylist(), strict=True))
+    assert got.keys() == expected.keys()
+    np.testing.assert_allclose([got[i] for i in ids], [expected[i] for i in ids], rtol=1e-6)
+    assert manifest["stages"]["classifier"]["summary"]["positive_docs"] == len(target_texts)
+    assert manifest["by_group"]["selected"]["recipes"] == 15, "every pick a recipe"

@@ -13,6 +13,7 @@ STAGE_CLASSES = {
     "embed": "distsel.scoring.embed:EmbedStage",
     "similarity": "distsel.scoring.similarity:SimilarityStage",
     "betr": "distsel.scoring.similarity:BetrStage",
+    "classifier": "distsel.scoring.classifier:ClassifierStage",
     "perplexity": "distsel.scoring.proxy:PerplexityStage",
     "influence": "distsel.scoring.influence:InfluenceStage",
     "cluster": "distsel.clustering:ClusterStage",

@@ -253,10 +253,11 @@ def fit_betr_classifier(
     seed: int = 0,
     c: float = 1.0,
     max_iter: int = 1000,
+    balanced: bool = False,
 ) -> LinearScorer:
     """Logistic regression (scikit-learn, L2 penalty with inverse strength `c`) of labels on
     features (dense, or scipy sparse), returned as its decision function: BETR's cheap
-    classifier."""
+    classifier. `balanced` weighs each class by the inverse of its count."""
     from sklearn.linear_model import LogisticRegression
 
     x = features if hasattr(features, "tocsr") else _as_matrix("features", features)
@@ -265,7 +266,8 @@ def fit_betr_classifier(
         raise ValueError(f"labels must be 1-D with one label per row, got shape {y.shape}")
     if y.all() or not y.any():
         raise ValueError("labels need both classes (some True and some False)")
-    model = LogisticRegression(C=c, max_iter=max_iter, random_state=seed)
+    weights = "balanced" if balanced else None
+    model = LogisticRegression(C=c, max_iter=max_iter, random_state=seed, class_weight=weights)
     model.fit(x, y)
     return LinearScorer(
         coef=model.coef_[0].astype(np.float64), intercept=float(model.intercept_[0])
@@ -388,22 +390,29 @@ class BetrStage(Stage):
         self.summary = {"sample_docs": len(sample), "positive_docs": int(labels.sum())}
 
     def features(self, texts: list[str]) -> Any:
-        """Sparse rows log(1 + hashed n-gram counts), L2-normalised."""
-        from scipy import sparse
-
-        doc_index, bucket = hashed_ngrams(texts, self.buckets, self.ngrams)
-        shape = (len(texts), self.buckets)
-        counts = sparse.csr_matrix((np.ones(len(bucket)), (doc_index, bucket)), shape=shape)
-        counts.sum_duplicates()
-        counts.data = np.log1p(counts.data)
-        norms = np.sqrt(np.asarray(counts.multiply(counts).sum(axis=1)).ravel())
-        return sparse.diags(1 / np.maximum(norms, 1e-12)) @ counts
+        return ngram_features(texts, self.buckets, self.ngrams)
 
     def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
         features = self.features(batch.column("text").to_pylist())
-        return {
-            "betr_score": np.asarray(features @ self.scorer.coef).ravel() + self.scorer.intercept
-        }
+        return {"betr_score": sparse_scores(self.scorer, features)}
+
+
+def ngram_features(texts: list[str], buckets: int, ngrams: int) -> Any:
+    """Sparse rows x_b = log(1 + count_b) / ‖log(1 + count)‖₂ of hashed n-gram counts."""
+    from scipy import sparse
+
+    doc_index, bucket = hashed_ngrams(texts, buckets, ngrams)
+    shape = (len(texts), buckets)
+    counts = sparse.csr_matrix((np.ones(len(bucket)), (doc_index, bucket)), shape=shape)
+    counts.sum_duplicates()
+    counts.data = np.log1p(counts.data)
+    norms = np.sqrt(np.asarray(counts.multiply(counts).sum(axis=1)).ravel())
+    return sparse.diags(1 / np.maximum(norms, 1e-12)) @ counts
+
+
+def sparse_scores(model: LinearScorer, features: Any) -> np.ndarray:
+    """Decision values x · coef + intercept of sparse rows, float64."""
+    return np.asarray(features @ model.coef, dtype=np.float64).ravel() + model.intercept
 
 
 @ray.remote(num_cpus=1)

@@ -116,6 +116,20 @@ class SimilaritySelector:
         return chosen, {"budget": _budget(config), "columns": columns, **options.model_dump()}
 
 
+class ClassifierSelector:
+    """The documents the target-vs-pool classifier finds most target-like."""
+
+    def required_stages(self, config: Config) -> tuple[str, ...]:
+        return ("classifier",)
+
+    def select(
+        self, pool: Pool, config: Config, context: StageContext
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        order = descending(_column(pool, "classifier_score"), pool.random_key)
+        chosen = fill_budget(order, pool.tokens, config.select.budget)
+        return chosen, {"budget": _budget(config), **config.select.classifier.model_dump()}
+
+
 class TopkSelector:
     """The documents with the highest (or lowest) value of any score column."""
 
@@ -236,6 +250,7 @@ SELECTORS: dict[str, Selector] = {
     "random": RandomSelector(),
     "dsir": DsirSelector(),
     "similarity": SimilaritySelector(),
+    "classifier": ClassifierSelector(),
     "topk": TopkSelector(),
     "threshold": ThresholdSelector(),
     "stratified": StratifiedSelector(),
