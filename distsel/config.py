@@ -137,6 +137,15 @@ class QuadOptions(_Strict):
     draws_per_arm: int = Field(default=10, gt=0)
     docs_per_accept: int | None = Field(default=None, gt=0)
     rounds: int = Field(default=200, gt=0)
+    # `predicted`: an influence model (ridge on embeddings) orders each arm's documents, sizes
+    # blocks and fills what the bandit leaves; `random`: the paper's form.
+    within_cluster: Literal["predicted", "random"] = "predicted"
+    # With `predicted`: the share of the pool whose score the bandit may compute.
+    max_evaluated: float = Field(default=0.05, gt=0, le=1)
+    # The costly score behind the rewards: a stage's column (default: the influence column
+    # that select.influence.normalize names).
+    scorer: str = "influence"
+    score_column: str | None = None
 
 
 class MixtureOptions(_Strict):

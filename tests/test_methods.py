@@ -255,7 +255,8 @@ def test_influence_topk_trains_a_proxy_and_matches_a_direct_scorer(
 
 
 def test_influence_pool_scores_groups_like_the_stage(corpus_and_target, influence_run):
-    from distsel.scoring.influence import InfluencePool, InfluenceStage
+    from distsel.scoring.influence import InfluenceStage
+    from distsel.select.pool import StagePool
     from distsel.stage import Resources, StageContext
     from distsel.storage import Store
 
@@ -264,7 +265,7 @@ def test_influence_pool_scores_groups_like_the_stage(corpus_and_target, influenc
     store = Store(str(output))
     stage = InfluenceStage(Resources(num_cpus=1, pool_size=2), config)
     stage.prepare(StageContext(config, store, store.list("docs", ".parquet")))
-    service = InfluencePool(stage)
+    service = StagePool(stage, "influence")
     groups = [[d["text"] for d in pool[:3]], [d["text"] for d in pool[3:7]]]
     first, second = service.score(groups)
     service.close()
@@ -288,12 +289,16 @@ def test_quad_selects_with_influence_on_draws_only(tmp_path, corpus_and_target, 
         "arms_per_round": 2,
         "draws_per_arm": 3,
         "docs_per_accept": 5,
+        "max_evaluated": 0.1,
     }
     manifest = pipeline.run(parse_config(raw))
     quad = manifest["quad"]
-    assert manifest["selected_docs"] == 15 and quad["stopped"] == "budget reached"
-    assert quad["clusters"] == 6 and 1 <= quad["clusters_accepted"] <= 6
-    assert quad["influence_evaluated_docs"] == 3 * 2 * quad["rounds"] < 150
+    assert manifest["selected_docs"] == 15 and quad["within_cluster"] == "predicted"
+    assert quad["clusters"] == 6 and quad["evaluation_allowance_docs"] == 15
+    draws = sum(len(h["arms"]) for h in quad["history"])
+    assert quad["influence_evaluated_docs"] <= 3 * draws and quad["influence_evaluated_docs"] <= 15
+    assert quad["stopped"].startswith(("budget reached", "evaluation allowance spent"))
+    assert quad["score_column"] == "influence"
     assert not (tmp_path / "quad" / "scores" / "influence").exists(), "no full influence pass"
     assert sum(quad["selected_per_cluster"].values()) == 15
     assert [h["round"] for h in quad["history"]] == list(range(1, quad["rounds"] + 1))

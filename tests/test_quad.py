@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 
 from distsel.config import Budget, QuadOptions
-from distsel.select.quad import QuadBandit, neighbour_weights, ucb_scores
+from distsel.select.influence_model import InfluenceModel, pool_features
+from distsel.select.quad import (
+    PredictedQuadBandit,
+    QuadBandit,
+    make_bandit,
+    neighbour_weights,
+    ucb_scores,
+)
 from distsel.storage import Store
 
 ARMS, PER_ARM = 12, 40
@@ -39,7 +46,13 @@ def scorer(influence, calls=None):
 def make(budget=None, seed=0, **options):
     budget = budget or Budget(docs=60)
     clusters, influence, keys, tokens, distances = landscape()
-    defaults = {"arms_per_round": 3, "draws_per_arm": 5, "docs_per_accept": 20, "rounds": 40}
+    defaults = {
+        "arms_per_round": 3,
+        "draws_per_arm": 5,
+        "docs_per_accept": 20,
+        "rounds": 40,
+        "within_cluster": "random",
+    }
     bandit = QuadBandit(
         clusters, keys, tokens, distances, QuadOptions(**{**defaults, **options}), budget, seed
     )
@@ -154,3 +167,118 @@ def test_a_killed_run_resumes_where_it_stopped(tmp_path):
 
     changed, _, _, _ = make(budget=Budget(docs=90), docs_per_accept=10)
     assert not changed.resume(store), "another budget does not resume this run"
+
+
+# ------------------------------------------------------------------ with the influence model
+
+
+def smooth_landscape(seed: int = 0, arms: int = 20, per_arm: int = 100, dim: int = 8):
+    """Embeddings = cluster centre + noise; influence = a linear function of the embedding plus a
+    little noise, so it varies inside clusters too."""
+    rng = np.random.default_rng(seed)
+    clusters = np.repeat(np.arange(arms), per_arm)
+    centres = rng.standard_normal((arms, dim))
+    embeddings = centres[clusters] + 0.7 * rng.standard_normal((len(clusters), dim))
+    influence = embeddings @ rng.standard_normal(dim) + 0.1 * rng.standard_normal(len(clusters))
+    keys = rng.integers(0, 2**63, size=len(clusters), dtype=np.uint64)
+    tokens = rng.integers(5, 50, size=len(clusters))
+    distances = np.linalg.norm(centres[:, None] - centres[None], axis=-1)
+    return clusters, embeddings, influence, keys, tokens, distances / distances.max()
+
+
+def make_predicted(budget=None, seed=0, **options):
+    clusters, embeddings, influence, keys, tokens, distances = smooth_landscape()
+    defaults = {"arms_per_round": 4, "draws_per_arm": 5, "max_evaluated": 0.05}
+    bandit = make_bandit(
+        clusters,
+        keys,
+        tokens,
+        distances,
+        QuadOptions(**{**defaults, **options}),
+        budget or Budget(docs=100),
+        seed,
+        pool_features(embeddings, tokens),
+    )
+    return bandit, influence, tokens
+
+
+def test_the_influence_model_recovers_a_known_function_from_few_scores():
+    rng = np.random.default_rng(1)
+    embeddings = rng.standard_normal((2000, 16))
+    tokens = rng.integers(10, 500, size=2000)
+    truth = embeddings @ rng.standard_normal(16) + 0.5 * np.log1p(tokens)
+    scored = rng.choice(2000, size=150, replace=False)
+    noisy = truth[scored] + 0.05 * rng.standard_normal(150)
+    model = InfluenceModel(pool_features(embeddings, tokens)).fit(scored, noisy)
+    predicted = model.predict()
+    assert np.corrcoef(predicted, truth)[0, 1] > 0.99
+    assert np.abs(predicted - truth).mean() < 0.1 * truth.std()
+    assert model.predict(scored[:5]) == pytest.approx(predicted[scored[:5]])
+
+
+def test_within_an_arm_documents_come_in_predicted_order():
+    bandit, influence, _ = make_predicted()
+    assert isinstance(bandit, PredictedQuadBandit)
+    rows = np.arange(0, 2000, 13)
+    bandit.state.scored_rows, bandit.state.scored_values = rows.tolist(), influence[rows].tolist()
+    bandit._refit()
+    predictions = bandit.model.predict()
+    for arm in (0, 7, 19):
+        order = bandit.available(arm)
+        assert not np.isin(order, rows).any(), "scored documents are not drawn again"
+        assert np.all(np.diff(predictions[order]) <= 0), "best predicted first"
+        assert set(order) == set(bandit.orders[arm]) - set(rows)
+
+
+def test_predicted_quad_nears_top_k_while_scoring_a_twentieth():
+    bandit, influence, _ = make_predicted()
+    calls: list[list[int]] = []
+    chosen = bandit.run(scorer(influence, calls))
+    top_k = np.sort(influence)[-100:].mean()
+    assert len(chosen) == 100 == len(set(chosen.tolist()))
+    assert bandit.state.evaluated <= 100 == sum(map(sum, calls))
+    assert influence[chosen].mean() >= 0.9 * top_k
+    for entry in bandit.state.history:
+        taken_blocks = entry["accepted"]
+        assert entry["threshold"] is not None or not taken_blocks
+
+    paper, _, _ = make_predicted(within_cluster="random", docs_per_accept=20)
+    assert influence[paper.run(scorer(influence))].mean() < influence[chosen].mean()
+
+
+def test_predicted_quad_keeps_a_token_budget():
+    bandit, influence, tokens = make_predicted(budget=Budget(tokens=3000))
+    chosen = bandit.run(scorer(influence))
+    used = int(tokens[chosen].sum())
+    assert used <= 3000
+    rest = np.setdiff1d(np.arange(len(tokens)), chosen)
+    assert tokens[rest].min() > 3000 - used, "stopped only when nothing else fits"
+
+
+def test_a_killed_predicted_run_resumes_to_the_uninterrupted_result(tmp_path):
+    clean, influence, _ = make_predicted(max_evaluated=0.1)
+    expected = clean.run(scorer(influence))
+    assert clean.state.round > 4
+
+    class Killed(Exception):
+        pass
+
+    rounds_played = []
+
+    def dies_in_round_four(groups):
+        rounds_played.append(1)
+        if len(rounds_played) == 4:
+            raise Killed
+        return scorer(influence)(groups)
+
+    store = Store(str(tmp_path / "out"))
+    crashed, _, _ = make_predicted(max_evaluated=0.1)
+    with pytest.raises(Killed):
+        crashed.run(dies_in_round_four, store)
+    resumed, _, _ = make_predicted(max_evaluated=0.1)
+    calls: list[list[int]] = []
+    result = resumed.run(scorer(influence, calls), store)
+    assert result.tolist() == expected.tolist()
+    assert len(calls) == clean.state.round - 3, "finished rounds are not played again"
+    assert resumed.state.history == clean.state.history
+    assert resumed.state.filled == clean.state.filled

@@ -610,7 +610,7 @@ def _seed(arrays: dict[str, np.ndarray]) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
-# Pipeline stage, and the same scorer as a pool of actors a selector can call
+# Pipeline stage
 
 
 class InfluenceStage(Stage):
@@ -694,50 +694,6 @@ class InfluenceStage(Stage):
         raw, normalized = self.scorer.score_both(batch.column("text").to_pylist())
         return {"influence": raw, "influence_normalized": normalized}
 
-    def actor_pool(self) -> InfluencePool:
-        """This prepared stage as `resources.pool_size` actors that score groups on request."""
-        return InfluencePool(self)
-
 
 def _fit_state(stage: InfluenceStage, target_texts: list[str]) -> dict[str, np.ndarray]:
     return stage._scorer(None).fit(target_texts).state()
-
-
-class _InfluenceActor:
-    def __init__(self, stage: InfluenceStage) -> None:
-        self.stage = stage
-        stage.setup()
-
-    def score(self, texts: list[str]) -> np.ndarray:
-        return self.stage.scorer.score(texts)
-
-
-class InfluencePool:
-    """The prepared influence stage as a pool of actors: `score(groups)` scores several small
-    groups of documents (e.g. the draws of the arms a bandit pulled) in parallel."""
-
-    def __init__(self, stage: InfluenceStage) -> None:
-        import ray
-
-        resources = stage.resources
-        options = {"num_cpus": resources.num_cpus, "num_gpus": resources.num_gpus}
-        self.actors = [
-            ray.remote(_InfluenceActor).options(**options).remote(stage)
-            for _ in range(resources.pool_size)
-        ]
-        self.evaluated = 0
-
-    def score(self, groups: list[list[str]]) -> list[np.ndarray]:
-        import ray
-
-        futures = [
-            self.actors[i % len(self.actors)].score.remote(texts) for i, texts in enumerate(groups)
-        ]
-        self.evaluated += sum(len(texts) for texts in groups)
-        return ray.get(futures)
-
-    def close(self) -> None:
-        import ray
-
-        for actor in self.actors:
-            ray.kill(actor)

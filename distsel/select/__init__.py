@@ -207,7 +207,8 @@ class InfluenceSelector:
 
 
 class QuadSelector:
-    """Quad: a bandit over k-means clusters that computes influence on a few draws per pull."""
+    """Quad: a bandit over k-means clusters that computes a costly score (influence by default)
+    only on a few draws per pull."""
 
     def required_stages(self, config: Config) -> tuple[str, ...]:
         return ("embed", "cluster")
@@ -216,33 +217,58 @@ class QuadSelector:
         self, pool: Pool, config: Config, context: StageContext
     ) -> tuple[np.ndarray, dict[str, Any]]:
         from distsel.clustering import load_centroid_distances
-        from distsel.scoring import stage_class
-        from distsel.select.quad import QuadBandit
+        from distsel.select.influence_model import pool_features
+        from distsel.select.pool import StagePool, gather_embeddings
+        from distsel.select.quad import make_bandit
 
-        influence_stage = stage_class("influence")
-        stage = influence_stage.from_config(
-            config, influence_stage.default_resources.with_overrides(config.stages.get("influence"))
-        )
-        stage.prepare(context)
+        options = config.select.quad
+        stage, column = _quad_scorer(config, context)
+        features = None
+        if options.within_cluster == "predicted":
+            features = pool_features(gather_embeddings(context.store, pool), pool.tokens)
         clusters = pool.scores["cluster"].astype(np.int64)
-        bandit = QuadBandit(
+        bandit = make_bandit(
             clusters,
             pool.random_key,
             pool.tokens,
             load_centroid_distances(context.store),
-            config.select.quad,
+            options,
             config.select.budget,
             config.seed,
+            features,
         )
-        scorer = stage.actor_pool()
+        scorer = StagePool(stage, column)
         try:
             chosen = bandit.run(
                 lambda groups: scorer.score(fetch_texts(context.store, pool, groups)), context.store
             )
         finally:
             scorer.close()
-        section = {"budget": _budget(config), **config.select.quad.model_dump()}
-        return chosen, {**section, **bandit.summary(clusters), "influence": stage.summary}
+        section = {"budget": _budget(config), **options.model_dump(), "score_column": column}
+        return chosen, {**section, **bandit.summary(clusters), stage.name: stage.summary}
+
+
+def _quad_scorer(config: Config, context: StageContext) -> tuple[Any, str]:
+    """The prepared stage behind Quad's rewards, and the column of its output they use."""
+    from distsel.scoring import stage_class
+
+    options = config.select.quad
+    stage_type = stage_class(options.scorer)
+    if tuple(stage_type.input_columns) != ("text",):
+        raise DistselError(f"select.quad.scorer: stage '{options.scorer}' does not score text")
+    column = options.score_column
+    if column is None and options.scorer == "influence":
+        column = "influence_normalized" if config.select.influence.normalize else "influence"
+    column = column or stage_type.output_columns[0]
+    if column not in stage_type.output_columns:
+        known = ", ".join(stage_type.output_columns)
+        raise DistselError(
+            f"select.quad.score_column: stage '{options.scorer}' writes {known}, not '{column}'"
+        )
+    resources = stage_type.default_resources.with_overrides(config.stages.get(options.scorer))
+    stage = stage_type.from_config(config, resources)
+    stage.prepare(context)
+    return stage, column
 
 
 SELECTORS: dict[str, Selector] = {

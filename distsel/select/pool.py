@@ -155,3 +155,59 @@ def fetch_texts(store: Store, pool: Pool, groups: list[np.ndarray]) -> list[list
             texts[position] = text
     bounds = np.cumsum([0] + [len(g) for g in groups])
     return [texts[bounds[i] : bounds[i + 1]] for i in range(len(groups))]
+
+
+@ray.remote(num_cpus=0)
+def _part_embeddings(store: Store, part: str, rows: np.ndarray) -> np.ndarray:
+    from distsel.scoring.embed import embedding_matrix
+
+    column = store.read_table(f"scores/embed/{part}", columns=["embedding"]).column("embedding")
+    return embedding_matrix(column.take(rows)).astype(np.float32)
+
+
+def gather_embeddings(store: Store, pool: Pool) -> np.ndarray:
+    """(len(pool), d) float32: each pool document's embedding from scores/embed, read part by part
+    in parallel."""
+    futures = [
+        _part_embeddings.remote(store, part, pool.row_index[pool.part_index == index])
+        for index, part in enumerate(pool.parts)
+    ]
+    return np.concatenate(ray.get(futures)) if futures else np.zeros((0, 0), np.float32)
+
+
+class _StageActor:
+    def __init__(self, stage: Any, column: str) -> None:
+        self.stage, self.column = stage, column
+        stage.setup()
+
+    def score(self, texts: list[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros(0)
+        values = self.stage(pa.table({"text": texts}))[self.column]
+        return np.asarray(values, dtype=np.float64)
+
+
+class StagePool:
+    """A prepared text stage as `resources.pool_size` actors that score small groups of documents
+    on request (e.g. the draws of the arms a bandit pulled), several groups in parallel;
+    `column` is the output column returned."""
+
+    def __init__(self, stage: Any, column: str) -> None:
+        resources = stage.resources
+        options = {"num_cpus": resources.num_cpus, "num_gpus": resources.num_gpus}
+        self.actors = [
+            ray.remote(_StageActor).options(**options).remote(stage, column)
+            for _ in range(resources.pool_size)
+        ]
+        self.evaluated = 0
+
+    def score(self, groups: list[list[str]]) -> list[np.ndarray]:
+        futures = [
+            self.actors[i % len(self.actors)].score.remote(texts) for i, texts in enumerate(groups)
+        ]
+        self.evaluated += sum(len(texts) for texts in groups)
+        return ray.get(futures)
+
+    def close(self) -> None:
+        for actor in self.actors:
+            ray.kill(actor)

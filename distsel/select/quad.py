@@ -20,6 +20,20 @@ The run stops at the budget, exactly (documents, or tokens filled greedily), or 
 
 Unlike the authors' code, the documents scored for an arm and those taken from it come from one
 ordering of that arm, so the scored ones are among the taken ones.
+
+That is the paper's form (`within_cluster: random`). Taking whole blocks at random caps Quad well
+below influence top-k, and "reward > 0" spreads the budget over every above-average arm. The
+default, `within_cluster: predicted`, adds an influence model (distsel.select.influence_model,
+after MATES), refitted after every round on all scores so far; v(x) is a document's score where
+computed, else its prediction:
+- an arm's draws are its b best-predicted documents not yet scored (random in the first round),
+  and an arm no one has pulled has the prior reward of its b best predictions;
+- once half of the evaluation allowance E = max_evaluated × pool is spent, each round takes
+  θ = the value of the document that would fill the remaining budget if documents were taken by
+  v from the best down; a pulled arm whose draws' mean score ≥ θ is accepted and adds its
+  untaken documents with v ≥ θ, best first, at most m of them;
+- when E is spent (or the rounds or the arms run out) the rest of the budget is filled with the
+  untaken documents of highest v, the pool ranked by the model.
 """
 
 from __future__ import annotations
@@ -34,7 +48,8 @@ from typing import Any
 import numpy as np
 
 from distsel.config import Budget, QuadOptions
-from distsel.select.samplers import random_order
+from distsel.select.influence_model import InfluenceModel
+from distsel.select.samplers import descending, random_order
 from distsel.storage import Store
 
 InfluenceFunction = Callable[[list[np.ndarray]], list[np.ndarray]]
@@ -58,6 +73,9 @@ class BanditState:
     selected_tokens: int = 0
     done: str = ""
     history: list[dict[str, Any]] = field(default_factory=list)
+    scored_rows: list[int] = field(default_factory=list)
+    scored_values: list[float] = field(default_factory=list)
+    filled: int = 0
 
 
 def neighbour_weights(distances: np.ndarray, gamma: float) -> np.ndarray:
@@ -73,13 +91,14 @@ def ucb_scores(
     weights: np.ndarray,
     alpha: float,
     live: np.ndarray,
+    prior: np.ndarray | None = None,
 ) -> np.ndarray:
-    """s_i = r̄_i + α sqrt(2 ln N / (n_i + 1)) with neighbour-shared r̄_i; −inf for retired arms."""
+    """s_i = r̄_i + α sqrt(2 ln N / (n_i + 1)) with neighbour-shared r̄_i; −inf for retired arms.
+    r̄_i is `prior` (default 0) while neither i nor a neighbour has been pulled."""
     shared_sum = reward_sums + weights @ reward_sums
     shared_pulls = pulls + weights @ pulls
-    mean = np.divide(
-        shared_sum, shared_pulls, out=np.zeros_like(shared_sum), where=shared_pulls > 0
-    )
+    start = np.zeros_like(shared_sum) if prior is None else np.asarray(prior, dtype=np.float64)
+    mean = np.divide(shared_sum, shared_pulls, out=start.copy(), where=shared_pulls > 0)
     total = max(pulls.sum(), 1)
     bonus = alpha * np.sqrt(2.0 * math.log(total) / (pulls + 1.0))
     return np.where(live, mean + bonus, -np.inf)
@@ -216,10 +235,15 @@ class QuadBandit:
 
     def _accept(self, arm: int, drawn: np.ndarray) -> None:
         """Add the arm's drawn documents and the next m − b of its order, within the budget."""
-        state = self.state
-        state.accepted.append(int(arm))
+        self.state.accepted.append(int(arm))
         extra = self._take(arm, max(self.docs_per_accept - len(drawn), 0))
-        for index in np.concatenate([drawn, extra]):
+        self._add_all(np.concatenate([drawn, extra]))
+
+    def _add_all(self, indices: np.ndarray) -> int:
+        """Add documents in order within the budget (a token budget skips those that do not
+        fit); returns how many were added."""
+        state, added = self.state, 0
+        for index in indices:
             if self.budget.docs is not None:
                 if len(self.selected) >= self.budget.docs:
                     break
@@ -227,8 +251,10 @@ class QuadBandit:
                 continue
             self.selected.append(int(index))
             state.selected_tokens += int(self.tokens[index])
+            added += 1
         if self._budget_met():
             state.done = "budget reached"
+        return added
 
     def _budget_met(self) -> bool:
         if self.budget.docs is not None:
@@ -274,3 +300,200 @@ class QuadBandit:
             "selected_per_cluster": {str(i): int(c) for i, c in enumerate(counts) if c},
             "history": self.state.history,
         }
+
+
+class PredictedQuadBandit(QuadBandit):
+    """Quad with an influence model (`within_cluster: predicted`, see the module docstring).
+    `features` are the pool's model features (distsel.select.influence_model.pool_features)."""
+
+    def __init__(
+        self,
+        clusters: np.ndarray,
+        random_key: np.ndarray,
+        tokens: np.ndarray,
+        centroid_distances: np.ndarray,
+        options: QuadOptions,
+        budget: Budget,
+        seed: int,
+        features: np.ndarray,
+    ) -> None:
+        super().__init__(clusters, random_key, tokens, centroid_distances, options, budget, seed)
+        self.random_key = random_key
+        self.model = InfluenceModel(features)
+        self.scored = np.zeros(len(clusters), dtype=bool)
+        self.taken = np.zeros(len(clusters), dtype=bool)
+        self.values = np.zeros(len(clusters))
+        self.allowance = max(1, math.floor(options.max_evaluated * len(clusters)))
+
+    def available(self, arm: int) -> np.ndarray:
+        """The arm's documents neither scored nor taken, best predicted first (the arm's random
+        order before the model's first fit, and among equal predictions)."""
+        members = self.orders[arm]
+        members = members[~self.scored[members] & ~self.taken[members]]
+        if not self.model.fitted:
+            return members
+        return members[np.argsort(-self.values[members], kind="stable")]
+
+    def choose_arms(self) -> np.ndarray:
+        state, b = self.state, self.options.draws_per_arm
+        candidates = [self.available(arm) for arm in range(len(self.orders))]
+        live = np.array([len(c) > 0 for c in candidates])
+        count = min(self.arms_per_round, int(live.sum()))
+        if state.round == 0 or not self.model.fitted:
+            rng = np.random.default_rng(self.seed + state.round)
+            return np.sort(rng.choice(np.flatnonzero(live), size=count, replace=False))
+        prior = np.array(
+            [self._standard(self.values[c[:b]].mean()) if len(c) else 0.0 for c in candidates]
+        )
+        scores = ucb_scores(
+            np.array(state.reward_sums),
+            np.array(state.pulls, dtype=np.float64),
+            self.weights,
+            self.options.alpha,
+            live,
+            prior - self.options.tau,
+        )
+        return np.argsort(-scores, kind="stable")[:count]
+
+    def play_round(self, influence: InfluenceFunction) -> None:
+        state = self.state
+        pulled = self.choose_arms()
+        room = self.allowance - state.evaluated
+        draws = []
+        for arm in pulled:
+            draws.append(self.available(arm)[: min(self.options.draws_per_arm, room)])
+            room -= len(draws[-1])
+        kept = [i for i, drawn in enumerate(draws) if len(drawn)]
+        pulled, draws = pulled[kept], [draws[i] for i in kept]
+        if not len(pulled):
+            self._fill("every arm exhausted" if room > 0 else "evaluation allowance spent")
+            return
+        scores = influence(draws)
+        rewards = self._rewards(scores)
+        for arm, drawn, values, reward in zip(pulled, draws, scores, rewards, strict=True):
+            state.pulls[arm] += 1
+            state.reward_sums[arm] += float(reward)
+            state.scored_rows.extend(int(i) for i in drawn)
+            state.scored_values.extend(float(v) for v in values)
+        self._refit()
+        accepted, threshold = self._accept_round(pulled, draws)
+        state.round += 1
+        state.history.append(
+            {
+                "round": state.round,
+                "arms": [int(a) for a in pulled],
+                "rewards": [round(float(r), 6) for r in rewards],
+                "threshold": None if threshold is None else round(threshold, 6),
+                "accepted": accepted,
+                "selected": len(self.selected),
+            }
+        )
+        if not state.done and state.evaluated >= self.allowance:
+            self._fill("evaluation allowance spent")
+        elif not state.done and state.round >= self.options.rounds:
+            self._fill("round limit")
+
+    def _accept_round(
+        self, pulled: np.ndarray, draws: list[np.ndarray]
+    ) -> tuple[list[int], float | None]:
+        """After the warm-up (half the allowance), accept the arms whose draws average ≥ θ."""
+        if self.state.evaluated < self.allowance / 2:
+            return [], None
+        threshold = self.threshold()
+        means = [float(self.values[drawn].mean()) for drawn in draws]
+        accepted = []
+        for position in np.argsort(means, kind="stable")[::-1]:
+            if self.state.done or means[position] < threshold:
+                break
+            arm = int(pulled[position])
+            accepted.append(arm)
+            self.state.accepted.append(arm)
+            members = self.orders[arm][~self.taken[self.orders[arm]]]
+            block = members[descending(self.values[members], self.random_key[members])]
+            block = block[self.values[block] >= threshold][: self.docs_per_accept]
+            self._take_all(block)
+        return accepted, threshold
+
+    def threshold(self) -> float:
+        """θ: the value v of the untaken document that would complete the budget, taking
+        untaken documents by v from the best down (−inf when they would not fill it)."""
+        untaken = np.flatnonzero(~self.taken)
+        order = untaken[descending(self.values[untaken], self.random_key[untaken])]
+        if self.budget.docs is not None:
+            position = self.budget.docs - len(self.selected) - 1
+        else:
+            remaining = self.budget.tokens - self.state.selected_tokens
+            position = int(np.searchsorted(np.cumsum(self.tokens[order]), remaining))
+        return float(self.values[order[position]]) if position < len(order) else -math.inf
+
+    def _take_all(self, indices: np.ndarray) -> None:
+        before = len(self.selected)
+        self._add_all(indices)
+        self.taken[np.asarray(self.selected[before:], dtype=np.int64)] = True
+
+    def _fill(self, reason: str) -> None:
+        """The rest of the budget: untaken documents of highest v."""
+        untaken = np.flatnonzero(~self.taken)
+        before = len(self.selected)
+        self._take_all(untaken[descending(self.values[untaken], self.random_key[untaken])])
+        self.state.filled += len(self.selected) - before
+        self.state.done = f"{reason}; the rest filled by the influence model"
+
+    def _refit(self) -> None:
+        rows = np.asarray(self.state.scored_rows, dtype=np.int64)
+        self.scored[rows] = True
+        if len(rows) >= 3:
+            values = np.asarray(self.state.scored_values)
+            self.values = self.model.fit(rows, values).predict()
+            self.values[rows] = values
+
+    def _standard(self, value: float) -> float:
+        """A raw score in reward units (standardised like the rewards when scale is)."""
+        state = self.state
+        if self.options.scale != "standardized" or not state.evaluated:
+            return value
+        center = state.influence_sum / state.evaluated
+        spread = math.sqrt(max(state.influence_sq_sum / state.evaluated - center**2, 0.0))
+        return (value - center) / (spread if spread > 0 else 1.0)
+
+    def _budget_met(self) -> bool:
+        if self.budget.docs is not None:
+            return len(self.selected) >= self.budget.docs
+        remaining = self.budget.tokens - self.state.selected_tokens
+        untaken = ~self.taken
+        untaken[np.asarray(self.selected, dtype=np.int64)] = False
+        return remaining <= 0 or not untaken.any() or int(self.tokens[untaken].min()) > remaining
+
+    def resume(self, store: Store) -> bool:
+        if not super().resume(store):
+            return False
+        self.taken[np.asarray(self.selected, dtype=np.int64)] = True
+        self._refit()
+        return True
+
+    def summary(self, clusters: np.ndarray) -> dict[str, Any]:
+        return {
+            **super().summary(clusters),
+            "evaluation_allowance_docs": self.allowance,
+            "filled_by_model": self.state.filled,
+            "model_ridge": self.model.ridge,
+        }
+
+
+def make_bandit(
+    clusters: np.ndarray,
+    random_key: np.ndarray,
+    tokens: np.ndarray,
+    centroid_distances: np.ndarray,
+    options: QuadOptions,
+    budget: Budget,
+    seed: int,
+    features: np.ndarray | None = None,
+) -> QuadBandit:
+    """The paper's bandit, or with `within_cluster: predicted` the one with an influence model."""
+    arguments = (clusters, random_key, tokens, centroid_distances, options, budget, seed)
+    if options.within_cluster == "random":
+        return QuadBandit(*arguments)
+    if features is None:
+        raise ValueError("quad with within_cluster: predicted needs the pool's features")
+    return PredictedQuadBandit(*arguments, features)
