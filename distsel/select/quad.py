@@ -26,9 +26,12 @@ below influence top-k, and "reward > 0" spreads the budget over every above-aver
 default, `within_cluster: predicted`, adds an influence model (distsel.select.influence_model,
 after MATES), refitted after every round on all scores so far; v(x) is a document's score where
 computed, else its prediction:
-- an arm's draws are its b best-predicted documents not yet scored (random in the first round),
-  and an arm no one has pulled has the prior reward of its b best predictions;
-- once half of the evaluation allowance E = max_evaluated × pool is spent, each round takes
+- the first round spends half of the evaluation allowance E = max_evaluated × pool on a few
+  random draws from each of as many arms as it reaches (at most b each, at least one), so the
+  model starts from a sample spread over the clusters;
+- after it, an arm's draws are its b best-predicted documents not yet scored, and an arm no one
+  has pulled has the prior reward of its b best predictions;
+- once half of E is spent, each round takes
   θ = the value of the document that would fill the remaining budget if documents were taken by
   v from the best down; a pulled arm whose draws' mean score ≥ θ is accepted and adds its
   untaken documents with v ≥ θ, best first, at most m of them;
@@ -340,6 +343,8 @@ class PredictedQuadBandit(QuadBandit):
         live = np.array([len(c) > 0 for c in candidates])
         count = min(self.arms_per_round, int(live.sum()))
         if state.round == 0 or not self.model.fitted:
+            # The seed round: a few random draws from many arms, a sample the model can learn from.
+            count = min(int(live.sum()), max(count, self.allowance // 2))
             rng = np.random.default_rng(self.seed + state.round)
             return np.sort(rng.choice(np.flatnonzero(live), size=count, replace=False))
         prior = np.array(
@@ -359,9 +364,12 @@ class PredictedQuadBandit(QuadBandit):
         state = self.state
         pulled = self.choose_arms()
         room = self.allowance - state.evaluated
+        per_arm = self.options.draws_per_arm
+        if state.round == 0:
+            per_arm = max(1, min(per_arm, (self.allowance // 2) // max(len(pulled), 1)))
         draws = []
         for arm in pulled:
-            draws.append(self.available(arm)[: min(self.options.draws_per_arm, room)])
+            draws.append(self.available(arm)[: min(per_arm, room)])
             room -= len(draws[-1])
         kept = [i for i, drawn in enumerate(draws) if len(drawn)]
         pulled, draws = pulled[kept], [draws[i] for i in kept]

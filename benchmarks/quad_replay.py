@@ -1,0 +1,127 @@
+"""Quad replayed offline against stored scores: every bandit variant in seconds, no model run.
+
+Reads a finished benchmarks/selection.py work folder: influence of every pool document
+(runs/influence-topk/scores/influence), embeddings, clusters and centroid distances
+(runs/quad-paper), and the domain of each document. Each variant runs distsel's bandit with a
+scorer that looks the true values up, so its selection is the one a pipeline run with the same
+settings would make. Columns: share of the pool scored, mean score / top-k's, precision on the
+held-out domain, spread over seeds.
+
+    python benchmarks/quad_replay.py --workdir /tmp/selbench_sci --domain scientific
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from heldout_precision import print_table  # noqa: E402
+
+from distsel.config import Budget, QuadOptions  # noqa: E402
+from distsel.select.influence_model import pool_features  # noqa: E402
+from distsel.select.pool import random_keys  # noqa: E402
+from distsel.select.quad import make_bandit  # noqa: E402
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "paper": {"within_cluster": "random"},
+    "predicted": {},
+    "predicted, 10% scored": {"max_evaluated": 0.1},
+    "predicted, 2% scored": {"max_evaluated": 0.02},
+}
+
+
+def read_parts(folder: Path, columns: list[str]) -> dict[str, list[Any]]:
+    found: dict[str, list[Any]] = {name: [] for name in columns}
+    for path in sorted(folder.glob("*.parquet")):
+        table = pq.read_table(path, columns=columns)
+        for name in columns:
+            found[name] += table.column(name).to_pylist()
+    return found
+
+
+def load(runs: Path, column: str) -> dict[str, np.ndarray]:
+    docs = read_parts(runs / "quad-paper" / "docs", ["id", "domain", "tokens_approx"])
+    order = {doc: i for i, doc in enumerate(docs["id"])}
+
+    def aligned(folder: Path, name: str) -> list[Any]:
+        values = read_parts(folder, ["id", name])
+        out: list[Any] = [None] * len(order)
+        for doc, value in zip(values["id"], values[name], strict=True):
+            out[order[doc]] = value
+        return out
+
+    scores = runs / "influence-topk" / "scores" / "influence"
+    quad = runs / "quad-paper"
+    return {
+        "ids": np.array(docs["id"]),
+        "domain": np.array(docs["domain"]),
+        "tokens": np.array(docs["tokens_approx"]),
+        "score": np.array(aligned(scores, column), dtype=np.float64),
+        "cluster": np.array(aligned(quad / "scores" / "cluster", "cluster"), dtype=np.int64),
+        "embedding": np.array(aligned(quad / "scores" / "embed", "embedding"), dtype=np.float32),
+        "distances": np.load(quad / "clusters" / "centroid_distances.npy"),
+    }
+
+
+def replay(pool: dict[str, np.ndarray], options: dict[str, Any], k: int, seed: int) -> tuple:
+    keys = random_keys(list(pool["ids"]), seed)
+    features = pool_features(pool["embedding"], pool["tokens"])
+    bandit = make_bandit(
+        pool["cluster"],
+        keys,
+        pool["tokens"],
+        pool["distances"],
+        QuadOptions(**options),
+        Budget(docs=k),
+        seed,
+        features,
+    )
+    chosen = bandit.run(lambda groups: [pool["score"][g] for g in groups])
+    return chosen, bandit.state.evaluated
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workdir", type=Path, required=True)
+    parser.add_argument("--domain", default="scientific")
+    parser.add_argument("--column", default="influence", help="or influence_normalized")
+    parser.add_argument("--seeds", type=int, default=5)
+    args = parser.parse_args()
+    pool = load(args.workdir / "runs", args.column)
+    is_target = pool["domain"] == args.domain
+    k = int(is_target.sum())
+    top = np.sort(pool["score"])[-k:].mean()
+    rows = []
+    for name, options in VARIANTS.items():
+        ratios, precisions, shares = [], [], []
+        for seed in range(args.seeds):
+            chosen, evaluated = replay(pool, options, k, seed)
+            ratios.append(pool["score"][chosen].mean() / top)
+            precisions.append(is_target[chosen].mean())
+            shares.append(evaluated / len(pool["ids"]))
+        rows.append(
+            [
+                name,
+                f"{np.mean(shares):.3f}",
+                f"{np.mean(ratios):.3f} ± {np.std(ratios):.3f}",
+                f"{np.mean(precisions):.3f} ± {np.std(precisions):.3f}",
+            ]
+        )
+    top_precision = is_target[np.argsort(-pool["score"])[:k]].mean()
+    print(
+        f"{args.workdir}: pool {len(pool['ids'])}, k = {k}, column {args.column}, "
+        f"{args.seeds} seeds; top-k precision {top_precision:.3f}"
+    )
+    print_table(["variant", "scored", "mean / top-k", "precision"], rows)
+
+
+if __name__ == "__main__":
+    main()
