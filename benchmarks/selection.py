@@ -79,8 +79,8 @@ def raw_config(row: str, args: argparse.Namespace, paths: dict[str, Path], k: in
     select: dict[str, Any] = {"method": method, "budget": {"docs": k}}
     if options:
         select[method] = dict(options)
-    if normalize:
-        select["influence"] = {"normalize": True}
+    if method in ("influence", "quad"):
+        select["influence"] = {"normalize": normalize}
     raw: dict[str, Any] = {
         "input": {"paths": [str(paths["pool"])], "group_field": "domain", "rows_per_part": 500},
         "target": {"paths": [str(paths["target"])]},

@@ -115,8 +115,8 @@ class InfluenceOptions(_Strict):
     curvature: Literal["ekfac", "kfac", "identity"] = "ekfac"
     damping: float = Field(default=0.1, gt=0)
     projection_dim: int | None = Field(default=None, gt=0)
-    # Score I(z)/‖∇L(z)‖ (LESS) instead of I(z); the stage writes both columns either way.
-    normalize: bool = False
+    # Select by I(z)/‖∇L(z)‖ (LESS) rather than I(z); the stage writes both columns either way.
+    normalize: bool = True
     target_examples: int = Field(default=1_000, gt=0)
     max_chunks: int = Field(default=4, gt=0)
     batch_size: int = Field(default=8, gt=0)

@@ -244,14 +244,18 @@ def test_influence_topk_trains_a_proxy_and_matches_a_direct_scorer(
     model, tokenizer = load_proxy(str(output / "proxy"))
     scorer = InfluenceScorer(model, tokenizer, config.select.influence, 64, "cpu")
     texts = [d["text"] for d in pool]
-    expected = dict(zip(texts, scorer.fit(target_texts).score(texts), strict=True))
+    raw, normalized = scorer.fit(target_texts).score_both(texts)
     scores = read_folder(output / "scores" / "influence")
     docs = read_folder(output / "docs")
     text_of = dict(zip(docs["id"].to_pylist(), docs["text"].to_pylist(), strict=True))
-    got = [expected[text_of[i]] for i in scores["id"].to_pylist()]
-    assert np.allclose(scores["influence"].to_numpy(), got, rtol=1e-4, atol=1e-6)
-    chosen = read_folder(output / "selected")["influence"].to_numpy()
-    assert np.allclose(np.sort(chosen), np.sort(scores["influence"].to_numpy())[-15:])
+    for column, values in (("influence", raw), ("influence_normalized", normalized)):
+        expected = dict(zip(texts, values, strict=True))
+        got = [expected[text_of[i]] for i in scores["id"].to_pylist()]
+        assert np.allclose(scores[column].to_numpy(), got, rtol=1e-4, atol=1e-6)
+    assert config.select.influence.normalize, "the default ranks by normalised influence"
+    chosen = read_folder(output / "selected")["influence_normalized"].to_numpy()
+    best = np.sort(scores["influence_normalized"].to_numpy())[-15:]
+    assert np.allclose(np.sort(chosen), best)
 
 
 def test_influence_pool_scores_groups_like_the_stage(corpus_and_target, influence_run):
@@ -298,7 +302,7 @@ def test_quad_selects_with_influence_on_draws_only(tmp_path, corpus_and_target, 
     draws = sum(len(h["arms"]) for h in quad["history"])
     assert quad["influence_evaluated_docs"] <= 3 * draws and quad["influence_evaluated_docs"] <= 15
     assert quad["stopped"].startswith(("budget reached", "evaluation allowance spent"))
-    assert quad["score_column"] == "influence"
+    assert quad["score_column"] == "influence_normalized"
     assert not (tmp_path / "quad" / "scores" / "influence").exists(), "no full influence pass"
     assert sum(quad["selected_per_cluster"].values()) == 15
     assert [h["round"] for h in quad["history"]] == list(range(1, quad["rounds"] + 1))
