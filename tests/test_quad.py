@@ -282,3 +282,19 @@ def test_a_killed_predicted_run_resumes_to_the_uninterrupted_result(tmp_path):
     assert len(calls) == clean.state.round - 3, "finished rounds are not played again"
     assert resumed.state.history == clean.state.history
     assert resumed.state.filled == clean.state.filled
+
+
+def test_with_fewer_scores_than_features_the_ridge_stays_at_least_the_mean_variance():
+    """A bandit's usual case: 40 scored rows of 65 features. The least-squares interpolant would
+    fit them exactly; the model keeps λ ≥ mean(s²) and still ranks the unscored rows."""
+    rng = np.random.default_rng(2)
+    embeddings = rng.standard_normal((1000, 64))
+    truth = embeddings[:, :4] @ np.array([2.0, -1.0, 1.0, 0.5])
+    tokens = np.full(1000, 100)
+    scored = rng.choice(1000, size=40, replace=False)
+    model = InfluenceModel(pool_features(embeddings, tokens)).fit(scored, truth[scored])
+    x = model.features[scored].astype(np.float64)
+    singular = np.linalg.svd(x - x.mean(axis=0), compute_uv=False)
+    assert model.ridge >= np.mean(singular**2) * (1 - 1e-9)
+    rest = np.setdiff1d(np.arange(1000), scored)
+    assert np.corrcoef(model.predict(rest), truth[rest])[0, 1] > 0.5
