@@ -345,3 +345,28 @@ def test_classifier_scores_match_a_single_process_fit(ray_local, tmp_path, corpu
     np.testing.assert_allclose([got[i] for i in ids], [expected[i] for i in ids], rtol=1e-6)
     assert manifest["stages"]["classifier"]["summary"]["positive_docs"] == len(target_texts)
     assert manifest["by_group"]["selected"]["recipes"] == 15, "every pick a recipe"
+
+
+@pytest.mark.slow
+def test_quad_puts_any_costlier_text_stage_behind_its_rewards(
+    ray_local, tmp_path, corpus_and_target
+):
+    """`scorer: dsir`: the bandit computes the dsir column on its draws only, and its model and
+    fill still find the target's documents."""
+    corpus, target, _, _ = corpus_and_target
+    raw = base_config([corpus], tmp_path / "quad-dsir", method="quad", budget={"docs": 15})
+    raw["input"].update(group_field="domain", rows_per_part=40)
+    raw["target"] = {"paths": [str(target)]}
+    raw["select"]["quad"] = {
+        "clusters": 6,
+        "scorer": "dsir",
+        "score_column": "dsir_log_weight_per_ngram",
+        "max_evaluated": 0.2,
+    }
+    manifest = pipeline.run(parse_config(raw))
+    quad = manifest["quad"]
+    assert quad["score_column"] == "dsir_log_weight_per_ngram" and "dsir" in quad
+    assert 0 < quad["influence_evaluated_docs"] <= quad["evaluation_allowance_docs"] == 30
+    assert not (tmp_path / "quad-dsir" / "scores" / "dsir").exists(), "draws only"
+    assert manifest["selected_docs"] == 15
+    assert manifest["by_group"]["selected"].get("recipes", 0) >= 12
