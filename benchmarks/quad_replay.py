@@ -2,7 +2,8 @@
 
 Reads a finished benchmarks/selection.py work folder: influence of every pool document
 (runs/influence-topk/scores/influence), embeddings, clusters and centroid distances
-(runs/quad-paper), and the domain of each document. Each variant runs distsel's bandit with a
+(runs/quad-paper), each document's best cosine to the target (runs/similarity, the covariate
+the selector computes the same way) and its domain. Each variant runs distsel's bandit with a
 scorer that looks the true values up, so its selection is the one a pipeline run with the same
 settings would make. Columns: share of the pool scored, mean score / top-k's, precision on the
 held-out domain, spread over seeds.
@@ -33,7 +34,7 @@ from distsel.select.quad import make_bandit  # noqa: E402
 VARIANTS: dict[str, dict[str, Any]] = {
     "paper": {"within_cluster": "random"},
     "predicted": {},
-    "predicted, 10% scored": {"max_evaluated": 0.1},
+    "predicted, 5% scored": {"max_evaluated": 0.05},
     "predicted, 2% scored": {"max_evaluated": 0.02},
 }
 
@@ -68,12 +69,15 @@ def load(runs: Path, column: str) -> dict[str, np.ndarray]:
         "cluster": np.array(aligned(quad / "scores" / "cluster", "cluster"), dtype=np.int64),
         "embedding": np.array(aligned(quad / "scores" / "embed", "embedding"), dtype=np.float32),
         "distances": np.load(quad / "clusters" / "centroid_distances.npy"),
+        "target_cosine": np.array(
+            aligned(runs / "similarity" / "scores" / "similarity", "similarity"), dtype=np.float64
+        ),
     }
 
 
 def replay(pool: dict[str, np.ndarray], options: dict[str, Any], k: int, seed: int) -> tuple:
     keys = random_keys(list(pool["ids"]), seed)
-    features = pool_features(pool["embedding"], pool["tokens"])
+    features = pool_features(pool["embedding"], pool["tokens"], pool["target_cosine"])
     bandit = make_bandit(
         pool["cluster"],
         keys,

@@ -20,7 +20,8 @@ the first, clustering). `infl / topk`: mean raw influence of the selection over 
 `norm / topk`: the same for normalised influence against influence-topk-norm. The true values come
 from influence-topk's scores of every pool document. Target loss: a fresh proxy trained in this
 process on `--eval-train-tokens` tokens of each selection (influence_selection.evaluate_selection),
-mean nats/token over the target texts.
+mean nats/token over the target texts; kept in runs/<row>/eval.json and reused while the selection
+and the evaluation settings stay the same.
 
     python benchmarks/selection.py --domain scientific \
         --json benchmarks/results/selection_scientific.json
@@ -34,6 +35,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 import argparse
+import hashlib
 import json
 import logging
 import shutil
@@ -107,6 +109,12 @@ def prepare_folder(row: str, runs: Path) -> None:
     }.get(row)
     if source and (runs / source / "manifest.json").exists():
         copy_scored(runs / source, runs / row)
+
+
+def eval_key(ids: list[str], config: Any, seed: int) -> str:
+    """What an evaluation proxy's loss depends on: the selection, its settings and the seed."""
+    text = json.dumps([sorted(ids), config.model_dump(), seed], default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def ratio(selection: list[str], values: dict[str, float], best: list[str]) -> float | None:
@@ -188,12 +196,18 @@ def main() -> None:
     eval_config = eval_proxy_config(args, raw_config("random", args, paths, k))
     target_texts = [r["text"] for r in target]
     for row, selection in selections.items():
-        print(f"[{row}] training the evaluation proxy ...", file=sys.stderr, flush=True)
-        evaluation = evaluate_selection(
-            selection["text"], eval_config, args.seed, target_texts, target_texts[:1]
-        )
+        cache = paths["runs"] / row / "eval.json"
+        key = eval_key(selection["id"], eval_config, args.seed)
+        cached = json.loads(cache.read_text()) if cache.exists() else {}
+        if cached.get("key") != key:
+            print(f"[{row}] training the evaluation proxy ...", file=sys.stderr, flush=True)
+            evaluation = evaluate_selection(
+                selection["text"], eval_config, args.seed, target_texts, target_texts[:1]
+            )
+            cached = {"key": key, "target_loss": evaluation["target_loss"]}
+            cache.write_text(json.dumps(cached) + "\n")
         results[row].update(
-            target_loss=evaluation["target_loss"],
+            target_loss=cached["target_loss"],
             influence_ratio=ratio(selection["id"], raw_values, best_raw),
             normalized_ratio=ratio(selection["id"], norm_values, best_norm),
         )

@@ -141,7 +141,7 @@ class QuadOptions(_Strict):
     # blocks and fills what the bandit leaves; `random`: the paper's form.
     within_cluster: Literal["predicted", "random"] = "predicted"
     # With `predicted`: the share of the pool whose score the bandit may compute.
-    max_evaluated: float = Field(default=0.05, gt=0, le=1)
+    max_evaluated: float = Field(default=0.1, gt=0, le=1)
     # The costly score behind the rewards: a stage's column (default: the influence column
     # that select.influence.normalize names).
     scorer: str = "influence"

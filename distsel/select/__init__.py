@@ -225,7 +225,8 @@ class QuadSelector:
         stage, column = _quad_scorer(config, context)
         features = None
         if options.within_cluster == "predicted":
-            features = pool_features(gather_embeddings(context.store, pool), pool.tokens)
+            embeddings = gather_embeddings(context.store, pool)
+            features = pool_features(embeddings, pool.tokens, _target_cosine(config, embeddings))
         clusters = pool.scores["cluster"].astype(np.int64)
         bandit = make_bandit(
             clusters,
@@ -246,6 +247,20 @@ class QuadSelector:
             scorer.close()
         section = {"budget": _budget(config), **options.model_dump(), "score_column": column}
         return chosen, {**section, **bandit.summary(clusters), stage.name: stage.summary}
+
+
+def _target_cosine(config: Config, embeddings: np.ndarray) -> np.ndarray:
+    """Each pool document's best cosine to the target examples (RDS+'s max), a covariate of
+    Quad's influence model."""
+    from distsel.corpus import read_texts
+    from distsel.scoring.embed import EmbedStage, embed_texts_on_cluster
+    from distsel.scoring.similarity import cosine_scores
+
+    target = config.target
+    texts = read_texts(target.paths, target.text_field, target.storage_options)
+    resources = EmbedStage.from_config(config, EmbedStage.default_resources).resources
+    vectors = embed_texts_on_cluster({"target": texts}, config.embed, resources)["target"]
+    return cosine_scores(embeddings, vectors.astype(embeddings.dtype), "max")
 
 
 def _quad_scorer(config: Config, context: StageContext) -> tuple[Any, str]:

@@ -318,7 +318,7 @@ class PredictedQuadBandit(QuadBandit):
         options: QuadOptions,
         budget: Budget,
         seed: int,
-        features: np.ndarray,
+        features: tuple[np.ndarray, np.ndarray],
     ) -> None:
         super().__init__(clusters, random_key, tokens, centroid_distances, options, budget, seed)
         self.random_key = random_key
@@ -496,7 +496,7 @@ def make_bandit(
     options: QuadOptions,
     budget: Budget,
     seed: int,
-    features: np.ndarray | None = None,
+    features: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> QuadBandit:
     """The paper's bandit, or with `within_cluster: predicted` the one with an influence model."""
     arguments = (clusters, random_key, tokens, centroid_distances, options, budget, seed)
