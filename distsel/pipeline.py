@@ -49,7 +49,13 @@ def connect_ray(address: str | None = None) -> None:
             os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
             # Idle workers are kept for a minute, not a second, so that the next stage's tasks
             # do not wait for new worker processes.
-            ray.init(include_dashboard=False, _system_config=LOCAL_RAY_SETTINGS, **options)
+            # "local": a Ray started with `ray start` on this machine is joined only when named.
+            ray.init(
+                address="local",
+                include_dashboard=False,
+                _system_config=LOCAL_RAY_SETTINGS,
+                **options,
+            )
     console.quiet_ray_data()
 
 

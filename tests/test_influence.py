@@ -93,6 +93,8 @@ def proxy() -> dict:
 
 
 def make_scorer(proxy: dict, layer_names: tuple[str, ...] | None = None, **options: object):
+    """A scorer whose `score` is the raw I(z) unless the test asks for normalize."""
+    options.setdefault("normalize", False)
     return InfluenceScorer(
         proxy["model"],
         proxy["tokenizer"],
