@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from heldout_precision import print_table  # noqa: E402
+from quad_sensitivity import read_parts  # noqa: E402
 
 from distsel.config import Budget, QuadOptions  # noqa: E402
 from distsel.select.influence_model import pool_features  # noqa: E402
@@ -37,15 +37,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "predicted, 5% scored": {"max_evaluated": 0.05},
     "predicted, 2% scored": {"max_evaluated": 0.02},
 }
-
-
-def read_parts(folder: Path, columns: list[str]) -> dict[str, list[Any]]:
-    found: dict[str, list[Any]] = {name: [] for name in columns}
-    for path in sorted(folder.glob("*.parquet")):
-        table = pq.read_table(path, columns=columns)
-        for name in columns:
-            found[name] += table.column(name).to_pylist()
-    return found
 
 
 def load(runs: Path, column: str) -> dict[str, np.ndarray]:
