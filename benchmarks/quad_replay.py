@@ -2,11 +2,11 @@
 
 Reads a finished benchmarks/selection.py work folder: influence of every pool document
 (runs/influence-topk/scores/influence), embeddings, clusters and centroid distances
-(runs/quad-paper), each document's best cosine to the target (runs/similarity, the covariate
-the selector computes the same way) and its domain. Each variant runs distsel's bandit with a
-scorer that looks the true values up, so its selection is the one a pipeline run with the same
-settings would make. Columns: share of the pool scored, mean score / top-k's, precision on the
-held-out domain, spread over seeds.
+(runs/quad-paper), each document's best cosine to the target (runs/similarity) and classifier
+score (runs/classifier), the covariates the selector computes the same way, and its domain.
+Each variant runs distsel's bandit with a scorer that looks the true values up, so its selection
+is the one a pipeline run with the same settings would make. Columns: share of the pool
+scored, mean score / top-k's, precision on the held-out domain, spread over seeds.
 
     python benchmarks/quad_replay.py --workdir /tmp/selbench_sci --domain scientific
 """
@@ -63,12 +63,18 @@ def load(runs: Path, column: str) -> dict[str, np.ndarray]:
         "target_cosine": np.array(
             aligned(runs / "similarity" / "scores" / "similarity", "similarity"), dtype=np.float64
         ),
+        "classifier": np.array(
+            aligned(runs / "classifier" / "scores" / "classifier", "classifier_score"),
+            dtype=np.float64,
+        ),
     }
 
 
 def replay(pool: dict[str, np.ndarray], options: dict[str, Any], k: int, seed: int) -> tuple:
     keys = random_keys(list(pool["ids"]), seed)
-    features = pool_features(pool["embedding"], pool["tokens"], pool["target_cosine"])
+    features = pool_features(
+        pool["embedding"], pool["tokens"], pool["target_cosine"], pool["classifier"]
+    )
     bandit = make_bandit(
         pool["cluster"],
         keys,

@@ -10,6 +10,7 @@ documents left in the pool. Rows, in run order (one local Ray):
   similarity            RDS+ cosine on MiniLM embeddings (embed.max_length --embed-max-length)
   influence-topk        trains the proxy, influence of every pool document, top-k by I(z)
   influence-topk-norm   the same scores (its selection phase only), top-k by I(z)/‖∇L(z)‖
+  influence-topk-max    its proxy, `target_aggregation: max` (best cosine over target examples)
   quad-paper            `within_cluster: random`, raw influence (Zhang et al.'s form)
   quad                  distsel's default Quad (influence model), raw influence
   quad-norm             the same with select.influence.normalize: true
@@ -69,6 +70,7 @@ ROWS: dict[str, tuple[str, dict[str, Any], bool]] = {
     "similarity": ("similarity", {}, False),
     "influence-topk": ("influence", {}, False),
     "influence-topk-norm": ("influence", {}, True),
+    "influence-topk-max": ("influence", {"target_aggregation": "max"}, True),
     "quad-paper": ("quad", {"within_cluster": "random"}, False),
     "quad": ("quad", {}, False),
     "quad-norm": ("quad", {}, True),
@@ -82,7 +84,7 @@ def raw_config(row: str, args: argparse.Namespace, paths: dict[str, Path], k: in
     if options:
         select[method] = dict(options)
     if method in ("influence", "quad"):
-        select["influence"] = {"normalize": normalize}
+        select["influence"] = {**select.get("influence", {}), "normalize": normalize}
     raw: dict[str, Any] = {
         "input": {"paths": [str(paths["pool"])], "group_field": "domain", "rows_per_part": 500},
         "target": {"paths": [str(paths["target"])]},
@@ -92,7 +94,7 @@ def raw_config(row: str, args: argparse.Namespace, paths: dict[str, Path], k: in
         "proxy": {"train_tokens": args.proxy_train_tokens},
         "seed": args.seed,
     }
-    if method == "quad":
+    if method == "quad" or row == "influence-topk-max":
         raw["proxy"]["path"] = str(paths["runs"] / "influence-topk" / "proxy")
     if method == "influence":
         raw["stages"] = {"influence": {"num_cpus": 1, "pool_size": 2}}

@@ -117,6 +117,10 @@ class InfluenceOptions(_Strict):
     projection_dim: int | None = Field(default=None, gt=0)
     # Select by I(z)/‖∇L(z)‖ (LESS) rather than I(z); the stage writes both columns either way.
     normalize: bool = True
+    # `mean`: against the gradient of the whole target's mean loss; `max`: a document's best match
+    # over the target examples (LESS, RDS+), in a projected space of projection_dim (default
+    # MAX_AGGREGATION_DIM) dimensions.
+    target_aggregation: Literal["mean", "max"] = "mean"
     target_examples: int = Field(default=1_000, gt=0)
     max_chunks: int = Field(default=4, gt=0)
     batch_size: int = Field(default=8, gt=0)
@@ -137,7 +141,8 @@ class QuadOptions(_Strict):
     draws_per_arm: int = Field(default=10, gt=0)
     docs_per_accept: int | None = Field(default=None, gt=0)
     rounds: int = Field(default=200, gt=0)
-    # `predicted`: an influence model (ridge on embeddings) orders each arm's documents, sizes
+    # `predicted`: an influence model (ridge on embeddings; length, target cosine and the
+    # classifier stage's score as covariates) orders each arm's documents, sizes
     # blocks and fills what the bandit leaves; `random`: the paper's form.
     within_cluster: Literal["predicted", "random"] = "predicted"
     # With `predicted`: the share of the pool whose score the bandit may compute.

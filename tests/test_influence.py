@@ -407,3 +407,54 @@ def test_gradient_squared_norms_match_explicit_gradients() -> None:
     b = torch.randn(4, 7, 3, generator=generator, dtype=torch.float64)
     explicit = torch.einsum("bto,bti->boi", b, a).pow(2).sum(dim=(1, 2))
     torch.testing.assert_close(gradient_squared_norms(a, b), explicit)
+
+
+def short_texts(proxy: dict, texts: list[str], count: int) -> list[str]:
+    """`count` texts of one chunk each (more than 8 tokens, at most MAX_LENGTH)."""
+    lengths = [len(ids) for ids in proxy["tokenizer"](texts)["input_ids"]]
+    return [t for t, n in zip(texts, lengths, strict=True) if 8 < n <= MAX_LENGTH][:count]
+
+
+def test_max_aggregation_is_the_best_cosine_to_a_target_example(proxy: dict) -> None:
+    """Identity curvature, no effective projection: the normalised score is max_j cos(g_z, g_j)
+    and the raw one max_j ⟨g_z, g_j/‖g_j‖⟩, from gradients formed explicitly."""
+    targets = short_texts(proxy, proxy["target"], 6)
+    candidates = short_texts(proxy, proxy["candidates"], 10)
+    scorer = make_scorer(
+        proxy, CHOSEN, curvature="identity", target_aggregation="max", projection_dim=10**6
+    ).fit(targets)
+    assert scorer.projector is not None and scorer.dim == sum(
+        np.prod(scorer._shape(name)) for name in CHOSEN
+    )
+
+    def flat(texts: list[str]) -> np.ndarray:
+        grads = scorer.per_example_gradients(texts)
+        return np.concatenate([grads[name].reshape(len(texts), -1) for name in CHOSEN], axis=1)
+
+    g_z, g_j = flat(candidates), flat(targets)
+    units = g_j / np.linalg.norm(g_j, axis=1, keepdims=True)
+    raw, normalized = scorer.score_both(candidates)
+    np.testing.assert_allclose(raw, (g_z @ units.T).max(axis=1), rtol=1e-8)
+    cosines = g_z @ units.T / np.linalg.norm(g_z, axis=1, keepdims=True)
+    np.testing.assert_allclose(normalized, cosines.max(axis=1), rtol=1e-8)
+
+
+def test_max_over_one_target_example_ranks_as_mean(proxy: dict) -> None:
+    """With one target chunk, max and mean agree up to the scale ‖H‖ (EK-FAC, projected), and
+    the state round trip keeps the target examples."""
+    target = short_texts(proxy, proxy["target"], 1)
+    candidates = proxy["candidates"][:12]
+    options = {"curvature": "ekfac", "projection_dim": 512}
+    mean = make_scorer(proxy, **options).fit(target)
+    best = make_scorer(proxy, target_aggregation="max", **options).fit(target)
+    scale = np.linalg.norm(mean.target_vector())
+    np.testing.assert_allclose(best.score(candidates) * scale, mean.score(candidates), rtol=1e-6)
+    restored = InfluenceScorer.from_state(
+        proxy["model"], proxy["tokenizer"], best.options, MAX_LENGTH, "cpu", best.state()
+    )
+    np.testing.assert_array_equal(restored.score(candidates), best.score(candidates))
+    arrays = mean.state()
+    with pytest.raises(DistselError, match="target_examples"):
+        InfluenceScorer.from_state(
+            proxy["model"], proxy["tokenizer"], best.options, MAX_LENGTH, "cpu", arrays
+        )

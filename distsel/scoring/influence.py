@@ -37,6 +37,12 @@ I(z)/‖∇L(z)‖ with ‖∇L(z)‖² = Σ_l ‖G_l‖²_F, and per layer, fro
 
 (projected a_t, b_t under a projection: the norm of the projected gradient).
 
+Target aggregation. `mean` scores against g_R, the gradient of the target's mean loss. `max`
+(after LESS and RDS+, which take a document's best match over target examples or tasks) scores
+against each target chunk j on its own, H_j = (G + λI)⁻¹ ∇L(j) under the same curvature, projected
+and scaled to unit length, and keeps the best: I(z) = max_j ⟨P∇L(z), PH_j⟩ / ‖PH_j‖ (normalised:
+also divided by ‖P∇L(z)‖, a cosine). The projection keeps the n_targets × d matrix of PH_j small.
+
 Projection (optional, seeded): per layer P_l = P_out ⊗ P_in, P_out (k_out × out), P_in (k_in × in)
 with Rademacher or Gaussian entries of variance 1/k, so E[⟨Px, Py⟩] = ⟨x, y⟩, and
 k_out · k_in ≈ d / n_layers (a factor whose k reaches its side is the identity). Then
@@ -75,6 +81,8 @@ MLP = ("gate_proj", "up_proj", "down_proj")
 # otherwise be tokenized in full only to keep max_chunks × max_length tokens).
 CHARS_PER_TOKEN_CUT = 16
 TIMERS = ("forward_backward", "projection", "rest")
+# Projected dimension of `target_aggregation: max` when projection_dim is unset.
+MAX_AGGREGATION_DIM = 8192
 
 
 def find_linear_layers(model: nn.Module, suffixes: Sequence[str]) -> dict[str, nn.Linear]:
@@ -272,6 +280,8 @@ class InfluenceScorer:
         self.dtype = torch.float64 if dtype == torch.float64 else torch.float32
         self.ihvp: dict[str, Tensor] | None = None
         self.target_gradient: dict[str, Tensor] | None = None
+        # with target_aggregation max: (n_target_chunks, dim) unit rows PH_j
+        self.target_examples: Tensor | None = None
         # per layer (Q_S, Q_A, Λ) after fit with K-FAC or EK-FAC; G_l = (Q_S ⊗ Q_A) diag(Λ) (…)ᵀ
         self.curvature: dict[str, tuple[Tensor, Tensor, Tensor]] = {}
         self.projector: KroneckerProjection | None = None
@@ -301,6 +311,8 @@ class InfluenceScorer:
             else:
                 self.ihvp = self._precondition(chunks, sums)
             self._set_projection()
+            if self.options.target_aggregation == "max":
+                self.target_examples = self._target_example_vectors(chunks)
         return self
 
     def score(self, texts: Sequence[str]) -> np.ndarray:
@@ -312,6 +324,8 @@ class InfluenceScorer:
     def score_both(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """(raw, normalised) influence per text, from one forward/backward per chunk."""
         ihvp = self._fitted()
+        if self.target_examples is not None:
+            return self._score_max(texts, self.target_examples)
         with self._total():
             chunks, owners = self._chunks(texts)
             raw, squared_norms = np.zeros(len(chunks)), np.zeros(len(chunks))
@@ -329,6 +343,33 @@ class InfluenceScorer:
             count = len(texts)
             return mean_by_owner(raw, owners, count), mean_by_owner(normalized, owners, count)
 
+    def _score_max(self, texts: Sequence[str], examples: Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """max_j over target chunks of the mean over a text's chunks of ⟨Pg, ĥ_j⟩ (raw) and
+        ⟨Pg, ĥ_j⟩/‖Pg‖ (normalised)."""
+        with self._total():
+            chunks, owners = self._chunks(texts)
+            raw = np.zeros((len(chunks), len(examples)))
+            normalized = np.zeros_like(raw)
+            for indices, batch in self._batches(chunks):
+                gradients = self._projected_gradients(batch)
+                dots = gradients @ examples.T
+                norms = gradients.double().norm(dim=1, keepdim=True)
+                raw[indices] = dots.double().cpu().numpy()
+                normalized[indices] = torch.where(norms > 0, dots / norms, 0.0).cpu().numpy()
+            count = len(texts)
+            return (
+                mean_by_owner(raw, owners, count).max(axis=1),
+                mean_by_owner(normalized, owners, count).max(axis=1),
+            )
+
+    def _projected_gradients(self, batch: Batch) -> Tensor:
+        """(B, dim): per layer P_out ∇L P_inᵀ = Σ_t (P_out b_t)(P_in a_t)ᵀ, flattened and joined."""
+        parts = []
+        for name in self.layers:
+            a, b = self._projected_pair(name, batch)
+            parts.append(torch.einsum("bto,bti->boi", b, a).flatten(1))
+        return torch.cat(parts, dim=1)
+
     def project_gradients(self, texts: Sequence[str]) -> np.ndarray:
         """(n_docs, d) float32: per layer P_out ∇L P_inᵀ flattened, layers concatenated, mean
         over chunks; `score(texts) == project_gradients(texts) @ target_vector()` (up to rounding).
@@ -337,11 +378,7 @@ class InfluenceScorer:
             chunks, owners = self._chunks(texts)
             rows = np.zeros((len(chunks), self.dim), dtype=np.float64)
             for indices, batch in self._batches(chunks):
-                parts = []
-                for name in self.layers:
-                    a, b = self._projected_pair(name, batch)
-                    parts.append(torch.einsum("bto,bti->boi", b, a).flatten(1))
-                rows[indices] = torch.cat(parts, dim=1).double().cpu().numpy()
+                rows[indices] = self._projected_gradients(batch).double().cpu().numpy()
             return mean_by_owner(rows, owners, len(texts)).astype(np.float32)
 
     def target_vector(self) -> np.ndarray:
@@ -381,6 +418,8 @@ class InfluenceScorer:
         ihvp = self._full_ihvp()
         arrays = {f"ihvp/{name}": h.cpu().numpy() for name, h in ihvp.items()}
         arrays["seed"] = np.asarray(self.seed, dtype=np.int64)
+        if self.target_examples is not None:
+            arrays["target_examples"] = self.target_examples.cpu().numpy()
         return arrays
 
     @classmethod
@@ -400,6 +439,8 @@ class InfluenceScorer:
         scorer = cls(model, tokenizer, options, max_length, device, seed=_seed(arrays), **kwargs)
         scorer.ihvp = scorer._load_ihvp(arrays)
         scorer._set_projection()
+        if options.target_aggregation == "max":
+            scorer.target_examples = scorer._load_target_examples(arrays)
         return scorer
 
     @property
@@ -448,12 +489,30 @@ class InfluenceScorer:
             bases = {name: (q_s, q_a, refit[name]) for name, (q_s, q_a, _) in bases.items()}
         assert self.target_gradient is not None
         self.curvature = bases
-        ihvp = {}
-        for name, (q_s, q_a, eigenvalues) in bases.items():
-            damping = self.options.damping * eigenvalues.mean()
-            rotated = q_s.T @ self.target_gradient[name] @ q_a
-            ihvp[name] = (q_s @ (rotated / (eigenvalues + damping)) @ q_a.T).to(self.dtype)
-        return ihvp
+        return {name: self._inverse(name, g) for name, g in self.target_gradient.items()}
+
+    def _inverse(self, name: str, gradients: Tensor) -> Tensor:
+        """(G_l + λ_l I)⁻¹ g for gradients (..., out, in) of layer `name`; g under identity."""
+        if self.options.curvature == "identity":
+            return gradients.to(self.dtype)
+        q_s, q_a, eigenvalues = self.curvature[name]
+        damping = self.options.damping * eigenvalues.mean()
+        rotated = q_s.T @ gradients.double() @ q_a
+        return (q_s @ (rotated / (eigenvalues + damping)) @ q_a.T).to(self.dtype)
+
+    def _target_example_vectors(self, chunks: list[list[int]]) -> Tensor:
+        """(n_chunks, dim): each target chunk's P(G + λI)⁻¹∇L(j), scaled to unit length."""
+        assert self.projector is not None
+        rows = torch.zeros((len(chunks), self.dim), dtype=self.dtype, device=self.device)
+        for indices, batch in self._batches(chunks):
+            parts = []
+            for name in self.layers:
+                gradients = torch.einsum("bto,bti->boi", batch.grads[name], batch.inputs[name])
+                inverse = self._inverse(name, gradients)
+                parts.append(self.projector.matrix(name, inverse).flatten(1))
+            rows[torch.as_tensor(indices, device=self.device)] = torch.cat(parts, dim=1)
+        norms = rows.norm(dim=1, keepdim=True)
+        return torch.where(norms > 0, rows / norms, 0.0)
 
     def _refit_eigenvalues(
         self, chunks: list[list[int]], bases: dict[str, tuple[Tensor, Tensor, Tensor]]
@@ -472,6 +531,8 @@ class InfluenceScorer:
 
     def _set_projection(self) -> None:
         dim = self.options.projection_dim
+        if dim is None and self.options.target_aggregation == "max":
+            dim = MAX_AGGREGATION_DIM
         if dim is None:
             self.projector, self._projected = None, None
             return
@@ -569,6 +630,15 @@ class InfluenceScorer:
                 )
             ihvp[name] = torch.from_numpy(array.copy()).to(self.device, self.dtype)
         return ihvp
+
+    def _load_target_examples(self, arrays: dict[str, np.ndarray]) -> Tensor:
+        examples = np.asarray(arrays.get("target_examples", np.zeros((0, 0))))
+        if examples.dtype.kind != "f" or examples.ndim != 2 or examples.shape[1] != self.dim:
+            raise DistselError(
+                f"influence state: target_examples has {examples.dtype} {examples.shape}, "
+                f"expected a float array of shape (n, {self.dim})"
+            )
+        return torch.from_numpy(examples.copy()).to(self.device, self.dtype)
 
     @contextmanager
     def _timer(self, key: str) -> Iterator[None]:
@@ -672,6 +742,7 @@ class InfluenceStage(Stage):
             "layers": self.options.layers,
             "curvature": self.options.curvature,
             "projection_dim": self.options.projection_dim,
+            "target_aggregation": self.options.target_aggregation,
         }
 
     def setup(self) -> None:

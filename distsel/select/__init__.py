@@ -211,6 +211,8 @@ class QuadSelector:
     only on a few draws per pull."""
 
     def required_stages(self, config: Config) -> tuple[str, ...]:
+        if config.select.quad.within_cluster == "predicted":
+            return ("embed", "cluster", "classifier")
         return ("embed", "cluster")
 
     def select(
@@ -226,7 +228,12 @@ class QuadSelector:
         features = None
         if options.within_cluster == "predicted":
             embeddings = gather_embeddings(context.store, pool)
-            features = pool_features(embeddings, pool.tokens, _target_cosine(config, embeddings))
+            features = pool_features(
+                embeddings,
+                pool.tokens,
+                _target_cosine(config, embeddings),
+                _column(pool, "classifier_score"),
+            )
         clusters = pool.scores["cluster"].astype(np.int64)
         bandit = make_bandit(
             clusters,

@@ -4,7 +4,8 @@ NeurIPS 2024), here a ridge regression that a bandit refits each round on every 
 influence it has computed so far.
 
 Features: the document's embedding e (penalised) and a few cheap covariates c, left unpenalised:
-log(1 + tokens) and the document's best cosine to the target examples. Each column is
+log(1 + tokens) and, as the selector passes them, the document's best cosine to the target
+examples and its target-vs-pool classifier score (distsel.scoring.classifier). Each column is
 standardised over the pool. With the n scored rows, Z = [1, C] and M = I − Z(ZᵀZ)⁻¹Zᵀ (Frisch–
 Waugh–Lovell: the ridge acts on what the covariates leave), M E = U diag(s) Vᵀ:
 
@@ -31,13 +32,12 @@ def standardized(columns: np.ndarray) -> np.ndarray:
 
 
 def pool_features(
-    embeddings: np.ndarray, tokens: np.ndarray, target_cosine: np.ndarray | None = None
+    embeddings: np.ndarray, tokens: np.ndarray, *covariates: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """(penalised, free) features: the standardised embeddings, and the standardised covariates
-    log(1 + tokens) and (when given) the best cosine to the target."""
+    log(1 + tokens) and any others given (one value per document each)."""
     free = [np.log1p(np.asarray(tokens, dtype=np.float64))]
-    if target_cosine is not None:
-        free.append(np.asarray(target_cosine, dtype=np.float64))
+    free += [np.asarray(column, dtype=np.float64) for column in covariates]
     return standardized(embeddings), standardized(np.column_stack(free))
 
 
