@@ -145,7 +145,7 @@ def ingest(config: Any) -> tuple[Any, Any]:
 
 
 def search(config: Any, pool: Any, context: Any, label: str, **mixture: Any) -> dict[str, Any]:
-    from distsel.mixture import run_mixture_search
+    from distsel.select.mixture import run_mixture_search
 
     config = config.model_copy(update={"mixture": config.mixture.model_copy(update=mixture)})
     context = type(context)(config, context.store, context.parts)

@@ -94,7 +94,7 @@ def run(config: Config, address: str | None = None, phase: Phase = "all") -> dic
         summary = {**counts(scored.ingested), "stages": scored.timings, "phase": phase}
         return _finish(store, "scoring.json", summary, started)
     if phase == "mixture":
-        from distsel.mixture import run_mixture_search
+        from distsel.select.mixture import run_mixture_search
 
         stages = [s.name for s in scored.stages]
         pool = gather_pool(store, scored.parts, stages, config, scored.dropped)

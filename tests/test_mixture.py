@@ -17,17 +17,17 @@ from conftest import stdlib_paragraphs, write_jsonl
 from ray import tune
 
 from distsel.config import Budget, parse_config
-from distsel.mixture import (
+from distsel.mixture.simplex import (
     apportion,
     dirichlet_to_simplex,
     from_simplex,
     natural_weights,
-    sample_by_weights,
     softmax,
     to_simplex,
     uniform_weights,
 )
 from distsel.report import write_report
+from distsel.select.mixture import sample_by_weights
 from distsel.select.pool import Pool
 
 PROSE = stdlib_paragraphs(260)
@@ -199,7 +199,7 @@ def make_run(corpus: Path, out: Path, **mixture):
 
 
 def test_tune_search_end_to_end_with_optuna_and_asha(ray_local, corpus, tmp_path):
-    from distsel.mixture import MixtureSelector, run_mixture_search
+    from distsel.select.mixture import MixtureSelector, run_mixture_search
 
     config, pool, context = make_run(corpus, tmp_path / "out")
     chosen, section = MixtureSelector().select(pool, config, context)
@@ -232,7 +232,8 @@ def test_tune_search_end_to_end_with_optuna_and_asha(ray_local, corpus, tmp_path
 
 
 def test_the_proxy_trainable_is_deterministic(corpus, tmp_path, ray_local):
-    from distsel.mixture.search import prepare_data, train_mixture
+    from distsel.mixture.trials import train_mixture
+    from distsel.select.mixture import prepare_data
 
     config, pool, context = make_run(corpus, tmp_path / "out", train_tokens=2048, report_every=2)
     data, _ = prepare_data(pool, config, context)
@@ -281,8 +282,8 @@ class InterruptOnce(tune.Callback):
 def test_an_interrupted_search_resumes_without_rerunning_finished_trials(
     ray_local, corpus, tmp_path
 ):
-    from distsel.mixture import run_mixture_search
-    from distsel.mixture.search import MixtureInterrupted
+    from distsel.mixture.tune import MixtureInterrupted
+    from distsel.select.mixture import run_mixture_search
 
     out = tmp_path / "out"
     config, pool, context = make_run(corpus, out, trials=6, asha=False, max_concurrent=1)
@@ -308,7 +309,7 @@ def test_an_interrupted_search_resumes_without_rerunning_finished_trials(
 
 @pytest.mark.slow
 def test_regmix_end_to_end(ray_local, corpus, tmp_path):
-    from distsel.mixture import run_mixture_search
+    from distsel.select.mixture import run_mixture_search
 
     config, pool, context = make_run(
         corpus, tmp_path / "out", mode="regmix", trials=3, regmix_samples=2000, regmix_top=20

@@ -22,18 +22,16 @@ from distsel.scoring.proxy import (
     EOS,
     INFO_FILE,
     PerplexityStage,
-    build_proxy,
-    default_intermediate,
     document_losses,
     encode_documents,
     ensure_proxy,
-    learning_rate_factor,
     load_proxy,
     make_tokenizer,
     save_proxy,
     train_proxy,
     training_resources,
 )
+from distsel.scoring.training import build_proxy, default_intermediate, learning_rate_factor
 from distsel.stage import StageContext
 from distsel.storage import Store
 

@@ -20,17 +20,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from distsel.errors import DistselError
-from distsel.mixture import uniform_weights
-from distsel.mixture.search import (
-    METRIC,
-    MixtureData,
-    baselines,
-    experiment_for,
-    run_experiment,
-    train_once,
-    trainable,
-    trial_table,
-)
+from distsel.mixture.simplex import uniform_weights
+from distsel.mixture.trials import MixtureData
+from distsel.mixture.tune import baselines, experiment_for, run_grid, train_once, trial_table
 
 if TYPE_CHECKING:
     from distsel.config import Config
@@ -177,25 +169,13 @@ def regmix_search(
     """mode regmix: the natural and uniform mixtures plus `trials` Dirichlet draws, each trained
     to the full budget through Tune (no early stopping); the regression's optimum, then trained
     with the same budget (once: its result is kept under OUTPUT/mixture/runs)."""
-    from ray import tune
-
     options, k = config.mixture, len(data.groups)
     rng = np.random.default_rng([config.seed, 0x7265676D6978])
     cap = epoch_cap(data)
     points = {"natural": natural, "uniform": uniform_weights(k)}
     mixtures = [natural, points["uniform"], *dirichlet_mixtures(natural, options.trials, rng, cap)]
     experiment = experiment_for(config, store, data, "regmix")
-    space = {"weights": tune.grid_search([np.round(m, 12).tolist() for m in mixtures])}
-    settings = tune.TuneConfig(
-        num_samples=1,
-        max_concurrent_trials=options.max_concurrent,
-        metric=METRIC,
-        mode="min",
-        reuse_actors=True,
-    )
-    grid, before = run_experiment(
-        experiment, trainable(data, options), space, settings, len(mixtures), callbacks
-    )
+    grid, before = run_grid(experiment, data, options, mixtures, callbacks)
     rows = trial_table(grid, data, points)
     done = [r for r in rows if r["status"] == "completed" and r["target_loss"] is not None]
     if len(done) < 2:

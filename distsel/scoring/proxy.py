@@ -1,8 +1,6 @@
-"""The proxy LM: a small decoder-only Llama trained from scratch on a sample of the pool (or a
-user's local checkpoint), and the per-document losses that perplexity and influence build on.
-
-Llama — Touvron et al., "LLaMA: Open and Efficient Foundation Language Models" (2023): pre-norm
-decoder (RMSNorm), rotary positions, SwiGLU MLP; here with tied input/output embeddings.
+"""The proxy LM: a small decoder-only Llama (distsel.scoring.training) trained from scratch on a
+sample of the pool (or a user's local checkpoint), and the per-document losses that perplexity
+and influence build on.
 
 A proxy trained here lives in one folder (local or s3://): `model.safetensors` and `config.json`
 from `save_pretrained`, the tokenizer files, and `distsel_proxy.json` (training summary and the
@@ -32,6 +30,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from distsel.errors import DistselError
 from distsel.scoring.embed import CHARS_PER_TOKEN_CUT, _dtype_kwarg, _with_cluster_gpus
+from distsel.scoring.training import build_proxy, train_steps
 from distsel.stage import Resources, Stage, StageContext
 from distsel.storage import Store, open_fs
 
@@ -116,35 +115,6 @@ def make_tokenizer(config: ProxyConfig, texts: Sequence[str]) -> Any:
 # Model
 
 
-def default_intermediate(hidden: int) -> int:
-    """SwiGLU width with the parameters of a 4·hidden MLP: 8/3 · hidden, rounded up to a
-    multiple of 8."""
-    return 8 * math.ceil(8 * hidden / 3 / 8)
-
-
-def build_proxy(config: ProxyConfig, vocab_size: int) -> LlamaForCausalLM:
-    """A freshly initialised Llama with tied embeddings; with V = vocab_size, h = hidden,
-    I = intermediate and L = layers, its parameter count is
-
-        V·h + L·(4h² + 3h·I + 2h) + h
-
-    (embeddings; per layer q/k/v/o projections, gate/up/down MLP and two RMSNorms; final norm).
-    """
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    llama = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=config.hidden,
-        intermediate_size=config.intermediate or default_intermediate(config.hidden),
-        num_hidden_layers=config.layers,
-        num_attention_heads=config.heads,
-        num_key_value_heads=config.heads,
-        max_position_embeddings=config.max_length,
-        tie_word_embeddings=True,
-    )
-    return LlamaForCausalLM(llama)
-
-
 def count_parameters(model: torch.nn.Module) -> int:
     """Distinct parameters (a tied matrix counts once)."""
     return sum(p.numel() for p in model.parameters())
@@ -191,15 +161,6 @@ def pack(stream: np.ndarray, length: int) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(stream[: count * length])).view(count, length)
 
 
-def learning_rate_factor(step: int, warmup: int, steps: int) -> float:
-    """Multiplier of the peak rate at (0-based) `step`: (step + 1) / W during the W warm-up steps,
-    then cosine decay to 10 %: 0.1 + 0.9 · ½ (1 + cos(π · (step − W) / (S − W)))."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, steps - warmup)
-    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
 def batch_indices(count: int, batch_size: int, steps: int, seed: int) -> Iterator[torch.Tensor]:
     """`steps` batches of sequence indices: seeded permutations of 0..count-1, one after another
     (the data repeats when it holds fewer than steps × batch_size sequences)."""
@@ -212,22 +173,12 @@ def batch_indices(count: int, batch_size: int, steps: int, seed: int) -> Iterato
         pool = pool[batch_size:]
 
 
-def make_optimizer(model: torch.nn.Module, config: ProxyConfig) -> torch.optim.Optimizer:
-    """AdamW, β = (0.9, 0.95), weight decay 0.1 on matrices only (not on norms)."""
-    params = list(model.parameters())
-    groups = [
-        {"params": [p for p in params if p.ndim >= 2], "weight_decay": 0.1},
-        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(groups, lr=config.learning_rate, betas=(0.9, 0.95))
-
-
 def train_proxy(
     texts: Sequence[str], config: ProxyConfig, seed: int, device: str = "cpu"
 ) -> tuple[LlamaForCausalLM, PreTrainedTokenizerBase, dict[str, Any]]:
     """Train a proxy from scratch on `texts`: next-token cross-entropy on packed sequences of
-    `max_length` tokens, S = ⌈train_tokens / (batch_size · max_length)⌉ AdamW steps at
-    lr · learning_rate_factor(step), gradients clipped to norm 1. Seeded; deterministic on CPU.
+    `max_length` tokens, S = ⌈train_tokens / (batch_size · max_length)⌉ steps of train_steps
+    (distsel.scoring.training). Seeded; deterministic on CPU.
 
     info: params, train_tokens (= S · batch_size · max_length), steps, initial_loss (first
     step), final_loss (mean over the last ⌈S/10⌉ steps), seconds, data_repeats, sizes.
@@ -239,7 +190,7 @@ def train_proxy(
     model = build_proxy(config, len(tokenizer))
     _set_special_ids(model, tokenizer)
     model.to(device).train()
-    losses = _train_loop(model, sequences, config, seed, torch.device(device))
+    losses = _train_loop(model, sequences, config, seed)
     model.eval()
     info = _training_info(model, tokenizer, config, losses, sequences.numel())
     info["seconds"] = round(time.perf_counter() - began, 3)
@@ -248,45 +199,19 @@ def train_proxy(
 
 
 def _train_loop(
-    model: torch.nn.Module,
-    sequences: torch.Tensor,
-    config: ProxyConfig,
-    seed: int,
-    device: torch.device,
+    model: torch.nn.Module, sequences: torch.Tensor, config: ProxyConfig, seed: int
 ) -> list[float]:
     tokens_per_step = config.batch_size * config.max_length
     steps = max(1, math.ceil(config.train_tokens / tokens_per_step))
-    warmup = max(1, min(1000, steps // 10))
-    optimizer = make_optimizer(model, config)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: learning_rate_factor(step, warmup, steps)
-    )
-    losses = torch.zeros(steps, device=device)
     report = max(1, steps // 10)
-    for step, rows in enumerate(batch_indices(len(sequences), config.batch_size, steps, seed)):
-        batch = sequences[rows].to(device, non_blocking=True)
-        losses[step] = _training_step(model, batch, optimizer, schedule)
+
+    def log_progress(step: int, losses: torch.Tensor) -> None:
         if (step + 1) % report == 0 or step + 1 == steps:
             log.info("proxy: step %d/%d, loss %.4f", step + 1, steps, losses[step].item())
+
+    rows = batch_indices(len(sequences), config.batch_size, steps, seed)
+    losses = train_steps(model, (sequences[r] for r in rows), config, steps, log_progress)
     return losses.cpu().tolist()
-
-
-def _training_step(
-    model: torch.nn.Module,
-    batch: torch.Tensor,
-    optimizer: torch.optim.Optimizer,
-    schedule: torch.optim.lr_scheduler.LRScheduler,
-) -> torch.Tensor:
-    """One update on a batch of packed sequences (bfloat16 autocast on a GPU); its loss."""
-    on_gpu = batch.device.type == "cuda"
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_gpu):
-        loss = model(input_ids=batch, labels=batch).loss
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-    optimizer.step()
-    schedule.step()
-    optimizer.zero_grad(set_to_none=True)
-    return loss.detach()
 
 
 def _training_info(

@@ -8,8 +8,8 @@ import numpy as np
 
 from distsel.config import Config
 from distsel.errors import DistselError
-from distsel.mixture import MixtureSelector
 from distsel.scoring import stage_for_column
+from distsel.select.mixture import MixtureSelector
 from distsel.select.pool import Pool, fetch_texts, gather_pool
 from distsel.select.samplers import ccs_stratified, descending, fill_budget, random_order
 from distsel.stage import StageContext
