@@ -5,14 +5,18 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
+from distsel.config import parse_config
 from distsel.scoring.similarity import (
+    BetrStage,
     LinearScorer,
     best_rank_scores,
     betr_labels,
     cosine_scores,
     fit_betr_classifier,
+    ngram_features,
     predict_scores,
     round_robin,
     task_scores,
@@ -224,3 +228,34 @@ def test_betr_end_to_end_on_embedding_like_data():
     docs, on_topic = pool(2000)
     chosen = np.argsort(-predict_scores(model, docs))[: on_topic.sum()]
     assert on_topic[chosen].mean() > 0.8
+
+
+def test_the_betr_stage_scores_with_predict_scores():
+    """The stage's scores are predict_scores' on its sparse n-gram features, and those agree
+    with predict_scores on the same rows made dense."""
+    texts = [
+        "a cat sat on the mat",
+        "the dog ate my homework",
+        "",
+        "cats and dogs, cats and dogs",
+        "mat mat mat",
+    ]
+    config = parse_config(
+        {
+            "input": {"paths": ["unused.jsonl"]},
+            "output": {"path": "unused"},
+            "select": {"method": "all", "dsir": {"num_buckets": 64, "ngrams": 2}},
+        }
+    )
+    stage = BetrStage(BetrStage.default_resources, config)
+    rng = np.random.default_rng(4)
+    stage.scorer = LinearScorer(coef=rng.standard_normal(64), intercept=0.25)
+    scores = stage(pa.table({"text": texts}))["betr_score"]
+    features = ngram_features(texts, 64, 2)
+    np.testing.assert_array_equal(scores, predict_scores(stage.scorer, features))
+    np.testing.assert_allclose(
+        scores, predict_scores(stage.scorer, features.toarray()), rtol=1e-12, atol=1e-12
+    )
+    assert scores.dtype == np.float64 and scores[2] == 0.25
+    with pytest.raises(ValueError, match="dimension"):
+        predict_scores(stage.scorer, ngram_features(texts, 32, 2))

@@ -274,12 +274,17 @@ def fit_betr_classifier(
     )
 
 
-def predict_scores(model: LinearScorer, features: np.ndarray) -> np.ndarray:
-    """Decision values x · coef + intercept (higher = more like the positives), float64."""
-    x = _as_matrix("features", features)
+def predict_scores(model: LinearScorer, features: Any) -> np.ndarray:
+    """Decision values x · coef + intercept (higher = more like the positives), float64, of
+    dense rows or scipy sparse rows (as BETR's n-gram features are)."""
+    x = features if hasattr(features, "tocsr") else _as_matrix("features", features)
     if x.shape[1] != model.dim:
         raise ValueError(f"features have dimension {x.shape[1]}, the classifier {model.dim}")
-    return x.astype(np.float64, copy=False) @ model.coef + model.intercept
+    return np.asarray(x.astype(np.float64, copy=False) @ model.coef).ravel() + model.intercept
+
+
+# The name distsel.scoring.classifier scores its sparse features with.
+sparse_scores = predict_scores
 
 
 # ---------------------------------------------------------------------------------------------
@@ -394,7 +399,7 @@ class BetrStage(Stage):
 
     def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
         features = self.features(batch.column("text").to_pylist())
-        return {"betr_score": sparse_scores(self.scorer, features)}
+        return {"betr_score": predict_scores(self.scorer, features)}
 
 
 def ngram_features(texts: list[str], buckets: int, ngrams: int) -> Any:
@@ -408,11 +413,6 @@ def ngram_features(texts: list[str], buckets: int, ngrams: int) -> Any:
     counts.data = np.log1p(counts.data)
     norms = np.sqrt(np.asarray(counts.multiply(counts).sum(axis=1)).ravel())
     return sparse.diags(1 / np.maximum(norms, 1e-12)) @ counts
-
-
-def sparse_scores(model: LinearScorer, features: Any) -> np.ndarray:
-    """Decision values x · coef + intercept of sparse rows, float64."""
-    return np.asarray(features @ model.coef, dtype=np.float64).ravel() + model.intercept
 
 
 @ray.remote(num_cpus=1)
