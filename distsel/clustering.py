@@ -29,9 +29,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pyarrow as pa
-import ray
 
 from distsel.errors import DistselError
+from distsel.executor import current
 from distsel.scoring.embed import embedding_matrix
 from distsel.stage import Resources, Stage, StageContext
 from distsel.storage import Store
@@ -301,7 +301,6 @@ def _read_embeddings(store: Store, part: str, rows: np.ndarray | None = None) ->
     return embedding_matrix(column if rows is None else column.take(rows))
 
 
-@ray.remote(num_cpus=1)
 def _sample_part(store: Store, part: str, seed: int, below: int) -> tuple[np.ndarray, np.ndarray]:
     # Imported here: distsel.select may one day import this module (Quad).
     from distsel.select.pool import random_keys
@@ -331,14 +330,13 @@ def sample_embeddings(store: Store, parts: list[str], size: int, seed: int) -> n
 def _gather_sample(
     store: Store, parts: list[str], seed: int, below: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    found = ray.get([_sample_part.remote(store, part, seed, below) for part in parts])
+    found = current().map(_sample_part, [(store, part, seed, below) for part in parts])
     return np.concatenate([k for k, _ in found]), np.concatenate([v for _, v in found])
 
 
 Stats = tuple[np.ndarray, np.ndarray, float]
 
 
-@ray.remote(num_cpus=1)
 def _part_sums(store: Store, part: str, centroids: np.ndarray, metric: str) -> Stats:
     return partial_sums(_read_embeddings(store, part), centroids, metric)
 
@@ -355,22 +353,17 @@ def _add(stats: tuple[Stats, ...] | list[Stats]) -> Stats:
     return sums, counts, inertia
 
 
-@ray.remote(num_cpus=1)
-def _add_remote(*stats: Stats) -> Stats:
+def _add_all(*stats: Stats) -> Stats:
     return _add(stats)
 
 
 def _distributed_sums(store: Store, parts: list[str], centroids: np.ndarray, metric: str) -> Stats:
     """`partial_sums` of every part (one task each), added in part order by a tree of tasks
     REDUCE_FANIN wide, so the driver receives at most REDUCE_FANIN (k, dim) arrays."""
-    shared = ray.put(centroids)
-    refs = [_part_sums.remote(store, part, shared, metric) for part in parts]
-    while len(refs) > REDUCE_FANIN:
-        refs = [
-            _add_remote.remote(*refs[i : i + REDUCE_FANIN])
-            for i in range(0, len(refs), REDUCE_FANIN)
-        ]
-    return _add(ray.get(refs))
+    executor = current()
+    shared = executor.share(centroids)
+    calls = [(store, part, shared, metric) for part in parts]
+    return executor.map_reduce(_part_sums, calls, _add_all, fanin=REDUCE_FANIN)
 
 
 def _converged(history: list[float], tol: float) -> bool:
@@ -453,6 +446,7 @@ class ClusterStage(Stage):
     output_columns = ("cluster", "cluster_distance")
     requires = ("embed",)
     default_resources = Resources(num_cpus=1, batch_size=8192, pool_size=2)
+    fitted = ("k", "seed", "centroids")
 
     def __init__(
         self,

@@ -8,7 +8,6 @@ import logging
 import os
 import sys
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -54,19 +53,5 @@ def ray_init_options() -> dict[str, Any]:
     return {"logging_level": logging.ERROR, "log_to_driver": False}
 
 
-def quiet_ray_data() -> None:
-    """Unless verbose: Ray Data's console lines at ERROR and no progress bars or execution
-    plans (distsel logs its own progress); DeprecationWarnings from Ray's modules off."""
-    if _verbose:
-        return
-    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"ray(\.|$)")
-    import ray.data  # configures the "ray.data" logger when first imported
-
-    for handler in logging.getLogger("ray.data").handlers:
-        if isinstance(handler, logging.StreamHandler) and not isinstance(
-            handler, logging.FileHandler
-        ):
-            handler.setLevel(logging.ERROR)
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False
-    context.print_on_execution_start = False
+def is_verbose() -> bool:
+    return _verbose

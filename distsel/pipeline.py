@@ -10,7 +10,6 @@ import dataclasses
 import functools
 import json
 import logging
-import os
 import platform
 import time
 from collections import Counter
@@ -20,43 +19,20 @@ from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
-import ray
 
-from distsel import console, corpus, duplicates, evaluate
+from distsel import corpus, duplicates, evaluate
 from distsel.config import Budget, Config, Phase
 from distsel.errors import ConfigError, DistselError, InputError
+from distsel.executor import Executor, RayExecutor, current, installed, node_id
 from distsel.scoring import stage_class
 from distsel.select import Pool, Selector, gather_pool, selector_for
-from distsel.stage import Resources, Stage, StageContext
+from distsel.stage import Stage, StageContext, prepare_stage
 from distsel.storage import Store, is_remote, reads_inside, retrying
 
 log = logging.getLogger("distsel")
 T = TypeVar("T")
 
 SECRET_WORDS = ("secret", "key", "token", "password", "credential", "session")
-LOCAL_RAY_SETTINGS = {"idle_worker_killing_time_threshold_ms": 60_000}
-
-
-def connect_ray(address: str | None = None) -> None:
-    """Join the cluster at `address` (or RAY_ADDRESS); else start a local single-node Ray.
-    Ray's own console output is off unless distsel.console is verbose (`distsel -v`)."""
-    if not ray.is_initialized():
-        address = address or os.environ.get("RAY_ADDRESS")
-        options = console.ray_init_options()
-        if address:
-            ray.init(address=address, **options)
-        else:
-            os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-            # Idle workers are kept for a minute, not a second, so that the next stage's tasks
-            # do not wait for new worker processes.
-            # "local": a Ray started with `ray start` on this machine is joined only when named.
-            ray.init(
-                address="local",
-                include_dashboard=False,
-                _system_config=LOCAL_RAY_SETTINGS,
-                **options,
-            )
-    console.quiet_ray_data()
 
 
 @dataclasses.dataclass
@@ -71,14 +47,28 @@ class Scored:
     dropped: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
 
-def run(config: Config, address: str | None = None, phase: Phase = "all") -> dict[str, Any]:
+def run(
+    config: Config,
+    address: str | None = None,
+    phase: Phase = "all",
+    executor: Executor | None = None,
+) -> dict[str, Any]:
     """Run the selection described by `config`, or one phase of it; return its summary.
 
     all: ingest, score, select, evaluate → manifest.json. score: ingest and every stage the
     selector needs → scoring.json. select: selection from a finished scoring phase (an error
     names what is missing) → manifest.json. mixture: scoring, then only the mixture search →
     mixture/search.json (a later select with `select.method: mixture` reuses the search).
+
+    The work runs on `executor`, else the active one (`Executor.active`), else Ray: the cluster
+    at `address` (or config.ray.address, or RAY_ADDRESS), or a local Ray started here.
     """
+    executor = executor or installed() or RayExecutor(address or config.ray.address)
+    with executor.active():
+        return _run(config, phase)
+
+
+def _run(config: Config, phase: Phase) -> dict[str, Any]:
     started = time.perf_counter()
     if phase == "mixture" and not config.target.paths:
         raise ConfigError("target.paths: the mixture search needs target examples")
@@ -87,7 +77,6 @@ def run(config: Config, address: str | None = None, phase: Phase = "all") -> dic
     store = Store(config.output.path, config.output.storage_options, config.output.retry_seconds)
     store.check_writable()
     _check_same_input(store, config)
-    connect_ray(address or config.ray.address)
 
     scored = score(config, store, shards, require_done=phase == "select")
     if phase == "score":
@@ -273,44 +262,13 @@ def _over_items(
     resources: Any = None,
     worker_kwargs: dict[str, Any] | None = None,
 ) -> Iterable[dict[str, Any]]:
-    """Run `worker` on each item (one item per call) on Ray Data; yield result rows as they come.
-
-    A class runs as an actor pool sized by `resources`; a function runs as tasks.
-    """
-    dataset = ray.data.from_items(
-        [{"item": item} for item in items], override_num_blocks=len(items)
-    )
-    options: dict[str, Any] = {"batch_size": 1}
-    if isinstance(worker, type):
-        start = max(1, min(resources.pool_size, len(items), _actors_that_fit(resources)))
-        options.update(
-            # One part at a time per actor: parts are large, and the first actor up must not
-            # queue the parts that the actors still starting (on other nodes) would take.
-            compute=ray.data.ActorPoolStrategy(
-                min_size=start, max_size=resources.pool_size, max_tasks_in_flight_per_actor=1
-            ),
-            num_cpus=resources.num_cpus,
-            fn_constructor_kwargs=worker_kwargs or {},
-        )
-        if resources.num_gpus:
-            options["num_gpus"] = resources.num_gpus
-    else:
-        options.update(num_cpus=1, fn_kwargs=worker_kwargs or {})
+    """The current executor's `over_items`, with progress lines."""
     progress = _Progress(label, len(items), "parts" if isinstance(worker, type) else "shards")
-    for row in dataset.map_batches(worker, **options).iter_rows():
+    for row in current().over_items(
+        items, worker, resources=resources, worker_kwargs=worker_kwargs
+    ):
         progress.advance()
         yield row
-
-
-def _actors_that_fit(resources: Resources) -> int:
-    """How many actors of these resources the cluster holds now: the pool starts with as many
-    (up to its size), so the work spreads over the nodes from the start; an autoscaling cluster
-    grows the pool to its size as nodes join."""
-    total = ray.cluster_resources()
-    fits = [int(total.get("CPU", 0) // resources.num_cpus)] if resources.num_cpus else []
-    if resources.num_gpus:
-        fits.append(int(total.get("GPU", 0) // resources.num_gpus))
-    return min(fits, default=resources.pool_size)
 
 
 class _Progress:
@@ -400,16 +358,6 @@ def ingest(
 DUPLICATES = "_state/duplicates.parquet"
 
 
-@ray.remote(num_cpus=1)
-def _write_part_ids(store: Store, part: str, rank: int, groups: int) -> None:
-    duplicates.write_part_ids(store, part, rank, groups)
-
-
-@ray.remote(num_cpus=1)
-def _find_duplicates(store: Store, parts: list[str], group: int) -> pa.Table:
-    return duplicates.find_duplicates(store, parts, group)
-
-
 def quarantine_duplicate_ids(
     config: Config,
     store: Store,
@@ -451,8 +399,10 @@ def quarantine_duplicate_ids(
 def _find_duplicate_ids(store: Store, parts: list[str], total_ids: int) -> pa.Table:
     groups = duplicates.group_count(total_ids)
     log.info("duplicate ids: checking %d parts in %d groups", len(parts), groups)
-    ray.get([_write_part_ids.remote(store, part, rank, groups) for rank, part in enumerate(parts)])
-    found = ray.get([_find_duplicates.remote(store, parts, group) for group in range(groups)])
+    executor = current()
+    calls = [(store, part, rank, groups) for rank, part in enumerate(parts)]
+    executor.map(duplicates.write_part_ids, calls)
+    found = executor.map(duplicates.find_duplicates, [(store, parts, g) for g in range(groups)])
     return pa.concat_tables(found).sort_by([("rank", "ascending"), ("row", "ascending")])
 
 
@@ -509,8 +459,7 @@ class _StageWorker:
         except DistselError as exc:  # to the driver as one line, not a task traceback
             return {"part": [part], "rows": [0], "error": [str(exc)]}
         seconds = time.perf_counter() - began
-        node = ray.get_runtime_context().get_node_id()
-        marker = {"rows": rows, "seconds": seconds, "node": node}
+        marker = {"rows": rows, "seconds": seconds, "node": node_id()}
         self.store.write_json(_stage_marker(self.stage, part), marker)
         return {"part": [part], "rows": [rows], "error": [""]}
 
@@ -549,7 +498,7 @@ def run_stage(
     store, parts = context.store, context.parts
     if require_done:
         _require_scored(stage, store, parts)
-    stage.prepare(context)
+    reused = prepare_stage(stage, context)
     prepared = time.perf_counter() - began
     fingerprint_path = f"_state/{stage.name}/_fingerprint.json"
     fingerprint = stage.fingerprint()
@@ -583,6 +532,7 @@ def run_stage(
         "seconds": round(time.perf_counter() - began, 3),
         "resumed_parts": len(parts) - len(pending),
         "prepare_seconds": round(prepared, 3),
+        "fit_reused": reused,
         **({"summary": stage.summary} if stage.summary else {}),
     }
 
@@ -593,7 +543,6 @@ def _require_scored(stage: Stage, store: Store, parts: list[str]) -> None:
         raise _not_scored(f"the {stage.name} stage's parts", pending, len(parts))
 
 
-@ray.remote(num_cpus=1)
 def _write_selected_part(store: Store, part: str, rows: np.ndarray, stages: list[str]) -> int:
     table = store.read_table(f"docs/{part}").take(rows)
     for stage in stages:
@@ -610,18 +559,13 @@ def write_selection(store: Store, pool: Pool, chosen: np.ndarray, stages: list[s
     part_of = pool.part_index[chosen]
     chosen = chosen[np.lexsort((chosen, part_of))]
     bounds = np.searchsorted(np.sort(part_of), np.arange(len(pool.parts) + 1))
-    futures, written = [], set()
+    calls, written = [], set()
     for index, part in enumerate(pool.parts):
         rows = pool.row_index[chosen[bounds[index] : bounds[index + 1]]]
         if len(rows):
-            futures.append(_write_selected_part.remote(store, part, rows, stages))
+            calls.append((store, part, rows, stages))
             written.add(part)
-    try:
-        ray.get(futures)
-    except ray.exceptions.RayTaskError as exc:
-        if isinstance(exc.cause, DistselError):
-            raise exc.cause from None
-        raise
+    current().map(_write_selected_part, calls)
     for name in store.list("selected", ".parquet"):
         if name not in written:
             store.remove(f"selected/{name}")

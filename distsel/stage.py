@@ -1,7 +1,11 @@
-"""The Stage interface: a named scoring step with declared resources and per-worker setup."""
+"""The Stage interface: a named scoring step with declared resources and per-worker setup, and
+`prepare_stage`, which saves what a stage fits and reuses it while its inputs stay the same."""
 
 from __future__ import annotations
 
+import io
+import json
+import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -13,6 +17,8 @@ from distsel.storage import Store
 
 if TYPE_CHECKING:
     from distsel.config import Config, StageConfig
+
+log = logging.getLogger("distsel")
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,9 @@ class Stage(ABC):
     output_columns: ClassVar[tuple[str, ...]] = ()
     requires: ClassVar[tuple[str, ...]] = ()
     default_resources: ClassVar[Resources] = Resources()
+    # The attributes that `prepare` fits: saved under _state/<name>/ with the inputs they came
+    # from, and restored instead of fitting again while those stay the same (`prepare_stage`).
+    fitted: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, resources: Resources | None = None) -> None:
         self.resources = resources or self.default_resources
@@ -66,6 +75,20 @@ class Stage(ABC):
         """What makes this stage's output what it is; a change invalidates finished parts."""
         return {"name": self.name}
 
+    def fit_inputs(self, context: StageContext) -> dict[str, Any]:
+        """What `prepare`'s result depends on besides the parts and the required stages'
+        outputs (known before it runs); by default the fingerprint."""
+        return self.fingerprint()
+
+    def fitted_state(self) -> dict[str, Any]:
+        """The `fitted` attributes: arrays, JSON values, and dicts of those."""
+        return {name: getattr(self, name) for name in self.fitted}
+
+    def load_fitted(self, state: dict[str, Any]) -> None:
+        """Restore what `fitted_state` gave."""
+        for name, value in state.items():
+            setattr(self, name, value)
+
     def prepare(self, context: StageContext) -> None:  # noqa: B027 - optional hook
         """Driver-side work before scoring (e.g. fitting on the whole pool); default: none.
 
@@ -78,3 +101,65 @@ class Stage(ABC):
     @abstractmethod
     def __call__(self, batch: pa.Table) -> dict[str, np.ndarray | pa.Array]:
         """Score a batch; return output columns with one value per row."""
+
+
+def prepare_stage(stage: Stage, context: StageContext) -> bool:
+    """`stage.prepare(context)`, unless the output holds a fit of the same inputs (the stage's
+    `fit_inputs`, the parts, the fingerprints of the stages it reads): then its fitted state and
+    summary are restored. Returns whether the fit was reused.
+
+    Saved as _state/<name>/fitted.npz (the arrays, read without pickle) and fitted.json (the
+    inputs, the other values and the summary; written last, so it marks a complete save)."""
+    if not stage.fitted:
+        stage.prepare(context)
+        return False
+    store, folder = context.store, f"_state/{stage.name}"
+    inputs = _fit_key(stage, context)
+    if store.exists(f"{folder}/fitted.json"):
+        saved = store.read_json(f"{folder}/fitted.json")
+        if saved.get("inputs") == inputs and store.exists(f"{folder}/fitted.npz"):
+            data = io.BytesIO(store.read_bytes(f"{folder}/fitted.npz"))
+            with np.load(data, allow_pickle=False) as arrays:
+                stage.load_fitted(_decode(saved["fitted"], dict(arrays.items())))
+            stage.summary = saved["summary"]
+            log.info("%s: reusing its fit from %s", stage.name, folder)
+            return True
+    stage.prepare(context)
+    arrays: dict[str, np.ndarray] = {}
+    fitted = _encode(stage.fitted_state(), arrays)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    store.write_bytes(f"{folder}/fitted.npz", buffer.getvalue())
+    saved = {"inputs": inputs, "fitted": fitted, "summary": stage.summary}
+    store.write_json(f"{folder}/fitted.json", saved)
+    return False
+
+
+def _fit_key(stage: Stage, context: StageContext) -> Any:
+    required = {}
+    for name in stage.requires:
+        path = f"_state/{name}/_fingerprint.json"
+        required[name] = context.store.read_json(path) if context.store.exists(path) else None
+    key = {"stage": stage.fit_inputs(context), "parts": context.parts, "requires": required}
+    return json.loads(json.dumps(key, sort_keys=True, default=str))
+
+
+def _encode(value: Any, arrays: dict[str, np.ndarray]) -> Any:
+    """JSON with each array replaced by {"array": its name in `arrays`}."""
+    if isinstance(value, np.ndarray):
+        name = f"a{len(arrays)}"
+        arrays[name] = value
+        return {"array": name}
+    if isinstance(value, dict):
+        return {"dict": {str(key): _encode(item, arrays) for key, item in value.items()}}
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _decode(value: Any, arrays: dict[str, np.ndarray]) -> Any:
+    if isinstance(value, dict) and "array" in value:
+        return arrays[value["array"]]
+    if isinstance(value, dict):
+        return {key: _decode(item, arrays) for key, item in value["dict"].items()}
+    return value

@@ -231,6 +231,9 @@ class Store:
     def read_json(self, relative: str) -> Any:
         return self._read(relative, json.load)
 
+    def read_bytes(self, relative: str) -> bytes:
+        return self._read(relative, lambda handle: handle.read())
+
     def exists(self, relative: str) -> bool:
         self.fs.invalidate_cache(self.path(relative))
         return self._retrying(relative, lambda: self.fs.exists(self.path(relative)))

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from distsel.errors import DistselError
+from distsel.executor import current
 from distsel.mixture import MIXTURE_FOLDER
 from distsel.mixture.simplex import (
     LOGIT_BOUND,
@@ -74,12 +75,12 @@ def trainable(data: MixtureData, options: MixtureOptions) -> Any:
 
 
 def train_remote(weights: np.ndarray, data: MixtureData, options: MixtureOptions) -> dict:
-    """One mixture trained outside Tune (a Ray task with the trials' resources): its last
+    """One mixture trained outside Tune (a task with the trials' resources): its last
     metrics."""
-    import ray
-
-    task = ray.remote(_train_task).options(num_cpus=options.trial_cpus, num_gpus=options.trial_gpus)
-    return ray.get(task.remote(np.asarray(weights, dtype=np.float64), data))
+    weights = np.asarray(weights, dtype=np.float64)
+    return current().call(
+        _train_task, weights, data, num_cpus=options.trial_cpus, num_gpus=options.trial_gpus
+    )
 
 
 def _train_task(weights: np.ndarray, data: MixtureData) -> dict:

@@ -59,6 +59,13 @@ class ClassifierStage(Stage):
     input_columns = ("text",)
     output_columns = ("classifier_score",)
     default_resources = Resources(num_cpus=1, batch_size=2048, pool_size=2)
+    fitted = ("model",)
+
+    def fitted_state(self) -> dict[str, Any]:
+        return self.model.arrays()
+
+    def load_fitted(self, state: dict[str, Any]) -> None:
+        self.model = LinearScorer(**state)
 
     def __init__(self, resources: Resources, config: Config) -> None:
         super().__init__(resources)

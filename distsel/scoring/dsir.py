@@ -44,10 +44,10 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import ray
 
 from distsel.config import Config
 from distsel.corpus import read_texts
+from distsel.executor import current
 from distsel.stage import Resources, Stage, StageContext
 from distsel.storage import Store
 
@@ -486,6 +486,8 @@ class DsirStage(Stage):
     output_columns = ("dsir_log_weight", "dsir_log_weight_per_ngram")
     default_resources = Resources(num_cpus=1, batch_size=4096, pool_size=2)
 
+    fitted = ("target_counts", "pool_counts", "log_diff")
+
     def __init__(self, resources: Resources, config: Config) -> None:
         super().__init__(resources)
         self.options = config.select.dsir
@@ -531,7 +533,6 @@ def target_ngram_counts(config: Config, num_buckets: int, ngrams: int) -> np.nda
     return total_ngram_counts(texts, num_buckets, ngrams)
 
 
-@ray.remote(num_cpus=1)
 def _part_ngram_counts(
     store: Store, folder: str, part: str, num_buckets: int, ngrams: int
 ) -> np.ndarray:
@@ -542,16 +543,12 @@ def _part_ngram_counts(
 def pool_ngram_counts(
     store: Store, parts: list[str], num_buckets: int, ngrams: int, folder: str = "docs"
 ) -> np.ndarray:
-    """Σ over every document of every part of its hashed n-gram counts, one Ray task per part.
+    """Σ over every document of every part of its hashed n-gram counts, one task per part.
 
     Only the B-bucket count vectors travel to the driver, never the texts or features.
     """
     total = np.zeros(num_buckets, dtype=np.int64)
-    pending = [
-        _part_ngram_counts.remote(store, folder, part, num_buckets, ngrams) for part in parts
-    ]
-    while pending:
-        done, pending = ray.wait(pending, num_returns=min(len(pending), 16))
-        for counts in ray.get(done):
-            total += counts
+    calls = [(store, folder, part, num_buckets, ngrams) for part in parts]
+    for counts in current().as_completed(_part_ngram_counts, calls):
+        total += counts
     return total

@@ -24,6 +24,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from distsel.executor import cluster_gpus, current
 from distsel.stage import Resources, Stage
 
 if TYPE_CHECKING:
@@ -292,9 +293,7 @@ class EmbedStage(Stage):
 def _with_cluster_gpus(resources: Resources, overrides: Any) -> Resources:
     """One GPU per actor, as many actors as GPUs, when the cluster has GPUs and the
     configuration does not say otherwise (the cluster's resources, not the driver's)."""
-    import ray
-
-    gpus = int(ray.cluster_resources().get("GPU", 0)) if ray.is_initialized() else 0
+    gpus = cluster_gpus()
     if gpus and (overrides is None or overrides.num_gpus is None):
         pool = resources.pool_size if overrides and overrides.pool_size else gpus
         return replace(resources, num_gpus=1.0, pool_size=pool)
@@ -327,12 +326,19 @@ def embedding_matrix(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
 def embed_texts_on_cluster(
     texts_by_name: dict[str, list[str]], options: EmbedConfig, resources: Resources
 ) -> dict[str, np.ndarray]:
-    """Embed a few small text sets in one Ray task with the embed stage's resources."""
-    import ray
+    """Embed a few small text sets in one task with the embed stage's resources."""
+    return current().call(
+        _embed_all,
+        texts_by_name,
+        options,
+        resources,
+        num_cpus=resources.num_cpus,
+        num_gpus=resources.num_gpus,
+    )
 
-    @ray.remote(num_cpus=resources.num_cpus, num_gpus=resources.num_gpus)
-    def embed_all(texts_by_name: dict[str, list[str]]) -> dict[str, np.ndarray]:
-        embedder = make_embedder(options, resources)
-        return {name: embedder.embed(texts) for name, texts in texts_by_name.items()}
 
-    return ray.get(embed_all.remote(texts_by_name))
+def _embed_all(
+    texts_by_name: dict[str, list[str]], options: EmbedConfig, resources: Resources
+) -> dict[str, np.ndarray]:
+    embedder = make_embedder(options, resources)
+    return {name: embedder.embed(texts) for name, texts in texts_by_name.items()}

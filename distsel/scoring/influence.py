@@ -68,6 +68,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from distsel.errors import DistselError
+from distsel.executor import current
 from distsel.scoring.embed import _with_cluster_gpus
 from distsel.scoring.proxy import ensure_proxy, load_proxy
 from distsel.stage import Resources, Stage, StageContext
@@ -694,6 +695,7 @@ class InfluenceStage(Stage):
     input_columns = ("text",)
     output_columns = ("influence", "influence_normalized")
     default_resources = Resources(num_cpus=1, batch_size=64, pool_size=2)
+    fitted = ("folder", "proxy_info", "arrays")
 
     def __init__(self, resources: Resources, config: Config) -> None:
         super().__init__(resources)
@@ -720,9 +722,11 @@ class InfluenceStage(Stage):
             "seed": self.config.seed,
         }
 
-    def prepare(self, context: StageContext) -> None:
-        import ray
+    def fit_inputs(self, context: StageContext) -> dict[str, Any]:
+        proxy = self.config.proxy.model_dump()
+        return {**self.fingerprint(), "proxy": proxy}
 
+    def prepare(self, context: StageContext) -> None:
         from distsel.corpus import read_texts
 
         self.folder, self.proxy_info = ensure_proxy(context)
@@ -732,10 +736,10 @@ class InfluenceStage(Stage):
         if len(texts) > self.options.target_examples:
             keep = np.sort(rng.choice(len(texts), self.options.target_examples, replace=False))
             texts = [texts[i] for i in keep]
-        fit = ray.remote(num_cpus=self.resources.num_cpus, num_gpus=self.resources.num_gpus)(
-            _fit_state
+        resources = self.resources
+        self.arrays = current().call(
+            _fit_state, self, texts, num_cpus=resources.num_cpus, num_gpus=resources.num_gpus
         )
-        self.arrays = ray.get(fit.remote(self, texts))
         self.summary = {
             "proxy": self.proxy_info,
             "target_examples": len(texts),

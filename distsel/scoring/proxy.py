@@ -29,6 +29,7 @@ import torch
 from fsspec.implementations.local import LocalFileSystem
 
 from distsel.errors import DistselError
+from distsel.executor import current
 from distsel.scoring.embed import CHARS_PER_TOKEN_CUT, _dtype_kwarg, _with_cluster_gpus
 from distsel.scoring.training import build_proxy, train_steps
 from distsel.stage import Resources, Stage, StageContext
@@ -501,10 +502,9 @@ def user_proxy_info(path: str, storage_options: dict[str, Any] | None = None) ->
 def training_resources() -> tuple[int, int]:
     """(CPUs, GPUs) for the training task: one GPU when the cluster has one; the CPUs of the
     largest eligible node, at most MAX_TRAINING_CPUS."""
-    import ray
-
-    wants_gpu = ray.cluster_resources().get("GPU", 0) >= 1
-    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    executor = current()
+    wants_gpu = executor.totals().get("GPU", 0) >= 1
+    nodes = executor.nodes()
     eligible = [r for r in nodes if r.get("GPU", 0) >= 1] if wants_gpu else nodes
     cpus = max((int(r.get("CPU", 0)) for r in eligible), default=1)
     return max(1, min(MAX_TRAINING_CPUS, cpus)), int(wants_gpu)
@@ -517,17 +517,14 @@ def train_on_cluster(
     folder: str,
     storage_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Train a proxy in one Ray task and save it to `folder`; return the info saved with it
+    """Train a proxy in one task and save it to `folder`; return the info saved with it
     (its `fingerprint` being proxy_fingerprint's for `config` and `seed`)."""
-    import ray
-
     cpus, gpus = training_resources()
     fingerprint = proxy_fingerprint(config, seed)
     log.info("proxy: training on %d documents (%d CPUs, %d GPUs)", len(texts), cpus, gpus)
-    task = ray.remote(_train_and_save).options(num_cpus=cpus, num_gpus=gpus)
     level = log.getEffectiveLevel()
-    job = task.remote(texts, config, seed, folder, storage_options, cpus, fingerprint, level)
-    return ray.get(job)
+    args = (texts, config, seed, folder, storage_options, cpus, fingerprint, level)
+    return current().call(_train_and_save, *args, num_cpus=cpus, num_gpus=gpus)
 
 
 def _train_and_save(

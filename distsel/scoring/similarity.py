@@ -19,11 +19,11 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
-import ray
 
 from distsel.config import Config
 from distsel.corpus import read_target_tasks
 from distsel.errors import DistselError
+from distsel.executor import current
 from distsel.scoring.dsir import hashed_ngrams
 from distsel.scoring.embed import EmbedStage, embed_texts_on_cluster, embedding_matrix
 from distsel.select.pool import random_keys
@@ -221,6 +221,10 @@ class LinearScorer:
     def dim(self) -> int:
         return int(self.coef.shape[0])
 
+    def arrays(self) -> dict[str, Any]:
+        """The fields as they are (for the fitted-state store): LinearScorer(**arrays())."""
+        return {"coef": self.coef, "intercept": float(self.intercept)}
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "kind": self.KIND,
@@ -302,6 +306,7 @@ class SimilarityStage(Stage):
     requires = ("embed",)
     output_columns = ("similarity",)
     default_resources = Resources(num_cpus=1, batch_size=8192, pool_size=1)
+    fitted = ("targets",)
 
     def __init__(self, resources: Resources, config: Config) -> None:
         super().__init__(resources)
@@ -351,6 +356,13 @@ class BetrStage(Stage):
     input_columns = ("text",)
     output_columns = ("betr_score",)
     default_resources = Resources(num_cpus=1, batch_size=2048, pool_size=2)
+    fitted = ("scorer",)
+
+    def fitted_state(self) -> dict[str, Any]:
+        return self.scorer.arrays()
+
+    def load_fitted(self, state: dict[str, Any]) -> None:
+        self.scorer = LinearScorer(**state)
 
     def __init__(self, resources: Resources, config: Config) -> None:
         super().__init__(resources)
@@ -415,7 +427,6 @@ def ngram_features(texts: list[str], buckets: int, ngrams: int) -> Any:
     return sparse.diags(1 / np.maximum(norms, 1e-12)) @ counts
 
 
-@ray.remote(num_cpus=1)
 def _sample_part(store: Store, part: str, seed: int, below: int) -> list[tuple[int, str]]:
     docs = store.read_table(f"docs/{part}", columns=["id", "text"])
     keys = random_keys(docs.column("id").to_pylist(), seed)
@@ -430,9 +441,6 @@ def sample_texts(store: Store, parts: list[str], size: int, seed: int) -> list[s
     total = sum(store.read_metadata(f"docs/{part}").num_rows for part in parts)
     fraction = min(1.0, 1.5 * size / max(total, 1))
     below = min(int(fraction * 2**64), 2**64 - 1)
-    candidates = [
-        pair
-        for found in ray.get([_sample_part.remote(store, p, seed, below) for p in parts])
-        for pair in found
-    ]
+    found = current().map(_sample_part, [(store, p, seed, below) for p in parts])
+    candidates = [pair for pairs in found for pair in pairs]
     return [text for _, text in sorted(candidates)[:size]]

@@ -12,7 +12,7 @@ from distsel.scoring import stage_for_column
 from distsel.select.mixture import MixtureSelector
 from distsel.select.pool import Pool, fetch_texts, gather_pool
 from distsel.select.samplers import ccs_stratified, descending, fill_budget, random_order
-from distsel.stage import StageContext
+from distsel.stage import StageContext, prepare_stage
 
 __all__ = ["Pool", "Selector", "gather_pool", "selector_for"]
 
@@ -289,7 +289,7 @@ def _quad_scorer(config: Config, context: StageContext) -> tuple[Any, str]:
         )
     resources = stage_type.default_resources.with_overrides(config.stages.get(options.scorer))
     stage = stage_type.from_config(config, resources)
-    stage.prepare(context)
+    prepare_stage(stage, context)
     return stage, column
 
 

@@ -9,9 +9,9 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import ray
 
 from distsel.config import Config
+from distsel.executor import current
 from distsel.storage import Store
 
 MISSING_GROUP = "(none)"
@@ -59,7 +59,6 @@ def random_keys(ids: list[str], seed: int) -> np.ndarray:
     )
 
 
-@ray.remote(num_cpus=1)
 def _part_columns(
     store: Store, part: str, stages: list[str], fields: list[str], seed: int, dropped: np.ndarray
 ) -> dict:
@@ -104,13 +103,11 @@ def gather_pool(
     wanted = (config.input.group_field, config.input.label_field, config.mixture.group_field)
     fields = list(dict.fromkeys(f for f in wanted if f))
     none = np.zeros(0, dtype=np.int64)
-    futures = [
-        _part_columns.remote(
-            store, part, stages, fields, config.seed, (dropped or {}).get(part, none)
-        )
+    calls = [
+        (store, part, stages, fields, config.seed, (dropped or {}).get(part, none))
         for part in parts
     ]
-    gathered = ray.get(futures)
+    gathered = current().map(_part_columns, calls)
     sizes = [len(columns["tokens"]) for columns in gathered]
     score_names = set().union(*(columns["scores"] for columns in gathered)) if gathered else set()
     return Pool(
@@ -135,7 +132,6 @@ def _stack(gathered: list[dict], name: str, dtype: Any) -> np.ndarray:
     return np.concatenate(arrays).astype(dtype) if arrays else np.zeros(0, dtype=dtype)
 
 
-@ray.remote(num_cpus=0)  # light reads that must run while influence actors hold every CPU
 def _part_texts(store: Store, part: str, rows: np.ndarray) -> list[str]:
     return store.read_table(f"docs/{part}", columns=["text"]).column("text").take(rows).to_pylist()
 
@@ -145,19 +141,20 @@ def fetch_texts(store: Store, pool: Pool, groups: list[np.ndarray]) -> list[list
     flat = np.concatenate(groups) if groups else np.zeros(0, dtype=np.int64)
     parts = pool.part_index[flat]
     texts: list[str | None] = [None] * len(flat)
-    futures = {}
+    calls, places = [], []
     for part in np.unique(parts):
         positions = np.flatnonzero(parts == part)
-        rows = pool.row_index[flat[positions]]
-        futures[int(part)] = (positions, _part_texts.remote(store, pool.parts[part], rows))
-    for positions, future in futures.values():
-        for position, text in zip(positions, ray.get(future), strict=True):
+        calls.append((store, pool.parts[part], pool.row_index[flat[positions]]))
+        places.append(positions)
+    # num_cpus=0: light reads that must run while influence actors hold every CPU
+    found = current().map(_part_texts, calls, num_cpus=0)
+    for positions, part_texts in zip(places, found, strict=True):
+        for position, text in zip(positions, part_texts, strict=True):
             texts[position] = text
     bounds = np.cumsum([0] + [len(g) for g in groups])
     return [texts[bounds[i] : bounds[i + 1]] for i in range(len(groups))]
 
 
-@ray.remote(num_cpus=0)
 def _part_embeddings(store: Store, part: str, rows: np.ndarray) -> np.ndarray:
     from distsel.scoring.embed import embedding_matrix
 
@@ -168,11 +165,12 @@ def _part_embeddings(store: Store, part: str, rows: np.ndarray) -> np.ndarray:
 def gather_embeddings(store: Store, pool: Pool) -> np.ndarray:
     """(len(pool), d) float32: each pool document's embedding from scores/embed, read part by part
     in parallel."""
-    futures = [
-        _part_embeddings.remote(store, part, pool.row_index[pool.part_index == index])
+    calls = [
+        (store, part, pool.row_index[pool.part_index == index])
         for index, part in enumerate(pool.parts)
     ]
-    return np.concatenate(ray.get(futures)) if futures else np.zeros((0, 0), np.float32)
+    found = current().map(_part_embeddings, calls, num_cpus=0)
+    return np.concatenate(found) if found else np.zeros((0, 0), np.float32)
 
 
 class _StageActor:
@@ -194,20 +192,18 @@ class StagePool:
 
     def __init__(self, stage: Any, column: str) -> None:
         resources = stage.resources
-        options = {"num_cpus": resources.num_cpus, "num_gpus": resources.num_gpus}
-        self.actors = [
-            ray.remote(_StageActor).options(**options).remote(stage, column)
-            for _ in range(resources.pool_size)
-        ]
+        self.actors = current().actors(
+            _StageActor,
+            (stage, column),
+            size=resources.pool_size,
+            num_cpus=resources.num_cpus,
+            num_gpus=resources.num_gpus,
+        )
         self.evaluated = 0
 
     def score(self, groups: list[list[str]]) -> list[np.ndarray]:
-        futures = [
-            self.actors[i % len(self.actors)].score.remote(texts) for i, texts in enumerate(groups)
-        ]
         self.evaluated += sum(len(texts) for texts in groups)
-        return ray.get(futures)
+        return self.actors.call("score", [(texts,) for texts in groups])
 
     def close(self) -> None:
-        for actor in self.actors:
-            ray.kill(actor)
+        self.actors.close()
