@@ -32,6 +32,7 @@ import pyarrow as pa
 
 from distsel.errors import DistselError
 from distsel.executor import current
+from distsel.registry import register_stage
 from distsel.scoring.embed import embedding_matrix
 from distsel.stage import Resources, Stage, StageContext
 from distsel.storage import Store
@@ -437,6 +438,7 @@ def load_centroid_distances(store: Store) -> np.ndarray:
 # Pipeline stage
 
 
+@register_stage
 class ClusterStage(Stage):
     """Fits k-means on the pool's embeddings (driver-side `prepare`, distributed), then gives
     each document its cluster id and its distance to that cluster's centroid."""

@@ -221,20 +221,23 @@ class StratifiedOptions(_Strict):
     hard_is_high: bool = True
 
 
+def _registered_method(method: str) -> str:
+    from distsel import registry
+
+    if method not in registry.selector_names():
+        known = ", ".join(f"'{name}'" for name in registry.selector_names())
+        raise ValueError(f"Input should be one of {known}")
+    return method
+
+
 class SelectConfig(_Strict):
-    method: Literal[
-        "all",
-        "random",
-        "dsir",
-        "similarity",
-        "classifier",
-        "topk",
-        "threshold",
-        "stratified",
-        "influence",
-        "quad",
-        "mixture",
-    ] = "all"
+    """`method`: any selector a module registers (distsel.registry.register_selector); the
+    options of a registered method without a field here are `select.<method>`, validated by the
+    options class it registered (read them with `options(method)`)."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+
+    method: Annotated[str, AfterValidator(_registered_method)] = "all"
     budget: Budget | None = None
     dsir: DsirOptions = Field(default_factory=DsirOptions)
     similarity: SimilarityOptions = Field(default_factory=SimilarityOptions)
@@ -246,6 +249,27 @@ class SelectConfig(_Strict):
     quad: QuadOptions = Field(default_factory=QuadOptions)
 
     @model_validator(mode="after")
+    def _registered_options(self) -> SelectConfig:
+        from distsel import registry
+
+        for method, value in (self.model_extra or {}).items():
+            if method not in registry.selector_names():
+                raise ValueError(f"select.{method}: unknown key")
+            self.model_extra[method] = _registered(
+                f"select.{method}", registry.selector_options(method), value
+            )
+        return self
+
+    def options(self, method: str) -> BaseModel | None:
+        """The options of `method`: as given, else the defaults of its options class."""
+        from distsel import registry
+
+        given = getattr(self, method, None) if method in type(self).model_fields else None
+        given = given or (self.model_extra or {}).get(method)
+        options = registry.selector_options(method)
+        return given if given is not None or options is None else options()
+
+    @model_validator(mode="after")
     def _budget_when_needed(self) -> SelectConfig:
         if self.method not in ("all", "threshold") and self.budget is None:
             raise ValueError(
@@ -255,12 +279,30 @@ class SelectConfig(_Strict):
 
 
 class StageConfig(_Strict):
-    """Resource overrides for one scoring stage."""
+    """Resource overrides for one scoring stage, and the options of a stage that registers an
+    options class (`Stage.options_class`), validated against it."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
 
     num_cpus: float | None = Field(default=None, gt=0)
     num_gpus: float | None = Field(default=None, ge=0)
     batch_size: int | None = Field(default=None, gt=0)
     pool_size: int | None = Field(default=None, gt=0)
+
+    def resources(self) -> dict[str, Any]:
+        """The resource overrides that are set."""
+        fields = type(self).model_fields
+        return {k: v for k, v in self.model_dump(include=set(fields)).items() if v is not None}
+
+
+def _registered(where: str, options: type[BaseModel] | None, value: Any) -> BaseModel:
+    if options is None:
+        raise ValueError(f"{where}: this method takes no options")
+    try:
+        return options.model_validate(value)
+    except ValidationError as exc:
+        problems = "; ".join(_describe(error, where) for error in exc.errors())
+        raise ValueError(problems) from None
 
 
 class RayConfig(_Strict):
@@ -270,7 +312,6 @@ class RayConfig(_Strict):
 # What one `distsel run` does: everything, or one phase (see distsel.pipeline.run).
 Phase = Literal["all", "score", "select", "mixture"]
 PHASES: tuple[str, ...] = get_args(Phase)
-TARGET_METHODS = ("dsir", "similarity", "classifier", "influence", "quad", "mixture")
 
 
 class Config(_Strict):
@@ -287,13 +328,40 @@ class Config(_Strict):
 
     @model_validator(mode="after")
     def _targets_when_needed(self) -> Config:
-        if self.select.method in TARGET_METHODS and not self.target.paths:
+        from distsel import registry
+
+        if registry.needs_target(self.select.method) and not self.target.paths:
             raise ValueError(f"select.method '{self.select.method}' needs target.paths")
         return self
 
+    @model_validator(mode="after")
+    def _stage_options(self) -> Config:
+        from distsel import registry
 
-def _describe(error: dict[str, Any]) -> str:
-    key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        for name, stage in self.stages.items():
+            if stage.model_extra:
+                options = registry.stage_class(name).options_class
+                stage.model_extra.update(
+                    _registered(f"stages.{name}", options, stage.model_extra).model_dump()
+                )
+        return self
+
+    def stage_options(self, name: str) -> BaseModel | None:
+        """The options of stage `name` (its `options_class`): `stages.<name>` without the
+        resource keys, else the defaults."""
+        from distsel import registry
+
+        options = registry.stage_class(name).options_class
+        given = self.stages.get(name)
+        if options is None:
+            return None
+        return options.model_validate((given.model_extra if given else None) or {})
+
+
+def _describe(error: dict[str, Any], prefix: str = "") -> str:
+    key = ".".join([prefix, *map(str, error["loc"])] if prefix else map(str, error["loc"]))
+    if not key:  # a check of the whole configuration, whose message names its keys
+        return error["msg"].removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
         return f"{key}: unknown key"
     if error["type"] == "missing":

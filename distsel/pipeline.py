@@ -24,7 +24,7 @@ from distsel import corpus, duplicates, evaluate
 from distsel.config import Budget, Config, Phase
 from distsel.errors import ConfigError, DistselError, InputError
 from distsel.executor import Executor, RayExecutor, current, installed, node_id
-from distsel.scoring import stage_class
+from distsel.registry import stage_class
 from distsel.select import Pool, Selector, gather_pool, selector_for
 from distsel.stage import Stage, StageContext, prepare_stage
 from distsel.storage import Store, is_remote, reads_inside, retrying

@@ -16,6 +16,8 @@ import pyarrow as pa
 from distsel.storage import Store
 
 if TYPE_CHECKING:
+    from pydantic import BaseModel
+
     from distsel.config import Config, StageConfig
 
 log = logging.getLogger("distsel")
@@ -33,8 +35,7 @@ class Resources:
     def with_overrides(self, overrides: StageConfig | None) -> Resources:
         if overrides is None:
             return self
-        changes = {k: v for k, v in overrides.model_dump().items() if v is not None}
-        return replace(self, **changes)
+        return replace(self, **overrides.resources())
 
 
 @dataclass
@@ -61,6 +62,8 @@ class Stage(ABC):
     # The attributes that `prepare` fits: saved under _state/<name>/ with the inputs they came
     # from, and restored instead of fitting again while those stay the same (`prepare_stage`).
     fitted: ClassVar[tuple[str, ...]] = ()
+    # Options of this stage, under `stages.<name>` beside its resources (Config.stage_options).
+    options_class: ClassVar[type[BaseModel] | None] = None
 
     def __init__(self, resources: Resources | None = None) -> None:
         self.resources = resources or self.default_resources

@@ -13,13 +13,15 @@ by the inverse of its count, gives every document the decision value
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
+from distsel.config import ClassifierOptions, Config
 from distsel.corpus import read_texts
 from distsel.errors import DistselError
+from distsel.registry import register_selector, register_stage
 from distsel.scoring.similarity import (
     LinearScorer,
     fit_betr_classifier,
@@ -27,10 +29,9 @@ from distsel.scoring.similarity import (
     sample_texts,
     sparse_scores,
 )
+from distsel.select import Pool, budget_section, score_column
+from distsel.select.samplers import descending, fill_budget
 from distsel.stage import Resources, Stage, StageContext
-
-if TYPE_CHECKING:
-    from distsel.config import ClassifierOptions, Config
 
 
 def fit_target_classifier(
@@ -52,6 +53,7 @@ def training_texts(config: Config, context: StageContext) -> tuple[list[str], li
     return positives[: options.max_positives], negatives
 
 
+@register_stage
 class ClassifierStage(Stage):
     """`classifier_score`: the target-vs-pool log-odds of every document."""
 
@@ -96,3 +98,18 @@ class ClassifierStage(Stage):
         texts = batch.column("text").to_pylist()
         features = ngram_features(texts, self.options.num_buckets, self.options.ngrams)
         return {"classifier_score": sparse_scores(self.model, features)}
+
+
+@register_selector("classifier", options=ClassifierOptions, needs_target=True)
+class ClassifierSelector:
+    """The documents the target-vs-pool classifier finds most target-like."""
+
+    def required_stages(self, config: Config) -> tuple[str, ...]:
+        return ("classifier",)
+
+    def select(
+        self, pool: Pool, config: Config, context: StageContext
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        order = descending(score_column(pool, "classifier_score"), pool.random_key)
+        chosen = fill_budget(order, pool.tokens, config.select.budget)
+        return chosen, {"budget": budget_section(config), **config.select.classifier.model_dump()}

@@ -45,9 +45,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from distsel.config import Config
+from distsel.config import Config, DsirOptions
 from distsel.corpus import read_texts
 from distsel.executor import current
+from distsel.registry import register_selector, register_stage
+from distsel.select import Pool, budget_section, score_column
+from distsel.select.samplers import descending, fill_budget
 from distsel.stage import Resources, Stage, StageContext
 from distsel.storage import Store
 
@@ -474,6 +477,7 @@ def kl_reduction(
 # Pipeline stage: fit on the target and the whole pool, then score every part
 
 
+@register_stage
 class DsirStage(Stage):
     """Log importance weights per document, plain and divided by the document's n-gram count.
 
@@ -552,3 +556,24 @@ def pool_ngram_counts(
     for counts in current().as_completed(_part_ngram_counts, calls):
         total += counts
     return total
+
+
+@register_selector("dsir", options=DsirOptions, needs_target=True)
+class DsirSelector:
+    """DSIR resampling: Gumbel top-k (∝ importance weight) or plain top-k of the log weights."""
+
+    def required_stages(self, config: Config) -> tuple[str, ...]:
+        return ("dsir",)
+
+    def select(
+        self, pool: Pool, config: Config, context: StageContext
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        options = config.select.dsir
+        name = "dsir_log_weight_per_ngram" if options.length_normalize else "dsir_log_weight"
+        weights = score_column(pool, name)
+        if options.sampling == "gumbel":
+            weights = weights + gumbel_noise_from_keys(pool.random_key)
+        chosen = fill_budget(
+            descending(weights, pool.random_key), pool.tokens, config.select.budget
+        )
+        return chosen, {"budget": budget_section(config), "column": name, **options.model_dump()}

@@ -25,6 +25,7 @@ import pyarrow as pa
 import torch
 
 from distsel.executor import cluster_gpus, current
+from distsel.registry import register_stage
 from distsel.stage import Resources, Stage
 
 if TYPE_CHECKING:
@@ -262,6 +263,7 @@ class Embedder:
 # Pipeline stage
 
 
+@register_stage
 class EmbedStage(Stage):
     """Embeds every document; on a cluster with GPUs each actor takes one GPU."""
 

@@ -59,7 +59,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -67,14 +67,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from distsel.config import Config, InfluenceOptions
 from distsel.errors import DistselError
 from distsel.executor import current
+from distsel.registry import register_selector, register_stage
 from distsel.scoring.embed import _with_cluster_gpus
 from distsel.scoring.proxy import ensure_proxy, load_proxy
+from distsel.select import Pool, budget_section, score_column
+from distsel.select.samplers import descending, fill_budget
 from distsel.stage import Resources, Stage, StageContext
-
-if TYPE_CHECKING:
-    from distsel.config import Config, InfluenceOptions
 
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP = ("gate_proj", "up_proj", "down_proj")
@@ -684,6 +685,7 @@ def _seed(arrays: dict[str, np.ndarray]) -> int:
 # Pipeline stage
 
 
+@register_stage
 class InfluenceStage(Stage):
     """Influence of every document on the target set, under the run's proxy LM.
 
@@ -772,3 +774,19 @@ class InfluenceStage(Stage):
 
 def _fit_state(stage: InfluenceStage, target_texts: list[str]) -> dict[str, np.ndarray]:
     return stage._scorer(None).fit(target_texts).state()
+
+
+@register_selector("influence", options=InfluenceOptions, needs_target=True)
+class InfluenceSelector:
+    """Top-k by influence on the target under the proxy LM (trained here unless proxy.path)."""
+
+    def required_stages(self, config: Config) -> tuple[str, ...]:
+        return ("influence",)
+
+    def select(
+        self, pool: Pool, config: Config, context: StageContext
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        column = "influence_normalized" if config.select.influence.normalize else "influence"
+        order = descending(score_column(pool, column), pool.random_key)
+        chosen = fill_budget(order, pool.tokens, config.select.budget)
+        return chosen, {"budget": budget_section(config), **config.select.influence.model_dump()}

@@ -30,6 +30,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from distsel.errors import DistselError
 from distsel.executor import current
+from distsel.registry import register_stage
 from distsel.scoring.embed import CHARS_PER_TOKEN_CUT, _dtype_kwarg, _with_cluster_gpus
 from distsel.scoring.training import build_proxy, train_steps
 from distsel.stage import Resources, Stage, StageContext
@@ -551,6 +552,7 @@ def _train_and_save(
 # Pipeline stage
 
 
+@register_stage
 class PerplexityStage(Stage):
     """Each document's mean token loss under the proxy LM (perplexity = exp(loss)); on a
     cluster with GPUs each actor takes one GPU."""

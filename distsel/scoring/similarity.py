@@ -20,13 +20,16 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import pyarrow as pa
 
-from distsel.config import Config
+from distsel.config import Config, SimilarityOptions
 from distsel.corpus import read_target_tasks
 from distsel.errors import DistselError
 from distsel.executor import current
+from distsel.registry import register_selector, register_stage
 from distsel.scoring.dsir import hashed_ngrams
 from distsel.scoring.embed import EmbedStage, embed_texts_on_cluster, embedding_matrix
+from distsel.select import Pool, budget_section, score_column
 from distsel.select.pool import random_keys
+from distsel.select.samplers import descending, fill_budget
 from distsel.stage import Resources, Stage, StageContext
 from distsel.storage import Store
 
@@ -295,6 +298,7 @@ sparse_scores = predict_scores
 # Pipeline stages
 
 
+@register_stage
 class SimilarityStage(Stage):
     """Cosine of each document's embedding to each target task, aggregated over its examples.
 
@@ -347,6 +351,7 @@ class SimilarityStage(Stage):
         return {"similarity": np.max(np.stack(list(columns.values())), axis=0), **columns}
 
 
+@register_stage
 class BetrStage(Stage):
     """BETR at scale: embed only a sample, label its best-ranked share, and score every document
     with a linear classifier on hashed n-grams, x_b = log(1 + count_b) / ‖log(1 + count)‖₂.
@@ -444,3 +449,31 @@ def sample_texts(store: Store, parts: list[str], size: int, seed: int) -> list[s
     found = current().map(_sample_part, [(store, p, seed, below) for p in parts])
     candidates = [pair for pairs in found for pair in pairs]
     return [text for _, text in sorted(candidates)[:size]]
+
+
+@register_selector("similarity", options=SimilarityOptions, needs_target=True)
+class SimilaritySelector:
+    """RDS+: highest cosine to the target; with several target sets, round-robin over them."""
+
+    def required_stages(self, config: Config) -> tuple[str, ...]:
+        return ("betr",) if config.select.similarity.betr else ("similarity",)
+
+    def select(
+        self, pool: Pool, config: Config, context: StageContext
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        options = config.select.similarity
+        if options.betr:
+            columns = ["betr_score"]
+        else:
+            columns = sorted(c for c in pool.scores if c.startswith("similarity_task_"))
+        per_task = np.stack([score_column(pool, c) for c in columns])
+        if len(columns) == 1:
+            order = descending(per_task[0], pool.random_key)
+        else:
+            order = round_robin(per_task, len(pool))
+        chosen = fill_budget(order, pool.tokens, config.select.budget)
+        return chosen, {
+            "budget": budget_section(config),
+            "columns": columns,
+            **options.model_dump(),
+        }

@@ -6,9 +6,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from distsel.registry import register_stage
 from distsel.stage import Resources, Stage
 
 
+@register_stage
 class TextStatsStage(Stage):
     """Cheap text statistics: characters, words, mean word length, share of alphabetic chars."""
 

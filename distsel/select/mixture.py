@@ -17,6 +17,7 @@ from distsel.config import Budget
 from distsel.errors import DistselError
 from distsel.mixture import MIXTURE_FOLDER
 from distsel.mixture.simplex import natural_weights, water_fill
+from distsel.registry import register_selector
 from distsel.select.pool import Pool, fetch_texts
 from distsel.select.samplers import fill_budget, random_order
 
@@ -296,6 +297,7 @@ def run_mixture_search(
     return weights, section
 
 
+@register_selector("mixture", needs_target=True)
 class MixtureSelector:
     """Search the group mixture with proxy LMs, then sample the budget by the best weights."""
 
