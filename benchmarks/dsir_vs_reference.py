@@ -24,43 +24,30 @@ KL(target ‖ selection) over distsel's hashed n-gram counts (add-1 smoothing) f
 
 from __future__ import annotations
 
-import argparse
-import gzip
-import json
 import os
-import sys
+
+os.environ.setdefault("TQDM_DISABLE", "1")  # the reference's per-shard progress bars
+
+import argparse
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import harness
 import numpy as np
 
-os.environ.setdefault("TQDM_DISABLE", "1")  # the reference's per-shard progress bars
+from distsel.scoring import dsir
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from distsel.scoring import dsir  # noqa: E402
-
-DEFAULT_CORPUS = REPO.parent / "shared" / "data" / "corpus"
 NUM_BUCKETS = 10_000
 NGRAMS = 2
 
 
 def load_corpus(corpus: Path) -> tuple[list[str], np.ndarray]:
-    files = sorted(corpus.glob("*.jsonl.gz"))
-    if not files:
-        raise SystemExit(f"no *.jsonl.gz files in {corpus} (pass --corpus)")
-    texts, domains = [], []
-    for path in files:
-        with gzip.open(path, "rt", encoding="utf-8") as lines:
-            for line in lines:
-                if line.strip():
-                    record = json.loads(line)
-                    texts.append(record["text"])
-                    domains.append(record["domain"])
-    return texts, np.array(domains)
+    """Every document's text and domain, files in name order."""
+    records = [record for _, shard in harness.load_corpus(corpus) for record in shard]
+    return [r["text"] for r in records], np.array([r["domain"] for r in records])
 
 
 def split_target(
@@ -129,10 +116,13 @@ def run_distsel(pool: list[str], target: list[str], args: argparse.Namespace) ->
 # --- reference --------------------------------------------------------------------------------
 
 
-def write_jsonl(path: Path, texts: list[str], domains: np.ndarray) -> None:
-    with open(path, "w", encoding="utf-8") as out:
-        for index, (text, domain) in enumerate(zip(texts, domains, strict=True)):
-            out.write(json.dumps({"text": text, "domain": str(domain), "index": index}) + "\n")
+def write_pool(path: Path, texts: list[str], domains: np.ndarray) -> None:
+    """The documents as the reference reads them, each with its pool index."""
+    records = [
+        {"text": text, "domain": str(domain), "index": index}
+        for index, (text, domain) in enumerate(zip(texts, domains, strict=True))
+    ]
+    harness.write_jsonl(path, records)
 
 
 def in_shard_order(reference, directory: Path, n: int) -> np.ndarray:
@@ -142,6 +132,23 @@ def in_shard_order(reference, directory: Path, n: int) -> np.ndarray:
         part = np.load(directory / f"{shard['overall_idx']}.npy")
         values[shard["shard_idx"] :: shard["num_shards"]] = part
     return values
+
+
+def shipped_resample(
+    reference: Any, args: argparse.Namespace, workdir: Path
+) -> tuple[list[int] | None, str | None]:
+    """The pool indices resample() picks as shipped (Gumbel top-k over documents with >=
+    min_example_length tokens), or why it failed."""
+    try:
+        np.random.seed(args.seed)
+        out_dir = workdir / "resampled"
+        reference.resample(
+            str(out_dir), num_to_sample=args.k, cache_dir=str(workdir / "resample_cache")
+        )
+        records = [r for path in sorted(out_dir.glob("*.jsonl")) for r in harness.read_jsonl(path)]
+        return [record["index"] for record in records], None
+    except Exception as error:  # report, keep the other figures
+        return None, f"{type(error).__name__}: {error}"
 
 
 def run_reference(
@@ -155,8 +162,8 @@ def run_reference(
     from data_selection import HashedNgramDSIR
 
     raw_path, target_path = workdir / "raw.jsonl", workdir / "target.jsonl"
-    write_jsonl(raw_path, pool, pool_domains)
-    write_jsonl(target_path, target, np.array([args.domain] * len(target)))
+    write_pool(raw_path, pool, pool_domains)
+    write_pool(target_path, target, np.array([args.domain] * len(target)))
     reference = HashedNgramDSIR(
         raw_datasets=[str(raw_path)],
         target_datasets=[str(target_path)],
@@ -179,22 +186,7 @@ def run_reference(
     serial_s, serial_weights = best_time(in_process, 1)
     assert np.allclose(serial_weights, weights)
 
-    # resample() as shipped: Gumbel top-k over documents with >= min_example_length tokens.
-    shipped_chosen, shipped_error = None, None
-    try:
-        np.random.seed(args.seed)
-        out_dir = workdir / "resampled"
-        reference.resample(
-            str(out_dir), num_to_sample=args.k, cache_dir=str(workdir / "resample_cache")
-        )
-        shipped_chosen = [
-            json.loads(line)["index"]
-            for path in sorted(out_dir.glob("*.jsonl"))
-            for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip()
-        ]
-    except Exception as error:  # report, keep the other figures
-        shipped_error = f"{type(error).__name__}: {error}"
+    shipped_chosen, shipped_error = shipped_resample(reference, args, workdir)
     return {
         "version": data_selection.__version__,
         "fit_s": fit_s,
@@ -211,62 +203,20 @@ def run_reference(
 # --- report -----------------------------------------------------------------------------------
 
 
-def print_table(header: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    align = ["<" if i == 0 else ">" for i in range(len(header))]
-    align[1] = "<"
-
-    def line(cells: list[str]) -> str:
-        return "| " + " | ".join(
-            f"{c:{a}{w}}" for c, a, w in zip(cells, align, widths, strict=True)
-        )
-
-    print(line(header) + " |")
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for row in rows:
-        print(line(row) + " |")
-
-
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
-    parser.add_argument("--domain", default="news", help="target domain (held out from the pool)")
-    parser.add_argument("--target-size", type=int, default=500)
+    helps = {"domain": "target domain (held out from the pool)"}
+    harness.add_common_flags(
+        parser, helps, corpus=harness.DEFAULT_CORPUS, domain="news", target_size=500
+    )
     parser.add_argument("--batch-size", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs; the best is kept")
     parser.add_argument("--reference-procs", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    harness.add_common_flags(parser, seed=0)
+    return parser.parse_args()
 
-    texts, domains = load_corpus(args.corpus)
-    target_idx, pool_idx = split_target(domains, args.domain, args.target_size, args.seed)
-    pool = [texts[i] for i in pool_idx]
-    target = [texts[i] for i in target_idx]
-    pool_domains = domains[pool_idx]
-    is_target_domain = pool_domains == args.domain
-    args.k = int(is_target_domain.sum())
-    cores = len(os.sched_getaffinity(0))
-    load_before = os.getloadavg()[0]
 
-    print(f"DSIR: distsel vs data-selection (HashedNgramDSIR); corpus {args.corpus}")
-    print(
-        f"target: {len(target)} '{args.domain}' docs held out (seed {args.seed}) and removed from "
-        f"the pool; pool: {len(pool)} docs, {len(set(pool_domains))} domains; "
-        f"k = {args.k} pool '{args.domain}' docs (random precision {args.k / len(pool):.3f})"
-    )
-    print(f"buckets {NUM_BUCKETS}, n-grams 1..{NGRAMS}; {cores} cores; best of {args.repeats}")
-
-    ours = run_distsel(pool, target, args)
-    reference, reference_error = None, None
-    with tempfile.TemporaryDirectory(prefix="dsir_bench_") as tmp:
-        try:
-            reference = run_reference(pool, pool_domains, target, args, Path(tmp))
-        except Exception as error:
-            reference_error = f"{type(error).__name__}: {error}"
-    load_after = os.getloadavg()[0]
-
-    n = len(pool)
-    print(f"\nthroughput over the {n}-doc pool (load average {load_before:.1f} → {load_after:.1f})")
+def print_throughput(args: argparse.Namespace, n: int, ours: dict, reference: dict | None) -> None:
     in_memory = "featurize+weights, in memory"
     speed = [
         ("distsel fused: text_log_importance_weights", "1", in_memory, ours["fused_s"]),
@@ -292,69 +242,109 @@ def main() -> None:
     for name, procs, timed, seconds in speed:
         ratio = f"{reference_s / seconds:.1f}x" if reference_s else "n/a"
         rows.append([name, procs, timed, f"{seconds:.2f}", f"{n / seconds:,.0f}", ratio])
-    print_table(
-        ["pipeline", "procs", "timed", "s", "docs/s", f"vs reference {args.reference_procs}-proc"],
-        rows,
-    )
+    header = ["pipeline", "procs", "timed", "s", "docs/s"]
+    harness.print_table([*header, f"vs reference {args.reference_procs}-proc"], rows, left=2)
     fit_line = f"fit (not in ratios): distsel {ours['fit_s']:.2f} s"
     if reference:
         fit_line += f", reference {reference['fit_s']:.2f} s ({args.reference_procs} procs)"
     print(fit_line)
 
-    def quality(chosen: np.ndarray) -> tuple[str, str]:
-        selection = np.zeros(n, dtype=bool)
+
+class Quality:
+    """Precision and KL reduction of a selection of pool documents."""
+
+    def __init__(self, pool: list[str], in_domain: np.ndarray, ours: dict[str, Any]) -> None:
+        self.in_domain, self.ours = in_domain, ours
+        self.doc_index, self.bucket = dsir.hashed_ngrams(pool, NUM_BUCKETS, NGRAMS)
+
+    def __call__(self, chosen: np.ndarray) -> tuple[str, str]:
+        selection = np.zeros(len(self.in_domain), dtype=bool)
         selection[chosen] = True
-        precision = is_target_domain[chosen].mean()
-        kl = kl_of_selection(selection)
-        return f"{precision:.3f}", f"{kl:.3f}"
+        counts = np.bincount(self.bucket[selection[self.doc_index]], minlength=NUM_BUCKETS)
+        kl = dsir.kl_reduction(self.ours["target_counts"], self.ours["pool_counts"], counts)
+        return f"{self.in_domain[chosen].mean():.3f}", f"{kl:.3f}"
 
-    doc_index, bucket = dsir.hashed_ngrams(pool, NUM_BUCKETS, NGRAMS)
 
-    def kl_of_selection(selection: np.ndarray) -> float:
-        counts = np.bincount(bucket[selection[doc_index]], minlength=NUM_BUCKETS)
-        return dsir.kl_reduction(ours["target_counts"], ours["pool_counts"], counts)
-
+def quality_rows(args: argparse.Namespace, quality: Quality, reference: dict | None) -> list:
     k, seed = args.k, args.seed
-    print(f"\nselection of k = {k}: precision = share of selected docs in '{args.domain}'")
-    quality_rows = []
+    rows = []
     weight_sets = [
-        ("distsel plain", ours["plain"]),
-        ("distsel length-normalised", ours["normalised"]),
+        ("distsel plain", quality.ours["plain"]),
+        ("distsel length-normalised", quality.ours["normalised"]),
     ]
     if reference:
         weight_sets.append(("reference weights (no length filter)", reference["weights"]))
     for name, weights in weight_sets:
         gumbel = dsir.gumbel_topk(weights, k, seed)
-        quality_rows.append([name, f"Gumbel top-k (seed {seed})", *quality(gumbel)])
-        quality_rows.append([name, "top-k", *quality(dsir.topk(weights, k))])
+        rows.append([name, f"Gumbel top-k (seed {seed})", *quality(gumbel)])
+        rows.append([name, "top-k", *quality(dsir.topk(weights, k))])
     if reference:
         shipped = f"resample() as shipped (>= {reference['min_example_length']} tokens, Gumbel)"
         if reference["shipped_chosen"] is not None:
             chosen = np.array(reference["shipped_chosen"], dtype=np.int64)
-            quality_rows.append(["reference", shipped, *quality(chosen)])
+            rows.append(["reference", shipped, *quality(chosen)])
         else:
-            quality_rows.append(
-                ["reference", shipped, f"failed: {reference['shipped_error']}", "-"]
-            )
-    random_order = np.random.default_rng(seed).permutation(n)[:k]
-    quality_rows.append(["random", "uniform", *quality(random_order)])
-    print_table(["weights", "selection", "precision", "KL reduction"], quality_rows)
+            rows.append(["reference", shipped, f"failed: {reference['shipped_error']}", "-"])
+    random_order = np.random.default_rng(seed).permutation(len(quality.in_domain))[:k]
+    rows.append(["random", "uniform", *quality(random_order)])
+    return rows
 
+
+def print_agreement(
+    args: argparse.Namespace, ours: dict, reference: dict, in_domain: np.ndarray
+) -> None:
+    n, k = len(in_domain), args.k
+    correlation = np.corrcoef(ours["plain"], reference["weights"])[0, 1]
+    long_enough = reference["long_enough"]
+    print(
+        f"correlation of distsel plain vs reference log weights: {correlation:.4f} "
+        f"(same formula, different hash functions); docs passing the reference's "
+        f"min_example_length={reference['min_example_length']} filter: {long_enough.sum()} of "
+        f"{n} ({(long_enough & in_domain).sum()} of {k} '{args.domain}')"
+    )
+    reference_s = reference["parallel_s"]
+    print(
+        f"speed-up of distsel (1 process) over the reference as shipped "
+        f"({args.reference_procs} processes): fused {reference_s / ours['fused_s']:.1f}x, "
+        f"dense {reference_s / ours['dense_s']:.1f}x; over the reference in one process: "
+        f"fused {reference['serial_s'] / ours['fused_s']:.1f}x (goal >= 20x)"
+    )
+
+
+def main() -> None:
+    args = parse_args()
+    texts, domains = load_corpus(args.corpus)
+    target_idx, pool_idx = split_target(domains, args.domain, args.target_size, args.seed)
+    pool = [texts[i] for i in pool_idx]
+    target = [texts[i] for i in target_idx]
+    pool_domains = domains[pool_idx]
+    in_domain = pool_domains == args.domain
+    args.k = int(in_domain.sum())
+    load_before = os.getloadavg()[0]
+    print(f"DSIR: distsel vs data-selection (HashedNgramDSIR); corpus {args.corpus}")
+    print(
+        f"target: {len(target)} '{args.domain}' docs held out (seed {args.seed}) and removed from "
+        f"the pool; pool: {len(pool)} docs, {len(set(pool_domains))} domains; "
+        f"k = {args.k} pool '{args.domain}' docs (random precision {args.k / len(pool):.3f})"
+    )
+    cores = len(os.sched_getaffinity(0))
+    print(f"buckets {NUM_BUCKETS}, n-grams 1..{NGRAMS}; {cores} cores; best of {args.repeats}")
+
+    ours = run_distsel(pool, target, args)
+    reference, reference_error = None, None
+    with tempfile.TemporaryDirectory(prefix="dsir_bench_") as tmp:
+        try:
+            reference = run_reference(pool, pool_domains, target, args, Path(tmp))
+        except Exception as error:
+            reference_error = f"{type(error).__name__}: {error}"
+    load = f"load average {load_before:.1f} → {os.getloadavg()[0]:.1f}"
+    print(f"\nthroughput over the {len(pool)}-doc pool ({load})")
+    print_throughput(args, len(pool), ours, reference)
+    print(f"\nselection of k = {args.k}: precision = share of selected docs in '{args.domain}'")
+    rows = quality_rows(args, Quality(pool, in_domain, ours), reference)
+    harness.print_table(["weights", "selection", "precision", "KL reduction"], rows, left=2)
     if reference:
-        correlation = np.corrcoef(ours["plain"], reference["weights"])[0, 1]
-        long_enough = reference["long_enough"]
-        print(
-            f"correlation of distsel plain vs reference log weights: {correlation:.4f} "
-            f"(same formula, different hash functions); docs passing the reference's "
-            f"min_example_length={reference['min_example_length']} filter: {long_enough.sum()} of "
-            f"{n} ({(long_enough & is_target_domain).sum()} of {k} '{args.domain}')"
-        )
-        print(
-            f"speed-up of distsel (1 process) over the reference as shipped "
-            f"({args.reference_procs} processes): fused {reference_s / ours['fused_s']:.1f}x, "
-            f"dense {reference_s / ours['dense_s']:.1f}x; over the reference in one process: "
-            f"fused {reference['serial_s'] / ours['fused_s']:.1f}x (goal >= 20x)"
-        )
+        print_agreement(args, ours, reference, in_domain)
     else:
         print(f"\nREFERENCE NOT RUN: {reference_error}")
         print("  (pip install data-selection==1.0.3 into the venv); distsel figures above only.")

@@ -23,8 +23,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
 
 import argparse
-import gzip
-import json
 import platform
 import shutil
 import subprocess
@@ -35,15 +33,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import harness
 import numpy as np
+from harness import fmt
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-CORPUS_CANDIDATES = (
-    REPO.parent / "shared" / "data" / "corpus",
-    REPO / "shared" / "data" / "corpus",
-)
+CORPUS_CANDIDATES = (harness.DEFAULT_CORPUS, harness.REPO / "shared" / "data" / "corpus")
 
 
 # ---------------------------------------------------------------------------------------- texts
@@ -51,11 +45,7 @@ CORPUS_CANDIDATES = (
 
 def corpus_texts(corpus: Path) -> list[list[str]]:
     """The texts of each *.jsonl.gz file (one domain each) under `corpus`."""
-    domains = []
-    for path in sorted(corpus.glob("*.jsonl.gz")):
-        with gzip.open(path, "rt", encoding="utf-8") as lines:
-            domains.append([json.loads(line)["text"] for line in lines if line.strip()])
-    return domains
+    return [[r["text"] for r in records] for _, records in harness.load_corpus(corpus)]
 
 
 def stdlib_texts(seed: int) -> list[str]:
@@ -231,28 +221,111 @@ def timed(run, calls: list, sampler: GpuSampler) -> tuple[float, dict[str, Any]]
     return end - start, sampler.window(start, end)
 
 
-def fmt(value: float | None, spec: str) -> str:
-    return "n/a" if value is None else format(value, spec)
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = harness.new_parser(__doc__, first_paragraph=False)
     parser.add_argument("--n-docs", type=int, default=50_000, help="documents (default 50000)")
     parser.add_argument("--batch-sizes", default="64,128,256,512,1024", help="comma-separated")
     parser.add_argument("--call-size", type=int, default=4096, help="documents per embed call")
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
-    parser.add_argument("--corpus", type=Path, default=None, help="folder of *.jsonl.gz")
+    harness.add_common_flags(parser, corpus=None)
     parser.add_argument("--model-path", default=None, help="default: bundled all-MiniLM-L6-v2")
     parser.add_argument("--device", default="cuda", help="CUDA device (default cuda)")
     parser.add_argument("--agreement-docs", type=int, default=2000, help="docs for dtype check")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
-    args = parser.parse_args(argv)
-    batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
+    helps = {"json": "also write the results here"}
+    harness.add_common_flags(parser, helps, seed=0, json=None)
+    return parser.parse_args(argv)
 
+
+def batch_row(embedder: Any, batch_size: int, calls: list, token_calls: list, sampler: Any) -> dict:
+    """Throughput and GPU figures of one batch size, end to end and model only."""
+    import torch
+
+    embedder.batch_size = batch_size
+    embedder.embed(calls[0][: 2 * batch_size])  # warm-up at this shape
+    torch.cuda.reset_peak_memory_stats(embedder.device)
+    docs = sum(map(len, calls))
+    model_s, model_gpu = timed(embedder.embed_tokens, token_calls, sampler)
+    full_s, full_gpu = timed(embedder.embed, calls, sampler)
+    return {
+        "batch_size": batch_size,
+        "docs_per_s": docs / full_s,
+        "seconds": full_s,
+        "gpu_util_mean": full_gpu["util_mean"],
+        "gpu_util_median": full_gpu["util_median"],
+        "gpu_mem_max_mib": full_gpu["mem_max_mib"],
+        "gpu_samples": full_gpu["samples"],
+        "model_only_docs_per_s": docs / model_s,
+        "model_only_gpu_util_mean": model_gpu["util_mean"],
+        "torch_peak_mem_mib": torch.cuda.max_memory_allocated(embedder.device) / 2**20,
+    }
+
+
+def measure_batches(
+    embedder: Any, texts: list[str], calls: list, batch_sizes: list[int], sampler: Any
+) -> tuple[list[dict[str, Any]], float, float]:
+    """Each batch size's row; the tokenizer's seconds alone and the mean tokens per doc."""
+    try:
+        embedder.embed(texts[: max(batch_sizes)])  # warm-up: CUDA context, kernels
+        start = time.perf_counter()
+        token_calls = [embedder.tokenize(call) for call in calls]
+        tokenize_s = time.perf_counter() - start
+        mean_tokens = float(np.mean([len(ids) for call in token_calls for ids in call]))
+        rows = [batch_row(embedder, b, calls, token_calls, sampler) for b in batch_sizes]
+    finally:
+        sampler.stop()
+    return rows, tokenize_s, mean_tokens
+
+
+def agreement(embedder: Any, sample: list[str], model_path: str, args: Any) -> dict:
+    """How far the low-precision embeddings are from float32 ones on the same documents."""
+    from distsel.scoring.embed import Embedder
+
+    embedder.batch_size = 256
+    low = embedder.embed(sample)
+    full = Embedder(model_path, max_length=args.max_length, device=args.device, dtype="float32")
+    full.batch_size = 256
+    cosines = np.sum(low * full.embed(sample), axis=1)
+    return {
+        "docs": len(sample),
+        "cosine_min": float(cosines.min()),
+        "cosine_mean": float(cosines.mean()),
+    }
+
+
+def print_report(result: dict[str, Any], args: argparse.Namespace) -> None:
+    print(
+        f"{result['gpu']}; torch {result['torch']}, transformers {result['transformers']}; "
+        f"{args.dtype}, max_length {args.max_length}"
+    )
+    print(
+        f"{result['n_docs']} docs ({result['source']}); {result['mean_tokens_per_doc']:.0f} "
+        f"tokens/doc after truncation; embed calls of {args.call_size} docs; GPU sampled by "
+        f"{result['gpu_sampler']}"
+    )
+    print(f"tokenizer alone: {result['tokenize_docs_per_s']:,.0f} docs/s on {os.cpu_count()} CPUs")
+    rows = [
+        [
+            str(row["batch_size"]),
+            f"{row['docs_per_s']:,.0f}",
+            fmt(row["gpu_util_mean"], ".0f", "n/a"),
+            fmt(row["gpu_mem_max_mib"], ".0f", "n/a"),
+            f"{row['model_only_docs_per_s']:,.0f}",
+            fmt(row["model_only_gpu_util_mean"], ".0f", "n/a"),
+            f"{row['torch_peak_mem_mib']:,.0f}",
+        ]
+        for row in result["rows"]
+    ]
+    header = ["batch", "docs/s", "GPU util %", "GPU MiB", "model-only docs/s", "util %"]
+    harness.print_table([*header, "torch peak MiB"], rows, left=0)
+    check = result[f"{args.dtype}_vs_float32"]
+    print(
+        f"{args.dtype} vs float32 on {check['docs']} docs: cosine min "
+        f"{check['cosine_min']:.4f}, mean {check['cosine_mean']:.4f}"
+    )
+
+
+def cuda_or_exit() -> Any:
     import torch
 
     if not torch.cuda.is_available():
@@ -260,6 +333,13 @@ def main(argv: list[str] | None = None) -> None:
             f"embed_gpu.py needs a CUDA GPU, and torch {torch.__version__} sees none "
             f"(built for CUDA {torch.version.cuda}); run benchmarks/embed_throughput.py on a CPU"
         )
+    return torch
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
+    torch = cuda_or_exit()
     import transformers
     from transformers.utils import logging as hf_logging
 
@@ -270,64 +350,18 @@ def main(argv: list[str] | None = None) -> None:
         model_path = args.model_path or default_model_path()
     except ImportError as error:
         raise SystemExit(f"{error} (--model-path)") from None
-
     device = torch.device(args.device)
     device_index = device.index if device.index is not None else torch.cuda.current_device()
-    gpu_name = torch.cuda.get_device_name(device_index)
     texts, source = load_texts(args.corpus, args.n_docs, args.seed)
     calls = [texts[i : i + args.call_size] for i in range(0, len(texts), args.call_size)]
-
     embedder = Embedder(
         model_path, max_length=args.max_length, device=str(device), dtype=args.dtype
     )
     sampler = GpuSampler(device_index).start()
-    try:
-        embedder.embed(texts[: max(batch_sizes)])  # warm-up: CUDA context, kernels
-        start = time.perf_counter()
-        token_calls = [embedder.tokenize(call) for call in calls]
-        tokenize_s = time.perf_counter() - start
-        mean_tokens = float(np.mean([len(ids) for call in token_calls for ids in call]))
-
-        rows = []
-        for batch_size in batch_sizes:
-            embedder.batch_size = batch_size
-            embedder.embed(calls[0][: 2 * batch_size])  # warm-up at this shape
-            torch.cuda.reset_peak_memory_stats(device)
-            model_s, model_gpu = timed(embedder.embed_tokens, token_calls, sampler)
-            full_s, full_gpu = timed(embedder.embed, calls, sampler)
-            rows.append(
-                {
-                    "batch_size": batch_size,
-                    "docs_per_s": len(texts) / full_s,
-                    "seconds": full_s,
-                    "gpu_util_mean": full_gpu["util_mean"],
-                    "gpu_util_median": full_gpu["util_median"],
-                    "gpu_mem_max_mib": full_gpu["mem_max_mib"],
-                    "gpu_samples": full_gpu["samples"],
-                    "model_only_docs_per_s": len(texts) / model_s,
-                    "model_only_gpu_util_mean": model_gpu["util_mean"],
-                    "torch_peak_mem_mib": torch.cuda.max_memory_allocated(device) / 2**20,
-                }
-            )
-    finally:
-        sampler.stop()
-
-    # How far the low-precision embeddings are from float32 ones on the same documents.
-    sample = texts[: args.agreement_docs]
-    embedder.batch_size = 256
-    low = embedder.embed(sample)
-    del embedder
-    full = Embedder(model_path, max_length=args.max_length, device=str(device), dtype="float32")
-    full.batch_size = 256
-    cosines = np.sum(low * full.embed(sample), axis=1)
-    agreement = {
-        "docs": len(sample),
-        "cosine_min": float(cosines.min()),
-        "cosine_mean": float(cosines.mean()),
-    }
-
+    rows, tokenize_s, mean_tokens = measure_batches(embedder, texts, calls, batch_sizes, sampler)
+    checked = agreement(embedder, texts[: args.agreement_docs], model_path, args)
     result = {
-        "gpu": gpu_name,
+        "gpu": torch.cuda.get_device_name(device_index),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "transformers": transformers.__version__,
@@ -343,40 +377,10 @@ def main(argv: list[str] | None = None) -> None:
         "tokenize_docs_per_s": len(texts) / tokenize_s,
         "gpu_sampler": sampler.how,
         "rows": rows,
-        f"{args.dtype}_vs_float32": agreement,
+        f"{args.dtype}_vs_float32": checked,
     }
-
-    print(
-        f"{gpu_name}; torch {torch.__version__}, transformers {transformers.__version__}; "
-        f"{args.dtype}, max_length {args.max_length}"
-    )
-    print(
-        f"{len(texts)} docs ({source}); {mean_tokens:.0f} tokens/doc after truncation; "
-        f"embed calls of {args.call_size} docs; GPU sampled by {sampler.how}"
-    )
-    print(f"tokenizer alone: {len(texts) / tokenize_s:,.0f} docs/s on {os.cpu_count()} CPUs")
-    header = (
-        f"{'batch':>6} {'docs/s':>9} {'GPU util %':>10} {'GPU MiB':>8} "
-        f"{'model-only docs/s':>17} {'util %':>7} {'torch peak MiB':>14}"
-    )
-    print(header)
-    print("-" * len(header))
-    for row in rows:
-        print(
-            f"{row['batch_size']:>6} {row['docs_per_s']:>9,.0f} "
-            f"{fmt(row['gpu_util_mean'], '.0f'):>10} {fmt(row['gpu_mem_max_mib'], '.0f'):>8} "
-            f"{row['model_only_docs_per_s']:>17,.0f} "
-            f"{fmt(row['model_only_gpu_util_mean'], '.0f'):>7} "
-            f"{row['torch_peak_mem_mib']:>14,.0f}"
-        )
-    print(
-        f"{args.dtype} vs float32 on {agreement['docs']} docs: cosine min "
-        f"{agreement['cosine_min']:.4f}, mean {agreement['cosine_mean']:.4f}"
-    )
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.json}")
+    print_report(result, args)
+    harness.write_json(args.json, result)
 
 
 if __name__ == "__main__":

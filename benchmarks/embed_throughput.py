@@ -16,35 +16,22 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
 
 import argparse
-import gzip
-import json
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import harness
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from distsel.scoring.embed import Embedder, default_model_path  # noqa: E402
-
-DEFAULT_CORPUS = REPO.parent / "shared" / "data" / "corpus"
+from distsel.scoring.embed import Embedder, default_model_path
 
 
 def load_mixed_texts(corpus: Path, limit: int, seed: int) -> list[str]:
     """`limit` documents drawn evenly from every *.jsonl.gz domain file (seeded), shuffled."""
-    files = sorted(corpus.glob("*.jsonl.gz"))
-    if not files:
-        raise SystemExit(f"no *.jsonl.gz files in {corpus} (pass --corpus)")
-    by_file = []
-    for path in files:
-        with gzip.open(path, "rt", encoding="utf-8") as lines:
-            by_file.append([json.loads(line)["text"] for line in lines if line.strip()])
+    by_file = [[r["text"] for r in records] for _, records in harness.load_corpus(corpus)]
     rng = np.random.default_rng(seed)
-    quotas = [limit // len(files) + (i < limit % len(files)) for i in range(len(files))]
+    quotas = [limit // len(by_file) + (i < limit % len(by_file)) for i in range(len(by_file))]
     texts: list[str] = []
     for docs, quota in zip(by_file, quotas, strict=True):
         picked = rng.choice(len(docs), size=min(quota, len(docs)), replace=False)
@@ -91,9 +78,9 @@ def padded_share(calls: list[np.ndarray], batch_size: int) -> float:
     return 1 - sum(int(call.sum()) for call in calls) / run
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
+    harness.add_common_flags(parser, corpus=harness.DEFAULT_CORPUS)
     parser.add_argument("--limit", type=int, default=1000, help="documents (default 1000)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument(
@@ -102,10 +89,35 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--repeats", type=int, default=2, help="passes over the documents")
-    parser.add_argument("--seed", type=int, default=0)
+    harness.add_common_flags(parser, seed=0)
     parser.add_argument("--model-path", default=None, help="default: bundled all-MiniLM-L6-v2")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
+
+def take_turns(
+    methods: dict[str, Callable], calls: list[list[str]], repeats: int
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, list[np.ndarray]]]:
+    """Wall and CPU seconds of each method per pass, and its first pass's vectors. The two
+    take turns call by call (A B, then B A), so that a load spike on a shared machine falls
+    on both alike."""
+    wall = {name: np.zeros(repeats) for name in methods}
+    cpu = {name: np.zeros(repeats) for name in methods}
+    vectors: dict[str, list[np.ndarray]] = {name: [] for name in methods}
+    for repeat in range(repeats):
+        for c, call in enumerate(calls):
+            names = list(methods) if (repeat + c) % 2 == 0 else list(methods)[::-1]
+            for name in names:
+                start, start_cpu = time.perf_counter(), time.process_time()
+                result = methods[name](call)
+                wall[name][repeat] += time.perf_counter() - start
+                cpu[name][repeat] += time.process_time() - start_cpu
+                if repeat == 0:
+                    vectors[name].append(result)
+    return wall, cpu, vectors
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
@@ -126,49 +138,32 @@ def main(argv: list[str] | None = None) -> None:
     }
     for embed in methods.values():  # warm-up
         embed(texts[: args.batch_size])
-
-    # The two take turns call by call (A B, then B A), so that a load spike on a shared
-    # machine falls on both alike.
-    wall = {name: np.zeros(args.repeats) for name in methods}
-    cpu = {name: np.zeros(args.repeats) for name in methods}
-    vectors: dict[str, list[np.ndarray]] = {name: [] for name in methods}
-    for repeat in range(args.repeats):
-        for c, call in enumerate(calls):
-            names = list(methods) if (repeat + c) % 2 == 0 else list(methods)[::-1]
-            for name in names:
-                start, start_cpu = time.perf_counter(), time.process_time()
-                result = methods[name](call)
-                wall[name][repeat] += time.perf_counter() - start
-                cpu[name][repeat] += time.process_time() - start_cpu
-                if repeat == 0:
-                    vectors[name].append(result)
-
+    wall, cpu, vectors = take_turns(methods, calls, args.repeats)
     lengths = [np.array([len(ids) for ids in embedder.tokenize(call)]) for call in calls]
+    print(
+        f"{len(texts)} docs from {args.corpus} (seed {args.seed}); "
+        f"{np.concatenate(lengths).mean():.0f} tokens/doc after truncation to "
+        f"{args.max_length}; embed calls of {args.call_size} docs, batch {args.batch_size}; "
+        f"{threads} torch threads; {args.repeats} passes, the two methods taking turns call by call"
+    )
     padding = {
         "bare transformers": padded_share(lengths, args.batch_size),
         "Embedder": padded_share([np.sort(x)[::-1] for x in lengths], args.batch_size),
     }
-    n = len(texts)
-    print(
-        f"{n} docs from {args.corpus} (seed {args.seed}); {np.concatenate(lengths).mean():.0f} "
-        f"tokens/doc after truncation to {args.max_length}; embed calls of {args.call_size} "
-        f"docs, batch {args.batch_size}; {threads} torch threads; {args.repeats} passes, "
-        "the two methods taking turns call by call"
-    )
-    header = (
-        f"{'method':<18} {'seconds':>8} {'docs/s':>7} {'best pass docs/s':>16} "
-        f"{'docs/CPU-s':>10} {'padding':>8}"
-    )
-    print(header)
-    print("-" * len(header))
-    rates = {}
-    for name in methods:
+    report(len(texts), args.repeats, (wall, cpu, vectors), padding)
+
+
+def report(n: int, repeats: int, measured: tuple, padding: dict[str, float]) -> None:
+    wall, cpu, vectors = measured
+    rates, rows = {}, []
+    for name in wall:
         total, best = wall[name].sum(), wall[name].min()
-        rates[name] = (n * args.repeats / total, n / best, n * args.repeats / cpu[name].sum())
-        print(
-            f"{name:<18} {total:>8.1f} {rates[name][0]:>7.1f} {rates[name][1]:>16.1f} "
-            f"{rates[name][2]:>10.1f} {padding[name]:>8.1%}"
+        rates[name] = (n * repeats / total, n / best, n * repeats / cpu[name].sum())
+        rows.append(
+            [name, f"{total:.1f}", *(f"{rate:.1f}" for rate in rates[name]), f"{padding[name]:.1%}"]
         )
+    header = ["method", "seconds", "docs/s", "best pass docs/s", "docs/CPU-s", "padding"]
+    harness.print_table(header, rows)
     ratios = [e / b for e, b in zip(rates["Embedder"], rates["bare transformers"], strict=True)]
     gap = np.abs(np.concatenate(vectors["Embedder"]) - np.concatenate(vectors["bare transformers"]))
     print(

@@ -31,36 +31,15 @@ documents left in the pool (a docs budget).
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-
 import argparse
-import json
-import logging
-import sys
+import os
 import time
-import traceback
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-BENCHMARKS = Path(__file__).resolve().parent
-REPO = BENCHMARKS.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(BENCHMARKS))
-
-from heldout_precision import (  # noqa: E402
-    DEFAULT_CORPUS,
-    load_corpus,
-    positive,
-    print_table,
-    split,
-    write_workdir,
-)
+import harness
+from harness import fmt, positive
 
 METHODS = ("influence", "random")
 # --proxy-* option -> proxy.<key> of the run configuration (only those given are set)
@@ -76,20 +55,17 @@ PROXY_OPTIONS = {
 }
 
 
-# --- selection runs ---------------------------------------------------------------------------
-
-
 def run_config(
-    method: str, args: argparse.Namespace, pool_dir: Path, target: Path, output: Path, k: int
+    method: str, args: argparse.Namespace, work: harness.Workspace, k: int
 ) -> dict[str, Any]:
     raw: dict[str, Any] = {
         "input": {
-            "paths": [str(pool_dir)],
+            "paths": [str(work.pool)],
             "group_field": "domain",
             "rows_per_part": args.rows_per_part,
         },
-        "target": {"paths": [str(target)]},
-        "output": {"path": str(output)},
+        "target": {"paths": [str(work.target)]},
+        "output": {"path": str(work.runs / method)},
         "select": {"method": method, "budget": {"docs": k}},
         "seed": args.seed,
     }
@@ -107,110 +83,67 @@ def run_config(
     return raw
 
 
-def run_method(
-    method: str, args: argparse.Namespace, pool_dir: Path, target: Path, runs: Path, k: int
-) -> dict[str, Any]:
-    from distsel import pipeline
-    from distsel.config import parse_config
-
-    output = runs / method
-    raw = run_config(method, args, pool_dir, target, output, k)
-    began = time.perf_counter()
-    try:
-        manifest = pipeline.run(parse_config(raw, f"{method} configuration"))
-    except Exception as error:  # report it in the table, keep the other method
-        traceback.print_exc()
-        return {
-            "method": method,
-            "error": f"{type(error).__name__}: {error}",
-            "seconds": round(time.perf_counter() - began, 3),
-        }
-    selected = manifest["selected_docs"]
-    hits = (manifest["by_group"] or {}).get("selected", {}).get(args.domain, 0)
-    result: dict[str, Any] = {
-        "method": method,
-        "output": str(output),
-        "config": raw,
-        "selected_docs": selected,
-        "selected_tokens_approx": manifest.get("selected_tokens_approx"),
-        "hits": hits,
-        "precision": hits / selected if selected else None,
-        "wall_seconds": manifest["wall_seconds"],
-        "stages": manifest["stages"],
-        "selected_by_group": manifest["by_group"]["selected"],
-        "pool_by_group": manifest["by_group"]["pool"],
-        "kl_reduction": ((manifest.get("evaluation") or {}).get("kl") or {}).get("kl_reduction"),
-    }
-    stage = manifest["stages"].get("influence")
-    if stage:
-        summary = stage.get("summary") or {}
-        scoring = stage["seconds"] - stage.get("prepare_seconds", 0.0)
-        result["proxy"] = summary.get("proxy")
-        result["influence_summary"] = {k: v for k, v in summary.items() if k != "proxy"}
-        result["influence_docs_per_s"] = stage["rows"] / stage["seconds"]
-        result["influence_scoring_docs_per_s"] = stage["rows"] / scoring if scoring > 0 else None
-    return result
+def influence_rates(result: dict[str, Any]) -> None:
+    """Add the influence stage's summary and docs/s (with and without its prepare)."""
+    stage = result["stages"].get("influence")
+    if not stage:
+        return
+    summary = stage.get("summary") or {}
+    scoring = stage["seconds"] - stage.get("prepare_seconds", 0.0)
+    result["influence_summary"] = {k: v for k, v in summary.items() if k != "proxy"}
+    result["influence_docs_per_s"] = stage["rows"] / stage["seconds"]
+    result["influence_scoring_docs_per_s"] = stage["rows"] / scoring if scoring > 0 else None
 
 
-def read_selection(output: Path) -> tuple[list[str], list[str]]:
-    """Texts and domains of a run's selected/*.parquet, in part order."""
-    import pyarrow.parquet as pq
-
-    texts: list[str] = []
-    domains: list[str] = []
-    for path in sorted((output / "selected").glob("*.parquet")):
-        table = pq.read_table(path, columns=["text", "domain"])
-        texts += table.column("text").to_pylist()
-        domains += table.column("domain").to_pylist()
-    return texts, domains
-
-
-# --- evaluation proxies -----------------------------------------------------------------------
-
-
-def eval_proxy_config(args: argparse.Namespace, pipeline_raw: dict[str, Any]) -> Any:
-    """The pipeline proxy's settings, with --eval-train-tokens and --eval-tokenizer."""
-    from distsel.config import ProxyConfig, parse_config
-
-    proxy = parse_config(pipeline_raw, "influence configuration").proxy
-    fields = proxy.model_dump(exclude={"path"})
-    fields.update(train_tokens=args.eval_train_tokens, tokenizer=args.eval_tokenizer)
-    return ProxyConfig(**fields)
+def select_all(
+    args: argparse.Namespace, held: harness.HeldOut, work: harness.Workspace
+) -> list[dict[str, Any]]:
+    results = []
+    with harness.local_ray(args.num_cpus):
+        for method in METHODS:
+            harness.progress(method, "selecting ...")
+            raw = run_config(method, args, work, held.k)
+            result = harness.run_method(method, raw, args.domain, len(held.records))
+            if "error" not in result:
+                influence_rates(result)
+            results.append(result)
+            harness.progress(
+                method,
+                f"precision {fmt(result.get('precision'), '.3f')}, "
+                f"{fmt(result.get('wall_seconds'), '.1f')} s",
+            )
+    return results
 
 
-def evaluate_selection(
-    texts: list[str],
-    config: Any,
-    seed: int,
-    target_texts: list[str],
-    control_texts: list[str],
-) -> dict[str, Any]:
-    from distsel.scoring.proxy import document_losses, train_proxy
-
-    model, tokenizer, info = train_proxy(texts, config, seed, "cpu")
-    began = time.perf_counter()
-    target = document_losses(model, tokenizer, target_texts, config.max_length)
-    control = document_losses(model, tokenizer, control_texts, config.max_length)
-    return {
-        "target_loss": float(np.nanmean(target)),
-        "pool_slice_loss": float(np.nanmean(control)),
-        "target_docs_scored": int(np.isfinite(target).sum()),
-        "pool_slice_docs_scored": int(np.isfinite(control).sum()),
-        "loss_seconds": round(time.perf_counter() - began, 3),
-        "train": info,
-    }
-
-
-# --- report -----------------------------------------------------------------------------------
-
-
-def fmt(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
+def evaluate_all(
+    args: argparse.Namespace, held: harness.HeldOut, results: list[dict[str, Any]], config: Any
+) -> list[harness.Record]:
+    """An evaluation proxy per selection; returns the control slice it was measured on."""
+    selections = {}
+    for result in results:
+        if "error" not in result:
+            selection = harness.read_selection(Path(result["output"]))
+            selections[result["method"]] = selection["text"]
+            result["selection_read"] = {
+                "docs": len(selection["text"]),
+                "chars": sum(map(len, selection["text"])),
+                "in_domain": sum(d == args.domain for d in selection["domain"]),
+            }
+    chosen = {text for texts in selections.values() for text in texts}
+    control = harness.control_slice(held.records, chosen, args.control_size, args.seed + 1)
+    control_texts = [r["text"] for r in control]
+    for result in results:
+        texts = selections.get(result["method"])
+        if texts is not None:
+            result["eval"] = harness.try_evaluate(
+                result["method"], texts, config, args.seed, held.target_texts, control_texts
+            )
+    return control
 
 
 def table_row(result: dict[str, Any]) -> list[str]:
     if "error" in result:
-        return [result["method"], f"failed: {result['error'][:60]}", "-", "-", "-"]
+        return harness.failed_row(result, 5)
     evaluation = result.get("eval") or {}
     return [
         result["method"],
@@ -221,157 +154,8 @@ def table_row(result: dict[str, Any]) -> list[str]:
     ]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
-    parser.add_argument("--domain", default="scientific", help="domain held out as the target")
-    parser.add_argument("--target-size", type=positive, default=300)
-    parser.add_argument("--seed", type=int, default=0, help="split, random keys, proxies")
-    parser.add_argument(
-        "--limit-per-domain",
-        type=int,
-        default=1500,
-        help="keep at most N pool docs per domain file (seeded sample); 0: no limit",
-    )
-    parser.add_argument("--rows-per-part", type=positive, default=500)
-    parser.add_argument("--num-cpus", type=positive, default=2, help="CPUs of the local Ray")
-    parser.add_argument("--influence-pool-size", type=positive, default=2, help="scoring actors")
-    parser.add_argument("--max-chunks", type=positive, default=None, help="influence.max_chunks")
-    group = parser.add_argument_group("pipeline proxy (default: distsel's ProxyConfig defaults)")
-    group.add_argument("--proxy-layers", type=positive, default=None)
-    group.add_argument("--proxy-hidden", type=positive, default=None)
-    group.add_argument("--proxy-heads", type=positive, default=None)
-    group.add_argument("--proxy-vocab-size", type=positive, default=None)
-    group.add_argument("--proxy-max-length", type=positive, default=None)
-    group.add_argument("--proxy-train-tokens", type=positive, default=None)
-    group.add_argument("--proxy-sample-docs", type=positive, default=None)
-    group.add_argument("--proxy-tokenizer", choices=("bpe", "minilm"), default=None)
-    group = parser.add_argument_group("evaluation proxies (one per selection)")
-    group.add_argument("--eval-train-tokens", type=positive, default=300_000)
-    group.add_argument(
-        "--eval-tokenizer",
-        choices=("minilm", "bpe"),
-        default="minilm",
-        help="minilm: one shared tokenizer, comparable losses (default); bpe: one per selection",
-    )
-    group.add_argument("--control-size", type=positive, default=300, help="pool-slice docs")
-    parser.add_argument(
-        "--workdir",
-        type=Path,
-        default=None,
-        help="keep pool, target and run outputs here (its pool/, runs/ and target.jsonl are "
-        "replaced); default: a temporary folder, removed at the end",
-    )
-    parser.add_argument("--json", type=Path, default=None, help="also save the results here")
-    parser.add_argument("--verbose", action="store_true", help="distsel's progress log")
-    args = parser.parse_args()
-    limit_per_domain = args.limit_per_domain if args.limit_per_domain > 0 else None
-
-    if not args.verbose:
-        os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s %(name)s %(message)s",
-    )
-    began = time.perf_counter()
-    shards = load_corpus(args.corpus)
-    target, pool = split(shards, args.domain, args.target_size, args.seed, limit_per_domain)
-    pool_records = [r for _, records in pool for r in records]
-    pool_size = len(pool_records)
-    k = sum(r.get("domain") == args.domain for r in pool_records)
-    if k == 0:
-        raise SystemExit(f"no '{args.domain}' docs left in the pool; lower --target-size")
-    target_texts = [r["text"] for r in target]
-
-    temporary, pool_dir, runs, target_path = write_workdir(
-        args.workdir, "influence_selection_", target, pool
-    )
-
-    cores = os.cpu_count()
-    limit = f", at most {limit_per_domain} per domain" if limit_per_domain else ""
-    header = (
-        f"domain {args.domain} | target {len(target)} docs | pool {pool_size} docs{limit} | "
-        f"k = {k} docs | random expected precision {k / pool_size:.3f} | seed {args.seed} | "
-        f"{args.num_cpus} Ray CPUs, {cores}-core machine (CPU only)"
-    )
-    print(header, file=sys.stderr, flush=True)
-
-    import ray
-    import torch
-
-    ray.init(num_cpus=args.num_cpus, include_dashboard=False, logging_level=logging.WARNING)
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False
-    context.print_on_execution_start = False
-
-    results: list[dict[str, Any]] = []
-    try:
-        try:
-            for method in METHODS:
-                print(f"[{method}] selecting ...", file=sys.stderr, flush=True)
-                result = run_method(method, args, pool_dir, target_path, runs, k)
-                results.append(result)
-                print(
-                    f"[{method}] precision {fmt(result.get('precision'), '.3f')}, "
-                    f"{fmt(result.get('wall_seconds'), '.1f')} s",
-                    file=sys.stderr,
-                    flush=True,
-                )
-        finally:
-            ray.shutdown()
-
-        torch.set_num_threads(args.num_cpus)
-        eval_config = eval_proxy_config(
-            args, run_config(METHODS[0], args, pool_dir, target_path, runs / METHODS[0], k)
-        )
-        selections = {}
-        for result in results:
-            if "error" not in result:
-                texts, domains = read_selection(Path(result["output"]))
-                selections[result["method"]] = texts
-                result["selection_read"] = {
-                    "docs": len(texts),
-                    "chars": sum(map(len, texts)),
-                    "in_domain": sum(d == args.domain for d in domains),
-                }
-        chosen = {text for texts in selections.values() for text in texts}
-        rest = [i for i, r in enumerate(pool_records) if r["text"] not in chosen]
-        rng = np.random.default_rng(args.seed + 1)
-        pick = np.sort(rng.choice(len(rest), min(args.control_size, len(rest)), replace=False))
-        control = [pool_records[rest[i]] for i in pick]
-        control_texts = [r["text"] for r in control]
-        control_domains: dict[str, int] = {}
-        for record in control:
-            control_domains[record["domain"]] = control_domains.get(record["domain"], 0) + 1
-        for result in results:
-            texts = selections.get(result["method"])
-            if texts is None:
-                continue
-            print(
-                f"[{result['method']}] training the evaluation proxy ...",
-                file=sys.stderr,
-                flush=True,
-            )
-            try:
-                result["eval"] = evaluate_selection(
-                    texts, eval_config, args.seed, target_texts, control_texts
-                )
-            except Exception as error:
-                traceback.print_exc()
-                result["eval"] = {"error": f"{type(error).__name__}: {error}"}
-    finally:
-        if temporary is not None:
-            temporary.cleanup()
-
-    total = time.perf_counter() - began
-    print(header)
-    print_table(
-        ["method", "precision", "target loss", "pool-slice loss", "wall s"],
-        [table_row(r) for r in results],
-    )
+def print_notes(results: list[dict[str, Any]], config: Any, seed: int, docs: tuple) -> None:
+    """The proxies' settings; `docs`: the target and control documents the losses are over."""
     influence = next((r for r in results if r["method"] == "influence" and "proxy" in r), None)
     if influence:
         proxy = influence["proxy"] or {}
@@ -390,34 +174,75 @@ def main() -> None:
     if trained:
         print(
             f"evaluation proxies: {trained['params']} params, {trained['train_tokens']} train "
-            f"tokens each, {eval_config.tokenizer} tokenizer, seed {args.seed}; losses in "
-            f"nats/token over {len(target_texts)} target docs and {len(control_texts)} pool docs "
-            "in neither selection"
+            f"tokens each, {config.tokenizer} tokenizer, seed {seed}; losses in nats/token "
+            f"over {docs[0]} target docs and {docs[1]} pool docs in neither selection"
         )
-    print(f"total {total:.1f} s")
 
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        summary = {
-            "domain": args.domain,
-            "target_docs": len(target),
-            "pool_docs": pool_size,
-            "k": k,
-            "random_expected_precision": k / pool_size,
-            "limit_per_domain": limit_per_domain,
-            "rows_per_part": args.rows_per_part,
-            "num_cpus": args.num_cpus,
-            "machine_cores": cores,
-            "seed": args.seed,
+
+def parse_args() -> argparse.Namespace:
+    parser = harness.new_parser(__doc__)
+    harness.add_common_flags(
+        parser,
+        corpus=harness.DEFAULT_CORPUS,
+        domain="scientific",
+        target_size=300,
+        seed=0,
+        limit_per_domain=1500,
+        rows_per_part=500,
+        num_cpus=2,
+    )
+    parser.add_argument("--influence-pool-size", type=positive, default=2, help="scoring actors")
+    parser.add_argument("--max-chunks", type=positive, default=None, help="influence.max_chunks")
+    group = parser.add_argument_group("pipeline proxy (default: distsel's ProxyConfig defaults)")
+    for option in PROXY_OPTIONS:
+        if option != "proxy_tokenizer":
+            group.add_argument("--" + option.replace("_", "-"), type=positive, default=None)
+    group.add_argument("--proxy-tokenizer", choices=("bpe", "minilm"), default=None)
+    harness.add_eval_flags(parser, train_tokens=300_000)
+    parser.add_argument("--control-size", type=positive, default=300, help="pool-slice docs")
+    harness.add_common_flags(parser, workdir=None, json=None, verbose=False)
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    harness.setup_logging(args.verbose)
+    began = time.perf_counter()
+    held = harness.held_out(args)
+    header = (
+        f"{held.header()} | seed {args.seed} | {args.num_cpus} Ray CPUs, "
+        f"{os.cpu_count()}-core machine (CPU only)"
+    )
+    harness.progress("split", header)
+    with harness.work_folder(args.workdir, "influence_selection_") as root:
+        work = harness.Workspace(root)
+        work.prepare(held)
+        results = select_all(args, held, work)
+        import torch
+
+        torch.set_num_threads(args.num_cpus)
+        config = harness.eval_proxy_config(args, run_config(METHODS[0], args, work, held.k))
+        control = evaluate_all(args, held, results, config)
+    total = time.perf_counter() - began
+    print(header)
+    columns = ["method", "precision", "target loss", "pool-slice loss", "wall s"]
+    harness.print_table(columns, [table_row(r) for r in results])
+    print_notes(results, config, args.seed, (len(held.target), len(control)))
+    print(f"total {total:.1f} s")
+    harness.write_json(
+        args.json,
+        {
+            **held.summary(),
+            **{key: getattr(args, key) for key in ("rows_per_part", "num_cpus", "seed")},
+            "machine_cores": os.cpu_count(),
             "corpus": str(args.corpus),
-            "eval_proxy": eval_config.model_dump(),
-            "control_docs": len(control_texts),
-            "control_by_domain": control_domains,
+            "eval_proxy": config.model_dump(),
+            "control_docs": len(control),
+            "control_by_domain": dict(Counter(r["domain"] for r in control)),
             "total_seconds": round(total, 3),
             "results": results,
-        }
-        args.json.write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
-        print(f"results saved to {args.json}")
+        },
+    )
 
 
 if __name__ == "__main__":

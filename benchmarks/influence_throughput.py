@@ -14,28 +14,20 @@ the rest. Runs on the CPU, or on a GPU with --device cuda (no Ray needed).
 from __future__ import annotations
 
 import argparse
-import gzip
-import json
 import random
-import sys
 import time
 from pathlib import Path
 
+import harness
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from distsel.config import InfluenceOptions, ProxyConfig  # noqa: E402
-from distsel.scoring.influence import InfluenceScorer  # noqa: E402
-from distsel.scoring.proxy import train_proxy  # noqa: E402
+from distsel.config import InfluenceOptions, ProxyConfig
+from distsel.scoring.influence import InfluenceScorer
+from distsel.scoring.proxy import train_proxy
 
 
 def load_texts(corpus: Path, count: int, seed: int) -> list[str]:
-    texts = []
-    for path in sorted(corpus.glob("*.jsonl.gz")):
-        with gzip.open(path, "rt", encoding="utf-8") as lines:
-            texts += [json.loads(line)["text"] for line in lines if line.strip()]
+    texts = [record["text"] for _, shard in harness.load_corpus(corpus) for record in shard]
     random.Random(seed).shuffle(texts)
     return (texts * (count // max(len(texts), 1) + 1))[:count]
 
@@ -54,9 +46,9 @@ def measure(scorer: InfluenceScorer, texts: list[str], device: str) -> dict[str,
     return {"docs_per_s": len(texts) / seconds, "seconds": seconds, **shares}
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--corpus", type=Path, default=REPO.parent / "shared/data/corpus")
+    harness.add_common_flags(parser, corpus=harness.DEFAULT_CORPUS)
     parser.add_argument("--docs", type=int, default=1000, help="pool documents to score")
     parser.add_argument("--targets", type=int, default=300, help="target documents to fit on")
     parser.add_argument("--train-tokens", type=int, default=100_000)
@@ -64,9 +56,23 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--projections", default="none,8192", help="comma-separated dims")
-    parser.add_argument("--json", type=Path)
-    args = parser.parse_args()
+    harness.add_common_flags(parser, json=None)
+    return parser.parse_args()
 
+
+def table_row(row: dict[str, float]) -> list[str]:
+    return [
+        str(row["projection_dim"]),
+        f"{row['fit_seconds']:.1f}",
+        f"{row['docs_per_s']:.1f}",
+        f"{100 * row['forward_backward']:.1f}",
+        f"{100 * row['projection']:.1f}",
+        f"{100 * row['rest']:.1f}",
+    ]
+
+
+def main() -> None:
+    args = parse_args()
     torch.set_num_threads(args.threads)
     texts = load_texts(args.corpus, args.docs + args.targets + 2000, seed=0)
     proxy_config = ProxyConfig(train_tokens=args.train_tokens)
@@ -89,17 +95,9 @@ def main() -> None:
         fit_seconds = time.perf_counter() - began
         timing = measure(scorer, pool, args.device)
         rows.append({"projection_dim": dim, "fit_seconds": fit_seconds, **timing})
-    print(
-        f"{'projection':>10} {'fit s':>7} {'docs/s':>8} {'grads %':>8} {'proj %':>7} {'rest %':>7}"
-    )
-    for row in rows:
-        print(
-            f"{row['projection_dim']:>10} {row['fit_seconds']:>7.1f} {row['docs_per_s']:>8.1f} "
-            f"{100 * row['forward_backward']:>8.1f} {100 * row['projection']:>7.1f} "
-            f"{100 * row['rest']:>7.1f}"
-        )
-    if args.json:
-        args.json.write_text(json.dumps({"proxy": info, "rows": rows}, indent=2, default=str))
+    header = ["projection", "fit s", "docs/s", "grads %", "proj %", "rest %"]
+    harness.print_table(header, [table_row(row) for row in rows], left=0)
+    harness.write_json(args.json, {"proxy": info, "rows": rows})
 
 
 if __name__ == "__main__":

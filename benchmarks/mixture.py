@@ -24,29 +24,21 @@ of the two searches' best losses.
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-
 import argparse
-import gzip
-import json
-import logging
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import harness
 import numpy as np
+from harness import write_jsonl
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-DATA = REPO.parent / "shared" / "data"
-DEFAULT_TARGETS = [DATA / "targets" / "pubmedqa.jsonl", DATA / "targets" / "gsm8k.jsonl"]
+DEFAULT_TARGETS = [
+    harness.DATA / "targets" / "pubmedqa.jsonl",
+    harness.DATA / "targets" / "gsm8k.jsonl",
+]
 
 
 # --- data -------------------------------------------------------------------------------------
@@ -54,17 +46,12 @@ DEFAULT_TARGETS = [DATA / "targets" / "pubmedqa.jsonl", DATA / "targets" / "gsm8
 
 def load_domains(corpus: Path, limit: int, seed: int) -> dict[str, list[dict[str, Any]]]:
     """Each domain file's records, at most `limit` of them (seeded sample, file order kept)."""
-    files = sorted(corpus.glob("*.jsonl.gz"))
-    if not files:
-        raise SystemExit(f"no *.jsonl.gz files in {corpus} (pass --corpus)")
     rng = np.random.default_rng(seed)
     domains = {}
-    for path in files:
-        with gzip.open(path, "rt", encoding="utf-8") as lines:
-            records = [json.loads(line) for line in lines if line.strip()]
+    for name, records in harness.load_corpus(corpus):
         if limit and len(records) > limit:
             records = [records[i] for i in sorted(rng.choice(len(records), limit, replace=False))]
-        domains[path.name.removesuffix(".jsonl.gz")] = records
+        domains[name] = records
     return domains
 
 
@@ -79,14 +66,6 @@ def hold_out(
     pool = dict(domains)
     pool[domain] = [r for i, r in enumerate(records) if i not in held]
     return [records[i] for i in sorted(held)], pool
-
-
-def write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "wt", encoding="utf-8") as out:
-        for record in records:
-            out.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
 def write_pool(folder: Path, domains: dict[str, list[dict[str, Any]]]) -> Path:
@@ -227,29 +206,19 @@ def asha_rows(tuned: dict[str, dict[str, Any]]) -> list[list[str]]:
     return rows
 
 
-def print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(str(x)) for x in column) for column in zip(header, *rows, strict=True)]
-    print(f"\n{title}")
-    for row in [header, ["-" * w for w in widths], *rows]:
-        print("  ".join(f"{cell:<{w}}" for cell, w in zip(row, widths, strict=True)).rstrip())
-
-
 # --- main -------------------------------------------------------------------------------------
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--corpus", type=Path, default=DATA / "corpus")
+    parser = harness.new_parser(__doc__)
+    harness.add_common_flags(parser, corpus=harness.DEFAULT_CORPUS)
     parser.add_argument("--targets", type=Path, nargs="+", default=DEFAULT_TARGETS)
     parser.add_argument("--scenarios", default="targets,heldout", help="targets,heldout")
     parser.add_argument("--heldout-domain", default="legal")
     parser.add_argument("--heldout-size", type=int, default=200)
     parser.add_argument("--limit", type=int, default=800, help="docs per domain; 0: all")
     parser.add_argument("--no-regmix", action="store_true", help="skip the RegMix search")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--num-cpus", type=int, default=2, help="CPUs of the local Ray")
+    harness.add_common_flags(parser, seed=0, num_cpus=2)
     group = parser.add_argument_group("search")
     group.add_argument("--trials", type=int, default=16)
     group.add_argument("--max-concurrent", type=int, default=2)
@@ -264,8 +233,8 @@ def parse_args() -> argparse.Namespace:
     group.add_argument("--batch-size", type=int, default=16)
     group.add_argument("--learning-rate", type=float, default=3e-3)
     group.add_argument("--sample-docs", type=int, default=2000, help="BPE training docs")
-    parser.add_argument("--workdir", type=Path, default=None, help="default: a temporary folder")
-    parser.add_argument("--json", type=Path, default=None, help="also save every section here")
+    helps = {"workdir": "default: a temporary folder", "json": "also save every section here"}
+    harness.add_common_flags(parser, helps, workdir=None, json=None)
     return parser.parse_args()
 
 
@@ -299,33 +268,21 @@ def run_heldout(args: argparse.Namespace, domains: dict, workdir: Path) -> dict[
 
 def main() -> None:
     args = parse_args()
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
-    os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")
+    harness.setup_logging()
     scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     domains = load_domains(args.corpus, args.limit, args.seed)
-    temporary = None if args.workdir else tempfile.TemporaryDirectory(prefix="mixture_bench_")
-    workdir = args.workdir.resolve() if args.workdir else Path(temporary.name)
-    workdir.mkdir(parents=True, exist_ok=True)
-
-    import ray
-
-    ray.init(num_cpus=args.num_cpus, include_dashboard=False, logging_level=logging.WARNING)
-    ray.data.DataContext.get_current().enable_progress_bars = False
     began = time.perf_counter()
     results: dict[str, dict[str, Any]] = {}
-    try:
+    with (
+        harness.work_folder(args.workdir, "mixture_bench_") as workdir,
+        harness.local_ray(args.num_cpus),
+    ):
         if "targets" in scenarios:
             results["targets"] = run_targets(args, domains, workdir)
         if "heldout" in scenarios:
             results["heldout"] = run_heldout(args, domains, workdir)
-    finally:
-        ray.shutdown()
-        if temporary is not None:
-            temporary.cleanup()
     report(args, results, domains, time.perf_counter() - began)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2, default=str))
+    harness.write_json(args.json, results)
 
 
 def report(args: argparse.Namespace, results: dict, domains: dict, seconds: float) -> None:
@@ -341,19 +298,25 @@ def report(args: argparse.Namespace, results: dict, domains: dict, seconds: floa
     header = ["mixture", "target loss", "held-out loss", "top weights"]
     if "targets" in results:
         targets = " + ".join(p.stem for p in args.targets)
-        print_table(f"target {targets}", header, mixture_rows(results["targets"], None))
+        rows = mixture_rows(results["targets"], None)
+        harness.print_table(header, rows, left=len(header), title=f"target {targets}")
         tuned = {k: v for k, v in results["targets"].items() if k.startswith("tune")}
-        print_table(
-            f"ASHA vs none ({targets}; L* = {max(s['best_loss'] for s in tuned.values()):.4f})",
-            ["search", "full/stopped", "proxy steps", "best loss", "steps to L*", "wall s"],
+        level = max(s["best_loss"] for s in tuned.values())
+        columns = ["search", "full/stopped", "proxy steps", "best loss", "steps to L*", "wall s"]
+        harness.print_table(
+            columns,
             asha_rows(tuned),
+            left=len(columns),
+            title=f"ASHA vs none ({targets}; L* = {level:.4f})",
         )
     if "heldout" in results:
         domain = args.heldout_domain
-        print_table(
-            f"target: {args.heldout_size} held-out {domain} docs",
-            [*header[:3], f"w[{domain}]", header[3]],
+        columns = [*header[:3], f"w[{domain}]", header[3]]
+        harness.print_table(
+            columns,
             mixture_rows(results["heldout"], domain),
+            left=len(columns),
+            title=f"target: {args.heldout_size} held-out {domain} docs",
         )
 
 

@@ -46,40 +46,16 @@ back from their manifests (their wall s kept), an interrupted one resumes from i
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-
 import argparse
 import json
-import logging
-import math
-import shutil
-import sys
+import os
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
+import harness
 import numpy as np
-
-BENCHMARKS = Path(__file__).resolve().parent
-REPO = BENCHMARKS.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(BENCHMARKS))
-
-from heldout_precision import (  # noqa: E402
-    DEFAULT_CORPUS,
-    load_corpus,
-    positive,
-    print_table,
-    split,
-    work_folder,
-    write_jsonl,
-)
-from influence_selection import eval_proxy_config, evaluate_selection  # noqa: E402
+from harness import fmt, positive
 
 GOAL_EVALUATED = 0.15  # quad's evaluated share of the pool, at most
 GOAL_INFLUENCE_RATIO = 0.90  # quad's mean influence / influence top-k's, at least
@@ -90,6 +66,18 @@ QUAD_FLAGS = {
     "quad_accept": "docs_per_accept",
     "quad_clusters": "clusters",
 }
+COLUMNS = [
+    "method",
+    "docs",
+    "evaluated",
+    "mean infl",
+    "/ topk",
+    "clusters",
+    "entropy",
+    "precision",
+    "target loss",
+    "wall s",
+]
 
 
 # --- selection runs ---------------------------------------------------------------------------
@@ -98,30 +86,25 @@ QUAD_FLAGS = {
 def run_config(
     method: str,
     args: argparse.Namespace,
-    pool_dir: Path,
-    target: Path,
-    output: Path,
+    work: harness.Workspace,
     k: int,
-    proxy_path: Path | None = None,
     quad: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    select: dict[str, Any] = {"budget": {"docs": k}}
+    select: dict[str, Any] = {"method": method, "budget": {"docs": k}}
     if method == "influence-topk":
         select["method"] = "influence"
     elif method.startswith("quad"):
         select["method"] = "quad"
         if quad:
             select["quad"] = dict(quad)
-    else:
-        select["method"] = method
     raw: dict[str, Any] = {
         "input": {
-            "paths": [str(pool_dir)],
+            "paths": [str(work.pool)],
             "group_field": "domain",
             "rows_per_part": args.rows_per_part,
         },
-        "target": {"paths": [str(target)]},
-        "output": {"path": str(output)},
+        "target": {"paths": [str(work.target)]},
+        "output": {"path": str(work.runs / method)},
         "select": select,
         "seed": args.seed,
     }
@@ -129,7 +112,7 @@ def run_config(
     if args.proxy_train_tokens is not None:
         proxy["train_tokens"] = args.proxy_train_tokens
     if method.startswith("quad"):
-        proxy["path"] = str(proxy_path)
+        proxy["path"] = str(work.runs / "influence-topk" / "proxy")
         raw["embed"] = {"max_length": args.embed_max_length}
         # No stages.influence here: naming it would add a full influence pass to the run.
     if method == "influence-topk":
@@ -139,124 +122,48 @@ def run_config(
     return raw
 
 
-def contains(whole: Any, part: Any) -> bool:
-    """Every key of `part` is in `whole` with the same value (recursively into mappings)."""
-    if isinstance(part, dict):
-        return isinstance(whole, dict) and all(
-            key in whole and contains(whole[key], value) for key, value in part.items()
-        )
-    return whole == part
-
-
-def finished_manifest(raw: dict[str, Any]) -> dict[str, Any] | None:
-    """The manifest of a finished run in raw's output whose configuration has every setting
-    of `raw` (keys distsel added since then, with their defaults, do not matter)."""
-    path = Path(raw["output"]["path"]) / "manifest.json"
-    if not path.exists():
-        return None
-    manifest = json.loads(path.read_text(encoding="utf-8"))
-    return manifest if contains(manifest.get("config"), raw) else None
-
-
-def run_method(
+def run_one(
     method: str,
-    raw: dict[str, Any],
-    domain: str,
+    quad: dict[str, Any] | None,
+    args: argparse.Namespace,
+    work: harness.Workspace,
     pool_size: int,
-    resume: bool = False,
-    interrupted: bool = False,
+    k: int,
 ) -> dict[str, Any]:
-    """One pipeline run (or, with `resume`, its finished manifest read back); `interrupted`:
-    its output already held an unfinished run, which this one resumes."""
-    from distsel import pipeline
-    from distsel.config import parse_config
-
-    began = time.perf_counter()
-    manifest = finished_manifest(raw) if resume else None
-    reused = manifest is not None
-    partial = not reused and interrupted
-    try:
-        if manifest is None:
-            manifest = pipeline.run(parse_config(raw, f"{method} configuration"))
-    except Exception as error:  # report it in the table, keep the other methods
-        traceback.print_exc()
-        return {
-            "method": method,
-            "config": raw,
-            "error": f"{type(error).__name__}: {error}",
-            "seconds": round(time.perf_counter() - began, 3),
-        }
-    selected = manifest["selected_docs"]
-    hits = (manifest["by_group"] or {}).get("selected", {}).get(domain, 0)
-    result: dict[str, Any] = {
-        "method": method,
-        "output": raw["output"]["path"],
-        "config": raw,
-        "selected_docs": selected,
-        "hits": hits,
-        "precision": hits / selected if selected else None,
-        "wall_seconds": manifest["wall_seconds"],
-        "stages": manifest["stages"],
-        "selected_by_group": manifest["by_group"]["selected"],
-        "kl_reduction": ((manifest.get("evaluation") or {}).get("kl") or {}).get("kl_reduction"),
-        # --resume: the finished run's manifest was read back (its wall s is that run's), or an
-        # interrupted run was resumed (its wall s counts only the resumed part)
-        "reused_manifest": reused,
-        "resumed_partial_run": partial,
-    }
-    if method == "influence-topk":
-        result["evaluated_share"] = 1.0
-        summary = manifest["stages"]["influence"].get("summary") or {}
-        result["proxy"] = summary.get("proxy")
-    elif method.startswith("quad"):
-        section = manifest["quad"]
-        result["quad"] = section
-        result["evaluated_share"] = section["influence_evaluated_docs"] / pool_size
-    else:
-        result["evaluated_share"] = 0.0
+    """One method's run; quad-tuned starts from a copy of quad's scored folder."""
+    proxy = work.runs / "influence-topk" / "proxy"
+    if method.startswith("quad") and not any(proxy.glob("*.safetensors")):
+        return {"method": method, "error": "no influence-topk proxy"}
+    resuming = args.resume and (work.runs / method).exists()
+    quad_done = (work.runs / "quad" / "manifest.json").exists()
+    if method == "quad-tuned" and not resuming and quad_done:
+        harness.copy_scored(work.runs / "quad", work.runs / method)
+    raw = run_config(method, args, work, k, quad)
+    harness.progress(method, "selecting ...")
+    result = harness.run_method(method, raw, args.domain, pool_size, args.resume, resuming)
+    harness.progress(
+        method,
+        f"precision {fmt(result.get('precision'), '.3f')}, "
+        f"evaluated {fmt(result.get('evaluated_share'), '.3f')}, "
+        f"{fmt(result.get('wall_seconds'), '.1f')} s",
+    )
     return result
 
 
-def copy_scored(source: Path, destination: Path) -> None:
-    """A run folder with `source`'s ingest and stage outputs but no selection or bandit state,
-    so a second quad run skips embedding and clustering (their done markers travel along)."""
-    shutil.rmtree(destination, ignore_errors=True)
-    shutil.copytree(
-        source,
-        destination,
-        ignore=lambda folder, names: [
-            n
-            for n in names
-            if (Path(folder) == source and n in ("selected", "manifest.json", "report.html"))
-            or (Path(folder) == source / "_state" and n == "quad")
-        ],
-    )
+def select_all(
+    args: argparse.Namespace, held: harness.HeldOut, work: harness.Workspace, tuned: dict
+) -> list[dict[str, Any]]:
+    plan: list[tuple[str, dict[str, Any] | None]] = [("influence-topk", None), ("quad", None)]
+    if tuned:
+        plan.append(("quad-tuned", tuned))
+    plan += [("dsir", None), ("random", None)]
+    with harness.local_ray(args.num_cpus):
+        return [
+            run_one(method, quad, args, work, len(held.records), held.k) for method, quad in plan
+        ]
 
 
 # --- measurements -----------------------------------------------------------------------------
-
-
-def read_column(folder: Path, column: str) -> dict[str, Any]:
-    """id -> `column` over the parquet parts of a scores folder."""
-    import pyarrow.parquet as pq
-
-    values: dict[str, Any] = {}
-    for path in sorted(folder.glob("*.parquet")):
-        table = pq.read_table(path, columns=["id", column])
-        ids, found = table.column("id").to_pylist(), table.column(column).to_pylist()
-        values.update(zip(ids, found, strict=True))
-    return values
-
-
-def read_selection(output: Path) -> dict[str, list[Any]]:
-    import pyarrow.parquet as pq
-
-    columns: dict[str, list[Any]] = {"id": [], "text": [], "domain": []}
-    for path in sorted((output / "selected").glob("*.parquet")):
-        table = pq.read_table(path, columns=list(columns))
-        for name in columns:
-            columns[name] += table.column(name).to_pylist()
-    return columns
 
 
 def cluster_entropy(clusters: list[int]) -> tuple[int, float]:
@@ -269,7 +176,7 @@ def cluster_entropy(clusters: list[int]) -> tuple[int, float]:
 def measure(
     result: dict[str, Any], influence: dict[str, float], clusters: dict[str, int]
 ) -> dict[str, Any]:
-    selection = read_selection(Path(result["output"]))
+    selection = harness.read_selection(Path(result["output"]))
     ids = selection["id"]
     values = [influence[i] for i in ids if i in influence]
     labels = [clusters[i] for i in ids if i in clusters]
@@ -287,18 +194,51 @@ def measure(
     }
 
 
+def measure_all(
+    results: list[dict[str, Any]], runs: Path
+) -> tuple[dict[str, list[str]], dict[str, float]]:
+    """Each selection's texts (by method), with its metrics added to its result; and every
+    pool document's influence."""
+    influence = harness.read_column(runs / "influence-topk" / "scores" / "influence", "influence")
+    quad = next(r for r in results if r["method"] == "quad")
+    clusters: dict[str, int] = {}
+    if "error" not in quad:
+        clusters = harness.read_column(runs / "quad" / "scores" / "cluster", "cluster")
+    selections: dict[str, list[str]] = {}
+    for result in results:
+        if "error" not in result:
+            measured = measure(result, influence, clusters)
+            selections[result["method"]] = measured["texts"]
+            result["metrics"] = measured["metrics"]
+    return selections, influence
+
+
+def evaluate_all(
+    args: argparse.Namespace,
+    held: harness.HeldOut,
+    results: list[dict[str, Any]],
+    selections: dict[str, list[str]],
+    config: Any,
+) -> list[str]:
+    """An evaluation proxy per selection; returns the control texts."""
+    chosen = {text for texts in selections.values() for text in texts}
+    control = harness.control_slice(held.records, chosen, args.control_size, args.seed + 1)
+    control_texts = [r["text"] for r in control]
+    for result in results:
+        texts = selections.get(result["method"])
+        if texts is not None:
+            result["eval"] = harness.try_evaluate(
+                result["method"], texts, config, args.seed, held.target_texts, control_texts
+            )
+    return control_texts
+
+
 # --- report -----------------------------------------------------------------------------------
-
-
-def fmt(value: float | None, spec: str) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    return format(value, spec)
 
 
 def table_row(result: dict[str, Any], topk_mean: float | None) -> list[str]:
     if "error" in result:
-        return [result["method"], f"failed: {result['error'][:60]}"] + ["-"] * 8
+        return harness.failed_row(result, len(COLUMNS))
     metrics = result.get("metrics") or {}
     mean = metrics.get("mean_influence")
     ratio = mean / topk_mean if mean is not None and topk_mean else None
@@ -344,216 +284,8 @@ def goals(result: dict[str, Any], topk: dict[str, Any] | None) -> list[tuple[str
     ]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
-    parser.add_argument("--domain", default="scientific", help="domain held out as the target")
-    parser.add_argument("--target-size", type=positive, default=300)
-    parser.add_argument("--seed", type=int, default=0, help="split, random keys, proxies")
-    parser.add_argument(
-        "--limit-per-domain",
-        type=int,
-        default=800,
-        help="keep at most N pool docs per domain file (seeded sample); 0: no limit",
-    )
-    parser.add_argument("--rows-per-part", type=positive, default=500)
-    parser.add_argument("--num-cpus", type=positive, default=2, help="CPUs of the local Ray")
-    parser.add_argument(
-        "--influence-pool-size", type=positive, default=2, help="influence-topk scoring actors"
-    )
-    parser.add_argument("--embed-max-length", type=positive, default=128, help="quad's embed")
-    parser.add_argument(
-        "--proxy-train-tokens", type=positive, default=None, help="proxy.train_tokens"
-    )
-    group = parser.add_argument_group(
-        "quad options (default: distsel's; any given adds a `quad-tuned` run beside `quad`)"
-    )
-    group.add_argument("--quad-arms", type=positive, default=None, help="arms_per_round")
-    group.add_argument("--quad-draws", type=positive, default=None, help="draws_per_arm")
-    group.add_argument("--quad-accept", type=positive, default=None, help="docs_per_accept")
-    group.add_argument("--quad-clusters", type=int, default=None, help="clusters (>= 2)")
-    group = parser.add_argument_group("evaluation proxies (one per selection)")
-    group.add_argument("--eval-train-tokens", type=positive, default=300_000)
-    group.add_argument("--eval-tokenizer", choices=("minilm", "bpe"), default="minilm")
-    group.add_argument("--control-size", type=positive, default=300, help="pool-slice docs")
-    parser.add_argument(
-        "--workdir",
-        type=Path,
-        default=None,
-        help="keep pool, target and run outputs here (its pool/, runs/ and target.jsonl are "
-        "replaced); default: a temporary folder, removed at the end",
-    )
-    parser.add_argument(
-        "--resume",
-        action="store_true",
-        help="with --workdir: keep its pool and runs; a finished run (same configuration) is "
-        "read back, not rerun; an interrupted one resumes from its done markers",
-    )
-    parser.add_argument("--json", type=Path, default=None, help="also save the results here")
-    parser.add_argument("--verbose", action="store_true", help="distsel's progress log")
-    args = parser.parse_args()
-    limit_per_domain = args.limit_per_domain if args.limit_per_domain > 0 else None
-    if args.resume and args.workdir is None:
-        parser.error("--resume needs --workdir")
-    tuned = {key: getattr(args, flag) for flag, key in QUAD_FLAGS.items() if getattr(args, flag)}
-
-    if not args.verbose:
-        os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s %(name)s %(message)s",
-    )
-    began = time.perf_counter()
-    shards = load_corpus(args.corpus)
-    target, pool = split(shards, args.domain, args.target_size, args.seed, limit_per_domain)
-    pool_records = [r for _, records in pool for r in records]
-    pool_size = len(pool_records)
-    k = sum(r.get("domain") == args.domain for r in pool_records)
-    if k == 0:
-        raise SystemExit(f"no '{args.domain}' docs left in the pool; lower --target-size")
-    target_texts = [r["text"] for r in target]
-
-    temporary, workdir = work_folder(args.workdir, "quad_bench_")
-    pool_dir, runs, target_path = workdir / "pool", workdir / "runs", workdir / "target.jsonl"
-    split_settings = {
-        "corpus": str(args.corpus.resolve()),
-        "domain": args.domain,
-        "target_size": args.target_size,
-        "seed": args.seed,
-        "limit_per_domain": limit_per_domain,
-    }
-    settings_path = workdir / "split.json"
-    if args.resume and pool_dir.exists():
-        previous = json.loads(settings_path.read_text()) if settings_path.exists() else None
-        if previous != split_settings:
-            raise SystemExit(f"--resume: {workdir} holds another split ({previous}); drop --resume")
-    else:
-        for stale in (pool_dir, runs):
-            shutil.rmtree(stale, ignore_errors=True)
-        for name, records in pool:
-            if records:
-                write_jsonl(pool_dir / f"{name}.jsonl.gz", records)
-        settings_path.write_text(json.dumps(split_settings) + "\n", encoding="utf-8")
-    write_jsonl(target_path, target)
-
-    limit = f", at most {limit_per_domain} per domain" if limit_per_domain else ""
-    header = (
-        f"domain {args.domain} | target {len(target)} docs | pool {pool_size} docs{limit} | "
-        f"k = {k} docs | random expected precision {k / pool_size:.3f} | seed {args.seed} | "
-        f"{args.num_cpus} Ray CPUs, {os.cpu_count()}-core machine (CPU only)"
-    )
-    print(header, file=sys.stderr, flush=True)
-
-    import ray
-    import torch
-
-    ray.init(num_cpus=args.num_cpus, include_dashboard=False, logging_level=logging.WARNING)
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False
-    context.print_on_execution_start = False
-
-    plan: list[tuple[str, dict[str, Any] | None]] = [("influence-topk", None), ("quad", None)]
-    if tuned:
-        plan.append(("quad-tuned", tuned))
-    plan += [("dsir", None), ("random", None)]
-    results: list[dict[str, Any]] = []
-    try:
-        try:
-            proxy_path = runs / "influence-topk" / "proxy"
-            for method, quad in plan:
-                if method.startswith("quad") and not any(proxy_path.glob("*.safetensors")):
-                    results.append({"method": method, "error": "no influence-topk proxy"})
-                    continue
-                output = runs / method
-                resuming = args.resume and output.exists()
-                quad_done = (runs / "quad" / "manifest.json").exists()
-                if method == "quad-tuned" and not resuming and quad_done:
-                    copy_scored(runs / "quad", output)
-                raw = run_config(method, args, pool_dir, target_path, output, k, proxy_path, quad)
-                print(f"[{method}] selecting ...", file=sys.stderr, flush=True)
-                result = run_method(method, raw, args.domain, pool_size, args.resume, resuming)
-                results.append(result)
-                print(
-                    f"[{method}] precision {fmt(result.get('precision'), '.3f')}, "
-                    f"evaluated {fmt(result.get('evaluated_share'), '.3f')}, "
-                    f"{fmt(result.get('wall_seconds'), '.1f')} s",
-                    file=sys.stderr,
-                    flush=True,
-                )
-        finally:
-            ray.shutdown()
-
-        by_method = {r["method"]: r for r in results}
-        topk = by_method["influence-topk"]
-        if "error" in topk:
-            raise SystemExit(f"influence-topk failed ({topk['error']}); nothing to compare")
-        influence = read_column(runs / "influence-topk" / "scores" / "influence", "influence")
-        quad_default = by_method.get("quad", {})
-        clusters: dict[str, int] = {}
-        if "error" not in quad_default:
-            clusters = read_column(runs / "quad" / "scores" / "cluster", "cluster")
-        selections: dict[str, list[str]] = {}
-        for result in results:
-            if "error" not in result:
-                measured = measure(result, influence, clusters)
-                selections[result["method"]] = measured["texts"]
-                result["metrics"] = measured["metrics"]
-        pool_mean = float(np.mean(list(influence.values())))
-        topk_mean = topk["metrics"]["mean_influence"]
-
-        torch.set_num_threads(args.num_cpus)
-        eval_config = eval_proxy_config(
-            args, run_config("influence-topk", args, pool_dir, target_path, runs / "x", k)
-        )
-        chosen = {text for texts in selections.values() for text in texts}
-        rest = [i for i, r in enumerate(pool_records) if r["text"] not in chosen]
-        rng = np.random.default_rng(args.seed + 1)
-        pick = np.sort(rng.choice(len(rest), min(args.control_size, len(rest)), replace=False))
-        control_texts = [pool_records[rest[i]]["text"] for i in pick]
-        for result in results:
-            texts = selections.get(result["method"])
-            if texts is None:
-                continue
-            print(f"[{result['method']}] training the evaluation proxy ...", file=sys.stderr)
-            try:
-                result["eval"] = evaluate_selection(
-                    texts, eval_config, args.seed, target_texts, control_texts
-                )
-            except Exception as error:
-                traceback.print_exc()
-                result["eval"] = {"error": f"{type(error).__name__}: {error}"}
-    finally:
-        if temporary is not None:
-            temporary.cleanup()
-
-    total = time.perf_counter() - began
-    print(header)
-    print(
-        f"goals: Quad evaluates <= {GOAL_EVALUATED:.0%} of the pool; Quad's mean influence >= "
-        f"{GOAL_INFLUENCE_RATIO:.0%} of the full top-k's; Quad's cluster entropy above top-k's"
-    )
-    print_table(
-        [
-            "method",
-            "docs",
-            "evaluated",
-            "mean infl",
-            "/ topk",
-            "clusters",
-            "entropy",
-            "precision",
-            "target loss",
-            "wall s",
-        ],
-        [table_row(r, topk_mean) for r in results],
-    )
-    print(
-        f"pool mean influence {pool_mean:.4g} ({len(influence)} docs); clusters and entropy by "
-        "the quad run's cluster ids; entropy in nats"
-    )
+def print_quad_runs(results: list[dict[str, Any]], topk: dict[str, Any], tuned: dict) -> None:
+    """Each quad run's bandit figures and options, and its goals."""
     for result in results:
         if not result["method"].startswith("quad") or "error" in result:
             continue
@@ -571,12 +303,16 @@ def main() -> None:
         )
         for goal, met, values in goals(result, topk):
             print(f"  goal {goal}: {'met' if met else 'NOT met'} ({values})")
+
+
+def print_notes(results: list[dict[str, Any]], topk: dict[str, Any], tuned: dict) -> None:
+    """The shared proxy, and which runs were read back, resumed or copied."""
     proxy = topk.get("proxy") or {}
-    proxy_seconds = fmt(proxy.get("seconds"), ".1f")
     print(
         f"shared proxy: {proxy.get('params')} params, {proxy.get('train_tokens')} train tokens, "
-        f"final loss {fmt(proxy.get('final_loss'), '.4f')}, trained in {proxy_seconds} s by "
-        "influence-topk (quad reuses it via proxy.path; its wall excludes the training)"
+        f"final loss {fmt(proxy.get('final_loss'), '.4f')}, trained in "
+        f"{fmt(proxy.get('seconds'), '.1f')} s by influence-topk (quad reuses it via "
+        "proxy.path; its wall excludes the training)"
     )
     reused = [r["method"] for r in results if r.get("reused_manifest")]
     if reused:
@@ -591,48 +327,131 @@ def main() -> None:
             "quad-tuned starts from a copy of quad's ingest, embed and cluster outputs (same "
             "clusters unless --quad-clusters), so its wall s excludes embedding and clustering"
         )
+
+
+def report(
+    header: str, results: list[dict[str, Any]], influence: dict[str, float], tuned: dict
+) -> None:
+    topk = results[0]
+    pool_mean = float(np.mean(list(influence.values())))
+    print(header)
+    print(
+        f"goals: Quad evaluates <= {GOAL_EVALUATED:.0%} of the pool; Quad's mean influence >= "
+        f"{GOAL_INFLUENCE_RATIO:.0%} of the full top-k's; Quad's cluster entropy above top-k's"
+    )
+    topk_mean = topk["metrics"]["mean_influence"]
+    harness.print_table(COLUMNS, [table_row(r, topk_mean) for r in results])
+    print(
+        f"pool mean influence {pool_mean:.4g} ({len(influence)} docs); clusters and entropy by "
+        "the quad run's cluster ids; entropy in nats"
+    )
+    print_quad_runs(results, topk, tuned)
+    print_notes(results, topk, tuned)
+
+
+def summary(
+    args: argparse.Namespace, held: harness.HeldOut, results: list[dict[str, Any]], tuned: dict
+) -> dict[str, Any]:
+    settings = ("rows_per_part", "num_cpus", "embed_max_length", "seed")
+    return {
+        **held.summary(),
+        **{key: getattr(args, key) for key in settings},
+        "corpus": str(args.corpus),
+        "quad_tuned": tuned or None,
+        "goals": {
+            "evaluated_share_max": GOAL_EVALUATED,
+            "influence_ratio_min": GOAL_INFLUENCE_RATIO,
+            "entropy_above_topk": True,
+            "by_run": {
+                r["method"]: [
+                    {"goal": g, "met": m, "values": v} for g, m, v in goals(r, results[0])
+                ]
+                for r in results
+                if r["method"].startswith("quad")
+            },
+        },
+        "results": results,
+    }
+
+
+# --- main -------------------------------------------------------------------------------------
+
+
+def parse_args() -> argparse.Namespace:
+    parser = harness.new_parser(__doc__)
+    harness.add_common_flags(
+        parser,
+        corpus=harness.DEFAULT_CORPUS,
+        domain="scientific",
+        target_size=300,
+        seed=0,
+        limit_per_domain=800,
+        rows_per_part=500,
+        num_cpus=2,
+    )
+    parser.add_argument(
+        "--influence-pool-size", type=positive, default=2, help="influence-topk scoring actors"
+    )
+    parser.add_argument("--embed-max-length", type=positive, default=128, help="quad's embed")
+    parser.add_argument(
+        "--proxy-train-tokens", type=positive, default=None, help="proxy.train_tokens"
+    )
+    group = parser.add_argument_group(
+        "quad options (default: distsel's; any given adds a `quad-tuned` run beside `quad`)"
+    )
+    group.add_argument("--quad-arms", type=positive, default=None, help="arms_per_round")
+    group.add_argument("--quad-draws", type=positive, default=None, help="draws_per_arm")
+    group.add_argument("--quad-accept", type=positive, default=None, help="docs_per_accept")
+    group.add_argument("--quad-clusters", type=int, default=None, help="clusters (>= 2)")
+    harness.add_eval_flags(parser, train_tokens=300_000)
+    parser.add_argument("--control-size", type=positive, default=300, help="pool-slice docs")
+    harness.add_common_flags(parser, workdir=None, resume=False, json=None, verbose=False)
+    args = parser.parse_args()
+    if args.resume and args.workdir is None:
+        parser.error("--resume needs --workdir")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    tuned = {key: getattr(args, flag) for flag, key in QUAD_FLAGS.items() if getattr(args, flag)}
+    harness.setup_logging(args.verbose)
+    began = time.perf_counter()
+    held = harness.held_out(args)
+    header = (
+        f"{held.header()} | seed {args.seed} | {args.num_cpus} Ray CPUs, "
+        f"{os.cpu_count()}-core machine (CPU only)"
+    )
+    harness.progress("split", header)
+    with harness.work_folder(args.workdir, "quad_bench_") as root:
+        work = harness.Workspace(root)
+        work.prepare(held, args.resume)
+        results = select_all(args, held, work, tuned)
+        if "error" in results[0]:
+            raise SystemExit(f"influence-topk failed ({results[0]['error']}); nothing to compare")
+        selections, influence = measure_all(results, work.runs)
+        import torch
+
+        torch.set_num_threads(args.num_cpus)
+        config = harness.eval_proxy_config(args, run_config("influence-topk", args, work, held.k))
+        control = evaluate_all(args, held, results, selections, config)
+    total = time.perf_counter() - began
+    report(header, results, influence, tuned)
     trained = next((r["eval"]["train"] for r in results if "train" in r.get("eval", {})), None)
     if trained:
         print(
             f"evaluation proxies: {trained['params']} params, {trained['train_tokens']} train "
-            f"tokens each, {eval_config.tokenizer} tokenizer, seed {args.seed}; target loss in "
-            f"nats/token over {len(target_texts)} target docs"
+            f"tokens each, {config.tokenizer} tokenizer, seed {args.seed}; target loss in "
+            f"nats/token over {len(held.target)} target docs"
         )
     print(f"total {total:.1f} s")
-
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        summary = {
-            "domain": args.domain,
-            "target_docs": len(target),
-            "pool_docs": pool_size,
-            "k": k,
-            "random_expected_precision": k / pool_size,
-            "limit_per_domain": limit_per_domain,
-            "rows_per_part": args.rows_per_part,
-            "num_cpus": args.num_cpus,
-            "embed_max_length": args.embed_max_length,
-            "seed": args.seed,
-            "corpus": str(args.corpus),
-            "quad_tuned": tuned or None,
-            "goals": {
-                "evaluated_share_max": GOAL_EVALUATED,
-                "influence_ratio_min": GOAL_INFLUENCE_RATIO,
-                "entropy_above_topk": True,
-                "by_run": {
-                    r["method"]: [{"goal": g, "met": m, "values": v} for g, m, v in goals(r, topk)]
-                    for r in results
-                    if r["method"].startswith("quad")
-                },
-            },
-            "pool_mean_influence": pool_mean,
-            "eval_proxy": eval_config.model_dump(),
-            "control_docs": len(control_texts),
-            "total_seconds": round(total, 3),
-            "results": results,
-        }
-        args.json.write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
-        print(f"results saved to {args.json}")
+    extra = {
+        "pool_mean_influence": float(np.mean(list(influence.values()))),
+        "eval_proxy": config.model_dump(),
+        "control_docs": len(control),
+        "total_seconds": round(total, 3),
+    }
+    harness.write_json(args.json, {**summary(args, held, results, tuned), **extra})
 
 
 if __name__ == "__main__":

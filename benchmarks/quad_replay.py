@@ -14,22 +14,17 @@ scored, mean score / top-k's, precision on the held-out domain, spread over seed
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
+import harness
 import numpy as np
+from harness import read_parts
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from heldout_precision import print_table  # noqa: E402
-from quad_sensitivity import read_parts  # noqa: E402
-
-from distsel.config import Budget, QuadOptions  # noqa: E402
-from distsel.select.influence_model import pool_features  # noqa: E402
-from distsel.select.pool import random_keys  # noqa: E402
-from distsel.select.quad import make_bandit  # noqa: E402
+from distsel.config import Budget, QuadOptions
+from distsel.select.influence_model import pool_features
+from distsel.select.pool import random_keys
+from distsel.select.quad import make_bandit
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "paper": {"within_cluster": "random"},
@@ -89,39 +84,43 @@ def replay(pool: dict[str, np.ndarray], options: dict[str, Any], k: int, seed: i
     return chosen, bandit.state.evaluated
 
 
+def variant_row(
+    name: str, pool: dict[str, np.ndarray], k: int, seeds: int, domain: str
+) -> list[str]:
+    """One variant over `seeds` seeds: share scored, mean score / top-k's, precision."""
+    is_target = pool["domain"] == domain
+    top = np.sort(pool["score"])[-k:].mean()
+    ratios, precisions, shares = [], [], []
+    for seed in range(seeds):
+        chosen, evaluated = replay(pool, VARIANTS[name], k, seed)
+        ratios.append(pool["score"][chosen].mean() / top)
+        precisions.append(is_target[chosen].mean())
+        shares.append(evaluated / len(pool["ids"]))
+    return [
+        name,
+        f"{np.mean(shares):.3f}",
+        f"{np.mean(ratios):.3f} ± {np.std(ratios):.3f}",
+        f"{np.mean(precisions):.3f} ± {np.std(precisions):.3f}",
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workdir", type=Path, required=True)
-    parser.add_argument("--domain", default="scientific")
+    helps = {"workdir": "benchmarks/selection.py's", "domain": "the held-out domain"}
+    harness.add_common_flags(parser, helps, workdir=harness.REQUIRED, domain="scientific")
     parser.add_argument("--column", default="influence", help="or influence_normalized")
     parser.add_argument("--seeds", type=int, default=5)
     args = parser.parse_args()
     pool = load(args.workdir / "runs", args.column)
     is_target = pool["domain"] == args.domain
     k = int(is_target.sum())
-    top = np.sort(pool["score"])[-k:].mean()
-    rows = []
-    for name, options in VARIANTS.items():
-        ratios, precisions, shares = [], [], []
-        for seed in range(args.seeds):
-            chosen, evaluated = replay(pool, options, k, seed)
-            ratios.append(pool["score"][chosen].mean() / top)
-            precisions.append(is_target[chosen].mean())
-            shares.append(evaluated / len(pool["ids"]))
-        rows.append(
-            [
-                name,
-                f"{np.mean(shares):.3f}",
-                f"{np.mean(ratios):.3f} ± {np.std(ratios):.3f}",
-                f"{np.mean(precisions):.3f} ± {np.std(precisions):.3f}",
-            ]
-        )
+    rows = [variant_row(name, pool, k, args.seeds, args.domain) for name in VARIANTS]
     top_precision = is_target[np.argsort(-pool["score"])[:k]].mean()
     print(
         f"{args.workdir}: pool {len(pool['ids'])}, k = {k}, column {args.column}, "
         f"{args.seeds} seeds; top-k precision {top_precision:.3f}"
     )
-    print_table(["variant", "scored", "mean / top-k", "precision"], rows)
+    harness.print_table(["variant", "scored", "mean / top-k", "precision"], rows)
 
 
 if __name__ == "__main__":

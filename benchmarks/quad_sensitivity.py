@@ -20,35 +20,33 @@ that takes whole clusters in order of their true mean influence.
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-
 import argparse
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
+import harness
 import numpy as np
-import pyarrow.parquet as pq
+from harness import read_parts
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from distsel.clustering import assign, centroid_distances, fit_kmeans, load_centroid_distances
+from distsel.config import Budget, QuadOptions
+from distsel.select.pool import random_keys
+from distsel.select.quad import QuadBandit
+from distsel.storage import Store
 
-from distsel.clustering import assign, centroid_distances, fit_kmeans  # noqa: E402
-from distsel.config import Budget, QuadOptions  # noqa: E402
-from distsel.select.pool import random_keys  # noqa: E402
-from distsel.select.quad import QuadBandit  # noqa: E402
-from distsel.storage import Store  # noqa: E402
-
-
-def read_parts(folder: Path, columns: list[str]) -> dict[str, list[Any]]:
-    found: dict[str, list[Any]] = {name: [] for name in columns}
-    for path in sorted(folder.glob("*.parquet")):
-        table = pq.read_table(path, columns=columns)
-        for name in columns:
-            found[name] += table.column(name).to_pylist()
-    return found
+COLUMNS = [
+    "k",
+    "tau",
+    "ceiling",
+    "selected",
+    "evaluated",
+    "ratio",
+    "clusters",
+    "entropy",
+    "precision",
+]
 
 
 class Replay:
@@ -114,50 +112,61 @@ class Replay:
         }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workdir", type=Path, required=True, help="benchmarks/quad.py's")
-    parser.add_argument("--domain", default="scientific", help="the held-out domain")
-    parser.add_argument("--clusters", type=int, nargs="+", default=[25, 53, 100, 200, 400])
-    parser.add_argument("--taus", type=float, nargs="+", default=[-0.5, 0.0, 0.5, 1.0])
-    parser.add_argument(
-        "--set", nargs="*", default=[], metavar="KEY=VALUE", help="other select.quad options"
-    )
-    parser.add_argument("--json", type=Path)
-    args = parser.parse_args()
+def table_row(row: dict[str, Any]) -> list[str]:
+    return [
+        str(row["k"]),
+        f"{row['tau']:.2f}",
+        f"{row['ceiling']:.3f}",
+        str(row["selected"]),
+        f"{row['evaluated']:.3f}",
+        f"{row['ratio']:.3f}",
+        str(row["clusters"]),
+        f"{row['entropy']:.3f}",
+        f"{row['precision']:.3f}",
+    ]
 
-    import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    replay = Replay(args.workdir)
-    options = QuadOptions(**replay.manifest["config"]["select"]["quad"])
-    from distsel.clustering import load_centroid_distances
-
-    chosen = replay.play(replay.clusters, load_centroid_distances(replay.store), options)
-    real = read_parts(args.workdir / "runs" / "quad" / "selected", ["id"])["id"]
-    same = sorted(real) == sorted(replay.ids[i] for i in chosen)
-    print(f"replay of the default run's clusters reproduces its selection: {same}")
-    changes = dict(item.split("=", 1) for item in args.set)
-    options = QuadOptions(**{**options.model_dump(), **changes})
-    print(f"options: {options.model_dump(exclude={'clusters', 'tau'})}")
-
+def sweep(replay: Replay, options: QuadOptions, args: argparse.Namespace) -> list[dict]:
+    """Every (k, tau) of --clusters and --taus, played on k-means clusters of the pool."""
     rows = []
-    header = f"{'k':>5} {'tau':>5} {'ceiling':>8} {'selected':>8} {'evaluated':>9} {'ratio':>6} "
-    print(header + f"{'clusters':>8} {'entropy':>7} {'precision':>9}")
     for k in args.clusters:
         labels, distances = replay.cluster(k)
         ceiling = replay.ceiling(labels)
         for tau in args.taus:
             chosen = replay.play(labels, distances, options.model_copy(update={"tau": tau}))
-            row = {"k": k, "tau": tau, "ceiling": ceiling, **replay.row(chosen, args.domain)}
-            rows.append(row)
-            print(
-                f"{k:>5} {tau:>5.2f} {ceiling:>8.3f} {row['selected']:>8} {row['evaluated']:>9.3f} "
-                f"{row['ratio']:>6.3f} "
-                f"{row['clusters']:>8} {row['entropy']:>7.3f} {row['precision']:>9.3f}"
-            )
-    if args.json:
-        args.json.write_text(json.dumps({"reproduced": same, "rows": rows}, indent=2))
+            rows.append({"k": k, "tau": tau, "ceiling": ceiling, **replay.row(chosen, args.domain)})
+            print(" | ".join(table_row(rows[-1])), file=sys.stderr, flush=True)
+    return rows
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    helps = {"workdir": "benchmarks/quad.py's", "domain": "the held-out domain"}
+    harness.add_common_flags(parser, helps, workdir=harness.REQUIRED, domain="scientific")
+    parser.add_argument("--clusters", type=int, nargs="+", default=[25, 53, 100, 200, 400])
+    parser.add_argument("--taus", type=float, nargs="+", default=[-0.5, 0.0, 0.5, 1.0])
+    parser.add_argument(
+        "--set", nargs="*", default=[], metavar="KEY=VALUE", help="other select.quad options"
+    )
+    harness.add_common_flags(parser, json=None)
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    with harness.local_ray(2):
+        replay = Replay(args.workdir)
+        options = QuadOptions(**replay.manifest["config"]["select"]["quad"])
+        chosen = replay.play(replay.clusters, load_centroid_distances(replay.store), options)
+        real = read_parts(args.workdir / "runs" / "quad" / "selected", ["id"])["id"]
+        same = sorted(real) == sorted(replay.ids[i] for i in chosen)
+        print(f"replay of the default run's clusters reproduces its selection: {same}")
+        changes = dict(item.split("=", 1) for item in args.set)
+        options = QuadOptions(**{**options.model_dump(), **changes})
+        print(f"options: {options.model_dump(exclude={'clusters', 'tau'})}")
+        rows = sweep(replay, options, args)
+    harness.print_table(COLUMNS, [table_row(r) for r in rows], left=0)
+    harness.write_json(args.json, {"reproduced": same, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -52,7 +52,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import harness
 import numpy as np
+from harness import positive, write_jsonl
 
 # Every run's process (and so its Ray nodes and their workers) gets these.
 CHILD_ENV = {
@@ -64,12 +66,6 @@ CHILD_ENV = {
     "TOKENIZERS_PARALLELISM": "false",
     "RAY_DATA_LOG_LEVEL": "WARNING",
 }
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-from heldout_precision import DEFAULT_CORPUS, load_corpus, work_folder, write_jsonl  # noqa: E402
 
 STAGES = ("embed", "dsir", "perplexity")
 NODES = (1, 2)
@@ -139,17 +135,9 @@ def child(spec_path: Path) -> None:
     for name, value in CHILD_ENV.items():
         os.environ.setdefault(name, value)
     spec = json.loads(spec_path.read_text(encoding="utf-8"))
-    logging.basicConfig(
-        level=logging.INFO if spec["verbose"] else logging.WARNING,
-        format="%(asctime)s %(name)s %(message)s",
-    )
-    import ray
+    harness.setup_logging(spec["verbose"])
     from ray.cluster_utils import Cluster
 
-    from distsel import corpus, pipeline
-    from distsel.config import parse_config
-
-    config = parse_config(spec["config"], "scaling configuration")
     cluster = Cluster(
         initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False}
     )
@@ -160,33 +148,47 @@ def child(spec_path: Path) -> None:
         "workers": [worker.node_id for worker in workers],
     }
     try:
-        ray.init(
-            address=cluster.address,
-            logging_level=logging.WARNING,
-            log_to_driver=spec["verbose"],
-        )
-        logging.getLogger("ray.data").setLevel(logging.WARNING)
-        context = ray.data.DataContext.get_current()
-        context.enable_progress_bars = False
-        context.print_on_execution_start = False
-        began = time.perf_counter()
-        outcome["summary"] = pipeline.run(config, phase="score")
-        outcome["seconds"] = time.perf_counter() - began
-        if spec["proxy"]:
-            from distsel.scoring.proxy import ensure_proxy
-            from distsel.stage import StageContext
-            from distsel.storage import Store
-
-            store = Store(config.output.path)
-            shards = corpus.list_shards(config.input)
-            parts = pipeline.score(config, store, shards, require_done=True).parts
-            began = time.perf_counter()
-            _, outcome["proxy"] = ensure_proxy(StageContext(config, store, parts))
-            outcome["proxy_seconds"] = time.perf_counter() - began
+        outcome.update(score_on(cluster.address, spec))
     finally:
-        ray.shutdown()
         cluster.shutdown()
     print(RESULT_PREFIX + json.dumps(outcome), flush=True)
+
+
+def score_on(address: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """The scoring phase on the cluster at `address` (and the proxy's training, where the spec
+    asks for it), timed."""
+    import ray
+
+    from distsel import pipeline
+    from distsel.config import parse_config
+
+    config = parse_config(spec["config"], "scaling configuration")
+    ray.init(address=address, logging_level=logging.WARNING, log_to_driver=spec["verbose"])
+    try:
+        harness.quiet_ray_data()
+        began = time.perf_counter()
+        outcome = {"summary": pipeline.run(config, phase="score")}
+        outcome["seconds"] = time.perf_counter() - began
+        if spec["proxy"]:
+            outcome.update(train_proxy(config))
+        return outcome
+    finally:
+        ray.shutdown()
+
+
+def train_proxy(config: Any) -> dict[str, Any]:
+    """The proxy of a scored output, trained (perplexity's runs then reuse it), timed."""
+    from distsel import corpus, pipeline
+    from distsel.scoring.proxy import ensure_proxy
+    from distsel.stage import StageContext
+    from distsel.storage import Store
+
+    store = Store(config.output.path)
+    shards = corpus.list_shards(config.input)
+    parts = pipeline.score(config, store, shards, require_done=True).parts
+    began = time.perf_counter()
+    _, proxy = ensure_proxy(StageContext(config, store, parts))
+    return {"proxy": proxy, "proxy_seconds": time.perf_counter() - began}
 
 
 def spawn(spec: dict[str, Any], spec_path: Path, timeout: float, verbose: bool) -> dict[str, Any]:
@@ -199,7 +201,7 @@ def spawn(spec: dict[str, Any], spec_path: Path, timeout: float, verbose: bool) 
         text=True,
         timeout=timeout,
         env={**os.environ, **CHILD_ENV},
-        cwd=REPO,
+        cwd=harness.REPO,
     )
     lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
     if done.returncode != 0 or not lines:
@@ -296,18 +298,6 @@ def compare_scores(reference: Path, other: Path, stage: str) -> dict[str, Any]:
 # --- report -----------------------------------------------------------------------------------
 
 
-def print_table(header: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-
-    def line(cells: list[str]) -> str:
-        return "| " + " | ".join(f"{c:>{w}}" for c, w in zip(cells, widths, strict=True)) + " |"
-
-    print(line(header))
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for row in rows:
-        print(line(row))
-
-
 def table_row(result: dict[str, Any]) -> list[str]:
     parts = " + ".join(str(n) for n in result["parts_per_worker"])
     if result["parts_elsewhere"]:
@@ -324,22 +314,9 @@ def table_row(result: dict[str, Any]) -> list[str]:
     ]
 
 
-def positive(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == [CHILD_FLAG]:
-        child(Path(argv[1]))
-        return 0
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = harness.new_parser(__doc__)
+    harness.add_common_flags(parser, corpus=harness.DEFAULT_CORPUS)
     parser.add_argument("--stage", choices=STAGES, default="embed")
     parser.add_argument("--docs", type=positive, default=1200, help="pool documents")
     parser.add_argument("--rows-per-part", type=positive, default=50)
@@ -348,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         "--batch-size", type=positive, default=None, help="stages.<stage>.batch_size"
     )
     parser.add_argument("--repeat", type=positive, default=1, help="rounds of 1, 2 nodes")
-    parser.add_argument("--seed", type=int, default=0)
+    harness.add_common_flags(parser, seed=0)
     parser.add_argument("--target-domain", default="scientific", help="dsir's target")
     parser.add_argument("--target-docs", type=positive, default=200, help="dsir's target")
     parser.add_argument(
@@ -357,28 +334,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--timeout", type=positive, default=1800, help="seconds allowed to each run"
     )
-    parser.add_argument(
-        "--workdir",
-        type=Path,
-        default=None,
-        help="keep the pool, template and run outputs here (its pool/, template/ and runs/ "
-        "are replaced); default: a temporary folder, removed at the end",
-    )
-    parser.add_argument("--json", type=Path, default=None, help="also save the results here")
-    parser.add_argument("--verbose", action="store_true", help="distsel's and Ray's logs")
-    args = parser.parse_args(argv)
+    helps = {
+        "workdir": "keep the pool, template and run outputs here (its pool/, template/ and "
+        "runs/ are replaced); default: a temporary folder, removed at the end",
+        "verbose": "distsel's and Ray's logs",
+    }
+    harness.add_common_flags(parser, helps, workdir=None, json=None, verbose=False)
+    return parser.parse_args(argv)
 
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == [CHILD_FLAG]:
+        child(Path(argv[1]))
+        return 0
+    args = parse_args(argv)
     files = [
-        (name, [r for r in records if r.get("text")]) for name, records in load_corpus(args.corpus)
+        (name, [r for r in records if r.get("text")])
+        for name, records in harness.load_corpus(args.corpus)
     ]
     pool, target = draw(files, args.docs, args.target_domain, args.target_docs, args.seed)
     if args.stage == "dsir" and not target:
         raise SystemExit(f"no documents of --target-domain {args.target_domain!r} left")
-
-    temporary, work = work_folder(args.workdir, "scaling_")
-    for stale in ("pool", "template", "runs", "specs"):
-        shutil.rmtree(work / stale, ignore_errors=True)
-    try:
+    with harness.work_folder(args.workdir, "scaling_") as work:
+        for stale in ("pool", "template", "runs", "specs"):
+            shutil.rmtree(work / stale, ignore_errors=True)
         write_jsonl(work / "pool" / "pool.jsonl.gz", pool)
         write_jsonl(work / "target.jsonl", target)
         (work / "specs").mkdir()
@@ -386,9 +366,6 @@ def main(argv: list[str] | None = None) -> int:
         reference = Path(results[0]["output"])
         for result in results:
             result["scores"] = compare_scores(reference, Path(result["output"]), args.stage)
-    finally:
-        if temporary is not None:
-            temporary.cleanup()
     return report(args, len(pool), results, template)
 
 
@@ -430,6 +407,51 @@ def run_all(args: argparse.Namespace, work: Path) -> tuple[list[dict[str, Any]],
     }
 
 
+def medians(results: list[dict[str, Any]]) -> dict[int, dict[str, float]]:
+    """Per node count, the median of each timing over its runs."""
+    return {
+        nodes: {
+            key: statistics.median(r[key] for r in results if r["nodes"] == nodes)
+            for key in ("docs_per_second", "stage_seconds", "busy_seconds_max_node")
+        }
+        for nodes in NODES
+    }
+
+
+def checks(results: list[dict[str, Any]]) -> dict[str, bool]:
+    two_node = [r for r in results if r["nodes"] == 2]
+    return {
+        "both_workers": all(r["all_workers_used"] and not r["parts_elsewhere"] for r in two_node),
+        "same_scores": all(r["scores"]["same_ids"] and r["scores"]["close"] for r in results),
+        "ingest_resumed": all(r["ingest_resumed"] for r in results),
+    }
+
+
+def print_ratios(args: argparse.Namespace, middle: dict[int, dict[str, float]]) -> None:
+    ratio = middle[2]["docs_per_second"] / middle[1]["docs_per_second"]
+    busy_ratio = middle[1]["busy_seconds_max_node"] / middle[2]["busy_seconds_max_node"]
+    runs = f"median of {args.repeat} runs each, " if args.repeat > 1 else ""
+    print(
+        f"throughput ratio docs/s(2 nodes) / docs/s(1 node): {ratio:.2f} ({runs}"
+        f"{middle[1]['docs_per_second']:.1f} -> {middle[2]['docs_per_second']:.1f} docs/s); "
+        f"goal >= {GOAL}: {'met' if ratio >= GOAL else 'NOT met'}"
+    )
+    print(f"busy-time ratio (parts' own seconds, slowest node): {busy_ratio:.2f}")
+
+
+def print_checks(results: list[dict[str, Any]], found: dict[str, bool]) -> None:
+    def said(ok: bool) -> str:
+        return "yes" if ok else "NO"
+
+    worst = max(r["scores"]["max_abs_diff"] for r in results)
+    print(
+        f"checks: both worker nodes scored in every 2-node run: {said(found['both_workers'])}; "
+        f"score tables identical across runs (ids; values within {ATOL:g}, max |diff| "
+        f"{worst:.1e}): {said(found['same_scores'])}; no run ingested again: "
+        f"{said(found['ingest_resumed'])}"
+    )
+
+
 def report(
     args: argparse.Namespace, docs: int, results: list[dict[str, Any]], template: dict[str, Any]
 ) -> int:
@@ -442,61 +464,29 @@ def report(
         + (f" | proxy trained in {template['proxy_seconds']:.1f} s" if template["proxy"] else "")
     )
     header = ["run", "nodes", "docs", "stage s", "docs/s", "busy s", "wall s", "parts per node"]
-    print_table(header, [table_row(r) for r in results])
-
-    medians = {
-        nodes: {
-            key: statistics.median(r[key] for r in results if r["nodes"] == nodes)
-            for key in ("docs_per_second", "stage_seconds", "busy_seconds_max_node")
-        }
-        for nodes in NODES
+    harness.print_table(header, [table_row(r) for r in results], left=0)
+    middle = medians(results)
+    print_ratios(args, middle)
+    found = checks(results)
+    print_checks(results, found)
+    ratio = middle[2]["docs_per_second"] / middle[1]["docs_per_second"]
+    settings = ("stage", "rows_per_part", "max_length", "batch_size", "repeat", "seed")
+    summary = {
+        **{key: getattr(args, key) for key in settings},
+        "docs": docs,
+        "accepted_docs": template["accepted_docs"],
+        "corpus": str(args.corpus),
+        "cpu_count": os.cpu_count(),
+        "template": template,
+        "medians": {str(k): v for k, v in middle.items()},
+        "ratio": ratio,
+        "busy_ratio": middle[1]["busy_seconds_max_node"] / middle[2]["busy_seconds_max_node"],
+        "goal": GOAL,
+        "goal_met": ratio >= GOAL,
+        "checks": found,
     }
-    ratio = medians[2]["docs_per_second"] / medians[1]["docs_per_second"]
-    busy_ratio = medians[1]["busy_seconds_max_node"] / medians[2]["busy_seconds_max_node"]
-    runs = f"median of {args.repeat} runs each, " if args.repeat > 1 else ""
-    print(
-        f"throughput ratio docs/s(2 nodes) / docs/s(1 node): {ratio:.2f} ({runs}"
-        f"{medians[1]['docs_per_second']:.1f} -> {medians[2]['docs_per_second']:.1f} docs/s); "
-        f"goal >= {GOAL}: {'met' if ratio >= GOAL else 'NOT met'}"
-    )
-    print(f"busy-time ratio (parts' own seconds, slowest node): {busy_ratio:.2f}")
-
-    two_node = [r for r in results if r["nodes"] == 2]
-    spread = all(r["all_workers_used"] and not r["parts_elsewhere"] for r in two_node)
-    same = all(r["scores"]["same_ids"] and r["scores"]["close"] for r in results)
-    resumed = all(r["ingest_resumed"] for r in results)
-    worst = max(r["scores"]["max_abs_diff"] for r in results)
-    print(
-        f"checks: both worker nodes scored in every 2-node run: {'yes' if spread else 'NO'}; "
-        f"score tables identical across runs (ids; values within {ATOL:g}, max |diff| "
-        f"{worst:.1e}): {'yes' if same else 'NO'}; no run ingested again: "
-        f"{'yes' if resumed else 'NO'}"
-    )
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        summary = {
-            "stage": args.stage,
-            "docs": docs,
-            "accepted_docs": template["accepted_docs"],
-            "rows_per_part": args.rows_per_part,
-            "max_length": args.max_length,
-            "batch_size": args.batch_size,
-            "repeat": args.repeat,
-            "seed": args.seed,
-            "corpus": str(args.corpus),
-            "cpu_count": os.cpu_count(),
-            "template": template,
-            "medians": {str(k): v for k, v in medians.items()},
-            "ratio": ratio,
-            "busy_ratio": busy_ratio,
-            "goal": GOAL,
-            "goal_met": ratio >= GOAL,
-            "checks": {"both_workers": spread, "same_scores": same, "ingest_resumed": resumed},
-            "runs": results,
-        }
-        args.json.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-        print(f"results saved to {args.json}")
-    return 0 if spread and same and resumed else 1
+    harness.write_json(args.json, {**summary, "runs": results})
+    return 0 if all(found.values()) else 1
 
 
 if __name__ == "__main__":
