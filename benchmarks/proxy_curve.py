@@ -14,28 +14,18 @@ cached in runs/<point>/eval.json), and wall seconds of the run (proxy training +
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-
 import argparse
-import json
-import logging
-import sys
+import os
 import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from heldout_precision import DEFAULT_CORPUS, load_corpus, positive, print_table, split  # noqa: E402
-from influence_selection import eval_proxy_config, evaluate_selection  # noqa: E402
-from quad import finished_manifest, fmt, read_selection, run_method  # noqa: E402
-from selection import eval_key, raw_config  # noqa: E402
+import harness
+from harness import fmt, positive
+from selection import raw_config, workspace
 
 DEFAULT_POINTS = "250000:128,500000:128,1000000:128,500000:64,500000:256"
+COLUMNS = ["proxy tokens", "hidden", "precision", "target loss", "wall s"]
 
 
 def points(text: str) -> list[tuple[int, int]]:
@@ -43,106 +33,85 @@ def points(text: str) -> list[tuple[int, int]]:
     return [(int(tokens), int(hidden)) for tokens, hidden in pairs]
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
-    parser.add_argument("--domain", default="scientific")
-    parser.add_argument("--target-size", type=positive, default=300)
-    parser.add_argument("--limit-per-domain", type=positive, default=250)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--embed-max-length", type=positive, default=128)
-    parser.add_argument("--eval-train-tokens", type=positive, default=100_000)
-    parser.add_argument("--eval-tokenizer", choices=("minilm", "bpe"), default="minilm")
-    parser.add_argument("--points", default=DEFAULT_POINTS, help="tokens:hidden,...")
-    parser.add_argument("--workdir", type=Path, required=True)
-    parser.add_argument("--json", type=Path, default=None)
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)
-    began = time.perf_counter()
-
-    target, pool = split(
-        load_corpus(args.corpus), args.domain, args.target_size, args.seed, args.limit_per_domain
+    harness.add_common_flags(
+        parser,
+        corpus=harness.DEFAULT_CORPUS,
+        domain="scientific",
+        target_size=300,
+        limit_per_domain=250,
+        seed=0,
     )
-    k = sum(r.get("domain") == args.domain for _, shard in pool for r in shard)
-    paths = {
-        "pool": args.workdir / "pool",
-        "runs": args.workdir / "runs",
-        "target": args.workdir / "t.jsonl",
-    }
-    if not paths["target"].exists():
+    parser.add_argument("--embed-max-length", type=positive, default=128)
+    harness.add_eval_flags(parser, train_tokens=100_000)
+    parser.add_argument("--points", default=DEFAULT_POINTS, help="tokens:hidden,...")
+    helps = {"workdir": "selection.py's work folder"}
+    harness.add_common_flags(parser, helps, workdir=harness.REQUIRED, json=None)
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    harness.setup_logging()
+    began = time.perf_counter()
+    held = harness.held_out(args)
+    work = workspace(args.workdir)
+    if not work.target.exists():
         raise SystemExit(f"{args.workdir}: no selection.py work folder (run selection.py first)")
-    target_texts = [r["text"] for r in target]
-
-    import ray
-
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING)
-    results: list[dict[str, Any]] = []
-    try:
-        for tokens, hidden in points(args.points):
-            results.append(run_point(args, paths, k, tokens, hidden, target_texts))
-    finally:
-        ray.shutdown()
-
+    with harness.local_ray():
+        results = [
+            run_point(args, work, held, tokens, hidden) for tokens, hidden in points(args.points)
+        ]
     header = (
-        f"domain {args.domain} | pool {sum(len(s) for _, s in pool)} docs | k = {k} | "
+        f"domain {args.domain} | pool {len(held.records)} docs | k = {held.k} | "
         f"influence top-k by I(z)/‖∇L(z)‖ | seed {args.seed} | {os.cpu_count()}-core machine"
     )
-    table = [
-        [
-            str(r["tokens"]),
-            str(r["hidden"]),
-            fmt(r.get("precision"), ".3f"),
-            fmt(r.get("target_loss"), ".4f"),
-            fmt(r.get("wall_seconds"), ".1f"),
-        ]
-        for r in results
-    ]
     print(header)
-    print_table(["proxy tokens", "hidden", "precision", "target loss", "wall s"], table)
+    harness.print_table(COLUMNS, [table_row(r) for r in results])
     total = time.perf_counter() - began
     print(f"evaluation proxies: {args.eval_train_tokens} train tokens each; total {total:.0f} s")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"header": header, "results": results}, indent=2) + "\n")
+    harness.write_json(args.json, {"header": header, "results": results})
+
+
+def table_row(result: dict[str, Any]) -> list[str]:
+    return [
+        str(result["tokens"]),
+        str(result["hidden"]),
+        fmt(result.get("precision"), ".3f"),
+        fmt(result.get("target_loss"), ".4f"),
+        fmt(result.get("wall_seconds"), ".1f"),
+    ]
 
 
 def run_point(
     args: argparse.Namespace,
-    paths: dict[str, Path],
-    k: int,
+    work: harness.Workspace,
+    held: harness.HeldOut,
     tokens: int,
     hidden: int,
-    target_texts: list[str],
 ) -> dict[str, Any]:
     """One proxy size: its influence top-k run (read back when finished) and its evaluation."""
     args.proxy_train_tokens = tokens
-    raw = raw_config("influence-topk-norm", args, paths, k)
+    raw = raw_config("influence-topk-norm", args, work, held.k)
     raw["proxy"]["hidden"] = hidden
     name = "influence-topk-norm"  # selection.py's run, when this point is its proxy
-    if finished_manifest(raw) is None:
+    if harness.finished_manifest(raw) is None:
         name = f"proxy-{tokens}-{hidden}"
-        raw["output"]["path"] = str(paths["runs"] / name)
-    result = run_method(name, raw, args.domain, 0, resume=True)
+        raw["output"]["path"] = str(work.runs / name)
+    result = harness.run_method(name, raw, args.domain, resume=True)
     result.update(tokens=tokens, hidden=hidden)
     if "error" in result:
         return result
-    selection = read_selection(Path(result["output"]))
-    eval_config = eval_proxy_config(args, raw_config("random", args, paths, k))
-    cache = paths["runs"] / name / "eval.json"
-    key = eval_key(selection["id"], eval_config, args.seed)
-    cached = json.loads(cache.read_text()) if cache.exists() else {}
-    if cached.get("key") != key:
-        evaluation = evaluate_selection(
-            selection["text"], eval_config, args.seed, target_texts, target_texts[:1]
-        )
-        cached = {"key": key, "target_loss": evaluation["target_loss"]}
-        cache.write_text(json.dumps(cached) + "\n")
-    result["target_loss"] = cached["target_loss"]
-    print(
-        f"[{name}] precision {fmt(result['precision'], '.3f')}, "
-        f"target loss {cached['target_loss']:.4f}",
-        file=sys.stderr,
-        flush=True,
+    selection = harness.read_selection(Path(result["output"]))
+    config = harness.eval_proxy_config(args, raw_config("random", args, work, held.k))
+    cache = work.runs / name / "eval.json"
+    result["target_loss"] = harness.cached_target_loss(
+        name, cache, selection, config, args.seed, held.target_texts
+    )
+    harness.progress(
+        name,
+        f"precision {fmt(result['precision'], '.3f')}, target loss {result['target_loss']:.4f}",
     )
     return result
 

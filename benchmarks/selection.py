@@ -30,37 +30,16 @@ and the evaluation settings stay the same.
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-
 import argparse
-import hashlib
-import json
-import logging
-import shutil
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import harness
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from heldout_precision import (  # noqa: E402
-    DEFAULT_CORPUS,
-    load_corpus,
-    positive,
-    print_table,
-    split,
-    work_folder,
-    write_jsonl,
-)
-from influence_selection import eval_proxy_config, evaluate_selection  # noqa: E402
-from quad import copy_scored, fmt, read_column, read_selection, run_method  # noqa: E402
+from harness import fmt, positive
 
 # row -> (select.method, select options, influence.normalize)
 ROWS: dict[str, tuple[str, dict[str, Any], bool]] = {
@@ -78,7 +57,10 @@ ROWS: dict[str, tuple[str, dict[str, Any], bool]] = {
 GOAL_SCORED, GOAL_RATIO, GOAL_LOSS_GAP, GOAL_NORM_PRECISION = 0.10, 0.90, 0.03, 0.85
 
 
-def raw_config(row: str, args: argparse.Namespace, paths: dict[str, Path], k: int) -> dict:
+COLUMNS = ["method", "scored", "infl / topk", "norm / topk", "precision", "target loss", "wall s"]
+
+
+def raw_config(row: str, args: argparse.Namespace, work: harness.Workspace, k: int) -> dict:
     method, options, normalize = ROWS[row]
     select: dict[str, Any] = {"method": method, "budget": {"docs": k}}
     if options:
@@ -86,19 +68,24 @@ def raw_config(row: str, args: argparse.Namespace, paths: dict[str, Path], k: in
     if method in ("influence", "quad"):
         select["influence"] = {**select.get("influence", {}), "normalize": normalize}
     raw: dict[str, Any] = {
-        "input": {"paths": [str(paths["pool"])], "group_field": "domain", "rows_per_part": 500},
-        "target": {"paths": [str(paths["target"])]},
-        "output": {"path": str(paths["runs"] / row)},
+        "input": {"paths": [str(work.pool)], "group_field": "domain", "rows_per_part": 500},
+        "target": {"paths": [str(work.target)]},
+        "output": {"path": str(work.runs / row)},
         "select": select,
         "embed": {"max_length": args.embed_max_length},
         "proxy": {"train_tokens": args.proxy_train_tokens},
         "seed": args.seed,
     }
     if method == "quad" or row == "influence-topk-max":
-        raw["proxy"]["path"] = str(paths["runs"] / "influence-topk" / "proxy")
+        raw["proxy"]["path"] = str(work.runs / "influence-topk" / "proxy")
     if method == "influence":
         raw["stages"] = {"influence": {"num_cpus": 1, "pool_size": 2}}
     return raw
+
+
+def workspace(root: Path) -> harness.Workspace:
+    """The work folder's layout: pool/, t.jsonl (the target) and runs/<row>/."""
+    return harness.Workspace(root, target_name="t.jsonl")
 
 
 def prepare_folder(row: str, runs: Path) -> None:
@@ -110,13 +97,7 @@ def prepare_folder(row: str, runs: Path) -> None:
         "quad-norm": "quad-paper",
     }.get(row)
     if source and (runs / source / "manifest.json").exists():
-        copy_scored(runs / source, runs / row)
-
-
-def eval_key(ids: list[str], config: Any, seed: int) -> str:
-    """What an evaluation proxy's loss depends on: the selection, its settings and the seed."""
-    text = json.dumps([sorted(ids), config.model_dump(), seed], default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
+        harness.copy_scored(runs / source, runs / row)
 
 
 def ratio(selection: list[str], values: dict[str, float], best: list[str]) -> float | None:
@@ -125,126 +106,120 @@ def ratio(selection: list[str], values: dict[str, float], best: list[str]) -> fl
     return float(np.mean(mine) / np.mean(top)) if mine and top else None
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
-    parser.add_argument("--domain", default="scientific")
-    parser.add_argument("--target-size", type=positive, default=300)
-    parser.add_argument("--limit-per-domain", type=positive, default=250)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--embed-max-length", type=positive, default=128)
-    parser.add_argument("--proxy-train-tokens", type=positive, default=500_000)
-    parser.add_argument("--eval-train-tokens", type=positive, default=200_000)
-    parser.add_argument("--eval-tokenizer", choices=("minilm", "bpe"), default="minilm")
-    parser.add_argument("--rows", default=",".join(ROWS), help="comma-separated subset")
-    parser.add_argument("--workdir", type=Path, default=None)
-    parser.add_argument("--resume", action="store_true", help="read back finished runs")
-    parser.add_argument("--json", type=Path, default=None)
-    args = parser.parse_args()
-    rows = [r for r in ROWS if r in args.rows.split(",")]
-    logging.basicConfig(level=logging.WARNING)
-    began = time.perf_counter()
-
-    target, pool = split(
-        load_corpus(args.corpus), args.domain, args.target_size, args.seed, args.limit_per_domain
-    )
-    records = [r for _, shard in pool for r in shard]
-    k = sum(r.get("domain") == args.domain for r in records)
-    temporary, workdir = work_folder(args.workdir, "selection_bench_")
-    paths = {"pool": workdir / "pool", "runs": workdir / "runs", "target": workdir / "t.jsonl"}
-    if not args.resume:
-        for stale in (paths["pool"], paths["runs"]):
-            shutil.rmtree(stale, ignore_errors=True)
-        for name, shard in pool:
-            write_jsonl(paths["pool"] / f"{name}.jsonl.gz", shard)
-        write_jsonl(paths["target"], target)
-    header = (
-        f"domain {args.domain} | target {len(target)} docs | pool {len(records)} docs (at most "
-        f"{args.limit_per_domain} per domain) | k = {k} | random expected precision "
-        f"{k / len(records):.3f} | seed {args.seed} | {os.cpu_count()}-core machine, CPU only"
-    )
-    print(header, file=sys.stderr, flush=True)
-
-    import ray
-
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING)
+def run_rows(
+    rows: list[str], args: argparse.Namespace, work: harness.Workspace, held: harness.HeldOut
+) -> dict[str, dict[str, Any]]:
     results: dict[str, dict[str, Any]] = {}
-    try:
+    with harness.local_ray():
         for row in rows:
-            if not args.resume or not (paths["runs"] / row / "manifest.json").exists():
-                prepare_folder(row, paths["runs"])
-            raw = raw_config(row, args, paths, k)
-            result = run_method(row, raw, args.domain, len(records), args.resume)
-            if ROWS[row][0] == "influence" and "error" not in result:
-                result["evaluated_share"] = 1.0  # the norm row selects from the raw row's pass
+            if not args.resume or not (work.runs / row / "manifest.json").exists():
+                prepare_folder(row, work.runs)
+            raw = raw_config(row, args, work, held.k)
+            result = harness.run_method(row, raw, args.domain, len(held.records), args.resume)
             results[row] = result
-            print(
-                f"[{row}] precision {fmt(result.get('precision'), '.3f')}, "
+            harness.progress(
+                row,
+                f"precision {fmt(result.get('precision'), '.3f')}, "
                 f"{fmt(result.get('wall_seconds'), '.1f')} s",
-                file=sys.stderr,
-                flush=True,
             )
-    finally:
-        ray.shutdown()
+    return results
 
-    scores = paths["runs"] / "influence-topk" / "scores" / "influence"
-    raw_values = read_column(scores, "influence")
-    norm_values = read_column(scores, "influence_normalized")
+
+def evaluate_rows(
+    results: dict[str, dict[str, Any]],
+    args: argparse.Namespace,
+    work: harness.Workspace,
+    held: harness.HeldOut,
+) -> Any:
+    """Each selection's target loss (cached in runs/<row>/eval.json) and mean influence
+    against the top-k rows'; returns the evaluation proxies' settings."""
+    scores = work.runs / "influence-topk" / "scores" / "influence"
+    raw_values = harness.read_column(scores, "influence")
+    norm_values = harness.read_column(scores, "influence_normalized")
     selections = {
-        row: read_selection(Path(r["output"])) for row, r in results.items() if "error" not in r
+        row: harness.read_selection(Path(r["output"]))
+        for row, r in results.items()
+        if "error" not in r
     }
     best_raw = (selections.get("influence-topk") or {}).get("id", [])
     best_norm = (selections.get("influence-topk-norm") or {}).get("id", [])
-    eval_config = eval_proxy_config(args, raw_config("random", args, paths, k))
-    target_texts = [r["text"] for r in target]
+    config = harness.eval_proxy_config(args, raw_config("random", args, work, held.k))
     for row, selection in selections.items():
-        cache = paths["runs"] / row / "eval.json"
-        key = eval_key(selection["id"], eval_config, args.seed)
-        cached = json.loads(cache.read_text()) if cache.exists() else {}
-        if cached.get("key") != key:
-            print(f"[{row}] training the evaluation proxy ...", file=sys.stderr, flush=True)
-            evaluation = evaluate_selection(
-                selection["text"], eval_config, args.seed, target_texts, target_texts[:1]
-            )
-            cached = {"key": key, "target_loss": evaluation["target_loss"]}
-            cache.write_text(json.dumps(cached) + "\n")
+        cache = work.runs / row / "eval.json"
         results[row].update(
-            target_loss=cached["target_loss"],
+            target_loss=harness.cached_target_loss(
+                row, cache, selection, config, args.seed, held.target_texts
+            ),
             influence_ratio=ratio(selection["id"], raw_values, best_raw),
             normalized_ratio=ratio(selection["id"], norm_values, best_norm),
         )
-    if temporary is not None:
-        temporary.cleanup()
+    return config
 
-    table = []
-    for row, result in results.items():
-        if "error" in result:
-            table.append([row, f"failed: {result['error'][:60]}"] + ["-"] * 5)
-            continue
-        table.append(
-            [
-                row,
-                fmt(result["evaluated_share"], ".3f"),
-                fmt(result.get("influence_ratio"), ".3f"),
-                fmt(result.get("normalized_ratio"), ".3f"),
-                fmt(result["precision"], ".3f"),
-                fmt(result.get("target_loss"), ".4f"),
-                fmt(result["wall_seconds"], ".1f"),
-            ]
-        )
-    print(header)
-    columns = ["method", "scored", "infl / topk", "norm / topk", "precision", "target loss"]
-    print_table([*columns, "wall s"], table)
+
+def table_row(row: str, result: dict[str, Any]) -> list[str]:
+    if "error" in result:
+        return harness.failed_row({**result, "method": row}, len(COLUMNS))
+    return [
+        row,
+        fmt(result["evaluated_share"], ".3f"),
+        fmt(result.get("influence_ratio"), ".3f"),
+        fmt(result.get("normalized_ratio"), ".3f"),
+        fmt(result["precision"], ".3f"),
+        fmt(result.get("target_loss"), ".4f"),
+        fmt(result["wall_seconds"], ".1f"),
+    ]
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    harness.add_common_flags(
+        parser,
+        corpus=harness.DEFAULT_CORPUS,
+        domain="scientific",
+        target_size=300,
+        limit_per_domain=250,
+        seed=0,
+    )
+    parser.add_argument("--embed-max-length", type=positive, default=128)
+    parser.add_argument("--proxy-train-tokens", type=positive, default=500_000)
+    harness.add_eval_flags(parser, train_tokens=200_000)
+    parser.add_argument("--rows", default=",".join(ROWS), help="comma-separated subset")
+    helps = {"resume": "read back finished runs"}
+    harness.add_common_flags(parser, helps, workdir=None, resume=False, json=None)
+    return parser.parse_args()
+
+
+def header(args: argparse.Namespace, held: harness.HeldOut) -> str:
+    size = len(held.records)
+    return (
+        f"domain {args.domain} | target {len(held.target)} docs | pool {size} docs (at most "
+        f"{args.limit_per_domain} per domain) | k = {held.k} | random expected precision "
+        f"{held.k / size:.3f} | seed {args.seed} | {os.cpu_count()}-core machine, CPU only"
+    )
+
+
+def main() -> None:
+    args = parse_args()
+    rows = [r for r in ROWS if r in args.rows.split(",")]
+    harness.setup_logging()
+    began = time.perf_counter()
+    held = harness.held_out(args)
+    print(header(args, held), file=sys.stderr, flush=True)
+    with harness.work_folder(args.workdir, "selection_bench_") as root:
+        work = workspace(root)
+        work.prepare(held, args.resume)
+        results = run_rows(rows, args, work, held)
+        config = evaluate_rows(results, args, work, held)
+    print(header(args, held))
+    harness.print_table(COLUMNS, [table_row(row, r) for row, r in results.items()])
     for line in goal_lines(results):
         print(line)
     print(
-        f"evaluation proxies: {eval_config.train_tokens} train tokens each, "
-        f"{eval_config.tokenizer} tokenizer; total {time.perf_counter() - began:.0f} s"
+        f"evaluation proxies: {config.train_tokens} train tokens each, "
+        f"{config.tokenizer} tokenizer; total {time.perf_counter() - began:.0f} s"
     )
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        summary = {"header": header, "k": k, "pool_docs": len(records), "results": results}
-        args.json.write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    summary = {"header": header(args, held), "k": held.k, "pool_docs": len(held.records)}
+    harness.write_json(args.json, {**summary, "results": results})
 
 
 def goal_lines(results: dict[str, dict[str, Any]]) -> list[str]:
