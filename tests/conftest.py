@@ -1,16 +1,31 @@
+"""Fixtures shared by all test modules, and the test processes' grouping.
+
+Plain helpers live in helpers.py (tests/ is on sys.path); the names below that modules imported
+from here before are re-exported, so `from conftest import base_config, ...` keeps working.
+Test module basenames are unique across the folders (there are no __init__.py files).
+"""
+
 from __future__ import annotations
 
-import gzip
-import json
 import os
-from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import (  # noqa: F401 (re-exported for `from conftest import ...`)
+    AWS_KEY,
+    AWS_REGION,
+    AWS_SECRET,
+    SHARED_DATA,
+    MotoServer,
+    base_config,
+    s3_client,
+    stdlib_paragraphs,
+    torch_threads,
+    write_jsonl,
+)
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 # Modules that start Ray clusters of their own run one after another on one test process, so that
 # no more than one such cluster starts at a time on a small machine.
 OWN_CLUSTERS = {"test_multinode", "test_job_submit", "test_pipeline"}
@@ -18,7 +33,8 @@ OWN_CLUSTERS = {"test_multinode", "test_job_submit", "test_pipeline"}
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """With pytest-xdist's `--dist loadgroup`, a module's tests stay on one test process (its
-    module fixtures are made once), and the modules in OWN_CLUSTERS share one."""
+    module fixtures are made once), and the modules in OWN_CLUSTERS share one. Groups are named
+    by the module's basename, whatever folder it is in."""
     for item in items:
         module = item.module.__name__.rpartition(".")[2]
         group = "own-clusters" if module in OWN_CLUSTERS else module
@@ -43,44 +59,58 @@ def ray_local():
     yield ray
 
 
-def write_jsonl(path: Path, records: list[Any], compress: str | None = None) -> Path:
-    """Write records (dicts, other JSON values, or raw bytes lines) as JSON Lines."""
-    lines = b"".join(
-        (r if isinstance(r, bytes) else json.dumps(r).encode()) + b"\n" for r in records
-    )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if compress == "gz":
-        lines = gzip.compress(lines)
-    elif compress == "zst":
-        import zstandard
-
-        lines = zstandard.ZstdCompressor().compress(lines)
-    path.write_bytes(lines)
-    return path
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Torch on one thread for a whole module (its module fixtures included, when the module
+    asks with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`): tiny models run
+    fastest so, and do not fight other processes for cores."""
+    with torch_threads(1):
+        yield
 
 
-def stdlib_paragraphs(count: int) -> list[str]:
-    """Real prose: paragraphs of the standard library's module docstrings."""
-    import ast
-    import sysconfig
-
-    root = Path(sysconfig.get_paths()["stdlib"])
-    paragraphs: list[str] = []
-    for path in sorted(root.glob("*.py")):
-        try:
-            doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8")))
-        except (SyntaxError, UnicodeDecodeError):
-            continue
-        paragraphs += [p.strip() for p in (doc or "").split("\n\n") if len(p.strip()) > 40]
-        if len(paragraphs) >= count:
-            break
-    assert len(paragraphs) >= count, "not enough stdlib text"
-    return paragraphs[:count]
+# ---------------------------------------------------------------------------------------------
+# S3: moto's server on 127.0.0.1; nothing mocked on the client side
 
 
-def base_config(inputs: list[Path | str], output: Path | str, **select: Any) -> dict[str, Any]:
-    return {
-        "input": {"paths": [str(p) for p in inputs]},
-        "output": {"path": str(output)},
-        "select": select or {"method": "all"},
-    }
+@pytest.fixture
+def aws_env(monkeypatch, tmp_path):
+    """Dummy credentials only; no profile, config file or instance metadata may be consulted."""
+    for name in (
+        "AWS_PROFILE",
+        "AWS_SESSION_TOKEN",
+        "AWS_SECURITY_TOKEN",
+        "AWS_ENDPOINT_URL",
+        "AWS_ENDPOINT_URL_S3",
+        "AWS_ROLE_ARN",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", AWS_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", AWS_SECRET)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", AWS_REGION)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint():
+    """A moto S3 server on loopback for the module; yields its endpoint URL."""
+    pytest.importorskip("moto.server")
+    server = MotoServer()
+    assert server.host == "127.0.0.1"
+    yield server.endpoint
+    server.stop()
+
+
+@pytest.fixture
+def endpoint_options(s3_endpoint, aws_env) -> dict[str, Any]:
+    """Storage options for code that runs in this process: credentials come from the env."""
+    return {"endpoint_url": s3_endpoint}
+
+
+@pytest.fixture
+def s3(s3_endpoint, aws_env):
+    """A boto3 client of the module's moto server."""
+    pytest.importorskip("boto3")
+    return s3_client(s3_endpoint)

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pytest
-from conftest import base_config
+from helpers import base_config
 from sklearn.metrics import adjusted_rand_score
 
 from distsel import clustering

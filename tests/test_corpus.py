@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import base_config, stdlib_paragraphs, write_jsonl
+from helpers import base_config, stdlib_paragraphs, write_jsonl
 
 from distsel import corpus, pipeline
 from distsel.config import InputConfig, parse_config

@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import base_config, write_jsonl
+from helpers import base_config, write_jsonl
 
 from distsel import duplicates, pipeline
 from distsel.config import parse_config

@@ -8,37 +8,28 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from conftest import base_config, stdlib_paragraphs, write_jsonl
+from helpers import base_config, run_cli, stdlib_paragraphs, write_jsonl
 
-from distsel import cli, errors, pipeline
+from distsel import cli, errors, pipeline, registry
 from distsel.config import parse_config
 from distsel.errors import ConfigError, InputError
-from distsel.select import SELECTORS, Pool
+from distsel.select import Pool
 from distsel.storage import StorageError, reads_inside
 
 KEY, SECRET = "AKIAERRORTESTKEY", "error-test-secret-value"
 
 
 def distsel(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    env = {
-        **os.environ,
-        "RAY_ADDRESS": "",
-        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-        "AWS_EC2_METADATA_DISABLED": "true",
-    }
-    command = [sys.executable, "-m", "distsel.cli", *args]
-    return subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd, timeout=120)
+    return run_cli(*args, cwd=cwd, timeout=120)
 
 
 def error_line(result: subprocess.CompletedProcess, status: int) -> str:
@@ -292,7 +283,7 @@ def _pool(size: int = 40) -> Pool:
 
 
 @pytest.mark.parametrize("budget", [{"docs": 41}, {"tokens": 401}])
-@pytest.mark.parametrize("method", sorted(SELECTORS))
+@pytest.mark.parametrize("method", sorted(registry.selector_names()))
 def test_a_budget_larger_than_the_pool_selects_all_of_it(caplog, method, budget):
     raw = base_config(["in"], "out", method=method, budget=budget)
     raw["target"] = {"paths": ["t"]}
@@ -300,7 +291,7 @@ def test_a_budget_larger_than_the_pool_selects_all_of_it(caplog, method, budget)
     config, pool = parse_config(raw), _pool()
     over = pipeline.budget_exceeds_pool(config.select.budget, pool)
     caplog.set_level(logging.WARNING, logger="distsel")
-    selector = SELECTORS[method]
+    selector = registry.selector(method)
     chosen, section = pipeline.choose(selector, pool, config, None, over)  # type: ignore[arg-type]
 
     assert over

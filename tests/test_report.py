@@ -5,7 +5,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import base_config, stdlib_paragraphs, write_jsonl
+from helpers import base_config, stdlib_paragraphs, write_jsonl
 
 from distsel import pipeline
 from distsel.config import parse_config

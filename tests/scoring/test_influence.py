@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import stdlib_paragraphs
+from helpers import stdlib_paragraphs
 from scipy.stats import spearmanr
 
 from distsel.config import InfluenceOptions
@@ -20,6 +20,9 @@ tokenizers = pytest.importorskip("tokenizers")
 
 MAX_LENGTH = 128
 CHOSEN = ("model.layers.0.self_attn.q_proj", "model.layers.1.self_attn.v_proj")
+
+# A model this small runs fastest on one thread (and much faster on a busy machine).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def report(line: str) -> None:
@@ -66,15 +69,6 @@ def train_model(tokenizer: object, texts: list[str], steps: int = 300) -> torch.
         optimizer.step()
     report(f"\ntiny proxy: final training loss {loss.item():.3f} after {steps} AdamW steps")
     return model.double().eval()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """A model this small runs fastest on one thread (and much faster on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

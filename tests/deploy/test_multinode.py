@@ -1,5 +1,5 @@
 """Multi-node behaviour on one machine: `ray.cluster_utils.Cluster` with a head without CPUs and
-two one-CPU worker nodes, in a subprocess (tests/cluster_scenario.py)."""
+two one-CPU worker nodes, in a subprocess (tests/deploy/cluster_scenario.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import stdlib_paragraphs, write_jsonl
+from helpers import stdlib_paragraphs, write_jsonl
 
 SCENARIO = Path(__file__).with_name("cluster_scenario.py")
 PARTS = 6

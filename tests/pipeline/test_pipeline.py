@@ -11,18 +11,13 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import base_config, stdlib_paragraphs, write_jsonl
+from helpers import base_config, read_folder, stdlib_paragraphs, write_jsonl
 
 from distsel import pipeline
 from distsel.config import parse_config
 from distsel.errors import DistselError, InputError
 
 PARAGRAPHS = stdlib_paragraphs(120)
-
-
-def read_folder(folder: Path) -> pa.Table:
-    tables = [pq.read_table(path) for path in sorted(folder.glob("*.parquet"))]
-    return pa.concat_tables(tables, promote_options="permissive") if tables else pa.table({})
 
 
 def make_corpus(root: Path) -> Path:

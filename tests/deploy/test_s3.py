@@ -16,54 +16,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-boto3 = pytest.importorskip("boto3")
-moto_server = pytest.importorskip("moto.server")
+pytest.importorskip("boto3")
+pytest.importorskip("moto.server")
+
+from helpers import AWS_KEY, AWS_REGION, AWS_SECRET, jsonl_bytes, s3_get, s3_keys  # noqa: E402
 
 from distsel import pipeline  # noqa: E402
 from distsel.config import parse_config  # noqa: E402
 from distsel.corpus import list_shards  # noqa: E402
 from distsel.errors import DistselError, InputError  # noqa: E402
 from distsel.storage import Store  # noqa: E402
-
-KEY, SECRET, REGION = "testing", "testing", "us-east-1"
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    """A moto S3 server on loopback for this module; yields its endpoint URL."""
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    assert host == "127.0.0.1"
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
-
-
-@pytest.fixture
-def aws_env(monkeypatch, tmp_path):
-    """Dummy credentials only; no profile, config file or instance metadata may be consulted."""
-    for name in (
-        "AWS_PROFILE",
-        "AWS_SESSION_TOKEN",
-        "AWS_SECURITY_TOKEN",
-        "AWS_ENDPOINT_URL",
-        "AWS_ENDPOINT_URL_S3",
-        "AWS_ROLE_ARN",
-        "AWS_WEB_IDENTITY_TOKEN_FILE",
-    ):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", KEY)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
-    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-
-
-@pytest.fixture
-def endpoint_options(s3_endpoint, aws_env) -> dict[str, Any]:
-    """Storage options for code that runs in this process: credentials come from the env."""
-    return {"endpoint_url": s3_endpoint}
 
 
 @pytest.fixture
@@ -76,21 +38,10 @@ def storage_options(endpoint_options) -> dict[str, Any]:
     """
     return {
         **endpoint_options,
-        "key": KEY,
-        "secret": SECRET,
-        "client_kwargs": {"region_name": REGION},
+        "key": AWS_KEY,
+        "secret": AWS_SECRET,
+        "client_kwargs": {"region_name": AWS_REGION},
     }
-
-
-@pytest.fixture
-def s3(s3_endpoint, aws_env):
-    return boto3.client(
-        "s3",
-        endpoint_url=s3_endpoint,
-        aws_access_key_id=KEY,
-        aws_secret_access_key=SECRET,
-        region_name=REGION,
-    )
 
 
 @pytest.fixture
@@ -98,21 +49,6 @@ def bucket(s3) -> str:
     name = f"distsel-{uuid.uuid4().hex[:12]}"
     s3.create_bucket(Bucket=name)
     return name
-
-
-def _keys(s3, bucket: str, prefix: str) -> list[str]:
-    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-    return sorted(item["Key"] for page in pages for item in page.get("Contents", []))
-
-
-def _get(s3, bucket: str, key: str) -> bytes:
-    return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-
-
-def _jsonl(lines: list[dict[str, Any] | bytes]) -> bytes:
-    return b"".join(
-        (line if isinstance(line, bytes) else json.dumps(line).encode()) + b"\n" for line in lines
-    )
 
 
 def _docs(prefix: str, count: int, source: str) -> list[dict[str, Any]]:
@@ -133,9 +69,9 @@ def _upload_corpus(s3, bucket: str) -> dict[str, dict[str, Any]]:
     """Three shards under corpus/ (JSONL with a broken line, gzip JSONL, Parquet); the good docs."""
     a_docs, b_docs, c_docs = _docs("a", 5, "web"), _docs("b", 4, "books"), _docs("c", 3, "code")
     a_lines: list[dict[str, Any] | bytes] = [*a_docs[:2], BAD_JSON, *a_docs[2:]]
-    s3.put_object(Bucket=bucket, Key="corpus/a.jsonl", Body=_jsonl(a_lines))
+    s3.put_object(Bucket=bucket, Key="corpus/a.jsonl", Body=jsonl_bytes(a_lines))
     b_lines = [b_docs[0], {"doc_id": "b-empty", "text": "   "}, *b_docs[1:]]
-    s3.put_object(Bucket=bucket, Key="corpus/b.jsonl.gz", Body=gzip.compress(_jsonl(b_lines)))
+    s3.put_object(Bucket=bucket, Key="corpus/b.jsonl.gz", Body=gzip.compress(jsonl_bytes(b_lines)))
     buffer = io.BytesIO()
     pq.write_table(pa.Table.from_pylist(c_docs), buffer)
     s3.put_object(Bucket=bucket, Key="corpus/c.parquet", Body=buffer.getvalue())
@@ -160,10 +96,10 @@ def _config(bucket: str, options: dict[str, Any], **overrides: Any) -> Any:
 
 
 def _selected(s3, bucket: str) -> pa.Table:
-    keys = _keys(s3, bucket, "out/selected/")
+    keys = s3_keys(s3, bucket, "out/selected/")
     assert keys and all(key.endswith(".parquet") for key in keys)
     return pa.concat_tables(
-        [pq.read_table(io.BytesIO(_get(s3, bucket, key))) for key in keys],
+        [pq.read_table(io.BytesIO(s3_get(s3, bucket, key))) for key in keys],
         promote_options="default",
     )
 
@@ -196,24 +132,24 @@ def test_run_reads_shards_from_s3_and_writes_output_to_s3(ray_local, s3, bucket,
     assert manifest["stages"]["ingest"]["resumed_shards"] == 0
 
     # Everything the run wrote is in the bucket, under out/.
-    assert _keys(s3, bucket, "out/selected/") == [
+    assert s3_keys(s3, bucket, "out/selected/") == [
         "out/selected/a.jsonl-4a976e20f24e-00000.parquet",
         "out/selected/b.jsonl.gz-45e82794e626-00000.parquet",
         "out/selected/c.parquet-ca5b2c59a5de-00000.parquet",
     ]
-    assert _keys(s3, bucket, "out/docs/") == [
-        k.replace("selected", "docs") for k in _keys(s3, bucket, "out/selected/")
+    assert s3_keys(s3, bucket, "out/docs/") == [
+        k.replace("selected", "docs") for k in s3_keys(s3, bucket, "out/selected/")
     ]
-    assert "out/_state/input.json" in _keys(s3, bucket, "out/_state/")
-    assert _keys(s3, bucket, "out/_state/ingest/") == [
+    assert "out/_state/input.json" in s3_keys(s3, bucket, "out/_state/")
+    assert s3_keys(s3, bucket, "out/_state/ingest/") == [
         "out/_state/ingest/a.jsonl-4a976e20f24e.json",
         "out/_state/ingest/b.jsonl.gz-45e82794e626.json",
         "out/_state/ingest/c.parquet-ca5b2c59a5de.json",
     ]
-    assert not [k for k in _keys(s3, bucket, "out/") if "/.probe-" in k or k.endswith(".tmp")]
+    assert not [k for k in s3_keys(s3, bucket, "out/") if "/.probe-" in k or k.endswith(".tmp")]
     assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
 
-    written = json.loads(_get(s3, bucket, "out/manifest.json"))
+    written = json.loads(s3_get(s3, bucket, "out/manifest.json"))
     assert written["selected_docs"] == 12
     assert written["stages"]["ingest"]["rows"] == 14
     # Credentials given as storage options never reach the manifest.
@@ -239,11 +175,11 @@ def test_run_reads_shards_from_s3_and_writes_output_to_s3(ray_local, s3, bucket,
     ]
 
     # Each bad line is quarantined on S3 with its shard, line number and reason.
-    assert _keys(s3, bucket, "out/rejected/") == [
+    assert s3_keys(s3, bucket, "out/rejected/") == [
         "out/rejected/a.jsonl-4a976e20f24e.parquet",
         "out/rejected/b.jsonl.gz-45e82794e626.parquet",
     ]
-    bad_a = _get(s3, bucket, "out/rejected/a.jsonl-4a976e20f24e.parquet")
+    bad_a = s3_get(s3, bucket, "out/rejected/a.jsonl-4a976e20f24e.parquet")
     bad_a = pq.read_table(io.BytesIO(bad_a)).to_pylist()
     assert len(bad_a) == 1
     assert bad_a[0]["shard"] == "a.jsonl"
@@ -252,7 +188,7 @@ def test_run_reads_shards_from_s3_and_writes_output_to_s3(ray_local, s3, bucket,
     assert bad_a[0]["row"] is None
     assert bad_a[0]["reason"] == "invalid_json"
     assert bad_a[0]["raw"].rstrip(b"\n") == BAD_JSON
-    bad_b = _get(s3, bucket, "out/rejected/b.jsonl.gz-45e82794e626.parquet")
+    bad_b = s3_get(s3, bucket, "out/rejected/b.jsonl.gz-45e82794e626.parquet")
     bad_b = pq.read_table(io.BytesIO(bad_b))
     assert bad_b.select(["shard", "line", "reason"]).to_pylist() == [
         {"shard": "b.jsonl.gz", "line": 2, "reason": "empty_text"}
@@ -263,8 +199,8 @@ def test_s3_keys_that_collide_once_flattened_keep_every_document(
     ray_local, s3, bucket, storage_options
 ):
     nested, flat = _docs("nested", 7, "web"), _docs("flat", 5, "books")
-    s3.put_object(Bucket=bucket, Key="corpus/sub/y.jsonl", Body=_jsonl([*nested, BAD_JSON]))
-    s3.put_object(Bucket=bucket, Key="corpus/sub__y.jsonl", Body=_jsonl([*flat, BAD_JSON]))
+    s3.put_object(Bucket=bucket, Key="corpus/sub/y.jsonl", Body=jsonl_bytes([*nested, BAD_JSON]))
+    s3.put_object(Bucket=bucket, Key="corpus/sub__y.jsonl", Body=jsonl_bytes([*flat, BAD_JSON]))
 
     manifest = pipeline.run(_config(bucket, storage_options))
 
@@ -276,8 +212,8 @@ def test_s3_keys_that_collide_once_flattened_keep_every_document(
     assert manifest["selected_docs"] == selected.num_rows == 12
     got = zip(selected.column("id").to_pylist(), selected.column("text").to_pylist(), strict=True)
     assert dict(got) == {doc["doc_id"]: doc["text"] for doc in nested + flat}
-    assert len(_keys(s3, bucket, "out/_state/ingest/")) == 2
-    assert len(_keys(s3, bucket, "out/rejected/")) == 2
+    assert len(s3_keys(s3, bucket, "out/_state/ingest/")) == 2
+    assert len(s3_keys(s3, bucket, "out/rejected/")) == 2
 
 
 def test_glob_input_on_s3(s3, bucket, endpoint_options):
@@ -298,7 +234,7 @@ def test_missing_input_bucket_is_named(ray_local, s3, bucket, storage_options):
     with pytest.raises(InputError) as caught:
         pipeline.run(config)
     assert missing in str(caught.value)
-    assert _keys(s3, bucket, "out/") == []
+    assert s3_keys(s3, bucket, "out/") == []
 
 
 @pytest.mark.parametrize(
@@ -347,7 +283,7 @@ def test_store_round_trip_on_s3(s3, bucket, endpoint_options):
     assert store.read_table("tables/t.parquet", columns=["id"]).equals(table.select(["id"]))
     assert store.list("tables") == ["t.parquet"]
     assert store.list("tables", ".json") == []
-    assert _keys(s3, bucket, "store/") == ["store/tables/t.parquet"]
+    assert s3_keys(s3, bucket, "store/") == ["store/tables/t.parquet"]
     assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
 
     # Overwrites and files written by someone else are seen, despite s3fs's listing cache.
@@ -359,14 +295,14 @@ def test_store_round_trip_on_s3(s3, bucket, endpoint_options):
 
     store.write_json("meta/info.json", {"rows": 3, "name": "t"})
     assert store.read_json("meta/info.json") == {"rows": 3, "name": "t"}
-    assert json.loads(_get(s3, bucket, "store/meta/info.json")) == {"name": "t", "rows": 3}
+    assert json.loads(s3_get(s3, bucket, "store/meta/info.json")) == {"name": "t", "rows": 3}
 
     store.remove("tables/t.parquet")
     assert not store.exists("tables/t.parquet")
     assert store.list("tables") == ["u.parquet"]
 
     store.check_writable()
-    assert not [k for k in _keys(s3, bucket, "store/") if "probe" in k]
+    assert not [k for k in s3_keys(s3, bucket, "store/") if "probe" in k]
 
 
 def test_rerun_on_same_s3_output_is_idempotent(ray_local, s3, bucket, storage_options):
@@ -375,7 +311,7 @@ def test_rerun_on_same_s3_output_is_idempotent(ray_local, s3, bucket, storage_op
 
     first = pipeline.run(config)
     first_ids = sorted(_selected(s3, bucket).column("id").to_pylist())
-    first_objects = {key: _get(s3, bucket, key) for key in _keys(s3, bucket, "out/selected/")}
+    first_objects = {key: s3_get(s3, bucket, key) for key in s3_keys(s3, bucket, "out/selected/")}
     assert first["selected_docs"] == 5 == len(first_ids)
     assert first["stages"]["ingest"]["resumed_shards"] == 0
 
@@ -383,12 +319,12 @@ def test_rerun_on_same_s3_output_is_idempotent(ray_local, s3, bucket, storage_op
     second_ids = sorted(_selected(s3, bucket).column("id").to_pylist())
     assert second["stages"]["ingest"]["resumed_shards"] == 3
     assert second_ids == first_ids
-    assert {key: _get(s3, bucket, key) for key in _keys(s3, bucket, "out/selected/")} == (
+    assert {key: s3_get(s3, bucket, key) for key in s3_keys(s3, bucket, "out/selected/")} == (
         first_objects
     )
     for count in ("input_docs", "accepted_docs", "rejected_docs", "selected_docs", "shards"):
         assert second[count] == first[count]
-    written = json.loads(_get(s3, bucket, "out/manifest.json"))
+    written = json.loads(s3_get(s3, bucket, "out/manifest.json"))
     assert written["stages"]["ingest"]["resumed_shards"] == 3
 
 
@@ -409,7 +345,7 @@ def test_list_shards_sees_objects_uploaded_after_an_earlier_listing(s3, bucket, 
     config.input.paths = [f"s3://{bucket}/corpus/*.jsonl*"]
     assert [s.key for s in list_shards(config.input)] == ["a.jsonl", "b.jsonl.gz"]
 
-    s3.put_object(Bucket=bucket, Key="corpus/d.jsonl", Body=_jsonl(_docs("d", 2, "web")))
+    s3.put_object(Bucket=bucket, Key="corpus/d.jsonl", Body=jsonl_bytes(_docs("d", 2, "web")))
     assert [s.key for s in list_shards(config.input)] == ["a.jsonl", "b.jsonl.gz", "d.jsonl"]
     config.input.paths = [f"s3://{bucket}/corpus/d.jsonl"]
     assert [s.key for s in list_shards(config.input)] == ["d.jsonl"]

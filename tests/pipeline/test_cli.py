@@ -2,25 +2,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import subprocess
-import sys
 
 import pytest
-from conftest import write_jsonl
-
-
-def distsel(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "RAY_ADDRESS": "", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-    return subprocess.run(
-        [sys.executable, "-m", "distsel.cli", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=cwd,
-        timeout=600,
-    )
+from helpers import run_cli as distsel
+from helpers import write_jsonl
 
 
 @pytest.mark.slow

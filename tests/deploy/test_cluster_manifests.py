@@ -18,12 +18,13 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
+from helpers import REPO, SHARED
 
 from distsel.config import parse_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO
 CLUSTER = ROOT / "cluster"
-KUBERAY = Path(__file__).resolve().parents[2] / "shared" / "kuberay"
+KUBERAY = SHARED / "kuberay"
 MANIFESTS = {"rayjob.yaml": "rayjobs", "raycluster.yaml": "rayclusters"}
 
 needs_crds = pytest.mark.skipif(

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from conftest import stdlib_paragraphs, write_jsonl
+from helpers import stdlib_paragraphs, torch_threads, write_jsonl
 from ray import tune
 
 from distsel.config import Budget, parse_config
@@ -238,14 +237,10 @@ def test_the_proxy_trainable_is_deterministic(corpus, tmp_path, ray_local):
     config, pool, context = make_run(corpus, tmp_path / "out", train_tokens=2048, report_every=2)
     data, _ = prepare_data(pool, config, context)
     reports: list[dict] = []
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as in a one-CPU trial
-    try:
+    with torch_threads(1):  # as in a one-CPU trial
         first = train_mixture(np.array([0.8, 0.2]), data, reports.append)
         again = train_mixture(np.array([0.8, 0.2]), data, lambda m: None)
         other = train_mixture(np.array([0.2, 0.8]), data, lambda m: None)
-    finally:
-        torch.set_num_threads(threads)
     assert [r["steps"] for r in reports] == [2, 4]
     assert first == again == reports[-1]
     assert first != other

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import stdlib_paragraphs
+from helpers import stdlib_paragraphs
 
 from distsel.scoring.embed import CHARS_PER_TOKEN_CUT, Embedder, default_model_path
 

@@ -6,22 +6,14 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
-from conftest import base_config, stdlib_paragraphs, write_jsonl
+from helpers import base_config, read_folder, stdlib_paragraphs, torch_threads, write_jsonl
 
 from distsel import pipeline
 from distsel.config import parse_config
 from distsel.scoring import dsir
 
 PARAGRAPHS = stdlib_paragraphs(160)
-
-
-def read_folder(folder):
-    return pa.concat_tables(
-        [pq.read_table(p) for p in sorted(folder.glob("*.parquet"))], promote_options="permissive"
-    )
 
 
 @pytest.fixture(scope="module")
@@ -231,8 +223,6 @@ def influence_run(ray_local, tmp_path_factory, corpus_and_target):
 def test_influence_topk_trains_a_proxy_and_matches_a_direct_scorer(
     corpus_and_target, influence_run
 ):
-    import torch
-
     from distsel.scoring.influence import InfluenceScorer
     from distsel.scoring.proxy import load_proxy
 
@@ -240,11 +230,11 @@ def test_influence_topk_trains_a_proxy_and_matches_a_direct_scorer(
     config, manifest, output = influence_run
     proxy = manifest["stages"]["influence"]["summary"]["proxy"]
     assert proxy["params"] > 0 and proxy["train_tokens"] >= 20_000 and proxy["final_loss"] > 0
-    torch.set_num_threads(1)
-    model, tokenizer = load_proxy(str(output / "proxy"))
-    scorer = InfluenceScorer(model, tokenizer, config.select.influence, 64, "cpu")
     texts = [d["text"] for d in pool]
-    raw, normalized = scorer.fit(target_texts).score_both(texts)
+    with torch_threads(1):
+        model, tokenizer = load_proxy(str(output / "proxy"))
+        scorer = InfluenceScorer(model, tokenizer, config.select.influence, 64, "cpu")
+        raw, normalized = scorer.fit(target_texts).score_both(texts)
     scores = read_folder(output / "scores" / "influence")
     docs = read_folder(output / "docs")
     text_of = dict(zip(docs["id"].to_pylist(), docs["text"].to_pylist(), strict=True))

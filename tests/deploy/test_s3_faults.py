@@ -11,7 +11,6 @@ import io
 import logging
 import pickle
 import re
-import socket
 import threading
 import time
 import uuid
@@ -23,11 +22,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-boto3 = pytest.importorskip("boto3")
-moto_server = pytest.importorskip("moto.server")
+pytest.importorskip("boto3")
+pytest.importorskip("moto.server")
 
-from conftest import base_config, stdlib_paragraphs, write_jsonl  # noqa: E402
-from test_s3 import REGION, _get, _keys, aws_env  # noqa: E402, F401
+from helpers import (  # noqa: E402
+    AWS_REGION,
+    MotoServer,
+    base_config,
+    s3_client,
+    s3_get,
+    s3_keys,
+    stdlib_paragraphs,
+    write_jsonl,
+)
 
 from distsel import pipeline, storage  # noqa: E402
 from distsel.config import parse_config  # noqa: E402
@@ -38,38 +45,10 @@ from distsel.storage import StorageError, Store  # noqa: E402
 KEY, SECRET = "AKIDFAULTTESTKEY", "fault-test-secret-value"
 
 
-class Server:
-    """A moto S3 server on 127.0.0.1 that can be stopped and started again on the same port."""
-
-    def __init__(self) -> None:
-        self._server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        self._server.start()
-        self.port = self._server.get_host_and_port()[1]
-        self.endpoint = f"http://127.0.0.1:{self.port}"
-        self.running = True
-
-    def stop(self) -> None:
-        self._server.stop()  # werkzeug closes the listening socket: connections are refused
-        self.running = False
-
-    def start(self) -> None:
-        self._server = moto_server.ThreadedMotoServer(
-            ip_address="127.0.0.1", port=self.port, verbose=False
-        )
-        self._server.start()
-        self.running = True
-
-    def refuses_connections(self) -> bool:
-        try:
-            socket.create_connection(("127.0.0.1", self.port), timeout=2).close()
-        except ConnectionRefusedError:
-            return True
-        return False
-
-
 @pytest.fixture
-def server(aws_env):  # noqa: F811 (the fixture imported from test_s3)
-    served = Server()
+def server(aws_env):
+    """A moto S3 server of the test's own, which the test stops and starts again."""
+    served = MotoServer()
     yield served
     if served.running:
         served.stop()
@@ -82,19 +61,13 @@ def options(server) -> dict[str, Any]:
         "endpoint_url": server.endpoint,
         "key": KEY,
         "secret": SECRET,
-        "client_kwargs": {"region_name": REGION},
+        "client_kwargs": {"region_name": AWS_REGION},
     }
 
 
 @pytest.fixture
 def s3(server):
-    return boto3.client(
-        "s3",
-        endpoint_url=server.endpoint,
-        aws_access_key_id=KEY,
-        aws_secret_access_key=SECRET,
-        region_name=REGION,
-    )
+    return s3_client(server.endpoint, KEY, SECRET)
 
 
 def _new_bucket(s3) -> str:
@@ -117,7 +90,7 @@ def _table(rows: int = 20_000) -> pa.Table:
 
 
 def _read(s3, bucket: str, key: str) -> pa.Table:
-    return pq.read_table(io.BytesIO(_get(s3, bucket, key)))
+    return pq.read_table(io.BytesIO(s3_get(s3, bucket, key)))
 
 
 class _OnRetry(logging.Handler):
@@ -151,7 +124,7 @@ def test_write_succeeds_when_the_server_is_back_within_the_retry_window(
     restart.join()
 
     assert took >= 1.5  # the write waited for the server
-    assert _keys(s3, bucket, "") == [f"out/{key}"]
+    assert s3_keys(s3, bucket, "") == [f"out/{key}"]
     assert _read(s3, bucket, f"out/{key}").equals(table)
     assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
 
@@ -172,7 +145,7 @@ def test_store_retry_bridges_an_outage_longer_than_one_try(server, s3, bucket, o
     handler.thread.join()
 
     assert handler.messages[0].startswith(f"s3://{bucket}/out/{key}: storage unreachable (")
-    assert _keys(s3, bucket, "") == [f"out/{key}"]
+    assert s3_keys(s3, bucket, "") == [f"out/{key}"]
     assert _read(s3, bucket, f"out/{key}").equals(table)
 
 
@@ -198,7 +171,7 @@ def test_write_fails_clearly_when_the_server_stays_down(server, s3, bucket, opti
     assert attempts >= 2
     assert store.retry_seconds - storage.RETRY_PAUSE * 2 ** (attempts - 1) < took < 60
     # Nothing of the write is visible once the server is back: no object, no pending upload.
-    assert _keys(s3, bucket, "") == []
+    assert s3_keys(s3, bucket, "") == []
     assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
 
 
@@ -239,18 +212,18 @@ def _pipeline_config(corpus: Path, output: str, options: dict[str, Any]) -> Any:
 
 
 def _tables(s3, bucket: str, prefix: str) -> dict[str, pa.Table]:
-    return {key.removeprefix(prefix): _read(s3, bucket, key) for key in _keys(s3, bucket, prefix)}
+    return {key.removeprefix(prefix): _read(s3, bucket, key) for key in s3_keys(s3, bucket, prefix)}
 
 
 def _all_parquet_readable(s3, bucket: str) -> int:
-    keys = [key for key in _keys(s3, bucket, "") if key.endswith(".parquet")]
+    keys = [key for key in s3_keys(s3, bucket, "") if key.endswith(".parquet")]
     for key in keys:
         _read(s3, bucket, key)  # raises on a truncated or partial file
     return len(keys)
 
 
-def _stop_on_first(s3, bucket: str, prefix: str, server: Server, deadline: float) -> None:
-    while time.monotonic() < deadline and not _keys(s3, bucket, prefix):
+def _stop_on_first(s3, bucket: str, prefix: str, server: MotoServer, deadline: float) -> None:
+    while time.monotonic() < deadline and not s3_keys(s3, bucket, prefix):
         time.sleep(0.02)
     server.stop()
 
@@ -303,7 +276,7 @@ def test_run_stopped_mid_way_fails_clearly_and_a_rerun_completes(
     assert KEY not in message and SECRET not in message
 
     server.start()
-    assert "out/manifest.json" not in _keys(s3, bucket, "out/")
+    assert "out/manifest.json" not in s3_keys(s3, bucket, "out/")
     assert _all_parquet_readable(s3, bucket) > 0  # no partial shard, though the run broke off
 
     rerun = pipeline.run(config)

@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import stdlib_paragraphs
+from helpers import stdlib_paragraphs
 
 from distsel import corpus
 from distsel.config import InputConfig

@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
-from conftest import stdlib_paragraphs, write_jsonl
+from helpers import stdlib_paragraphs, write_jsonl
 
 from distsel import corpus
 from distsel.config import InputConfig, ProxyConfig, parse_config
@@ -38,21 +38,14 @@ from distsel.storage import Store
 TINY = {"hidden": 32, "layers": 2, "heads": 4, "vocab_size": 512}
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"}
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def expected_params(vocab: int, hidden: int, layers: int, intermediate: int) -> int:
     """Tied Llama: V·h + L·(4h² + 3h·I + 2h) + h."""
     return (
         vocab * hidden + layers * (4 * hidden**2 + 3 * hidden * intermediate + 2 * hidden) + hidden
     )
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models run fastest on one thread (and do not fight other processes for cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -222,32 +215,16 @@ def test_a_folder_without_safetensors_is_refused(tmp_path, trained):
         load_proxy(str(tmp_path / "missing"))
 
 
-def test_save_and_load_through_s3(tmp_path, trained, texts, monkeypatch):
+def test_save_and_load_through_s3(trained, texts, endpoint_options):
     """Against moto's S3 server on loopback: nothing mocked on the client side."""
-    moto_server = pytest.importorskip("moto.server")
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_EC2_METADATA_DISABLED": "true",
-        "AWS_CONFIG_FILE": str(tmp_path / "none"),
-        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
-    }.items():
-        monkeypatch.setenv(name, value)
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        options = {"endpoint_url": f"http://{host}:{port}"}
-        Store("s3://proxies", options).fs.mkdir("proxies")
-        _, model, tokenizer, info = trained
-        written = save_proxy(model, tokenizer, info, "s3://proxies/run/proxy", options)
-        store = Store("s3://proxies/run/proxy", options)
-        assert store.read_json(INFO_FILE) == json.loads(json.dumps(written))
-        assert "model.safetensors" in store.list("")
-        loaded, loaded_tokenizer = load_proxy("s3://proxies/run/proxy", "cpu", options)
-    finally:
-        server.stop()
+    options = endpoint_options
+    Store("s3://proxies", options).fs.mkdir("proxies")
+    _, model, tokenizer, info = trained
+    written = save_proxy(model, tokenizer, info, "s3://proxies/run/proxy", options)
+    store = Store("s3://proxies/run/proxy", options)
+    assert store.read_json(INFO_FILE) == json.loads(json.dumps(written))
+    assert "model.safetensors" in store.list("")
+    loaded, loaded_tokenizer = load_proxy("s3://proxies/run/proxy", "cpu", options)
     ids = torch.tensor([loaded_tokenizer(texts[5], truncation=True, max_length=64)["input_ids"]])
     with torch.no_grad():
         assert torch.equal(loaded(ids).logits, model(ids).logits)

@@ -7,16 +7,14 @@ import ast
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import base_config, stdlib_paragraphs, write_jsonl
+from helpers import PACKAGE, base_config, stdlib_paragraphs, write_jsonl
 from transformers import AutoTokenizer, BertConfig, BertModel
 
 from distsel.scoring.embed import Embedder, default_model_path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "distsel"
 SECRET, KEY = "s3cr3t-hunter2-value", "AKIAFAKEKEY0000"
 
 

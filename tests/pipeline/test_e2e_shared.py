@@ -9,7 +9,7 @@ from collections import Counter
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import SHARED_DATA, base_config
+from helpers import SHARED_DATA, base_config
 
 from distsel import pipeline
 from distsel.config import parse_config

@@ -3,7 +3,7 @@ its own process (the test session already holds a Ray): a head without CPUs and 
 of one CPU each, all on 127.0.0.1. Prints one JSON line: per run, the manifest, the worker and
 head node ids and the node removed, if any.
 
-    python tests/cluster_scenario.py CONFIG.json [CONFIG.json ...] [--remove-worker-after N
+    python tests/deploy/cluster_scenario.py CONFIG.json [CONFIG.json ...] [--remove-worker-after N
         --stage NAME]
 
 With --remove-worker-after, one worker node is removed (its processes killed) once N parts of

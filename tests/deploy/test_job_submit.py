@@ -23,12 +23,11 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import stdlib_paragraphs, write_jsonl
+from helpers import REPO, stdlib_paragraphs, write_jsonl
 
 from distsel import pipeline
 from distsel.config import load_config
 
-REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 PORT_FLAGS = (
     "--port",

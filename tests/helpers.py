@@ -1,0 +1,180 @@
+"""Plain helpers shared by the test modules (no fixtures: those are in conftest.py).
+
+tests/ is on sys.path (pyproject's `pythonpath`), so a module in any folder under it does
+`from helpers import ...`. conftest.py re-exports the oldest of these names, for modules that
+still do `from conftest import base_config, stdlib_paragraphs, write_jsonl`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE = REPO / "distsel"
+# The data and schemas shared between the repository's checkouts, next to the repository.
+SHARED = REPO.parent / "shared"
+SHARED_DATA = SHARED / "data"
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs and outputs
+
+
+def jsonl_bytes(records: list[Any]) -> bytes:
+    """Records (dicts, other JSON values, or raw bytes lines) as JSON Lines bytes."""
+    return b"".join(
+        (r if isinstance(r, bytes) else json.dumps(r).encode()) + b"\n" for r in records
+    )
+
+
+def write_jsonl(path: Path, records: list[Any], compress: str | None = None) -> Path:
+    """Write records (dicts, other JSON values, or raw bytes lines) as JSON Lines."""
+    lines = jsonl_bytes(records)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if compress == "gz":
+        lines = gzip.compress(lines)
+    elif compress == "zst":
+        import zstandard
+
+        lines = zstandard.ZstdCompressor().compress(lines)
+    path.write_bytes(lines)
+    return path
+
+
+def stdlib_paragraphs(count: int) -> list[str]:
+    """Real prose: paragraphs of the standard library's module docstrings."""
+    import ast
+    import sysconfig
+
+    root = Path(sysconfig.get_paths()["stdlib"])
+    paragraphs: list[str] = []
+    for path in sorted(root.glob("*.py")):
+        try:
+            doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8")))
+        except (SyntaxError, UnicodeDecodeError):
+            continue
+        paragraphs += [p.strip() for p in (doc or "").split("\n\n") if len(p.strip()) > 40]
+        if len(paragraphs) >= count:
+            break
+    assert len(paragraphs) >= count, "not enough stdlib text"
+    return paragraphs[:count]
+
+
+def base_config(inputs: list[Path | str], output: Path | str, **select: Any) -> dict[str, Any]:
+    return {
+        "input": {"paths": [str(p) for p in inputs]},
+        "output": {"path": str(output)},
+        "select": select or {"method": "all"},
+    }
+
+
+def read_folder(folder: Path):
+    """The Parquet files of a run's output folder as one table (empty if there are none)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tables = [pq.read_table(path) for path in sorted(folder.glob("*.parquet"))]
+    return pa.concat_tables(tables, promote_options="permissive") if tables else pa.table({})
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600):
+    """`python -m distsel.cli ARGS` in a subprocess, on a Ray of its own, without instance
+    metadata; the completed process (text output captured)."""
+    env = {
+        **os.environ,
+        "RAY_ADDRESS": "",
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    command = [sys.executable, "-m", "distsel.cli", *args]
+    return subprocess.run(
+        command, capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Torch
+
+
+@contextlib.contextmanager
+def torch_threads(count: int = 1) -> Iterator[None]:
+    """Torch on `count` threads inside the block. Tiny models run fastest on one thread (and do
+    not fight other processes for cores)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+# ---------------------------------------------------------------------------------------------
+# S3: moto's server on loopback
+
+# The dummy credentials of the `aws_env` fixture (conftest.py).
+AWS_KEY, AWS_SECRET, AWS_REGION = "testing", "testing", "us-east-1"
+
+
+class MotoServer:
+    """moto's S3 server on 127.0.0.1 (a free port), which can be stopped and started again on
+    the same port. moto keeps its buckets in process memory, so they survive a restart."""
+
+    def __init__(self) -> None:
+        from moto.server import ThreadedMotoServer
+
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self._server.start()
+        self.host, self.port = self._server.get_host_and_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.running = True
+
+    def stop(self) -> None:
+        self._server.stop()  # werkzeug closes the listening socket: connections are refused
+        self.running = False
+
+    def start(self) -> None:
+        from moto.server import ThreadedMotoServer
+
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self._server.start()
+        self.running = True
+
+    def refuses_connections(self) -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=2).close()
+        except ConnectionRefusedError:
+            return True
+        return False
+
+
+def s3_client(endpoint: str, key: str = AWS_KEY, secret: str = AWS_SECRET):
+    """A boto3 S3 client for `endpoint`, with these credentials only."""
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=key,
+        aws_secret_access_key=secret,
+        region_name=AWS_REGION,
+    )
+
+
+def s3_keys(s3, bucket: str, prefix: str) -> list[str]:
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return sorted(item["Key"] for page in pages for item in page.get("Contents", []))
+
+
+def s3_get(s3, bucket: str, key: str) -> bytes:
+    return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
