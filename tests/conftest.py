@@ -1,8 +1,7 @@
 """Fixtures shared by all test modules, and the test processes' grouping.
 
-Plain helpers live in helpers.py (tests/ is on sys.path); the names below that modules imported
-from here before are re-exported, so `from conftest import base_config, ...` keeps working.
-Test module basenames are unique across the folders (there are no __init__.py files).
+Plain helpers live in helpers.py (tests/ is on sys.path: `from helpers import ...`). Test module
+basenames are unique across the folders (there are no __init__.py files).
 """
 
 from __future__ import annotations
@@ -11,17 +10,13 @@ import os
 from typing import Any
 
 import pytest
-from helpers import (  # noqa: F401 (re-exported for `from conftest import ...`)
+from helpers import (
     AWS_KEY,
     AWS_REGION,
     AWS_SECRET,
-    SHARED_DATA,
     MotoServer,
-    base_config,
     s3_client,
-    stdlib_paragraphs,
     torch_threads,
-    write_jsonl,
 )
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")

@@ -1,8 +1,7 @@
 """Plain helpers shared by the test modules (no fixtures: those are in conftest.py).
 
 tests/ is on sys.path (pyproject's `pythonpath`), so a module in any folder under it does
-`from helpers import ...`. conftest.py re-exports the oldest of these names, for modules that
-still do `from conftest import base_config, stdlib_paragraphs, write_jsonl`.
+`from helpers import ...`.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import base_config, stdlib_paragraphs, write_jsonl
+from helpers import base_config, stdlib_paragraphs, write_jsonl
 
 from distsel import pipeline
 from distsel.config import parse_config

@@ -7,7 +7,7 @@ import textwrap
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import base_config, write_jsonl
+from helpers import base_config, write_jsonl
 
 from distsel import pipeline, registry
 from distsel.config import parse_config
