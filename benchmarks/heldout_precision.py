@@ -68,7 +68,7 @@ def run_config(
         # naming the embed stage there would embed the whole pool for nothing.
         raw["stages"] = {"embed": {"pool_size": args.embed_pool_size, "num_cpus": 1}}
     if method == "betr":
-        select["similarity"]["betr_sample"] = args.betr_sample
+        raw["stages"] = {"betr": {"sample": args.betr_sample}}
     return raw
 
 

@@ -59,7 +59,7 @@ from harness import fmt, positive
 
 GOAL_EVALUATED = 0.15  # quad's evaluated share of the pool, at most
 GOAL_INFLUENCE_RATIO = 0.90  # quad's mean influence / influence top-k's, at least
-# --quad-* flag -> select.quad.<key>
+# --quad-* flag -> select.quad.<key> (clusters: stages.cluster.clusters)
 QUAD_FLAGS = {
     "quad_arms": "arms_per_round",
     "quad_draws": "draws_per_arm",
@@ -96,7 +96,7 @@ def run_config(
     elif method.startswith("quad"):
         select["method"] = "quad"
         if quad:
-            select["quad"] = dict(quad)
+            select["quad"] = {key: value for key, value in quad.items() if key != "clusters"}
     raw: dict[str, Any] = {
         "input": {
             "paths": [str(work.pool)],
@@ -119,6 +119,8 @@ def run_config(
         raw["stages"] = {"influence": {"num_cpus": 1, "pool_size": args.influence_pool_size}}
     if proxy:
         raw["proxy"] = proxy
+    if (quad or {}).get("clusters") is not None:
+        raw["stages"] = {"cluster": {"clusters": quad["clusters"]}}
     return raw
 
 

@@ -20,9 +20,11 @@ the later ones the first's clusters (copied folders, so their wall s excludes em
 the first, clustering). `infl / topk`: mean raw influence of the selection over influence-topk's;
 `norm / topk`: the same for normalised influence against influence-topk-norm. The true values come
 from influence-topk's scores of every pool document. Target loss: a fresh proxy trained in this
-process on `--eval-train-tokens` tokens of each selection (influence_selection.evaluate_selection),
-mean nats/token over the target texts; kept in runs/<row>/eval.json and reused while the selection
-and the evaluation settings stay the same.
+process on `--eval-train-tokens` tokens of each selection (harness.evaluate_selection), mean
+nats/token over the target texts, averaged over `--eval-seeds` training seeds (± their standard
+deviation: one seed's loss moves by a few hundredths); kept in runs/<row>/eval.json (the first
+seed) and eval-seed<s>.json, and reused while the selection and the evaluation settings stay the
+same.
 
     python benchmarks/selection.py --domain scientific \
         --json benchmarks/results/selection_scientific.json
@@ -144,16 +146,31 @@ def evaluate_rows(
     best_raw = (selections.get("influence-topk") or {}).get("id", [])
     best_norm = (selections.get("influence-topk-norm") or {}).get("id", [])
     config = harness.eval_proxy_config(args, raw_config("random", args, work, held.k))
+    seeds = range(args.seed, args.seed + args.eval_seeds)
     for row, selection in selections.items():
-        cache = work.runs / row / "eval.json"
+        losses = [
+            harness.cached_target_loss(
+                row,
+                eval_cache(work, row, seed, args.seed),
+                selection,
+                config,
+                seed,
+                held.target_texts,
+            )
+            for seed in seeds
+        ]
         results[row].update(
-            target_loss=harness.cached_target_loss(
-                row, cache, selection, config, args.seed, held.target_texts
-            ),
+            target_loss=float(np.mean(losses)),
+            target_loss_sd=float(np.std(losses)),
+            target_losses=losses,
             influence_ratio=ratio(selection["id"], raw_values, best_raw),
             normalized_ratio=ratio(selection["id"], norm_values, best_norm),
         )
     return config
+
+
+def eval_cache(work: harness.Workspace, row: str, seed: int, first: int) -> Path:
+    return work.runs / row / ("eval.json" if seed == first else f"eval-seed{seed}.json")
 
 
 def table_row(row: str, result: dict[str, Any]) -> list[str]:
@@ -165,7 +182,7 @@ def table_row(row: str, result: dict[str, Any]) -> list[str]:
         fmt(result.get("influence_ratio"), ".3f"),
         fmt(result.get("normalized_ratio"), ".3f"),
         fmt(result["precision"], ".3f"),
-        fmt(result.get("target_loss"), ".4f"),
+        f"{fmt(result.get('target_loss'), '.4f')} ± {fmt(result.get('target_loss_sd'), '.3f')}",
         fmt(result["wall_seconds"], ".1f"),
     ]
 
@@ -183,6 +200,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--embed-max-length", type=positive, default=128)
     parser.add_argument("--proxy-train-tokens", type=positive, default=500_000)
     harness.add_eval_flags(parser, train_tokens=200_000)
+    parser.add_argument("--eval-seeds", type=positive, default=3, help="evaluation proxies per row")
     parser.add_argument("--rows", default=",".join(ROWS), help="comma-separated subset")
     helps = {"resume": "read back finished runs"}
     harness.add_common_flags(parser, helps, workdir=None, resume=False, json=None)
@@ -215,8 +233,8 @@ def main() -> None:
     for line in goal_lines(results):
         print(line)
     print(
-        f"evaluation proxies: {config.train_tokens} train tokens each, "
-        f"{config.tokenizer} tokenizer; total {time.perf_counter() - began:.0f} s"
+        f"evaluation proxies: {config.train_tokens} train tokens each, {args.eval_seeds} seeds "
+        f"per row, {config.tokenizer} tokenizer; total {time.perf_counter() - began:.0f} s"
     )
     summary = {"header": header(args, held), "k": held.k, "pool_docs": len(held.records)}
     harness.write_json(args.json, {**summary, "results": results})

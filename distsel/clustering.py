@@ -25,20 +25,18 @@ import io
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
 
+from distsel.config import ClusterOptions, Config
 from distsel.errors import DistselError
 from distsel.executor import current
 from distsel.registry import register_stage
 from distsel.scoring.embed import embedding_matrix
 from distsel.stage import Resources, Stage, StageContext
 from distsel.storage import Store
-
-if TYPE_CHECKING:
-    from distsel.config import Config
 
 log = logging.getLogger("distsel")
 
@@ -449,6 +447,7 @@ class ClusterStage(Stage):
     requires = ("embed",)
     default_resources = Resources(num_cpus=1, batch_size=8192, pool_size=2)
     fitted = ("k", "seed", "centroids")
+    options_class = ClusterOptions
 
     def __init__(
         self,
@@ -468,14 +467,13 @@ class ClusterStage(Stage):
 
     @classmethod
     def from_config(cls, config: Config, resources: Resources) -> ClusterStage:
-        """k and metric from select.quad, or k from mixture.clusters when a mixture search
-        groups by cluster."""
-        quad = getattr(config.select, "quad", None)
-        k = getattr(quad, "clusters", None)
+        """k, metric and iterations from stages.cluster; k from mixture.clusters when a
+        mixture search groups by cluster."""
+        options = config.stage_options(cls.name)
+        k = options.clusters
         if config.select.method == "mixture" and config.mixture.group_field == "cluster":
             k = config.mixture.clusters
-        metric = getattr(quad, "metric", None) or "cosine"
-        return cls(resources, k=k, metric=metric, seed=config.seed)
+        return cls(resources, k, options.metric, options.max_iter, config.seed)
 
     def fingerprint(self) -> dict[str, Any]:
         digest = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
@@ -126,13 +127,21 @@ class InfluenceOptions(_Strict):
     batch_size: int = Field(default=8, gt=0)
 
 
-class QuadOptions(_Strict):
-    """Quad's bandit. With `scale: standardized`, rewards are influences standardised by the
-    mean and deviation of all influences evaluated so far, so α and τ are in units of that
-    deviation and one default serves any proxy; `raw` uses influences as they are."""
+class ClusterOptions(_Strict):
+    """`stages.cluster`: k-means over the embeddings (k: by default min(round(√(N/2)), 10,000),
+    or mixture.clusters for a mixture search over clusters)."""
 
     clusters: int | None = Field(default=None, ge=2)
     metric: Literal["cosine", "l2"] = "cosine"
+    max_iter: int = Field(default=25, gt=0)
+
+
+class QuadOptions(_Strict):
+    """Quad's bandit (its arms: the cluster stage's k-means clusters, `stages.cluster`). With
+    `scale: standardized`, rewards are influences standardised by the mean and deviation of all
+    influences evaluated so far, so α and τ are in units of that deviation and one default
+    serves any proxy; `raw` uses influences as they are."""
+
     alpha: float = Field(default=1.0, ge=0)
     gamma: float = Field(default=0.2, gt=0)
     tau: float = 0.0
@@ -174,23 +183,47 @@ class MixtureOptions(_Strict):
     regmix_top: int = Field(default=128, gt=0)
 
 
-class DsirOptions(_Strict):
+class NgramOptions(_Strict):
+    """Hashed n-gram features: `num_buckets` buckets of unigrams up to `ngrams`-grams."""
+
     num_buckets: int = Field(default=10_000, gt=0)
     ngrams: int = Field(default=2, ge=1, le=3)
+
+
+class DsirStageOptions(NgramOptions):
+    """`stages.dsir`: the hashed n-gram models of target and pool."""
+
+
+class DsirOptions(_Strict):
+    """`select.dsir`: how the selector samples by the importance weights."""
+
     length_normalize: bool = False
     sampling: Literal["gumbel", "topk"] = "gumbel"
 
 
-class SimilarityOptions(_Strict):
+class SimilarityStageOptions(_Strict):
+    """`stages.similarity`: a document's best (max) or mean cosine to a task's examples."""
+
     aggregate: Literal["max", "mean"] = "max"
+
+
+class BetrOptions(NgramOptions):
+    """`stages.betr`: embed `sample` documents, label their best-ranked `top_fraction`, and fit
+    the n-gram classifier that scores every document."""
+
+    sample: int = Field(default=5_000, gt=0)
+    top_fraction: float = Field(default=0.1, gt=0, lt=1)
+
+
+class SimilarityOptions(_Strict):
+    """`select.similarity`: with `betr`, rank by the betr stage instead of embedding all."""
+
     betr: bool = False
-    betr_sample: int = Field(default=5_000, gt=0)
-    betr_top_fraction: float = Field(default=0.1, gt=0, lt=1)
 
 
 class ClassifierOptions(_Strict):
-    """Target-vs-pool logistic regression on hashed n-grams: the target examples (at most
-    `max_positives`) against a seeded pool sample of `negatives` documents."""
+    """`stages.classifier`: target-vs-pool logistic regression on hashed n-grams: the target
+    examples (at most `max_positives`) against a seeded pool sample of `negatives` documents."""
 
     negatives: int = Field(default=5_000, gt=0)
     max_positives: int = Field(default=10_000, gt=0)
@@ -241,7 +274,6 @@ class SelectConfig(_Strict):
     budget: Budget | None = None
     dsir: DsirOptions = Field(default_factory=DsirOptions)
     similarity: SimilarityOptions = Field(default_factory=SimilarityOptions)
-    classifier: ClassifierOptions = Field(default_factory=ClassifierOptions)
     topk: TopkOptions = Field(default_factory=TopkOptions)
     threshold: ThresholdOptions = Field(default_factory=ThresholdOptions)
     stratified: StratifiedOptions = Field(default_factory=StratifiedOptions)
@@ -314,6 +346,47 @@ Phase = Literal["all", "score", "select", "mixture"]
 PHASES: tuple[str, ...] = get_args(Phase)
 
 
+# Options that lived under select.* before they moved to their stage: old key -> new keys. A
+# configuration that still uses an old key is read as if it used the new ones (with a warning).
+MOVED_OPTIONS: dict[tuple[str, str], tuple[tuple[str, str], ...]] = {
+    ("dsir", "num_buckets"): (("dsir", "num_buckets"), ("betr", "num_buckets")),
+    ("dsir", "ngrams"): (("dsir", "ngrams"), ("betr", "ngrams")),
+    ("similarity", "aggregate"): (("similarity", "aggregate"),),
+    ("similarity", "betr_sample"): (("betr", "sample"),),
+    ("similarity", "betr_top_fraction"): (("betr", "top_fraction"),),
+    ("quad", "clusters"): (("cluster", "clusters"),),
+    ("quad", "metric"): (("cluster", "metric"),),
+    **{
+        ("classifier", name): (("classifier", name),)
+        for name in ("negatives", "max_positives", "num_buckets", "ngrams", "c")
+    },
+}
+
+
+def _move_old_options(data: Any) -> Any:
+    """select.<method>.<key> of MOVED_OPTIONS to stages.<stage>.<key>, unless set there."""
+    select = data.get("select") if isinstance(data, dict) else None
+    if not isinstance(select, dict):
+        return data
+    data, select = dict(data), dict(select)
+    stages = dict(data.get("stages") or {})
+    for (method, key), targets in MOVED_OPTIONS.items():
+        options = select.get(method)
+        if not isinstance(options, dict) or key not in options:
+            continue
+        value = options[key]
+        select[method] = {k: v for k, v in options.items() if k != key}
+        for stage, name in targets:
+            given = stages.get(stage)
+            stages[stage] = {name: value, **(given if isinstance(given, dict) else {})}
+        new = ", ".join(f"stages.{stage}.{name}" for stage, name in targets)
+        logging.getLogger("distsel").warning("config: select.%s.%s is now %s", method, key, new)
+        if not select[method]:
+            del select[method]
+    data.update(select=select, stages=stages)
+    return data
+
+
 class Config(_Strict):
     input: InputConfig
     target: TargetConfig = Field(default_factory=TargetConfig)
@@ -325,6 +398,11 @@ class Config(_Strict):
     mixture: MixtureOptions = Field(default_factory=MixtureOptions)
     ray: RayConfig = Field(default_factory=RayConfig)
     seed: int = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, data: Any) -> Any:
+        return _move_old_options(data)
 
     @model_validator(mode="after")
     def _targets_when_needed(self) -> Config:
@@ -345,6 +423,15 @@ class Config(_Strict):
                     _registered(f"stages.{name}", options, stage.model_extra).model_dump()
                 )
         return self
+
+    def listed_stages(self) -> list[str]:
+        """The stages that `stages:` adds to a run: those listed empty or with resources. An
+        entry that only sets a stage's options configures it without adding it."""
+        return [
+            name
+            for name, stage in self.stages.items()
+            if stage.resources() or not stage.model_extra
+        ]
 
     def stage_options(self, name: str) -> BaseModel | None:
         """The options of stage `name` (its `options_class`): `stages.<name>` without the

@@ -26,7 +26,8 @@ def kl_section(
     """KL(target‖pool), KL(target‖selection) and their difference, when targets are given."""
     if not config.target.paths:
         return None
-    buckets, ngrams = config.select.dsir.num_buckets, config.select.dsir.ngrams
+    options = config.stage_options("dsir")
+    buckets, ngrams = options.num_buckets, options.ngrams
     target = target_ngram_counts(config, buckets, ngrams)
     if pool_counts is None:
         pool_counts = pool_ngram_counts(store, parts, buckets, ngrams)

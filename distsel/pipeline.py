@@ -208,7 +208,7 @@ def _not_scored(what: str, pending: list[str], total: int) -> DistselError:
 
 def build_stages(config: Config) -> list[Stage]:
     """The stages the configuration asks for, plus those its selector needs, in dependency order."""
-    wanted = list(config.stages) + list(selector_for(config).required_stages(config))
+    wanted = config.listed_stages() + list(selector_for(config).required_stages(config))
     ordered: list[Stage] = []
     for name in _with_requirements(wanted):
         cls = stage_class(name)

@@ -47,7 +47,7 @@ def fit_target_classifier(
 
 def training_texts(config: Config, context: StageContext) -> tuple[list[str], list[str]]:
     """Positives: the first `max_positives` target texts; negatives: a seeded pool sample."""
-    target, options = config.target, config.select.classifier
+    target, options = config.target, config.stage_options("classifier")
     positives = read_texts(target.paths, target.text_field, target.storage_options)
     negatives = sample_texts(context.store, context.parts, options.negatives, config.seed)
     return positives[: options.max_positives], negatives
@@ -62,6 +62,7 @@ class ClassifierStage(Stage):
     output_columns = ("classifier_score",)
     default_resources = Resources(num_cpus=1, batch_size=2048, pool_size=2)
     fitted = ("model",)
+    options_class = ClassifierOptions
 
     def fitted_state(self) -> dict[str, Any]:
         return self.model.arrays()
@@ -72,7 +73,7 @@ class ClassifierStage(Stage):
     def __init__(self, resources: Resources, config: Config) -> None:
         super().__init__(resources)
         self.config = config
-        self.options = config.select.classifier
+        self.options = config.stage_options(self.name)
         self.model: LinearScorer | None = None
 
     @classmethod
@@ -100,7 +101,7 @@ class ClassifierStage(Stage):
         return {"classifier_score": sparse_scores(self.model, features)}
 
 
-@register_selector("classifier", options=ClassifierOptions, needs_target=True)
+@register_selector("classifier", needs_target=True)
 class ClassifierSelector:
     """The documents the target-vs-pool classifier finds most target-like."""
 
@@ -112,4 +113,5 @@ class ClassifierSelector:
     ) -> tuple[np.ndarray, dict[str, Any]]:
         order = descending(score_column(pool, "classifier_score"), pool.random_key)
         chosen = fill_budget(order, pool.tokens, config.select.budget)
-        return chosen, {"budget": budget_section(config), **config.select.classifier.model_dump()}
+        options = config.stage_options("classifier").model_dump()
+        return chosen, {"budget": budget_section(config), **options}

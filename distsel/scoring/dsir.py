@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from distsel.config import Config, DsirOptions
+from distsel.config import Config, DsirOptions, DsirStageOptions
 from distsel.corpus import read_texts
 from distsel.executor import current
 from distsel.registry import register_selector, register_stage
@@ -491,10 +491,11 @@ class DsirStage(Stage):
     default_resources = Resources(num_cpus=1, batch_size=4096, pool_size=2)
 
     fitted = ("target_counts", "pool_counts", "log_diff")
+    options_class = DsirStageOptions
 
     def __init__(self, resources: Resources, config: Config) -> None:
         super().__init__(resources)
-        self.options = config.select.dsir
+        self.options = config.stage_options(self.name)
         self.target = config.target
         self.log_diff: np.ndarray | None = None
         self.target_counts: np.ndarray | None = None

@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import pyarrow as pa
 
-from distsel.config import Config, SimilarityOptions
+from distsel.config import BetrOptions, Config, SimilarityOptions, SimilarityStageOptions
 from distsel.corpus import read_target_tasks
 from distsel.errors import DistselError
 from distsel.executor import current
@@ -311,6 +311,7 @@ class SimilarityStage(Stage):
     output_columns = ("similarity",)
     default_resources = Resources(num_cpus=1, batch_size=8192, pool_size=1)
     fitted = ("targets",)
+    options_class = SimilarityStageOptions
 
     def __init__(self, resources: Resources, config: Config) -> None:
         super().__init__(resources)
@@ -319,7 +320,7 @@ class SimilarityStage(Stage):
         self.embed_resources = EmbedStage.from_config(
             config, EmbedStage.default_resources
         ).resources
-        self.aggregate = config.select.similarity.aggregate
+        self.aggregate = config.stage_options(self.name).aggregate
         self.targets: dict[str, np.ndarray] = {}
 
     @classmethod
@@ -362,6 +363,7 @@ class BetrStage(Stage):
     output_columns = ("betr_score",)
     default_resources = Resources(num_cpus=1, batch_size=2048, pool_size=2)
     fitted = ("scorer",)
+    options_class = BetrOptions
 
     def fitted_state(self) -> dict[str, Any]:
         return self.scorer.arrays()
@@ -372,9 +374,9 @@ class BetrStage(Stage):
     def __init__(self, resources: Resources, config: Config) -> None:
         super().__init__(resources)
         self.config = config
-        self.options = config.select.similarity
-        self.buckets = config.select.dsir.num_buckets
-        self.ngrams = config.select.dsir.ngrams
+        self.options = config.stage_options(self.name)
+        self.buckets = self.options.num_buckets
+        self.ngrams = self.options.ngrams
         self.scorer: LinearScorer | None = None
 
     @classmethod
@@ -395,7 +397,7 @@ class BetrStage(Stage):
 
     def prepare(self, context: StageContext) -> None:
         config, options = self.config, self.options
-        sample = sample_texts(context.store, context.parts, options.betr_sample, config.seed)
+        sample = sample_texts(context.store, context.parts, options.sample, config.seed)
         tasks = read_target_tasks(
             config.target.paths, config.target.text_field, config.target.storage_options
         )
@@ -406,7 +408,7 @@ class BetrStage(Stage):
             embed_resources,
         )
         labels = betr_labels(
-            best_rank_scores(vectors["sample"], vectors["targets"]), options.betr_top_fraction
+            best_rank_scores(vectors["sample"], vectors["targets"]), options.top_fraction
         )
         self.scorer = fit_betr_classifier(self.features(sample), labels, seed=config.seed)
         self.summary = {"sample_docs": len(sample), "positive_docs": int(labels.sum())}
