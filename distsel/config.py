@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal, get_args
 import yaml
 from pydantic import (
     AfterValidator,
+    AliasChoices,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -110,21 +111,30 @@ class ProxyConfig(_Strict):
 
 
 class InfluenceOptions(_Strict):
-    """I(z) = ∇L(R)ᵀ (G + λI)⁻¹ ∇L(z) over the chosen linear layers of the proxy."""
+    """`stages.influence`: I(z) = ∇L(R)ᵀ (G + λI)⁻¹ ∇L(z) over the chosen linear layers of the
+    proxy. `chunk_batch_size`: chunks per forward/backward (`batch_size` beside it is the
+    stage's rows per call, as for every stage)."""
 
     layers: Literal["attention", "attention+mlp"] = "attention"
     curvature: Literal["ekfac", "kfac", "identity"] = "ekfac"
     damping: float = Field(default=0.1, gt=0)
     projection_dim: int | None = Field(default=None, gt=0)
-    # Select by I(z)/‖∇L(z)‖ (LESS) rather than I(z); the stage writes both columns either way.
-    normalize: bool = True
     # `mean`: against the gradient of the whole target's mean loss; `max`: a document's best match
     # over the target examples (LESS, RDS+), in a projected space of projection_dim (default
     # MAX_AGGREGATION_DIM) dimensions.
     target_aggregation: Literal["mean", "max"] = "mean"
     target_examples: int = Field(default=1_000, gt=0)
     max_chunks: int = Field(default=4, gt=0)
-    batch_size: int = Field(default=8, gt=0)
+    chunk_batch_size: int = Field(
+        default=8, gt=0, validation_alias=AliasChoices("chunk_batch_size", "batch_size")
+    )
+
+
+class InfluenceSelectOptions(_Strict):
+    """`select.influence` (and the column behind Quad's rewards): rank by I(z)/‖∇L(z)‖ (LESS)
+    rather than I(z); the influence stage writes both columns either way."""
+
+    normalize: bool = True
 
 
 class ClusterOptions(_Strict):
@@ -277,7 +287,7 @@ class SelectConfig(_Strict):
     topk: TopkOptions = Field(default_factory=TopkOptions)
     threshold: ThresholdOptions = Field(default_factory=ThresholdOptions)
     stratified: StratifiedOptions = Field(default_factory=StratifiedOptions)
-    influence: InfluenceOptions = Field(default_factory=InfluenceOptions)
+    influence: InfluenceSelectOptions = Field(default_factory=InfluenceSelectOptions)
     quad: QuadOptions = Field(default_factory=QuadOptions)
 
     @model_validator(mode="after")
@@ -356,6 +366,19 @@ MOVED_OPTIONS: dict[tuple[str, str], tuple[tuple[str, str], ...]] = {
     ("similarity", "betr_top_fraction"): (("betr", "top_fraction"),),
     ("quad", "clusters"): (("cluster", "clusters"),),
     ("quad", "metric"): (("cluster", "metric"),),
+    ("influence", "batch_size"): (("influence", "chunk_batch_size"),),
+    **{
+        ("influence", name): (("influence", name),)
+        for name in (
+            "layers",
+            "curvature",
+            "damping",
+            "projection_dim",
+            "target_aggregation",
+            "target_examples",
+            "max_chunks",
+        )
+    },
     **{
         ("classifier", name): (("classifier", name),)
         for name in ("negatives", "max_positives", "num_buckets", "ngrams", "c")

@@ -67,7 +67,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from distsel.config import Config, InfluenceOptions
+from distsel.config import Config, InfluenceOptions, InfluenceSelectOptions
 from distsel.errors import DistselError
 from distsel.executor import current
 from distsel.registry import register_selector, register_stage
@@ -269,8 +269,10 @@ class InfluenceScorer:
         seed: int = 0,
         projection: Literal["rademacher", "gaussian"] = "rademacher",
         layer_names: Sequence[str] | None = None,
+        normalize: bool = True,
     ) -> None:
         self.device = torch.device(device)
+        self.normalize = normalize
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
         self.options = options
@@ -319,9 +321,9 @@ class InfluenceScorer:
 
     def score(self, texts: Sequence[str]) -> np.ndarray:
         """I(z) per text (float64): mean over its chunks of Σ_l Σ_t (P_out b_t)ᵀ H̃_l (P_in a_t);
-        with `options.normalize`, of I(chunk)/‖∇L(chunk)‖."""
+        with `normalize`, of I(chunk)/‖∇L(chunk)‖."""
         raw, normalized = self.score_both(texts)
-        return normalized if self.options.normalize else raw
+        return normalized if self.normalize else raw
 
     def score_both(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """(raw, normalised) influence per text, from one forward/backward per chunk."""
@@ -553,7 +555,7 @@ class InfluenceScorer:
     def _batches(self, chunks: list[list[int]]) -> Iterator[tuple[np.ndarray, Batch]]:
         """Batches of `batch_size` chunks, longest first (less padding), with their indices."""
         order = np.argsort([-len(c) for c in chunks], kind="stable")
-        size = self.options.batch_size
+        size = self.options.chunk_batch_size
         for start in range(0, len(order), size):
             indices = order[start : start + size]
             yield indices, self._forward_backward([chunks[i] for i in indices])
@@ -698,11 +700,12 @@ class InfluenceStage(Stage):
     output_columns = ("influence", "influence_normalized")
     default_resources = Resources(num_cpus=1, batch_size=64, pool_size=2)
     fitted = ("folder", "proxy_info", "arrays")
+    options_class = InfluenceOptions
 
     def __init__(self, resources: Resources, config: Config) -> None:
         super().__init__(resources)
         self.config = config
-        self.options = config.select.influence
+        self.options = config.stage_options(self.name)
         self.folder: str | None = None
         self.proxy_info: dict[str, Any] = {}
         self.arrays: dict[str, np.ndarray] = {}
@@ -718,7 +721,7 @@ class InfluenceStage(Stage):
         return {
             "name": self.name,
             # `normalize` picks a column at selection; the stage writes both.
-            "options": self.options.model_dump(exclude={"batch_size", "normalize"}),
+            "options": self.options.model_dump(exclude={"chunk_batch_size"}),
             "proxy": self.proxy_info.get("weights_sha256") or self.folder,
             "target": self.config.target.model_dump(exclude={"storage_options"}),
             "seed": self.config.seed,
@@ -776,7 +779,7 @@ def _fit_state(stage: InfluenceStage, target_texts: list[str]) -> dict[str, np.n
     return stage._scorer(None).fit(target_texts).state()
 
 
-@register_selector("influence", options=InfluenceOptions, needs_target=True)
+@register_selector("influence", options=InfluenceSelectOptions, needs_target=True)
 class InfluenceSelector:
     """Top-k by influence on the target under the proxy LM (trained here unless proxy.path)."""
 
@@ -786,7 +789,9 @@ class InfluenceSelector:
     def select(
         self, pool: Pool, config: Config, context: StageContext
     ) -> tuple[np.ndarray, dict[str, Any]]:
-        column = "influence_normalized" if config.select.influence.normalize else "influence"
+        normalize = config.select.influence.normalize
+        column = "influence_normalized" if normalize else "influence"
         order = descending(score_column(pool, column), pool.random_key)
         chosen = fill_budget(order, pool.tokens, config.select.budget)
-        return chosen, {"budget": budget_section(config), **config.select.influence.model_dump()}
+        options = {**config.stage_options("influence").model_dump(), "normalize": normalize}
+        return chosen, {"budget": budget_section(config), **options}

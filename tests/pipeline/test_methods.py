@@ -233,7 +233,7 @@ def test_influence_topk_trains_a_proxy_and_matches_a_direct_scorer(
     texts = [d["text"] for d in pool]
     with torch_threads(1):
         model, tokenizer = load_proxy(str(output / "proxy"))
-        scorer = InfluenceScorer(model, tokenizer, config.select.influence, 64, "cpu")
+        scorer = InfluenceScorer(model, tokenizer, config.stage_options("influence"), 64, "cpu")
         raw, normalized = scorer.fit(target_texts).score_both(texts)
     scores = read_folder(output / "scores" / "influence")
     docs = read_folder(output / "docs")
