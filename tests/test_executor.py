@@ -82,7 +82,7 @@ def test_local_and_ray_executors_give_identical_results(ray_local) -> None:
         assert executor.call(power, 3, 4) == 81
 
 
-def quad_config(root: Path, output: Path):
+def quad_config(root: Path, output: Path, stages: dict | None = None):
     recipes = [
         f"Stir the {food} into the pan with butter, then bake the {food} for {m} minutes."
         for food in ("onions", "apples", "carrots", "potatoes", "pears", "leeks")
@@ -98,6 +98,7 @@ def quad_config(root: Path, output: Path):
     raw = base_config([root / "corpus"], output, method="quad", budget={"docs": 10})
     raw["input"].update(group_field="domain", rows_per_part=25)
     raw["target"] = {"paths": [str(root / "target.jsonl")]}
+    raw["stages"] = stages or {}
     raw["select"]["quad"] = {
         "clusters": 4,
         "scorer": "dsir",
@@ -146,7 +147,6 @@ def test_local_executor_selects_as_ray_and_a_rerun_fits_nothing(
         assert again["stages"]["cluster"]["summary"] == first["stages"]["cluster"]["summary"]
         assert again["quad"]["dsir"] == first["quad"]["dsir"]
         assert selected_ids(tmp_path / "ray") == chosen
-    changed = quad_config(tmp_path, tmp_path / "ray")
-    changed.select.classifier.c = 0.5
+    changed = quad_config(tmp_path, tmp_path / "ray", {"classifier": {"c": 0.5}})
     with pytest.raises(AssertionError, match="classifier fitted again"):
         pipeline.run(changed)
