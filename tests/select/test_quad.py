@@ -43,6 +43,23 @@ def scorer(influence, calls=None):
     return score
 
 
+class Killed(Exception):
+    pass
+
+
+def dies_in_round(round_: int, influence):
+    """A scorer that raises Killed when round `round_` asks for scores."""
+    played = []
+
+    def score(groups):
+        played.append(1)
+        if len(played) == round_:
+            raise Killed
+        return scorer(influence)(groups)
+
+    return score
+
+
 def make(budget=None, seed=0, **options):
     budget = budget or Budget(docs=60)
     clusters, influence, keys, tokens, distances = landscape()
@@ -141,21 +158,10 @@ def test_a_killed_run_resumes_where_it_stopped(tmp_path):
     clean, _, influence, _ = make(budget=Budget(docs=100), docs_per_accept=10)
     expected = clean.run(scorer(influence))
 
-    class Killed(Exception):
-        pass
-
-    rounds_played = []
-
-    def dies_in_round_four(groups):
-        rounds_played.append(1)
-        if len(rounds_played) == 4:
-            raise Killed
-        return scorer(influence)(groups)
-
     store = Store(str(tmp_path / "out"))
     crashed, _, _, _ = make(budget=Budget(docs=100), docs_per_accept=10)
     with pytest.raises(Killed):
-        crashed.run(dies_in_round_four, store)
+        crashed.run(dies_in_round(4, influence), store)
     assert store.read_json("_state/quad/state.json")["round"] == 3
 
     resumed, _, _, _ = make(budget=Budget(docs=100), docs_per_accept=10)
@@ -260,21 +266,10 @@ def test_a_killed_predicted_run_resumes_to_the_uninterrupted_result(tmp_path):
     expected = clean.run(scorer(influence))
     assert clean.state.round > 4
 
-    class Killed(Exception):
-        pass
-
-    rounds_played = []
-
-    def dies_in_round_four(groups):
-        rounds_played.append(1)
-        if len(rounds_played) == 4:
-            raise Killed
-        return scorer(influence)(groups)
-
     store = Store(str(tmp_path / "out"))
     crashed, _, _ = make_predicted(max_evaluated=0.1)
     with pytest.raises(Killed):
-        crashed.run(dies_in_round_four, store)
+        crashed.run(dies_in_round(4, influence), store)
     resumed, _, _ = make_predicted(max_evaluated=0.1)
     calls: list[list[int]] = []
     result = resumed.run(scorer(influence, calls), store)
