@@ -445,7 +445,7 @@ class ClusterStage(Stage):
     input_columns = ("id",)
     output_columns = ("cluster", "cluster_distance")
     requires = ("embed",)
-    default_resources = Resources(num_cpus=1, batch_size=8192, pool_size=2)
+    default_resources = Resources(num_cpus=1, batch_size=8192)
     fitted = ("k", "seed", "centroids")
     options_class = ClusterOptions
 

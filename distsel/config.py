@@ -49,7 +49,8 @@ class InputConfig(_Strict):
     format: Literal["auto", "jsonl", "parquet"] = "auto"
     max_chars: int = Field(default=1_000_000, gt=0)
     strict: bool = False
-    rows_per_part: int = Field(default=20_000, gt=0)
+    # None: sized to the cluster's cores when the first run ingests (corpus.auto_rows_per_part).
+    rows_per_part: int | None = Field(default=None, gt=0)
     storage_options: dict[str, Any] = Field(default_factory=dict)
 
 

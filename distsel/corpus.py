@@ -34,6 +34,11 @@ RESERVED_COLUMNS = ("id", "text", "tokens_approx")
 CHARS_PER_TOKEN = 4
 #: A JSON line nested deeper is quarantined (`too_deep`): storing it would recurse without bound.
 MAX_DEPTH = 100
+# Automatic part size: about this many parts per core of the cluster (an actor takes one part at
+# a time; with four per actor the last parts leave little of the cluster idle), within bounds.
+PARTS_PER_CORE = 4
+MIN_ROWS_PER_PART, MAX_ROWS_PER_PART = 200, 20_000
+ESTIMATE_BYTES = 4 << 20
 NAME_STEM_CHARS = 80
 UNSAFE_NAME_CHARS = re.compile(r"[^0-9A-Za-z._-]+")
 UTF8_BOM = b"\xef\xbb\xbf"
@@ -170,6 +175,37 @@ def check_readable(shard: Shard, storage_options: dict[str, Any]) -> None:
                 _decompressed(raw, shard.url).read(1 << 16)
     except InputError:
         raise
+    except Exception as exc:
+        raise InputError(f"{shard.url}: unreadable or corrupt ({_short(exc)})") from None
+
+
+def auto_rows_per_part(shards: list[Shard], storage_options: dict[str, Any], cores: float) -> int:
+    """Rows per part that cut the pool into about PARTS_PER_CORE parts per core, within
+    [MIN_ROWS_PER_PART, MAX_ROWS_PER_PART]: the maximum when there are that many shards already
+    (a shard makes one part at least), else from the shards' estimated rows."""
+    wanted = PARTS_PER_CORE * max(1, int(cores))
+    if len(shards) >= wanted:
+        return MAX_ROWS_PER_PART
+    rows = sum(estimate_rows(shard, storage_options) for shard in shards)
+    return min(MAX_ROWS_PER_PART, max(MIN_ROWS_PER_PART, math.ceil(rows / wanted)))
+
+
+def estimate_rows(shard: Shard, storage_options: dict[str, Any]) -> int:
+    """A shard's rows: exact for Parquet (its metadata) and for JSON Lines up to ESTIMATE_BYTES
+    decompressed; a longer JSON Lines file's lines are counted in its first ESTIMATE_BYTES and
+    scaled by the share of the file read."""
+    try:
+        fs, path = open_fs(shard.url, storage_options)
+        with fs.open(path, "rb") as raw:
+            if shard.format == "parquet":
+                return pq.ParquetFile(raw).metadata.num_rows
+            reader, lines, read, last = _decompressed(raw, shard.url), 0, 0, b"\n"
+            while read < ESTIMATE_BYTES:
+                chunk = reader.read(1 << 20)
+                if not chunk:
+                    return lines + (last != b"\n")
+                lines, read, last = lines + chunk.count(b"\n"), read + len(chunk), chunk[-1:]
+            return math.ceil(lines * fs.size(path) / max(raw.tell(), 1))
     except Exception as exc:
         raise InputError(f"{shard.url}: unreadable or corrupt ({_short(exc)})") from None
 
@@ -458,7 +494,7 @@ def ingest_shard(shard: Shard, config: InputConfig, store: Store) -> IngestResul
                 reasons[outcome.reason] += 1
                 continue
             pending.append(outcome)
-            if len(pending) >= config.rows_per_part:
+            if len(pending) >= (config.rows_per_part or MAX_ROWS_PER_PART):
                 flush()
     except InputError:
         raise

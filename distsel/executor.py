@@ -9,8 +9,10 @@ unit tests and debugging). Both give the same results for the same work.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+import sys
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
@@ -89,6 +91,17 @@ class Executor(ABC):
     @abstractmethod
     def totals(self) -> dict[str, float]:
         """The cluster's resources ("CPU", "GPU", ...)."""
+
+    def pool_size(self, resources: Any) -> int:
+        """Actors in a pool of these resources: `resources.pool_size`, else as many as the
+        cluster holds now (its CPUs / num_cpus, and its GPUs / num_gpus where it asks for GPUs)."""
+        if resources.pool_size:
+            return int(resources.pool_size)
+        total = self.totals()
+        fits = [int(total.get("CPU", 0) // resources.num_cpus)] if resources.num_cpus else []
+        if resources.num_gpus:
+            fits.append(int(total.get("GPU", 0) // resources.num_gpus))
+        return max(1, min(fits, default=1))
 
     def nodes(self) -> list[dict[str, float]]:
         """Each live node's resources."""
@@ -259,12 +272,15 @@ class RayExecutor(Executor):
         )
         options: dict[str, Any] = {"batch_size": 1}
         if isinstance(worker, type):
-            start = max(1, min(resources.pool_size, len(items), self._actors_that_fit(resources)))
+            size = self.pool_size(resources)
+            # The pool starts with as many actors as fit now, so the work spreads over the nodes
+            # from the start; an autoscaling cluster grows it to its size as nodes join.
+            start = max(1, min(size, len(items), self._actors_that_fit(resources)))
             options.update(
                 # One part at a time per actor: parts are large, and the first actor up must not
                 # queue the parts that the actors still starting (on other nodes) would take.
                 compute=ray.data.ActorPoolStrategy(
-                    min_size=start, max_size=resources.pool_size, max_tasks_in_flight_per_actor=1
+                    min_size=start, max_size=max(start, size), max_tasks_in_flight_per_actor=1
                 ),
                 num_cpus=resources.num_cpus,
                 fn_constructor_kwargs=worker_kwargs or {},
@@ -303,14 +319,7 @@ class RayExecutor(Executor):
         return [node["Resources"] for node in ray.nodes() if node.get("Alive")]
 
     def _actors_that_fit(self, resources: Any) -> int:
-        """How many actors of these resources the cluster holds now: the pool starts with as
-        many (up to its size), so the work spreads over the nodes from the start; an
-        autoscaling cluster grows the pool to its size as nodes join."""
-        total = self.totals()
-        fits = [int(total.get("CPU", 0) // resources.num_cpus)] if resources.num_cpus else []
-        if resources.num_gpus:
-            fits.append(int(total.get("GPU", 0) // resources.num_gpus))
-        return min(fits, default=resources.pool_size)
+        return Executor.pool_size(self, dataclasses.replace(resources, pool_size=None))
 
     def _remote(self, fn: Callable[..., Any], num_cpus: float, num_gpus: float = 0.0) -> Any:
         import ray
@@ -385,8 +394,6 @@ def current() -> Executor:
 
 def node_id() -> str:
     """The Ray node this code runs on ("local" outside Ray or under a LocalExecutor)."""
-    import sys
-
     if "ray" not in sys.modules or isinstance(_current, LocalExecutor):
         return "local"
     import ray
@@ -401,3 +408,24 @@ def cluster_gpus() -> int:
     import ray
 
     return int(ray.cluster_resources().get("GPU", 0)) if ray.is_initialized() else 0
+
+
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "RAYON_NUM_THREADS")
+
+
+def use_threads(num_cpus: float) -> int:
+    """In a Ray actor, size the process's thread pools (OpenMP, MKL, torch and the Rust
+    tokenizers' Rayon pool) to the actor's CPUs, so the threads of a node's actors add up to
+    its cores; elsewhere (the driver, a LocalExecutor) leave them. Returns the thread count."""
+    threads = max(1, int(num_cpus))
+    if "ray" not in sys.modules or isinstance(_current, LocalExecutor):
+        return threads
+    import ray
+
+    if not ray.is_initialized() or ray.get_runtime_context().get_actor_id() is None:
+        return threads
+    for name in THREAD_VARIABLES:
+        os.environ[name] = str(threads)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
+    return threads

@@ -23,7 +23,7 @@ import pyarrow as pa
 from distsel import corpus, duplicates, evaluate
 from distsel.config import Budget, Config, Phase
 from distsel.errors import ConfigError, DistselError, InputError
-from distsel.executor import Executor, RayExecutor, current, installed, node_id
+from distsel.executor import Executor, RayExecutor, current, installed, node_id, use_threads
 from distsel.registry import stage_class
 from distsel.select import Pool, Selector, gather_pool, selector_for
 from distsel.stage import Stage, StageContext, prepare_stage
@@ -340,7 +340,9 @@ def ingest(
     if pending:
         log.info("ingest: %d of %d shards to read", len(pending), len(shards))
         items = [json.dumps(dataclasses.asdict(shard)) for shard in pending]
-        kwargs = {"config_json": config.model_dump_json(), "store": store}
+        sized = config.input.model_copy(update={"rows_per_part": part_size(config, store, shards)})
+        config_json = config.model_copy(update={"input": sized}).model_dump_json()
+        kwargs = {"config_json": config_json, "store": store}
         for row in _over_items(items, _ingest_item, "ingest", worker_kwargs=kwargs):
             if row["error"]:
                 raise InputError(row["error"])
@@ -349,10 +351,29 @@ def ingest(
     ]
     timings["ingest"] = {
         "rows": sum(r.docs_in for r in results),
+        "parts": sum(len(r.parts) for r in results),
         "seconds": round(time.perf_counter() - began, 3),
         "resumed_shards": len(shards) - len(pending),
     }
     return results
+
+
+PART_SIZE = "_state/part_size.json"
+
+
+def part_size(config: Config, store: Store, shards: list[corpus.Shard]) -> int:
+    """`input.rows_per_part`, else sized to the cluster's CPUs when the first run ingests
+    (corpus.auto_rows_per_part) and kept in _state/part_size.json, so a resumed run cuts the
+    shards it has left the same way."""
+    if config.input.rows_per_part:
+        return config.input.rows_per_part
+    if store.exists(PART_SIZE):
+        return int(store.read_json(PART_SIZE)["rows_per_part"])
+    cpus = current().totals().get("CPU", 1.0)
+    rows = corpus.auto_rows_per_part(shards, config.input.storage_options, cpus)
+    log.info("ingest: %d rows per part, for %g CPUs", rows, cpus)
+    store.write_json(PART_SIZE, {"rows_per_part": rows, "cluster_cpus": cpus})
+    return rows
 
 
 DUPLICATES = "_state/duplicates.parquet"
@@ -449,6 +470,7 @@ class _StageWorker:
 
     def __init__(self, stage: Stage, store: Store) -> None:
         self.stage, self.store = stage, store
+        use_threads(stage.resources.num_cpus)
         stage.setup()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:

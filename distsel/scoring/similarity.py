@@ -309,7 +309,7 @@ class SimilarityStage(Stage):
     input_columns = ("id",)
     requires = ("embed",)
     output_columns = ("similarity",)
-    default_resources = Resources(num_cpus=1, batch_size=8192, pool_size=1)
+    default_resources = Resources(num_cpus=1, batch_size=8192)
     fitted = ("targets",)
     options_class = SimilarityStageOptions
 
@@ -361,7 +361,7 @@ class BetrStage(Stage):
     name = "betr"
     input_columns = ("text",)
     output_columns = ("betr_score",)
-    default_resources = Resources(num_cpus=1, batch_size=2048, pool_size=2)
+    default_resources = Resources(num_cpus=1, batch_size=2048)
     fitted = ("scorer",)
     options_class = BetrOptions
 

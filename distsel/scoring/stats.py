@@ -17,7 +17,7 @@ class TextStatsStage(Stage):
     name = "stats"
     input_columns = ("text",)
     output_columns = ("n_chars", "n_words", "mean_word_length", "alpha_fraction")
-    default_resources = Resources(num_cpus=1, batch_size=1024, pool_size=2)
+    default_resources = Resources(num_cpus=1, batch_size=1024)
 
     def __call__(self, batch: pa.Table) -> dict[str, np.ndarray | pa.Array]:
         text = batch.column("text")

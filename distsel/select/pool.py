@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 
 from distsel.config import Config
-from distsel.executor import current
+from distsel.executor import current, use_threads
 from distsel.storage import Store
 
 MISSING_GROUP = "(none)"
@@ -176,6 +176,7 @@ def gather_embeddings(store: Store, pool: Pool) -> np.ndarray:
 class _StageActor:
     def __init__(self, stage: Any, column: str) -> None:
         self.stage, self.column = stage, column
+        use_threads(stage.resources.num_cpus)
         stage.setup()
 
     def score(self, texts: list[str]) -> np.ndarray:
@@ -186,16 +187,16 @@ class _StageActor:
 
 
 class StagePool:
-    """A prepared text stage as `resources.pool_size` actors that score small groups of documents
-    on request (e.g. the draws of the arms a bandit pulled), several groups in parallel;
-    `column` is the output column returned."""
+    """A prepared text stage as a pool of actors (`Executor.pool_size`) that score small groups
+    of documents on request (e.g. the draws of the arms a bandit pulled), several groups in
+    parallel; `column` is the output column returned."""
 
     def __init__(self, stage: Any, column: str) -> None:
-        resources = stage.resources
-        self.actors = current().actors(
+        resources, executor = stage.resources, current()
+        self.actors = executor.actors(
             _StageActor,
             (stage, column),
-            size=resources.pool_size,
+            size=executor.pool_size(resources),
             num_cpus=resources.num_cpus,
             num_gpus=resources.num_gpus,
         )

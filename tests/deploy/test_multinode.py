@@ -23,7 +23,7 @@ def write_config(tmp_path: Path, name: str) -> Path:
         "input": {"paths": [str(tmp_path / "corpus" / "c.jsonl")], "rows_per_part": 15},
         "output": {"path": str(tmp_path / name)},
         "select": {"method": "random", "budget": {"docs": 40}},
-        "stages": {"embed": {"pool_size": 2, "batch_size": 5}},
+        "stages": {"embed": {"batch_size": 5}},  # pool_size: as many as fit (2)
         "embed": {"max_length": 64},
     }
     config = tmp_path / f"{name}.json"

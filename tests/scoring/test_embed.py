@@ -10,7 +10,8 @@ import pytest
 import torch
 from helpers import stdlib_paragraphs
 
-from distsel.scoring.embed import CHARS_PER_TOKEN_CUT, Embedder, default_model_path
+from distsel.scoring.embed import Embedder, default_model_path
+from distsel.scoring.tokens import CHARS_PER_TOKEN_CUT, _encode
 
 PARAGRAPHS = stdlib_paragraphs(24)
 
@@ -124,7 +125,7 @@ def test_long_texts_tokenize_as_if_whole(embedder: Embedder):
     # no whitespace near the cut: the prefix cannot be trusted and the text is tokenized again
     texts.append("word " * 300 + "x" * 5000)
     texts.append(" ".join(["α"] * 2000))
-    assert embedder.tokenize(texts) == embedder._encode(texts)
+    assert embedder.tokenize(texts) == _encode(embedder.tokenizer, texts, embedder.max_length)
     assert all(len(ids) == embedder.max_length for ids in embedder.tokenize(texts))
 
 

@@ -23,7 +23,6 @@ from distsel.scoring.proxy import (
     INFO_FILE,
     PerplexityStage,
     document_losses,
-    encode_documents,
     ensure_proxy,
     load_proxy,
     make_tokenizer,
@@ -31,6 +30,7 @@ from distsel.scoring.proxy import (
     train_proxy,
     training_resources,
 )
+from distsel.scoring.tokens import encode
 from distsel.scoring.training import build_proxy, default_intermediate, learning_rate_factor
 from distsel.stage import StageContext
 from distsel.storage import Store
@@ -265,7 +265,7 @@ def test_long_documents_are_cut_before_tokenizing_without_changing_ids(trained, 
     long = [texts[20] * 4, "word " * 200, "x" * 500 + " tail", " " * 300 + "end", texts[21]]
     for max_length in (8, 16):
         full = tokenizer(long, truncation=True, max_length=max_length)["input_ids"]
-        assert encode_documents(tokenizer, long, max_length) == [list(row) for row in full]
+        assert encode(tokenizer, long, max_length) == [list(row) for row in full]
         np.testing.assert_allclose(
             document_losses(model, tokenizer, long, max_length, batch_size=2),
             direct_losses(model, tokenizer, long, max_length),
