@@ -14,9 +14,12 @@ Framework-free: the pipeline wraps `Embedder` in a stage; it knows nothing of Ra
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -33,6 +36,26 @@ if TYPE_CHECKING:
 
 POOLINGS = ("mean", "position_weighted")
 GPU_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX-BF16, as Linux's
+    /proc/cpuinfo lists them; elsewhere taken as no)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    return re.search(r"\b(avx512_bf16|amx_bf16)\b", flags) is not None
+
+
+def model_dtype(device: torch.device, dtype: str) -> torch.dtype:
+    """`dtype` on a GPU; on a CPU bfloat16 where asked and native, else float32 (half precision
+    without native support runs slower than float32 there)."""
+    if device.type == "cuda":
+        return GPU_DTYPES[dtype]
+    native = dtype == "bfloat16" and cpu_has_native_bf16()
+    return torch.bfloat16 if native else torch.float32
 
 
 def _resolve_device(device: str | None) -> torch.device:
@@ -60,8 +83,9 @@ class Embedder:
     (less padding), runs `batch_size` texts at a time, and returns the rows in the order given.
     A call longer than `sort_window` texts (default: max(1024, 4 × batch_size)) is sorted one
     window at a time; on a GPU, which runs asynchronously, the next window is tokenized while
-    the current one runs. On a GPU the model runs in `dtype` (bfloat16 by default) and pooling
-    in float32; on a CPU everything is float32. `num_threads` sets torch's CPU threads, a
+    the current one runs. The model runs in `dtype` (bfloat16 by default) on a GPU, and on a CPU
+    that multiplies bfloat16 natively when `dtype` is bfloat16 (else in float32); pooling is
+    float32. `num_threads` sets torch's CPU threads, a
     process-wide setting. `pooling` is "mean" or "position_weighted" (RDS+).
     """
 
@@ -95,7 +119,7 @@ class Embedder:
 
         self.model_path = str(model_path) if model_path is not None else default_model_path()
         self.device = _resolve_device(device)
-        self.dtype = GPU_DTYPES[dtype] if self.device.type == "cuda" else torch.float32
+        self.dtype = model_dtype(self.device, dtype)
         self.batch_size = batch_size
         self.pooling = pooling
         self.sort_window = sort_window

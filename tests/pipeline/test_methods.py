@@ -150,9 +150,10 @@ def test_similarity_matches_numpy_and_round_robins_over_tasks(
     raw = base_config([corpus], tmp_path / "sim", method="similarity", budget={"docs": 20})
     raw["input"].update(group_field="domain", rows_per_part=40)
     raw["target"] = {"paths": [str(target), str(second)]}
+    raw["embed"] = {"dtype": "float32"}  # to compare with the brute-force reference at 1e-5
     manifest = pipeline.run(parse_config(raw))
 
-    embedder = Embedder(num_threads=2)
+    embedder = Embedder(num_threads=2, dtype="float32")
     texts = [d["text"] for d in pool]
     docs = embedder.embed(texts)
     expected = {

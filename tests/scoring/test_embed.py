@@ -10,7 +10,7 @@ import pytest
 import torch
 from helpers import stdlib_paragraphs
 
-from distsel.scoring.embed import Embedder, default_model_path
+from distsel.scoring.embed import Embedder, cpu_has_native_bf16, default_model_path
 from distsel.scoring.tokens import CHARS_PER_TOKEN_CUT, _encode
 
 PARAGRAPHS = stdlib_paragraphs(24)
@@ -18,7 +18,7 @@ PARAGRAPHS = stdlib_paragraphs(24)
 
 @pytest.fixture(scope="module")
 def embedder() -> Embedder:
-    return Embedder(device="cpu", batch_size=4)
+    return Embedder(device="cpu", batch_size=4, dtype="float32")
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,7 @@ def test_mean_pooling_matches_bare_forward_pass(embedder: Embedder, bare):
 
 
 def test_position_weighted_pooling_matches_direct_computation(bare):
-    weighted = Embedder(device="cpu", batch_size=5, pooling="position_weighted")
+    weighted = Embedder(device="cpu", batch_size=5, pooling="position_weighted", dtype="float32")
     texts = PARAGRAPHS[:10]
     expected = bare_embed(bare, texts, weighting="position_weighted")
     np.testing.assert_allclose(weighted.embed(texts), expected, atol=1e-5)
@@ -92,7 +92,7 @@ def test_order_preserved_despite_length_sorting(embedder: Embedder):
 def test_sort_windows_and_pretokenized_ids_give_the_same_vectors(embedder: Embedder):
     texts = PARAGRAPHS[:14]
     whole = embedder.embed(texts)
-    windowed = Embedder(device="cpu", batch_size=2, sort_window=3)
+    windowed = Embedder(device="cpu", batch_size=2, sort_window=3, dtype="float32")
     np.testing.assert_allclose(windowed.embed(texts), whole, atol=1e-5)
     np.testing.assert_allclose(windowed.embed_tokens(windowed.tokenize(texts)), whole, atol=1e-5)
 
@@ -164,6 +164,13 @@ def test_cuda_without_cuda_is_a_clear_error():
         Embedder(device="cuda")
 
 
-def test_cpu_runs_float32_whatever_dtype_asks(embedder: Embedder):
-    assert embedder.device.type == "cpu"
-    assert next(embedder.model.parameters()).dtype == torch.float32
+def test_cpu_runs_bfloat16_only_where_native_and_stays_close_to_float32(embedder: Embedder):
+    assert next(embedder.model.parameters()).dtype == torch.float32, "float32 when asked"
+    half = Embedder(device="cpu", batch_size=4, dtype="float16")
+    assert next(half.model.parameters()).dtype == torch.float32, "no float16 on a CPU"
+    default = Embedder(device="cpu", batch_size=4)
+    expected = torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+    assert next(default.model.parameters()).dtype == expected
+    texts = stdlib_paragraphs(16)
+    cosines = (default.embed(texts) * embedder.embed(texts)).sum(axis=1)
+    assert cosines.min() > 0.999

@@ -44,7 +44,9 @@ def test_tokens_stage_writes_the_tokenizers_truncated_ids() -> None:
 
 
 def test_embed_stage_embeds_token_ids_as_it_embeds_texts() -> None:
-    config = parse_config({**base_config(["in.jsonl"], "out"), "embed": {"max_length": 48}})
+    config = parse_config(
+        {**base_config(["in.jsonl"], "out"), "embed": {"max_length": 48, "dtype": "float32"}}
+    )
     tokens = TokensStage.from_config(config, TokensStage.default_resources)
     embed = EmbedStage(Resources(batch_size=64), config.embed)
     tokens.setup()
@@ -57,7 +59,7 @@ def test_embed_stage_embeds_token_ids_as_it_embeds_texts() -> None:
     np.testing.assert_allclose(
         vectors, np.stack(from_texts["embedding"].to_numpy(zero_copy_only=False)), atol=1e-6
     )
-    reference = Embedder(max_length=48, device="cpu", batch_size=8).embed(texts)
+    reference = Embedder(max_length=48, device="cpu", batch_size=8, dtype="float32").embed(texts)
     np.testing.assert_allclose(vectors, reference, atol=1e-5)
 
 
@@ -66,7 +68,7 @@ def test_a_similarity_run_tokenizes_once_and_embeds_the_stored_ids(tmp_path: Pat
     corpus = write_jsonl(tmp_path / "pool.jsonl", [{"text": t} for t in texts])
     target = write_jsonl(tmp_path / "target.jsonl", [{"text": t} for t in texts[:3]])
     raw = base_config([corpus], tmp_path / "out", method="similarity", budget={"docs": 5})
-    raw.update(target={"paths": [str(target)]}, embed={"max_length": 40})
+    raw.update(target={"paths": [str(target)]}, embed={"max_length": 40, "dtype": "float32"})
     raw["input"]["rows_per_part"] = 15
     with LocalExecutor().active():
         manifest = pipeline.run(parse_config(raw))
@@ -74,7 +76,7 @@ def test_a_similarity_run_tokenizes_once_and_embeds_the_stored_ids(tmp_path: Pat
     token_parts = sorted((tmp_path / "out" / "scores" / "tokens").glob("*.parquet"))
     assert len(token_parts) == 3
     stored = pa.concat_tables([pq.read_table(p) for p in token_parts])
-    embedder = Embedder(max_length=40, device="cpu")
+    embedder = Embedder(max_length=40, device="cpu", dtype="float32")
     assert [list(r) for r in id_rows(stored["token_ids"])] == embedder.tokenize(texts)
     embedded = pa.concat_tables(
         [pq.read_table(p) for p in sorted((tmp_path / "out" / "scores" / "embed").glob("*"))]
