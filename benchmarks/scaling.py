@@ -3,7 +3,8 @@
 Data: ../shared/data/corpus/*.jsonl.gz (one domain per file, field `text`), read in place.
 `--docs` documents are drawn evenly from every domain file (seeded) and shuffled into one pool
 shard in a work folder (`--workdir`, else a temporary folder), cut into parts of
-`--rows-per-part` rows, so every part is a like mixture of domains. For `--stage dsir`, the
+`--rows-per-part` rows (default: distsel's own sizing, about 4 parts per core of the machine), so
+every part is a like mixture of domains. For `--stage dsir`, the
 target is `--target-docs` other documents of `--target-domain`.
 
 Each run is a fresh process (this script again, with a hidden flag) that makes a multi-node Ray
@@ -11,8 +12,8 @@ with `ray.cluster_utils.Cluster` on 127.0.0.1: a head without CPUs (the driver's
 worker nodes of one CPU each. The runs are N = 1, 2 (`--repeat` alternates them: 1, 2, 1, 2, ...).
 Each runs distsel's scoring phase, `pipeline.run(config, phase="score")`, with one stage
 (`--stage`: embed, the bundled all-MiniLM-L6-v2 at embed.max_length `--max-length`, one torch
-thread per actor; or dsir; or perplexity, with a proxy LM trained once beforehand) and
-stages.<stage>.pool_size = N, so the pool starts with one one-CPU actor per worker node.
+thread per actor; or dsir; or perplexity, with a proxy LM trained once beforehand) with
+distsel's default pool size (as many one-CPU actors as the cluster holds: one per worker node).
 
 Ingest (and, for perplexity, the proxy's training) is done once beforehand, in its own process,
 into a template output that every run starts from as a copy, so no run ingests or trains.
@@ -104,21 +105,19 @@ def draw(
 def run_config(args: argparse.Namespace, work: Path, output: Path, nodes: int) -> dict[str, Any]:
     """The scoring configuration of one run (nodes = 0: the template's, without the stage)."""
     raw: dict[str, Any] = {
-        "input": {
-            "paths": [str(work / "pool")],
-            "group_field": "domain",
-            "rows_per_part": args.rows_per_part,
-        },
+        "input": {"paths": [str(work / "pool")], "group_field": "domain"},
         "output": {"path": str(output)},
         "select": {"method": "all"},
         "embed": {"max_length": args.max_length},
         "proxy": {"train_tokens": args.proxy_train_tokens, "sample_docs": args.docs},
         "seed": args.seed,
     }
+    if args.rows_per_part:
+        raw["input"]["rows_per_part"] = args.rows_per_part
     if args.stage == "dsir":
         raw["target"] = {"paths": [str(work / "target.jsonl")]}
     if nodes:
-        stage: dict[str, Any] = {"pool_size": nodes, "num_cpus": 1}
+        stage: dict[str, Any] = {"num_cpus": 1}
         if args.batch_size:
             stage["batch_size"] = args.batch_size
         raw["stages"] = {args.stage: stage}
@@ -319,7 +318,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     harness.add_common_flags(parser, corpus=harness.DEFAULT_CORPUS)
     parser.add_argument("--stage", choices=STAGES, default="embed")
     parser.add_argument("--docs", type=positive, default=1200, help="pool documents")
-    parser.add_argument("--rows-per-part", type=positive, default=50)
+    parser.add_argument("--rows-per-part", type=positive, default=None)
     parser.add_argument("--max-length", type=positive, default=128, help="embed.max_length")
     parser.add_argument(
         "--batch-size", type=positive, default=None, help="stages.<stage>.batch_size"
@@ -401,6 +400,7 @@ def run_all(args: argparse.Namespace, work: Path) -> tuple[list[dict[str, Any]],
     ingest = prepared["summary"]["stages"]["ingest"]
     return results, {
         "ingest_seconds": ingest["seconds"],
+        "parts": ingest["parts"],
         "accepted_docs": prepared["summary"]["accepted_docs"],
         "proxy": prepared.get("proxy"),
         "proxy_seconds": prepared.get("proxy_seconds"),
@@ -455,12 +455,13 @@ def print_checks(results: list[dict[str, Any]], found: dict[str, bool]) -> None:
 def report(
     args: argparse.Namespace, docs: int, results: list[dict[str, Any]], template: dict[str, Any]
 ) -> int:
-    parts = -(-template["accepted_docs"] // args.rows_per_part)
+    parts = template["parts"]
+    rows = args.rows_per_part or f"~{-(-template['accepted_docs'] // parts)} (distsel's sizing)"
     detail = f"embed.max_length {args.max_length}, " if args.stage == "embed" else ""
     print(
         f"stage {args.stage} ({detail}one 1-CPU actor per worker node) | {docs} docs from "
-        f"{args.corpus}, {template['accepted_docs']} accepted, ~{parts} parts of "
-        f"{args.rows_per_part} | ingest once beforehand: {template['ingest_seconds']:.1f} s"
+        f"{args.corpus}, {template['accepted_docs']} accepted, {parts} parts of "
+        f"{rows} rows | ingest once beforehand: {template['ingest_seconds']:.1f} s"
         + (f" | proxy trained in {template['proxy_seconds']:.1f} s" if template["proxy"] else "")
     )
     header = ["run", "nodes", "docs", "stage s", "docs/s", "busy s", "wall s", "parts per node"]

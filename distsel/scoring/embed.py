@@ -35,6 +35,8 @@ if TYPE_CHECKING:
     from distsel.config import Config, EmbedConfig
 
 POOLINGS = ("mean", "position_weighted")
+# Threads of the one-off task that embeds target examples on CPUs.
+MAX_TASK_THREADS = 16
 GPU_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
@@ -278,8 +280,13 @@ def embedding_matrix(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
 def embed_texts_on_cluster(
     texts_by_name: dict[str, list[str]], options: EmbedConfig, resources: Resources
 ) -> dict[str, np.ndarray]:
-    """Embed a few small text sets in one task with the embed stage's resources."""
-    return current().call(
+    """Embed a few small text sets in one task: on a GPU as an embed actor would; on CPUs with
+    the threads of a whole node (up to MAX_TASK_THREADS), since the task runs alone."""
+    executor = current()
+    if not resources.num_gpus:
+        cpus = max((node.get("CPU", 0.0) for node in executor.nodes()), default=1.0)
+        resources = replace(resources, num_cpus=float(max(1, min(int(cpus), MAX_TASK_THREADS))))
+    return executor.call(
         _embed_all,
         texts_by_name,
         options,

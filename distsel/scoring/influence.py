@@ -73,18 +73,18 @@ from distsel.executor import current
 from distsel.registry import register_selector, register_stage
 from distsel.scoring.embed import _with_cluster_gpus
 from distsel.scoring.proxy import ensure_proxy, load_proxy
+from distsel.scoring.tokens import document_ids, id_rows
 from distsel.select import Pool, budget_section, score_column
 from distsel.select.samplers import descending, fill_budget
 from distsel.stage import Resources, Stage, StageContext
 
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP = ("gate_proj", "up_proj", "down_proj")
-# Texts are cut to this many characters per kept token before tokenizing (long documents would
-# otherwise be tokenized in full only to keep max_chunks × max_length tokens).
-CHARS_PER_TOKEN_CUT = 16
 TIMERS = ("forward_backward", "projection", "rest")
 # Projected dimension of `target_aggregation: max` when projection_dim is unset.
 MAX_AGGREGATION_DIM = 8192
+# Texts, or their ids from the proxy_tokens stage (`tokens.document_ids`).
+Documents = Sequence[str] | Sequence[Sequence[int]]
 
 
 def find_linear_layers(model: nn.Module, suffixes: Sequence[str]) -> dict[str, nn.Linear]:
@@ -100,16 +100,17 @@ def find_linear_layers(model: nn.Module, suffixes: Sequence[str]) -> dict[str, n
 
 
 def chunk_documents(
-    tokenizer: Any, texts: Sequence[str], max_length: int, max_chunks: int
+    tokenizer: Any, documents: Documents, max_length: int, max_chunks: int
 ) -> tuple[list[list[int]], np.ndarray]:
-    """Chunks of ≤ max_length (and ≥ 2) tokens, ≤ max_chunks per text, and each one's text index."""
-    cut = max_length * max_chunks * CHARS_PER_TOKEN_CUT
-    encoded = tokenizer([text[:cut] for text in texts])["input_ids"]
+    """Chunks of ≤ max_length (and ≥ 2) tokens, ≤ max_chunks per document, and each one's
+    document index. `documents`: texts, or their `document_ids` (the proxy_tokens stage's)."""
+    if documents and isinstance(documents[0], str):
+        documents = document_ids(tokenizer, documents, max_length * max_chunks)
     chunks: list[list[int]] = []
     owners: list[int] = []
-    for index, ids in enumerate(encoded):
+    for index, ids in enumerate(documents):
         for start in range(0, len(ids), max_length)[:max_chunks]:
-            piece = list(ids[start : start + max_length])
+            piece = [int(i) for i in ids[start : start + max_length]]
             if len(piece) >= 2:
                 chunks.append(piece)
                 owners.append(index)
@@ -319,13 +320,13 @@ class InfluenceScorer:
                 self.target_examples = self._target_example_vectors(chunks)
         return self
 
-    def score(self, texts: Sequence[str]) -> np.ndarray:
+    def score(self, texts: Documents) -> np.ndarray:
         """I(z) per text (float64): mean over its chunks of Σ_l Σ_t (P_out b_t)ᵀ H̃_l (P_in a_t);
         with `normalize`, of I(chunk)/‖∇L(chunk)‖."""
         raw, normalized = self.score_both(texts)
         return normalized if self.normalize else raw
 
-    def score_both(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    def score_both(self, texts: Documents) -> tuple[np.ndarray, np.ndarray]:
         """(raw, normalised) influence per text, from one forward/backward per chunk."""
         ihvp = self._fitted()
         if self.target_examples is not None:
@@ -347,7 +348,7 @@ class InfluenceScorer:
             count = len(texts)
             return mean_by_owner(raw, owners, count), mean_by_owner(normalized, owners, count)
 
-    def _score_max(self, texts: Sequence[str], examples: Tensor) -> tuple[np.ndarray, np.ndarray]:
+    def _score_max(self, texts: Documents, examples: Tensor) -> tuple[np.ndarray, np.ndarray]:
         """max_j over target chunks of the mean over a text's chunks of ⟨Pg, ĥ_j⟩ (raw) and
         ⟨Pg, ĥ_j⟩/‖Pg‖ (normalised)."""
         with self._total():
@@ -548,7 +549,7 @@ class InfluenceScorer:
 
     # ---------------------------------------------------------------- forward/backward
 
-    def _chunks(self, texts: Sequence[str]) -> tuple[list[list[int]], np.ndarray]:
+    def _chunks(self, texts: Documents) -> tuple[list[list[int]], np.ndarray]:
         opts = self.options
         return chunk_documents(self.tokenizer, texts, self.max_length, opts.max_chunks)
 
@@ -696,7 +697,8 @@ class InfluenceStage(Stage):
     """
 
     name = "influence"
-    input_columns = ("text",)
+    input_columns = ()
+    requires = ("proxy_tokens",)
     output_columns = ("influence", "influence_normalized")
     default_resources = Resources(num_cpus=1, batch_size=64)
     fitted = ("folder", "proxy_info", "arrays")
@@ -771,7 +773,12 @@ class InfluenceStage(Stage):
         )
 
     def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
-        raw, normalized = self.scorer.score_both(batch.column("text").to_pylist())
+        """Scores the proxy_tokens stage's ids, or, given only texts, the texts."""
+        if "proxy_token_ids" in batch.column_names:
+            documents = id_rows(batch.column("proxy_token_ids"))
+        else:
+            documents = batch.column("text").to_pylist()
+        raw, normalized = self.scorer.score_both(documents)
         return {"influence": raw, "influence_normalized": normalized}
 
 

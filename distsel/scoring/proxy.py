@@ -31,7 +31,15 @@ from distsel.errors import DistselError
 from distsel.executor import current
 from distsel.registry import register_stage
 from distsel.scoring.embed import _dtype_kwarg, _with_cluster_gpus
-from distsel.scoring.tokens import default_model_path, encode
+from distsel.scoring.tokens import (
+    default_model_path,
+    document_ids,
+    encode,
+    end_tokens,
+    id_columns,
+    id_rows,
+    truncated,
+)
 from distsel.scoring.training import build_proxy, train_steps
 from distsel.stage import Resources, Stage, StageContext
 from distsel.storage import Store, open_fs
@@ -345,7 +353,7 @@ def safetensors_parameters(folder: str) -> int:
 def document_losses(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    texts: Sequence[str],
+    texts: Sequence[str] | Sequence[Sequence[int]],
     max_length: int,
     batch_size: int = 16,
     device: str = "cpu",
@@ -354,12 +362,17 @@ def document_losses(
 
         loss = −1/(T−1) · Σ_{t=2..T} log p(x_t | x_<t)
 
-    float32, one per text, NaN for texts of fewer than 2 ids. Texts run longest first, up to
+    float32, one per text, NaN for texts of fewer than 2 ids. `texts` may be the proxy_tokens
+    stage's ids instead. Texts run longest first, up to
     `batch_size` at a time (fewer when rows × width × vocab would exceed LOGITS_PER_FORWARD),
     right-padded under an attention mask, so padding changes no document's loss.
     """
     max_length = min(max_length, getattr(model.config, "max_position_embeddings", max_length))
-    ids = encode(tokenizer, texts, max_length)
+    if texts and not isinstance(texts[0], str):  # the proxy_tokens stage's ids
+        end = end_tokens(tokenizer)
+        ids = [truncated(row, max_length, end) for row in texts]
+    else:
+        ids = encode(tokenizer, texts, max_length)
     lengths = np.fromiter((len(row) for row in ids), dtype=np.int64, count=len(ids))
     order = np.argsort(-lengths, kind="stable")
     order = order[lengths[order] >= 2]
@@ -499,7 +512,8 @@ class PerplexityStage(Stage):
     cluster with GPUs each actor takes one GPU."""
 
     name = "perplexity"
-    input_columns = ("text",)
+    input_columns = ()
+    requires = ("proxy_tokens",)
     output_columns = ("perplexity_loss",)
     default_resources = Resources(num_cpus=1, batch_size=64)
 
@@ -537,12 +551,61 @@ class PerplexityStage(Stage):
         self.model, self.tokenizer = load_proxy(self.folder, device, self.storage_options)
 
     def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
+        if "proxy_token_ids" in batch.column_names:
+            documents = id_rows(batch.column("proxy_token_ids"))
+        else:
+            documents = batch.column("text").to_pylist()
         losses = document_losses(
             self.model,
             self.tokenizer,
-            batch.column("text").to_pylist(),
+            documents,
             self.options.max_length,
             batch_size=64 if self.resources.num_gpus else 16,
             device=str(self.model.device),
         )
         return {"perplexity_loss": losses}
+
+
+@register_stage
+class ProxyTokensStage(Stage):
+    """Every document's ids under the proxy LM's tokenizer, on CPU actors: its first
+    proxy.max_length × stages.influence.max_chunks (`tokens.document_ids`), which the influence
+    and perplexity stages read instead of tokenizing again. Trains the proxy (`ensure_proxy`)
+    when the run has none yet."""
+
+    name = "proxy_tokens"
+    input_columns = ("text",)
+    output_columns = ("proxy_token_ids", "proxy_n_tokens")
+    default_resources = Resources(num_cpus=1, batch_size=1024)
+
+    def __init__(self, resources: Resources, config: Config) -> None:
+        super().__init__(resources)
+        self.storage_options = dict(config.output.storage_options)
+        chunks = config.stage_options("influence").max_chunks
+        self.max_tokens = config.proxy.max_length * chunks
+        self.folder: str | None = None
+        self.info: dict[str, Any] = {}
+        self.tokenizer: PreTrainedTokenizerBase | None = None
+
+    @classmethod
+    def from_config(cls, config: Config, resources: Resources) -> ProxyTokensStage:
+        return cls(resources, config)
+
+    def fingerprint(self) -> dict[str, Any]:
+        proxy = self.info.get("weights_sha256") or self.folder
+        return {"name": self.name, "proxy": proxy, "max_tokens": self.max_tokens}
+
+    def prepare(self, context: StageContext) -> None:
+        self.folder, self.info = ensure_proxy(context)
+
+    def setup(self) -> None:
+        from transformers import AutoTokenizer
+
+        if self.folder is None:
+            raise DistselError("the proxy_tokens stage was not prepared (no proxy folder)")
+        with _local_folder(self.folder, self.storage_options) as local:
+            self.tokenizer = AutoTokenizer.from_pretrained(local, local_files_only=True)
+
+    def __call__(self, batch: pa.Table) -> dict[str, pa.Array]:
+        ids = document_ids(self.tokenizer, batch.column("text").to_pylist(), self.max_tokens)
+        return id_columns(ids, "proxy_token_ids", "proxy_n_tokens")

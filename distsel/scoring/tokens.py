@@ -29,6 +29,9 @@ if TYPE_CHECKING:
     from distsel.config import Config, EmbedConfig
 
 CHARS_PER_TOKEN_CUT = 12
+# `document_ids` cuts texts to this many characters per kept token before tokenizing (a long
+# document would otherwise be tokenized in full only to keep its first tokens).
+DOCUMENT_CHARS_PER_TOKEN = 16
 _WHITESPACE = re.compile(r"\s")
 
 
@@ -58,6 +61,33 @@ def encode(tokenizer: Any, texts: Sequence[str], max_length: int) -> list[list[i
     for i, row in zip(redo, _encode(tokenizer, [texts[i] for i in redo], max_length), strict=True):
         ids[i] = row
     return ids
+
+
+def document_ids(tokenizer: Any, texts: Sequence[str], max_tokens: int) -> list[list[int]]:
+    """Each text's first `max_tokens` ids, not truncated by the tokenizer (so its end token, if
+    any, only where the text ends first), tokenized from a prefix of DOCUMENT_CHARS_PER_TOKEN
+    characters per kept token."""
+    cut = max_tokens * DOCUMENT_CHARS_PER_TOKEN
+    encoded = tokenizer([text[:cut] for text in _checked(texts)])["input_ids"]
+    return [list(ids[:max_tokens]) for ids in encoded]
+
+
+def end_tokens(tokenizer: Any) -> list[int]:
+    """The special tokens the tokenizer puts after a text's own tokens ([SEP]; none for GPT-2
+    style tokenizers)."""
+    ids = tokenizer("a")["input_ids"]
+    special = set(tokenizer.all_special_ids)
+    back = next(i for i, token in enumerate(reversed(ids)) if token not in special)
+    return list(ids[len(ids) - back :])
+
+
+def truncated(row: Sequence[int], max_length: int, end: list[int]) -> Sequence[int]:
+    """A `document_ids` row as tokenizer(text, truncation=True, max_length=…) gives it: at most
+    max_length ids, ending with the tokenizer's `end` tokens (`end_tokens`) where it has any."""
+    whole = not end or list(row[len(row) - len(end) :]) == end
+    if len(row) <= max_length and whole:
+        return row
+    return [*row[: max_length - len(end)], *end]
 
 
 def _checked(texts: Sequence[str]) -> list[str]:
@@ -130,6 +160,12 @@ def ids_array(ids: Sequence[Sequence[int]]) -> pa.ListArray:
     return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat))
 
 
+def id_columns(ids: Sequence[Sequence[int]], ids_name: str, lengths_name: str) -> dict:
+    """A stage's two output columns: the ids (list<int32>) and their lengths (int32)."""
+    lengths = np.fromiter((len(row) for row in ids), dtype=np.int32, count=len(ids))
+    return {ids_name: ids_array(ids), lengths_name: lengths}
+
+
 def id_rows(column: pa.Array | pa.ChunkedArray) -> list[np.ndarray]:
     """A list<int32> column as one int32 array per row (views, no copy per row)."""
     if isinstance(column, pa.ChunkedArray):
@@ -169,5 +205,4 @@ class TokensStage(Stage):
 
     def __call__(self, batch: pa.Table) -> dict[str, pa.Array]:
         ids = encode(self.tokenizer, batch.column("text").to_pylist(), self.max_length)
-        lengths = np.fromiter((len(row) for row in ids), dtype=np.int32, count=len(ids))
-        return {"token_ids": ids_array(ids), "n_tokens": lengths}
+        return id_columns(ids, "token_ids", "n_tokens")

@@ -22,6 +22,7 @@ from distsel.scoring.proxy import (
     EOS,
     INFO_FILE,
     PerplexityStage,
+    ProxyTokensStage,
     document_losses,
     ensure_proxy,
     load_proxy,
@@ -349,3 +350,14 @@ def test_perplexity_stage_scores_with_the_proxy(ray_local, pool_context, trained
     docs = ["", "A short line of text.", texts[0]]
     scored = stage(pa.table({"text": docs}))["perplexity_loss"]
     np.testing.assert_allclose(scored, direct_losses(model, tokenizer, docs, 64), atol=1e-5)
+
+    tokens = ProxyTokensStage.from_config(context.config, ProxyTokensStage.default_resources)
+    tokens.prepare(context)
+    tokens.setup()
+    docs += [" ".join(texts) * 3]  # far over max_length × max_chunks tokens
+    ids = tokens(pa.table({"text": docs}))["proxy_token_ids"]
+    assert max(len(row) for row in ids.to_pylist()) == 64 * 4
+    from_ids = stage(pa.table({"id": [str(i) for i in range(len(docs))], "proxy_token_ids": ids}))
+    np.testing.assert_allclose(
+        from_ids["perplexity_loss"], stage(pa.table({"text": docs}))["perplexity_loss"], atol=1e-6
+    )

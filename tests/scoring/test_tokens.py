@@ -15,7 +15,14 @@ from distsel import pipeline
 from distsel.config import parse_config
 from distsel.executor import LocalExecutor
 from distsel.scoring.embed import Embedder, EmbedStage
-from distsel.scoring.tokens import TokensStage, id_rows, ids_array
+from distsel.scoring.tokens import (
+    TokensStage,
+    document_ids,
+    end_tokens,
+    id_rows,
+    ids_array,
+    truncated,
+)
 from distsel.stage import Resources
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -83,3 +90,19 @@ def test_a_similarity_run_tokenizes_once_and_embeds_the_stored_ids(tmp_path: Pat
     )
     vectors = np.stack(embedded["embedding"].to_numpy(zero_copy_only=False))
     np.testing.assert_allclose(vectors, embedder.embed(texts), atol=1e-5)
+
+
+def test_document_ids_cut_as_the_tokenizer_truncates() -> None:
+    """The proxy_tokens stage's ids, cut by `truncated`, equal the tokenizer's own truncation,
+    for a tokenizer with an end token (WordPiece: [CLS] … [SEP]) and one without (BPE)."""
+    from distsel.scoring.proxy import minilm_tokenizer, train_bpe_tokenizer
+
+    texts = stdlib_paragraphs(30)
+    cases = ["", "one", " ".join(texts[:10]), *texts]
+    for tokenizer in (minilm_tokenizer(), train_bpe_tokenizer(texts, 400, 64)):
+        end = end_tokens(tokenizer)
+        for max_length, chunks in ((8, 1), (16, 4), (64, 2)):
+            rows = document_ids(tokenizer, cases, max_length * chunks)
+            expected = tokenizer(cases, truncation=True, max_length=max_length)["input_ids"]
+            got = [list(truncated(row, max_length, end)) for row in rows]
+            assert got == [list(row) for row in expected]
