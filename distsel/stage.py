@@ -63,6 +63,9 @@ class Stage(ABC):
     # The attributes that `prepare` fits: saved under _state/<name>/ with the inputs they came
     # from, and restored instead of fitting again while those stay the same (`prepare_stage`).
     fitted: ClassVar[tuple[str, ...]] = ()
+    # Whether `__call__` also scores a batch of texts alone, tokenizing them itself, in place of
+    # the ids of the tokenize stage it requires (as Quad's scorer on its draws).
+    tokenizes_texts: ClassVar[bool] = False
     # Options of this stage, under `stages.<name>` beside its resources (Config.stage_options).
     options_class: ClassVar[type[BaseModel] | None] = None
 

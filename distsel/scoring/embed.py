@@ -217,6 +217,7 @@ class EmbedStage(Stage):
     name = "embed"
     input_columns = ()
     requires = ("tokens",)
+    tokenizes_texts = True
     output_columns = ("embedding",)
     default_resources = Resources(num_cpus=1, batch_size=1024)
 

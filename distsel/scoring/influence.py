@@ -699,6 +699,7 @@ class InfluenceStage(Stage):
     name = "influence"
     input_columns = ()
     requires = ("proxy_tokens",)
+    tokenizes_texts = True
     output_columns = ("influence", "influence_normalized")
     default_resources = Resources(num_cpus=1, batch_size=64)
     fitted = ("folder", "proxy_info", "arrays")

@@ -514,6 +514,7 @@ class PerplexityStage(Stage):
     name = "perplexity"
     input_columns = ()
     requires = ("proxy_tokens",)
+    tokenizes_texts = True
     output_columns = ("perplexity_loss",)
     default_resources = Resources(num_cpus=1, batch_size=64)
 

@@ -580,7 +580,7 @@ def _quad_scorer(config: Config, context: StageContext) -> tuple[Any, str]:
     """The prepared stage behind Quad's rewards, and the column of its output they use."""
     options = config.select.quad
     stage_type = stage_class(options.scorer)
-    if tuple(stage_type.input_columns) != ("text",):
+    if tuple(stage_type.input_columns) != ("text",) and not stage_type.tokenizes_texts:
         raise DistselError(f"select.quad.scorer: stage '{options.scorer}' does not score text")
     column = options.score_column
     if column is None and options.scorer == "influence":
