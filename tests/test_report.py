@@ -28,7 +28,8 @@ def test_report_is_self_contained_html_with_plots(ray_local, tmp_path):
     captions = re.findall(r"<figcaption>([^<]+)</figcaption>", page)
     assert "share per kind" in captions
     assert "stats: n_chars" in captions and "embeddings (PCA)" in captions
-    assert len(images) == len(captions) == 1 + 4 + 1
+    assert "tokens: n_tokens" in captions
+    assert len(images) == len(captions) == 1 + 4 + 1 + 1
     assert all(base64.b64decode(image).startswith(b"\x89PNG") for image in images)
     assert "<th>selected_docs</th><td>10</td>" in page
     assert 'src="http' not in page, "nothing is loaded from elsewhere"
