@@ -319,7 +319,7 @@ class RayExecutor(Executor):
         return [node["Resources"] for node in ray.nodes() if node.get("Alive")]
 
     def _actors_that_fit(self, resources: Any) -> int:
-        return Executor.pool_size(self, dataclasses.replace(resources, pool_size=None))
+        return self.pool_size(dataclasses.replace(resources, pool_size=None))
 
     def _remote(self, fn: Callable[..., Any], num_cpus: float, num_gpus: float = 0.0) -> Any:
         import ray
