@@ -31,7 +31,14 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "predicted": {},
     "predicted, 5% scored": {"max_evaluated": 0.05},
     "predicted, 2% scored": {"max_evaluated": 0.02},
+    "fill by mean, no audit": {"fill_confidence": 0.0, "audit_share": 0.0},
+    "fill by lcb (1 sd)": {"fill_confidence": 1.0, "audit_share": 0.0},
+    "fill by lcb (2 sd)": {"fill_confidence": 2.0, "audit_share": 0.0},
+    "audit 1/4": {"fill_confidence": 0.0, "audit_share": 0.25},
+    "audit 1/2": {"fill_confidence": 0.0, "audit_share": 0.5},
+    "audit 1/4, lcb (1 sd)": {"fill_confidence": 1.0, "audit_share": 0.25},
 }
+FILL_SETTINGS = ("fill_confidence", "audit_share")  # PredictedQuadBandit's, not QuadOptions
 
 
 def load(runs: Path, column: str) -> dict[str, np.ndarray]:
@@ -66,6 +73,8 @@ def load(runs: Path, column: str) -> dict[str, np.ndarray]:
 
 
 def replay(pool: dict[str, np.ndarray], options: dict[str, Any], k: int, seed: int) -> tuple:
+    settings = {key: options[key] for key in FILL_SETTINGS if key in options}
+    options = {key: value for key, value in options.items() if key not in settings}
     keys = random_keys(list(pool["ids"]), seed)
     features = pool_features(
         pool["embedding"], pool["tokens"], pool["target_cosine"], pool["classifier"]
@@ -80,6 +89,8 @@ def replay(pool: dict[str, np.ndarray], options: dict[str, Any], k: int, seed: i
         seed,
         features,
     )
+    for key, value in settings.items():
+        setattr(bandit, key, value)
     chosen = bandit.run(lambda groups: [pool["score"][g] for g in groups])
     return chosen, bandit.state.evaluated
 
