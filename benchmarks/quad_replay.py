@@ -6,7 +6,9 @@ Reads a finished benchmarks/selection.py work folder: influence of every pool do
 score (runs/classifier), the covariates the selector computes the same way, and its domain.
 Each variant runs distsel's bandit with a scorer that looks the true values up, so its selection
 is the one a pipeline run with the same settings would make. Columns: share of the pool
-scored, mean score / top-k's, precision on the held-out domain, spread over seeds.
+scored, mean score / top-k's, precision on the held-out domain, spread over seeds. The fill
+variants set PredictedQuadBandit's audit_share (the allowance kept to audit the fill; default
+0.25) and fill_confidence (κ of a fill ranked by ŷ − κ·sd(ŷ); default 0).
 
     python benchmarks/quad_replay.py --workdir /tmp/selbench_sci --domain scientific
 """
