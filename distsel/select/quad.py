@@ -478,6 +478,7 @@ class PredictedQuadBandit(QuadBandit):
             {
                 "round": state.round,
                 "arms": [],
+                "rewards": [],
                 "audited": len(picked),
                 "threshold": None if not math.isfinite(threshold) else round(threshold, 6),
                 "accepted": [],

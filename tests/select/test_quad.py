@@ -340,6 +340,7 @@ def test_the_audit_scores_the_documents_nearest_the_threshold_within_the_allowan
     audits = [h for h in bandit.state.history if h.get("audited")]
     assert audits and bandit.state.evaluated == sum(map(sum, calls)) <= bandit.allowance
     assert sum(h["audited"] for h in audits) == bandit.audit
+    assert all(h["arms"] == h["rewards"] == h["accepted"] == [] for h in audits), "no arm pulled"
     assert len(chosen) == 100 == len(set(chosen.tolist()))
 
     plain, _, _ = make_predicted(max_evaluated=0.1)
