@@ -6,7 +6,9 @@ Reads a finished benchmarks/selection.py work folder: influence of every pool do
 score (runs/classifier), the covariates the selector computes the same way, and its domain.
 Each variant runs distsel's bandit with a scorer that looks the true values up, so its selection
 is the one a pipeline run with the same settings would make. Columns: share of the pool
-scored, mean score / top-k's, precision on the held-out domain, spread over seeds.
+scored, mean score / top-k's, precision on the held-out domain, spread over seeds. The fill
+variants set PredictedQuadBandit's audit_share (the allowance kept to audit the fill; default
+0.25) and fill_confidence (κ of a fill ranked by ŷ − κ·sd(ŷ); default 0).
 
     python benchmarks/quad_replay.py --workdir /tmp/selbench_sci --domain scientific
 """
@@ -31,7 +33,14 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "predicted": {},
     "predicted, 5% scored": {"max_evaluated": 0.05},
     "predicted, 2% scored": {"max_evaluated": 0.02},
+    "fill by mean, no audit": {"fill_confidence": 0.0, "audit_share": 0.0},
+    "fill by lcb (1 sd)": {"fill_confidence": 1.0, "audit_share": 0.0},
+    "fill by lcb (2 sd)": {"fill_confidence": 2.0, "audit_share": 0.0},
+    "audit 1/4": {"fill_confidence": 0.0, "audit_share": 0.25},
+    "audit 1/2": {"fill_confidence": 0.0, "audit_share": 0.5},
+    "audit 1/4, lcb (1 sd)": {"fill_confidence": 1.0, "audit_share": 0.25},
 }
+FILL_SETTINGS = ("fill_confidence", "audit_share")  # PredictedQuadBandit's, not QuadOptions
 
 
 def load(runs: Path, column: str) -> dict[str, np.ndarray]:
@@ -66,6 +75,8 @@ def load(runs: Path, column: str) -> dict[str, np.ndarray]:
 
 
 def replay(pool: dict[str, np.ndarray], options: dict[str, Any], k: int, seed: int) -> tuple:
+    settings = {key: options[key] for key in FILL_SETTINGS if key in options}
+    options = {key: value for key, value in options.items() if key not in settings}
     keys = random_keys(list(pool["ids"]), seed)
     features = pool_features(
         pool["embedding"], pool["tokens"], pool["target_cosine"], pool["classifier"]
@@ -80,6 +91,8 @@ def replay(pool: dict[str, np.ndarray], options: dict[str, Any], k: int, seed: i
         seed,
         features,
     )
+    for key, value in settings.items():
+        setattr(bandit, key, value)
     chosen = bandit.run(lambda groups: [pool["score"][g] for g in groups])
     return chosen, bandit.state.evaluated
 

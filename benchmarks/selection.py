@@ -21,10 +21,11 @@ the first, clustering). `infl / topk`: mean raw influence of the selection over 
 `norm / topk`: the same for normalised influence against influence-topk-norm. The true values come
 from influence-topk's scores of every pool document. Target loss: a fresh proxy trained in this
 process on `--eval-train-tokens` tokens of each selection (harness.evaluate_selection), mean
-nats/token over the target texts, averaged over `--eval-seeds` training seeds (± their standard
-deviation: one seed's loss moves by a few hundredths); kept in runs/<row>/eval.json (the first
-seed) and eval-seed<s>.json, and reused while the selection and the evaluation settings stay the
-same.
+nats/token over the target texts, averaged over `--eval-seeds` training seeds (more for the rows
+named in `--eval-seeds-for`, e.g. the ones that decide a goal; the count follows the loss in
+brackets) ± their standard deviation (one seed's loss moves by a few hundredths); kept in
+runs/<row>/eval.json (the first seed) and eval-seed<s>.json, and reused while the selection and
+the evaluation settings stay the same.
 
     python benchmarks/selection.py --domain scientific \
         --json benchmarks/results/selection_scientific.json
@@ -146,8 +147,8 @@ def evaluate_rows(
     best_raw = (selections.get("influence-topk") or {}).get("id", [])
     best_norm = (selections.get("influence-topk-norm") or {}).get("id", [])
     config = harness.eval_proxy_config(args, raw_config("random", args, work, held.k))
-    seeds = range(args.seed, args.seed + args.eval_seeds)
     for row, selection in selections.items():
+        seeds = range(args.seed, args.seed + row_seeds(args, row))
         losses = [
             harness.cached_target_loss(
                 row,
@@ -163,10 +164,24 @@ def evaluate_rows(
             target_loss=float(np.mean(losses)),
             target_loss_sd=float(np.std(losses)),
             target_losses=losses,
+            eval_seeds=len(losses),
             influence_ratio=ratio(selection["id"], raw_values, best_raw),
             normalized_ratio=ratio(selection["id"], norm_values, best_norm),
         )
     return config
+
+
+def row_seeds(args: argparse.Namespace, row: str) -> int:
+    """The evaluation seeds of `row`: its `--eval-seeds-for` count, else `--eval-seeds`."""
+    return args.eval_seeds_for.get(row, args.eval_seeds)
+
+
+def seed_counts(text: str) -> dict[str, int]:
+    """`row=n,row=n` → {row: n}."""
+    pairs = [item.split("=", 1) for item in text.split(",") if item.strip()]
+    if any(len(pair) != 2 or pair[0] not in ROWS for pair in pairs):
+        raise argparse.ArgumentTypeError(f"expected row=n for rows of {', '.join(ROWS)}")
+    return {row: positive(count) for row, count in pairs}
 
 
 def eval_cache(work: harness.Workspace, row: str, seed: int, first: int) -> Path:
@@ -182,7 +197,8 @@ def table_row(row: str, result: dict[str, Any]) -> list[str]:
         fmt(result.get("influence_ratio"), ".3f"),
         fmt(result.get("normalized_ratio"), ".3f"),
         fmt(result["precision"], ".3f"),
-        f"{fmt(result.get('target_loss'), '.4f')} ± {fmt(result.get('target_loss_sd'), '.3f')}",
+        f"{fmt(result.get('target_loss'), '.4f')} ± {fmt(result.get('target_loss_sd'), '.3f')}"
+        f" ({result.get('eval_seeds', '-')})",
         fmt(result["wall_seconds"], ".1f"),
     ]
 
@@ -201,6 +217,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--proxy-train-tokens", type=positive, default=500_000)
     harness.add_eval_flags(parser, train_tokens=200_000)
     parser.add_argument("--eval-seeds", type=positive, default=3, help="evaluation proxies per row")
+    parser.add_argument(
+        "--eval-seeds-for", type=seed_counts, default={}, help="row=n,...: n proxies for those rows"
+    )
     parser.add_argument("--rows", default=",".join(ROWS), help="comma-separated subset")
     helps = {"resume": "read back finished runs"}
     harness.add_common_flags(parser, helps, workdir=None, resume=False, json=None)
@@ -234,10 +253,16 @@ def main() -> None:
         print(line)
     print(
         f"evaluation proxies: {config.train_tokens} train tokens each, {args.eval_seeds} seeds "
-        f"per row, {config.tokenizer} tokenizer; total {time.perf_counter() - began:.0f} s"
+        f"per row{more_seeds(args)}, {config.tokenizer} tokenizer; total "
+        f"{time.perf_counter() - began:.0f} s"
     )
     summary = {"header": header(args, held), "k": held.k, "pool_docs": len(held.records)}
     harness.write_json(args.json, {**summary, "results": results})
+
+
+def more_seeds(args: argparse.Namespace) -> str:
+    counts = ", ".join(f"{row} {n}" for row, n in args.eval_seeds_for.items())
+    return f" ({counts})" if counts else ""
 
 
 def goal_lines(results: dict[str, dict[str, Any]]) -> list[str]:

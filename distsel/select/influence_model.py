@@ -15,6 +15,14 @@ Waugh–Lovell: the ridge acts on what the covariates leave), M E = U diag(s) V�
 randomness): LOO(λ) = mean_i ((y_i − ŷ_i) / (1 − H_ii))², H = Z(ZᵀZ)⁺Zᵀ + U diag(s²/(s² + λ)) Uᵀ.
 With no more scored rows than embedding dimensions (a bandit's usual case) the grid starts at
 mean(s²): a weaker ridge interpolates the scored rows, and its ranking of the others falls apart.
+
+The prediction's uncertainty is the Bayesian reading of the same ridge (a flat prior on β, a
+Gaussian prior of precision λ/σ² on w): with X = [Z, E] and A = XᵀX + diag(0, λI),
+
+    sd(ŷ(x)) = σ̂ · sqrt(xᵀ A⁻¹ x),   σ̂² = the leave-one-out error at the chosen λ,
+
+small near the scored rows and large where the model extrapolates (MATES's probing set covers
+the pool; a bandit's scored rows do not).
 """
 
 from __future__ import annotations
@@ -49,6 +57,8 @@ class InfluenceModel:
         self.weights: np.ndarray | None = None
         self.coefficients = np.zeros(self.free.shape[1] + 1)
         self.ridge = float("nan")
+        self.noise = float("nan")
+        self.covariance: np.ndarray | None = None
 
     @property
     def fitted(self) -> bool:
@@ -73,10 +83,17 @@ class InfluenceModel:
             loo = float(((residual / np.maximum(1 - leverage, 1e-6)) ** 2).mean())
             if best is None or loo < best[0]:
                 best = (loo, ridge)
-        self.ridge = float(best[1])
+        self.noise, self.ridge = float(best[0]), float(best[1])
         self.weights = vt.T @ (s / (s**2 + self.ridge) * uty)
         self.coefficients = np.linalg.pinv(z) @ (y - e @ self.weights)
+        self.covariance = self._posterior_covariance(z, e)
         return self
+
+    def _posterior_covariance(self, z: np.ndarray, e: np.ndarray) -> np.ndarray:
+        """A⁻¹ = (XᵀX + diag(0, λI))⁻¹ over the columns [1, c, e]."""
+        x = np.column_stack([z, e])
+        penalty = np.concatenate([np.zeros(z.shape[1]), np.full(e.shape[1], self.ridge)])
+        return np.linalg.pinv(x.T @ x + np.diag(penalty), hermitian=True)
 
     def predict(self, rows: np.ndarray | None = None) -> np.ndarray:
         """ŷ for pool rows `rows` (every row by default); zeros before the first fit."""
@@ -85,6 +102,16 @@ class InfluenceModel:
             return np.zeros(len(rows))
         e = self.penalised[rows].astype(np.float64)
         return self._with_intercept(rows) @ self.coefficients + e @ self.weights
+
+    def predict_sd(self, rows: np.ndarray | None = None) -> np.ndarray:
+        """sd(ŷ) = σ̂ sqrt(xᵀA⁻¹x) for pool rows `rows` (every row by default); zeros before the
+        first fit."""
+        rows = np.arange(len(self.penalised)) if rows is None else rows
+        if self.covariance is None:
+            return np.zeros(len(rows))
+        x = np.column_stack([self._with_intercept(rows), self.penalised[rows].astype(np.float64)])
+        spread = np.einsum("ij,jk,ik->i", x, self.covariance, x)
+        return np.sqrt(self.noise * np.maximum(spread, 0.0))
 
     def _with_intercept(self, rows: np.ndarray) -> np.ndarray:
         free = self.free[rows].astype(np.float64)

@@ -31,12 +31,19 @@ computed, else its prediction:
   model starts from a sample spread over the clusters;
 - after it, an arm's draws are its b best-predicted documents not yet scored, and an arm no one
   has pulled has the prior reward of its b best predictions;
-- once half of E is spent, each round takes
+- once half of E is spent, each bandit round takes
   θ = the value of the document that would fill the remaining budget if documents were taken by
   v from the best down; a pulled arm whose draws' mean score ≥ θ is accepted and adds its
   untaken documents with v ≥ θ, best first, at most m of them;
+- the last quarter of E (AUDIT_SHARE) audits the fill: in rounds of B·b documents, it scores
+  the untaken, unscored documents whose score is worth most to the selection, the value of
+  information E[max(y, θ)] − max(ŷ, θ) with y ~ N(ŷ, sd(ŷ)² + σ̂²) (the model's uncertainty,
+  distsel.select.influence_model), refitting after each round. The fill commits most of the
+  budget to predictions; the audit spends scores where a prediction is likeliest to put a
+  document on the wrong side of θ, as thresholding bandits do (APT, Locatelli et al. 2016);
 - when E is spent (or the rounds or the arms run out) the rest of the budget is filled with the
-  untaken documents of highest v, the pool ranked by the model.
+  untaken documents of highest v, the pool ranked by the model (FILL_CONFIDENCE κ > 0 ranks
+  unscored ones by ŷ − κ·sd(ŷ) instead; 0, the mean, maximises the expected score).
 """
 
 from __future__ import annotations
@@ -63,6 +70,8 @@ from distsel.storage import Store
 InfluenceFunction = Callable[[list[np.ndarray]], list[np.ndarray]]
 STATE_FILE = "_state/quad/state.json"
 SELECTED_FILE = "_state/quad/selected.npy"
+AUDIT_SHARE = 0.25  # of the evaluation allowance, kept for the audit of the fill
+FILL_CONFIDENCE = 0.0  # κ in the fill's ŷ − κ·sd(ŷ); 0: by ŷ
 
 
 @dataclass
@@ -84,6 +93,23 @@ class BanditState:
     scored_rows: list[int] = field(default_factory=list)
     scored_values: list[float] = field(default_factory=list)
     filled: int = 0
+
+
+def information_value(
+    mean: np.ndarray, sd: np.ndarray, noise: float, threshold: float
+) -> np.ndarray:
+    """E[max(y, θ)] − max(ŷ, θ) for y ~ N(ŷ, sd² + σ̂²): what scoring a document is expected
+    to add to a selection that takes it when its value beats θ, the value of the document it
+    would displace (or that would displace it). With s = sqrt(sd² + σ̂²), z = |ŷ − θ| / s:
+
+        s · (φ(z) − z (1 − Φ(z)))
+    """
+    spread = np.sqrt(np.asarray(sd, dtype=np.float64) ** 2 + max(noise, 0.0))
+    spread = np.maximum(spread, 1e-12)
+    z = np.abs(np.asarray(mean, dtype=np.float64) - threshold) / spread
+    density = np.exp(-0.5 * z**2) / math.sqrt(2 * math.pi)
+    tail = 0.5 * np.vectorize(math.erfc)(z / math.sqrt(2))
+    return spread * (density - z * tail)
 
 
 def neighbour_weights(distances: np.ndarray, gamma: float) -> np.ndarray:
@@ -314,6 +340,9 @@ class PredictedQuadBandit(QuadBandit):
     """Quad with an influence model (`within_cluster: predicted`, see the module docstring).
     `features` are the pool's model features (distsel.select.influence_model.pool_features)."""
 
+    audit_share: float = AUDIT_SHARE
+    fill_confidence: float = FILL_CONFIDENCE
+
     def __init__(
         self,
         clusters: np.ndarray,
@@ -332,6 +361,11 @@ class PredictedQuadBandit(QuadBandit):
         self.taken = np.zeros(len(clusters), dtype=bool)
         self.values = np.zeros(len(clusters))
         self.allowance = max(1, math.floor(options.max_evaluated * len(clusters)))
+
+    @property
+    def audit(self) -> int:
+        """The part of the allowance kept for the audit of the fill."""
+        return math.floor(self.audit_share * self.allowance)
 
     def available(self, arm: int) -> np.ndarray:
         """The arm's documents neither scored nor taken, best predicted first (the arm's random
@@ -367,8 +401,11 @@ class PredictedQuadBandit(QuadBandit):
 
     def play_round(self, influence: InfluenceFunction) -> None:
         state = self.state
+        if self._auditing():
+            self._audit_round(influence)
+            return
         pulled = self.choose_arms()
-        room = self.allowance - state.evaluated
+        room = self.allowance - self.audit - state.evaluated
         per_arm = self.options.draws_per_arm
         if state.round == 0:
             per_arm = max(1, min(per_arm, (self.allowance // 2) // max(len(pulled), 1)))
@@ -401,10 +438,54 @@ class PredictedQuadBandit(QuadBandit):
                 "selected": len(self.selected),
             }
         )
+        self._after_round()
+
+    def _after_round(self) -> None:
+        state = self.state
         if not state.done and state.evaluated >= self.allowance:
             self._fill("evaluation allowance spent")
         elif not state.done and state.round >= self.options.rounds:
             self._fill("round limit")
+
+    def _auditing(self) -> bool:
+        """Whether the bandit's share of the allowance is spent and the audit's is not."""
+        state = self.state
+        spent = state.evaluated >= self.allowance - self.audit
+        return bool(self.audit) and self.model.fitted and spent and state.round > 0
+
+    def _audit_round(self, influence: InfluenceFunction) -> None:
+        """Score the untaken, unscored documents likeliest to sit on the wrong side of θ, the
+        smallest |ŷ − θ| / sd(ŷ), in groups of b (one bandit round's width); then refit."""
+        state, b = self.state, self.options.draws_per_arm
+        threshold = self.threshold()
+        candidates = np.flatnonzero(~self.taken & ~self.scored)
+        sd = self.model.predict_sd(candidates)
+        gain = information_value(self.values[candidates], sd, self.model.noise, threshold)
+        width = min(self.allowance - state.evaluated, self.arms_per_round * b)
+        picked = candidates[np.argsort(-gain, kind="stable")[:width]]
+        if not len(picked):
+            self._fill("every document scored or taken")
+            return
+        groups = [picked[i : i + b] for i in range(0, len(picked), b)]
+        scores = influence(groups)
+        self._rewards(scores)
+        for drawn, values in zip(groups, scores, strict=True):
+            state.scored_rows.extend(int(i) for i in drawn)
+            state.scored_values.extend(float(v) for v in values)
+        self._refit()
+        state.round += 1
+        state.history.append(
+            {
+                "round": state.round,
+                "arms": [],
+                "rewards": [],
+                "audited": len(picked),
+                "threshold": None if not math.isfinite(threshold) else round(threshold, 6),
+                "accepted": [],
+                "selected": len(self.selected),
+            }
+        )
+        self._after_round()
 
     def _accept_round(
         self, pulled: np.ndarray, draws: list[np.ndarray]
@@ -448,7 +529,9 @@ class PredictedQuadBandit(QuadBandit):
         """The rest of the budget: untaken documents of highest v."""
         untaken = np.flatnonzero(~self.taken)
         before = len(self.selected)
-        self._take_all(untaken[descending(self.values[untaken], self.random_key[untaken])])
+        bound = self.values[untaken] - self.fill_confidence * self.model.predict_sd(untaken)
+        bound[self.scored[untaken]] = self.values[untaken][self.scored[untaken]]
+        self._take_all(untaken[descending(bound, self.random_key[untaken])])
         self.state.filled += len(self.selected) - before
         self.state.done = f"{reason}; the rest filled by the influence model"
 

@@ -261,20 +261,22 @@ def test_predicted_quad_keeps_a_token_budget():
     assert tokens[rest].min() > 3000 - used, "stopped only when nothing else fits"
 
 
-def test_a_killed_predicted_run_resumes_to_the_uninterrupted_result(tmp_path):
+@pytest.mark.parametrize("killed_in", [4, 6], ids=["bandit round", "audit round"])
+def test_a_killed_predicted_run_resumes_to_the_uninterrupted_result(tmp_path, killed_in):
     clean, influence, _ = make_predicted(max_evaluated=0.1)
     expected = clean.run(scorer(influence))
-    assert clean.state.round > 4
+    assert clean.state.round > 6
+    assert bool(clean.state.history[killed_in - 1].get("audited")) == (killed_in == 6)
 
     store = Store(str(tmp_path / "out"))
     crashed, _, _ = make_predicted(max_evaluated=0.1)
     with pytest.raises(Killed):
-        crashed.run(dies_in_round(4, influence), store)
+        crashed.run(dies_in_round(killed_in, influence), store)
     resumed, _, _ = make_predicted(max_evaluated=0.1)
     calls: list[list[int]] = []
     result = resumed.run(scorer(influence, calls), store)
     assert result.tolist() == expected.tolist()
-    assert len(calls) == clean.state.round - 3, "finished rounds are not played again"
+    assert len(calls) == clean.state.round - killed_in + 1, "finished rounds are not played again"
     assert resumed.state.history == clean.state.history
     assert resumed.state.filled == clean.state.filled
 
@@ -293,3 +295,70 @@ def test_with_fewer_scores_than_features_the_ridge_stays_at_least_the_mean_varia
     assert model.ridge >= np.mean(singular**2) * (1 - 1e-9)
     rest = np.setdiff1d(np.arange(1000), scored)
     assert np.corrcoef(model.predict(rest), truth[rest])[0, 1] > 0.5
+
+
+def test_the_prediction_sd_grows_where_the_model_extrapolates_and_covers_the_truth():
+    """Scored rows span only the first 8 of 16 embedding directions: the other rows, which
+    also move along the last 8, get a larger sd, and ŷ ± 2 sd (noise included) holds the truth
+    for about 95 % of the pool."""
+    rng = np.random.default_rng(3)
+    embeddings = rng.standard_normal((1500, 16))
+    scored = np.arange(300)
+    embeddings[scored, 8:] = 0.0
+    truth = embeddings @ rng.standard_normal(16) * 0.3
+    tokens = rng.integers(10, 500, size=1500)
+    noisy = truth + 0.2 * rng.standard_normal(1500)
+    model = InfluenceModel(pool_features(embeddings, tokens)).fit(scored, noisy[scored])
+    sd = model.predict_sd()
+    assert np.median(sd[300:]) > 2 * np.median(sd[scored])
+    band = 2 * np.sqrt(sd[300:] ** 2 + model.noise)
+    covered = np.abs(model.predict()[300:] - noisy[300:]) <= band
+    assert 0.85 <= covered.mean() <= 1.0
+    unfitted = InfluenceModel(pool_features(embeddings, tokens))
+    assert unfitted.predict_sd(scored[:3]).tolist() == [0] * 3
+
+
+def test_the_fill_ranks_unscored_documents_by_a_lower_confidence_bound():
+    bandit, influence, _ = make_predicted()
+    rows = np.arange(0, 2000, 13)
+    bandit.state.scored_rows, bandit.state.scored_values = rows.tolist(), influence[rows].tolist()
+    bandit._refit()
+    bandit.fill_confidence = 1.0
+    bandit._fill("test")
+    chosen = np.asarray(bandit.selected)
+    bound = bandit.values - bandit.model.predict_sd()
+    bound[rows] = influence[rows]
+    rest = np.setdiff1d(np.arange(2000), chosen)
+    assert len(chosen) == 100 and bound[chosen].min() >= bound[rest].max()
+
+
+def test_the_audit_scores_the_documents_nearest_the_threshold_within_the_allowance():
+    bandit, influence, _ = make_predicted(max_evaluated=0.1)
+    bandit.audit_share = 0.5
+    calls: list[list[int]] = []
+    chosen = bandit.run(scorer(influence, calls))
+    audits = [h for h in bandit.state.history if h.get("audited")]
+    assert audits and bandit.state.evaluated == sum(map(sum, calls)) <= bandit.allowance
+    assert sum(h["audited"] for h in audits) == bandit.audit
+    assert all(h["arms"] == h["rewards"] == h["accepted"] == [] for h in audits), "no arm pulled"
+    assert len(chosen) == 100 == len(set(chosen.tolist()))
+
+    plain, _, _ = make_predicted(max_evaluated=0.1)
+    plain.audit_share = 0.0
+    plain_chosen = plain.run(scorer(influence))
+    assert influence[chosen].mean() >= influence[plain_chosen].mean()
+
+
+def test_an_audit_round_picks_the_smallest_distance_to_the_threshold_in_sds():
+    bandit, influence, _ = make_predicted(max_evaluated=0.1)
+    rows = np.arange(0, 2000, 13)
+    bandit.state.scored_rows, bandit.state.scored_values = rows.tolist(), influence[rows].tolist()
+    bandit.state.evaluated, bandit.state.round, bandit.audit_share = len(rows), 1, 0.5
+    bandit._refit()
+    threshold, sd = bandit.threshold(), bandit.model.predict_sd()
+    ambiguity = np.abs(bandit.values - threshold) / sd
+    groups: list[np.ndarray] = []
+    bandit.play_round(lambda g: groups.extend(g) or [influence[x] for x in g])
+    picked = np.concatenate(groups)
+    others = np.setdiff1d(np.arange(2000), np.concatenate([picked, rows]))
+    assert len(picked) == 4 * 5 and ambiguity[picked].max() <= ambiguity[others].min()
