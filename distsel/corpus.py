@@ -38,7 +38,8 @@ MAX_DEPTH = 100
 # a time; with four per actor the last parts leave little of the cluster idle), within bounds.
 PARTS_PER_CORE = 4
 MIN_ROWS_PER_PART, MAX_ROWS_PER_PART = 200, 20_000
-ESTIMATE_BYTES = 4 << 20
+# Rows are counted in at most this many shards, in their first ESTIMATE_BYTES (decompressed).
+ESTIMATE_SHARDS, ESTIMATE_BYTES = 8, 32 << 20
 NAME_STEM_CHARS = 80
 UNSAFE_NAME_CHARS = re.compile(r"[^0-9A-Za-z._-]+")
 UTF8_BOM = b"\xef\xbb\xbf"
@@ -186,8 +187,26 @@ def auto_rows_per_part(shards: list[Shard], storage_options: dict[str, Any], cor
     wanted = PARTS_PER_CORE * max(1, int(cores))
     if len(shards) >= wanted:
         return MAX_ROWS_PER_PART
-    rows = sum(estimate_rows(shard, storage_options) for shard in shards)
+    rows = estimate_pool_rows(shards, storage_options)
     return min(MAX_ROWS_PER_PART, max(MIN_ROWS_PER_PART, math.ceil(rows / wanted)))
+
+
+def estimate_pool_rows(shards: list[Shard], storage_options: dict[str, Any]) -> int:
+    """The shards' rows: each one's `estimate_rows`, or, with more than ESTIMATE_SHARDS shards,
+    the rows per byte of that many evenly spaced ones times every shard's bytes."""
+    if len(shards) <= ESTIMATE_SHARDS:
+        return sum(estimate_rows(shard, storage_options) for shard in shards)
+    step = len(shards) / ESTIMATE_SHARDS
+    sample = [shards[int(i * step)] for i in range(ESTIMATE_SHARDS)]
+    sizes = {shard.url: _size(shard, storage_options) for shard in shards}
+    rows = sum(estimate_rows(shard, storage_options) for shard in sample)
+    sampled_bytes = sum(sizes[shard.url] for shard in sample)
+    return math.ceil(rows * sum(sizes.values()) / max(sampled_bytes, 1))
+
+
+def _size(shard: Shard, storage_options: dict[str, Any]) -> int:
+    fs, path = open_fs(shard.url, storage_options)
+    return int(fs.size(path))
 
 
 def estimate_rows(shard: Shard, storage_options: dict[str, Any]) -> int:

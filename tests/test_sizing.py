@@ -37,7 +37,8 @@ def test_rows_of_a_small_json_lines_shard_are_counted_exactly(tmp_path, compress
     assert corpus.estimate_rows(shards_of(unterminated)[0], {}) == 2
 
 
-def test_rows_of_a_large_shard_are_estimated_from_its_start(tmp_path) -> None:
+def test_rows_of_a_large_shard_are_estimated_from_its_start(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(corpus, "ESTIMATE_BYTES", 4 << 20)  # under the file's 16 MB of text
     rng = np.random.default_rng(0)
     words = np.array(["".join(rng.choice(list("abcdefghij"), size=6)) for _ in range(5000)])
     records = [
@@ -46,6 +47,11 @@ def test_rows_of_a_large_shard_are_estimated_from_its_start(tmp_path) -> None:
     (shard,) = shards_of(write_jsonl(tmp_path / "big.jsonl.gz", records, compress="gz"))
     estimate = corpus.estimate_rows(shard, {})
     assert abs(estimate - 20_000) / 20_000 < 0.05, estimate
+
+    many = [write_jsonl(tmp_path / "many" / f"{i:02d}.jsonl", records[i::12]) for i in range(12)]
+    assert len(many) > corpus.ESTIMATE_SHARDS
+    pooled = corpus.estimate_pool_rows(shards_of(tmp_path / "many"), {})
+    assert abs(pooled - 20_000) / 20_000 < 0.02, pooled
 
     parquet = tmp_path / "p.parquet"
     pq.write_table(pa.table({"text": ["x"] * 777}), parquet)
