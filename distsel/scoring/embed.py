@@ -28,7 +28,13 @@ import torch
 
 from distsel.executor import cluster_gpus, current
 from distsel.registry import register_stage
-from distsel.scoring.tokens import default_model_path, encode, id_rows, load_tokenizer
+from distsel.scoring.tokens import (
+    are_texts,
+    default_model_path,
+    encode,
+    ids_or_texts,
+    load_tokenizer,
+)
 from distsel.stage import Resources, Stage
 
 if TYPE_CHECKING:
@@ -238,10 +244,11 @@ class EmbedStage(Stage):
 
     def __call__(self, batch: pa.Table) -> dict[str, pa.Array]:
         """Embeds the `token_ids` of the tokens stage, or, given only texts, the texts."""
-        if "token_ids" in batch.column_names:
-            vectors = self.embedder.embed_tokens(id_rows(batch.column("token_ids")))
+        documents = ids_or_texts(batch, "token_ids")
+        if are_texts(documents):
+            vectors = self.embedder.embed(documents)
         else:
-            vectors = self.embedder.embed(batch.column("text").to_pylist())
+            vectors = self.embedder.embed_tokens(documents)
         return {"embedding": embedding_array(vectors)}
 
 

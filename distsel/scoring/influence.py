@@ -73,7 +73,7 @@ from distsel.executor import current
 from distsel.registry import register_selector, register_stage
 from distsel.scoring.embed import _with_cluster_gpus
 from distsel.scoring.proxy import ensure_proxy, load_proxy
-from distsel.scoring.tokens import document_ids, id_rows
+from distsel.scoring.tokens import are_texts, document_ids, ids_or_texts
 from distsel.select import Pool, budget_section, score_column
 from distsel.select.samplers import descending, fill_budget
 from distsel.stage import Resources, Stage, StageContext
@@ -104,7 +104,7 @@ def chunk_documents(
 ) -> tuple[list[list[int]], np.ndarray]:
     """Chunks of ≤ max_length (and ≥ 2) tokens, ≤ max_chunks per document, and each one's
     document index. `documents`: texts, or their `document_ids` (the proxy_tokens stage's)."""
-    if documents and isinstance(documents[0], str):
+    if are_texts(documents):
         documents = document_ids(tokenizer, documents, max_length * max_chunks)
     chunks: list[list[int]] = []
     owners: list[int] = []
@@ -775,11 +775,7 @@ class InfluenceStage(Stage):
 
     def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
         """Scores the proxy_tokens stage's ids, or, given only texts, the texts."""
-        if "proxy_token_ids" in batch.column_names:
-            documents = id_rows(batch.column("proxy_token_ids"))
-        else:
-            documents = batch.column("text").to_pylist()
-        raw, normalized = self.scorer.score_both(documents)
+        raw, normalized = self.scorer.score_both(ids_or_texts(batch, "proxy_token_ids"))
         return {"influence": raw, "influence_normalized": normalized}
 
 

@@ -32,12 +32,13 @@ from distsel.executor import current
 from distsel.registry import register_stage
 from distsel.scoring.embed import _dtype_kwarg, _with_cluster_gpus
 from distsel.scoring.tokens import (
+    are_texts,
     default_model_path,
     document_ids,
     encode,
     end_tokens,
     id_columns,
-    id_rows,
+    ids_or_texts,
     truncated,
 )
 from distsel.scoring.training import build_proxy, train_steps
@@ -368,7 +369,7 @@ def document_losses(
     right-padded under an attention mask, so padding changes no document's loss.
     """
     max_length = min(max_length, getattr(model.config, "max_position_embeddings", max_length))
-    if texts and not isinstance(texts[0], str):  # the proxy_tokens stage's ids
+    if not are_texts(texts):  # the proxy_tokens stage's ids
         end = end_tokens(tokenizer)
         ids = [truncated(row, max_length, end) for row in texts]
     else:
@@ -552,14 +553,10 @@ class PerplexityStage(Stage):
         self.model, self.tokenizer = load_proxy(self.folder, device, self.storage_options)
 
     def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
-        if "proxy_token_ids" in batch.column_names:
-            documents = id_rows(batch.column("proxy_token_ids"))
-        else:
-            documents = batch.column("text").to_pylist()
         losses = document_losses(
             self.model,
             self.tokenizer,
-            documents,
+            ids_or_texts(batch, "proxy_token_ids"),
             self.options.max_length,
             batch_size=64 if self.resources.num_gpus else 16,
             device=str(self.model.device),

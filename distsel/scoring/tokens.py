@@ -166,6 +166,18 @@ def id_columns(ids: Sequence[Sequence[int]], ids_name: str, lengths_name: str) -
     return {ids_name: ids_array(ids), lengths_name: lengths}
 
 
+def ids_or_texts(batch: pa.Table, column: str) -> list[np.ndarray] | list[str]:
+    """A stage's documents: the ids in `column` (a tokenize stage's), else the batch's texts."""
+    if column in batch.column_names:
+        return id_rows(batch.column(column))
+    return batch.column("text").to_pylist()
+
+
+def are_texts(documents: Sequence[Any]) -> bool:
+    """Whether documents are texts rather than rows of ids."""
+    return bool(documents) and isinstance(documents[0], str)
+
+
 def id_rows(column: pa.Array | pa.ChunkedArray) -> list[np.ndarray]:
     """A list<int32> column as one int32 array per row (views, no copy per row)."""
     if isinstance(column, pa.ChunkedArray):
