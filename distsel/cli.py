@@ -130,6 +130,26 @@ def summary(manifest: dict[str, Any], output: str, written: str = "manifest.json
         lines.append(f"  {groups['field']:<24}{'pool':>10}{'selected':>10}")
         for name, count in groups["pool"].items():
             lines.append(f"    {name:<22}{count:>10,}{groups['selected'].get(name, 0):>10,}")
+    evaluation = manifest.get("evaluation") or {}
+    lm, kl, labels = (evaluation.get(key) for key in ("ngram_lm", "kl", "labels"))
+    if lm or kl:
+        lines.append(f"  {'towards the target':<24}{'pool':>10}{'selected':>10}")
+    if lm:
+        lines.append(
+            f"    {'bigram xent (nats/tok)':<22}{lm['target_xent_pool']:>10.3f}"
+            f"{lm['target_xent_selection']:>10.3f}   reduction {lm['xent_reduction']:+.3f} "
+            f"from random {lm['target_xent_random']:.3f}"
+        )
+    if kl:
+        lines.append(
+            f"    {'KL(target ‖ ·)':<22}{kl['kl_target_pool']:>10.3f}"
+            f"{kl['kl_target_selection']:>10.3f}   reduction {kl['kl_reduction']:+.3f}"
+        )
+    if labels:
+        lines.append(f"  {labels['field'] + ' share':<24}{'pool':>10}{'selected':>10}")
+        for name, share in labels["pool"].items():
+            chosen = labels["selected"].get(name, 0.0)
+            lines.append(f"    {name:<22}{share:>10.1%}{chosen:>10.1%}")
     return "\n".join(lines)
 
 

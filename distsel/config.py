@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import math
+from fractions import Fraction
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
@@ -68,16 +70,39 @@ class OutputConfig(_Strict):
 
 
 class Budget(_Strict):
-    """Exactly one of `docs` or `tokens` (tokens are approximated as ceil(chars / 4))."""
+    """Exactly one of `docs`, `tokens` (tokens are approximated as ceil(chars / 4)),
+    `docs_share` or `tokens_share` (a share of the accepted pool, 0 < share ≤ 1). A share is
+    resolved when the selection starts (`resolved`): ceil(share · pool documents) documents or
+    ceil(share · pool tokens) tokens, so selectors only ever read `docs` or `tokens`."""
 
     docs: int | None = Field(default=None, gt=0)
     tokens: int | None = Field(default=None, gt=0)
+    docs_share: float | None = Field(default=None, gt=0, le=1)
+    tokens_share: float | None = Field(default=None, gt=0, le=1)
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Budget:
-        if (self.docs is None) == (self.tokens is None):
-            raise ValueError("give exactly one of 'docs' or 'tokens'")
+        given = [self.docs, self.tokens, self.docs_share, self.tokens_share]
+        if sum(value is not None for value in given) != 1:
+            raise ValueError("give exactly one of 'docs', 'tokens', 'docs_share' or 'tokens_share'")
         return self
+
+    @property
+    def share(self) -> float | None:
+        """The share of the pool asked for, if the budget was given as one."""
+        return self.docs_share if self.docs_share is not None else self.tokens_share
+
+    def resolved(self, pool_docs: int, pool_tokens: int) -> Budget:
+        """This budget in documents or tokens: a share becomes ceil(share · pool documents) or
+        ceil(share · pool tokens) (at least 1), kept beside the share it came from (the copy is
+        not validated again: it holds both); a budget in documents or tokens is returned as is."""
+        if self.share is None:
+            return self
+        by_docs = self.docs_share is not None
+        # The share as written (0.07, not 0.0700000000000000067…), so 0.07 · 100 is 7, not 8.
+        exact = Fraction(repr(self.share)) * (pool_docs if by_docs else pool_tokens)
+        count = max(1, math.ceil(exact))
+        return self.model_copy(update={"docs" if by_docs else "tokens": count})
 
 
 class EmbedConfig(_Strict):
@@ -101,6 +126,11 @@ class ProxyConfig(_Strict):
     max_length: int = Field(default=256, gt=1)
     train_tokens: int = Field(default=1_000_000, gt=0)
     sample_docs: int = Field(default=20_000, gt=0)
+    # Training tokens are at most max_passes × the tokens of the training sample (null: no
+    # limit; at least 1: a smaller sample is `train_tokens`' business). Muennighoff et al. 2023,
+    # "Scaling Data-Constrained Language Models": up to about 4 epochs of repeated data are
+    # almost as good as new data.
+    max_passes: float | None = Field(default=4.0, ge=1)
     batch_size: int = Field(default=16, gt=0)
     learning_rate: float = Field(default=1e-3, gt=0)
 
@@ -125,6 +155,13 @@ class InfluenceOptions(_Strict):
     # MAX_AGGREGATION_DIM) dimensions.
     target_aggregation: Literal["mean", "max"] = "mean"
     target_examples: int = Field(default=1_000, gt=0)
+    # `pool`: contrastive influence, against ∇L(R) − ∇L(P) with ∇L(P) the gradient of the mean
+    # loss over a seeded sample of `contrast_docs` pool documents (cancels the direction shared by
+    # all text of the target's style; for topic-level targets). `none`: against ∇L(R).
+    contrast: Literal["none", "pool"] = "none"
+    # ∇L(P)'s shared direction is the largest part of every document's gradient, so a few hundred
+    # documents estimate it (its error falls as 1/√n); each costs a gradient
+    contrast_docs: int = Field(default=256, gt=0)
     max_chunks: int = Field(default=4, gt=0)
     chunk_batch_size: int = Field(
         default=8, gt=0, validation_alias=AliasChoices("chunk_batch_size", "batch_size")
@@ -316,7 +353,8 @@ class SelectConfig(_Strict):
     def _budget_when_needed(self) -> SelectConfig:
         if self.method not in ("all", "threshold") and self.budget is None:
             raise ValueError(
-                f"select.method '{self.method}' needs select.budget (docs: or tokens:)"
+                f"select.method '{self.method}' needs select.budget "
+                "(docs:, tokens:, docs_share: or tokens_share:)"
             )
         return self
 

@@ -25,7 +25,7 @@ from distsel.config import Budget, Config, Phase
 from distsel.errors import ConfigError, DistselError, InputError
 from distsel.executor import Executor, RayExecutor, current, installed, node_id, use_threads
 from distsel.registry import stage_class
-from distsel.select import Pool, Selector, gather_pool, selector_for
+from distsel.select import Pool, Selector, gather_pool, selector_for, with_resolved_budget
 from distsel.stage import Stage, StageContext, prepare_stage
 from distsel.storage import Store, is_remote, reads_inside, retrying
 
@@ -148,6 +148,7 @@ def select(config: Config, store: Store, scored: Scored) -> dict[str, Any]:
     selector = selector_for(config)
     began = time.perf_counter()
     pool = gather_pool(store, parts, [s.name for s in stages], config, scored.dropped)
+    config = with_resolved_budget(config, pool)  # a share of the pool → documents or tokens
     over = budget_exceeds_pool(config.select.budget, pool)
     chosen, section = choose(selector, pool, config, StageContext(config, store, parts), over)
     selected_parts = write_selection(store, pool, chosen, [s.name for s in stages])
@@ -157,6 +158,7 @@ def select(config: Config, store: Store, scored: Scored) -> dict[str, Any]:
     pool_counts = next((s.pool_counts for s in stages if s.name == "dsir"), None)
     evaluation = {
         "kl": evaluate.kl_section(config, store, parts, selected_parts, pool_counts),
+        "ngram_lm": evaluate.ngram_lm_section(config, store, pool, chosen, selected_parts),
         "labels": evaluate.label_shares(config, pool, chosen),
     }
     timings["evaluate"] = {
@@ -170,8 +172,9 @@ def select(config: Config, store: Store, scored: Scored) -> dict[str, Any]:
 
 
 def budget_exceeds_pool(budget: Budget | None, pool: Pool) -> bool:
-    """Whether the budget is larger than the whole pool, in documents or in tokens."""
-    if budget is None:
+    """Whether the budget is larger than the whole pool, in documents or in tokens (a share of
+    the pool, once resolved, only of an empty pool; not yet resolved, never)."""
+    if budget is None or (budget.docs is None and budget.tokens is None):
         return False
     if budget.docs is not None:
         return budget.docs > len(pool)

@@ -103,7 +103,11 @@ class ClassifierStage(Stage):
 
 @register_selector("classifier", needs_target=True)
 class ClassifierSelector:
-    """The documents the target-vs-pool classifier finds most target-like."""
+    """The documents the target-vs-pool classifier finds most target-like.
+
+    Under a token budget: the log-odds come from L2-normalised log counts, which do not grow
+    with length, so documents are ranked by them alone and the order is walked, keeping each
+    document that still fits."""
 
     def required_stages(self, config: Config) -> tuple[str, ...]:
         return ("classifier",)

@@ -43,6 +43,19 @@ against each target chunk j on its own, H_j = (G + λI)⁻¹ ∇L(j) under the s
 and scaled to unit length, and keeps the best: I(z) = max_j ⟨P∇L(z), PH_j⟩ / ‖PH_j‖ (normalised:
 also divided by ‖P∇L(z)‖, a cosine). The projection keeps the n_targets × d matrix of PH_j small.
 
+Contrastive influence (`contrast: pool`, for topic-level targets). A small proxy's g_R is dominated
+by a direction shared by all text of the target's style (format, length, frequent tokens), so it
+ranks every same-style document alike. Scoring against the target's mean gradient minus the pool's,
+
+    I_c(z) = (∇L(R) − ∇L(P))ᵀ (G + λI)⁻¹ ∇L(z),   normalised: I_c(z)/‖∇L(z)‖,
+
+with L(P) the mean loss over the chunks of a seeded sample of `contrast_docs` pool documents,
+cancels that direction: DSIR's log p_target − log p_pool moved into gradient space (METHODS,
+"Contrastive influence"). With `max`, each H_j = (G + λI)⁻¹ (∇L(j) − ∇L(P)). G stays fitted on
+the target chunks: plain and contrastive scores then share one curvature and differ only in the
+direction, and the pool sample costs one more forward/backward pass, not two (EK-FAC's refit).
+LESS's alternative, warming the proxy on a small sample before taking gradients, is not taken.
+
 Projection (optional, seeded): per layer P_l = P_out ⊗ P_in, P_out (k_out × out), P_in (k_in × in)
 with Rademacher or Gaussian entries of variance 1/k, so E[⟨Px, Py⟩] = ⟨x, y⟩, and
 k_out · k_in ≈ d / n_layers (a factor whose k reaches its side is the identity). Then
@@ -54,6 +67,7 @@ Framework-free: the Ray stage wraps `InfluenceScorer`; the fitted state is a dic
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from collections.abc import Iterator, Sequence
@@ -73,6 +87,7 @@ from distsel.executor import current
 from distsel.registry import register_selector, register_stage
 from distsel.scoring.embed import _with_cluster_gpus
 from distsel.scoring.proxy import ensure_proxy, load_proxy
+from distsel.scoring.similarity import sample_texts
 from distsel.scoring.tokens import are_texts, document_ids, ids_or_texts
 from distsel.select import Pool, budget_section, score_column
 from distsel.select.samplers import descending, fill_budget
@@ -285,6 +300,8 @@ class InfluenceScorer:
         self.dtype = torch.float64 if dtype == torch.float64 else torch.float32
         self.ihvp: dict[str, Tensor] | None = None
         self.target_gradient: dict[str, Tensor] | None = None
+        # with contrast `pool`: ∇L(P), the gradient of the pool sample's mean chunk loss
+        self.pool_gradient: dict[str, Tensor] | None = None
         # with target_aggregation max: (n_target_chunks, dim) unit rows PH_j
         self.target_examples: Tensor | None = None
         # per layer (Q_S, Q_A, Λ) after fit with K-FAC or EK-FAC; G_l = (Q_S ⊗ Q_A) diag(Λ) (…)ᵀ
@@ -305,16 +322,28 @@ class InfluenceScorer:
 
     # ---------------------------------------------------------------- public API
 
-    def fit(self, target_texts: Sequence[str]) -> InfluenceScorer:
-        """Curvature from the target chunks (≤ target_examples), then H_l = (G_l + λ_l I)⁻¹ g_R."""
+    def fit(
+        self, target_texts: Sequence[str], pool_texts: Documents | None = None
+    ) -> InfluenceScorer:
+        """Curvature from the target chunks (≤ target_examples), then H_l = (G_l + λ_l I)⁻¹ g_R;
+        with contrast `pool`, H_l = (G_l + λ_l I)⁻¹ (g_R − g_P), g_P from `pool_texts` (a pool
+        sample, needed then and only then)."""
+        contrast = self.options.contrast == "pool"
+        if contrast and pool_texts is None:
+            raise DistselError("influence: contrast 'pool' needs a pool sample to fit")
+        if not contrast and pool_texts is not None:
+            raise DistselError("influence: a pool sample is used only with contrast 'pool'")
         with self._total():
             chunks = self._target_chunks(target_texts)
             sums = self._target_sums(chunks)
             self.target_gradient = {name: acc.grad / len(chunks) for name, acc in sums.items()}
+            self.pool_gradient = self._pool_gradient(pool_texts) if contrast else None
+            direction = self._direction(self.target_gradient)
             if self.options.curvature == "identity":
-                self.ihvp = {k: g.to(self.dtype) for k, g in self.target_gradient.items()}
+                self.ihvp = {k: g.to(self.dtype) for k, g in direction.items()}
             else:
-                self.ihvp = self._precondition(chunks, sums)
+                self._fit_curvature(chunks, sums)
+                self.ihvp = {name: self._inverse(name, g) for name, g in direction.items()}
             self._set_projection()
             if self.options.target_aggregation == "max":
                 self.target_examples = self._target_example_vectors(chunks)
@@ -480,10 +509,26 @@ class InfluenceScorer:
         zeros = lambda *shape: torch.zeros(shape, dtype=torch.float64, device=self.device)  # noqa: E731
         return _Accumulator(zeros(n_in, n_in), zeros(n_out, n_out), zeros(n_out, n_in))
 
-    def _precondition(
-        self, chunks: list[list[int]], sums: dict[str, _Accumulator]
-    ) -> dict[str, Tensor]:
-        """H_l = Q_S [(Q_Sᵀ g_R Q_A) ⊘ (Λ + λ)] Q_Aᵀ with K-FAC or EK-FAC eigenvalues Λ."""
+    def _pool_gradient(self, texts: Documents) -> dict[str, Tensor]:
+        """g_P = ∇L(P), L(P) the mean over the pool sample's chunks of their mean token loss."""
+        chunks = self._chunks(texts)[0]
+        if not chunks:
+            raise DistselError("influence: the pool sample has no chunk of 2 or more tokens")
+        sums = {name: self._accumulator(name).grad for name in self.layers}
+        for _, batch in self._batches(chunks):
+            for name, total in sums.items():
+                total += torch.einsum("bto,bti->oi", batch.grads[name], batch.inputs[name])
+        return {name: total / len(chunks) for name, total in sums.items()}
+
+    def _direction(self, gradients: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The gradients less g_P under contrast `pool` (broadcast over leading axes)."""
+        if self.pool_gradient is None:
+            return gradients
+        return {name: g - self.pool_gradient[name].to(g.dtype) for name, g in gradients.items()}
+
+    def _fit_curvature(self, chunks: list[list[int]], sums: dict[str, _Accumulator]) -> None:
+        """Per layer (Q_S, Q_A, Λ) with K-FAC or EK-FAC eigenvalues Λ, into `self.curvature`;
+        then H_l = Q_S [(Q_Sᵀ g Q_A) ⊘ (Λ + λ)] Q_Aᵀ (`_inverse`)."""
         bases = {}
         for name, acc in sums.items():
             eig_a, q_a = torch.linalg.eigh(acc.a_cov / acc.tokens)
@@ -492,9 +537,7 @@ class InfluenceScorer:
         if self.options.curvature == "ekfac":
             refit = self._refit_eigenvalues(chunks, bases)
             bases = {name: (q_s, q_a, refit[name]) for name, (q_s, q_a, _) in bases.items()}
-        assert self.target_gradient is not None
         self.curvature = bases
-        return {name: self._inverse(name, g) for name, g in self.target_gradient.items()}
 
     def _inverse(self, name: str, gradients: Tensor) -> Tensor:
         """(G_l + λ_l I)⁻¹ g for gradients (..., out, in) of layer `name`; g under identity."""
@@ -506,14 +549,15 @@ class InfluenceScorer:
         return (q_s @ (rotated / (eigenvalues + damping)) @ q_a.T).to(self.dtype)
 
     def _target_example_vectors(self, chunks: list[list[int]]) -> Tensor:
-        """(n_chunks, dim): each target chunk's P(G + λI)⁻¹∇L(j), scaled to unit length."""
+        """(n_chunks, dim): each target chunk's P(G + λI)⁻¹∇L(j) (with contrast `pool`,
+        P(G + λI)⁻¹(∇L(j) − g_P)), scaled to unit length."""
         assert self.projector is not None
         rows = torch.zeros((len(chunks), self.dim), dtype=self.dtype, device=self.device)
         for indices, batch in self._batches(chunks):
             parts = []
             for name in self.layers:
                 gradients = torch.einsum("bto,bti->boi", batch.grads[name], batch.inputs[name])
-                inverse = self._inverse(name, gradients)
+                inverse = self._inverse(name, self._direction({name: gradients})[name])
                 parts.append(self.projector.matrix(name, inverse).flatten(1))
             rows[torch.as_tensor(indices, device=self.device)] = torch.cat(parts, dim=1)
         norms = rows.norm(dim=1, keepdim=True)
@@ -693,7 +737,9 @@ class InfluenceStage(Stage):
     """Influence of every document on the target set, under the run's proxy LM.
 
     `prepare` trains or loads the proxy, then fits the curvature and the target iHVP once, in one
-    Ray task; the fitted arrays travel with the stage to every actor.
+    Ray task; the fitted arrays travel with the stage to every actor. With contrast `pool` it
+    first draws the pool sample (`sample_texts`: each part sends only its sampled rows), whose
+    digest enters the fingerprint: a new sample (other parts) rescores every part.
     """
 
     name = "influence"
@@ -702,7 +748,7 @@ class InfluenceStage(Stage):
     tokenizes_texts = True
     output_columns = ("influence", "influence_normalized")
     default_resources = Resources(num_cpus=1, batch_size=64)
-    fitted = ("folder", "proxy_info", "arrays")
+    fitted = ("folder", "proxy_info", "arrays", "contrast_sample")
     options_class = InfluenceOptions
 
     def __init__(self, resources: Resources, config: Config) -> None:
@@ -712,6 +758,8 @@ class InfluenceStage(Stage):
         self.folder: str | None = None
         self.proxy_info: dict[str, Any] = {}
         self.arrays: dict[str, np.ndarray] = {}
+        # with contrast `pool`: {"docs": n, "sha256": digest of the sample's texts}
+        self.contrast_sample: dict[str, Any] = {}
         self.scorer: InfluenceScorer | None = None
 
     @classmethod
@@ -721,18 +769,26 @@ class InfluenceStage(Stage):
         return cls(_with_cluster_gpus(resources, config.stages.get(cls.name)), config)
 
     def fingerprint(self) -> dict[str, Any]:
-        return {
+        # `normalize` picks a column at selection; the stage writes both. Without contrast, the
+        # options read as before contrast existed (earlier runs keep their scores).
+        exclude = {"chunk_batch_size"}
+        if self.options.contrast == "none":
+            exclude |= {"contrast", "contrast_docs"}
+        fingerprint = {
             "name": self.name,
-            # `normalize` picks a column at selection; the stage writes both.
-            "options": self.options.model_dump(exclude={"chunk_batch_size"}),
+            "options": self.options.model_dump(exclude=exclude),
             "proxy": self.proxy_info.get("weights_sha256") or self.folder,
             "target": self.config.target.model_dump(exclude={"storage_options"}),
             "seed": self.config.seed,
         }
+        if self.options.contrast == "pool":
+            fingerprint["contrast_sample"] = self.contrast_sample
+        return fingerprint
 
     def fit_inputs(self, context: StageContext) -> dict[str, Any]:
-        proxy = self.config.proxy.model_dump()
-        return {**self.fingerprint(), "proxy": proxy}
+        # The sample follows from the parts, the seed and contrast_docs (all in the fit's key).
+        fingerprint = {k: v for k, v in self.fingerprint().items() if k != "contrast_sample"}
+        return {**fingerprint, "proxy": self.config.proxy.model_dump()}
 
     def prepare(self, context: StageContext) -> None:
         from distsel.corpus import read_texts
@@ -744,9 +800,10 @@ class InfluenceStage(Stage):
         if len(texts) > self.options.target_examples:
             keep = np.sort(rng.choice(len(texts), self.options.target_examples, replace=False))
             texts = [texts[i] for i in keep]
+        pool = self.pool_sample(context)
         resources = self.resources
         self.arrays = current().call(
-            _fit_state, self, texts, num_cpus=resources.num_cpus, num_gpus=resources.num_gpus
+            _fit_state, self, texts, pool, num_cpus=resources.num_cpus, num_gpus=resources.num_gpus
         )
         self.summary = {
             "proxy": self.proxy_info,
@@ -755,7 +812,24 @@ class InfluenceStage(Stage):
             "curvature": self.options.curvature,
             "projection_dim": self.options.projection_dim,
             "target_aggregation": self.options.target_aggregation,
+            "contrast": self.options.contrast,
+            **({"contrast_docs": len(pool)} if pool is not None else {}),
         }
+
+    def pool_sample(self, context: StageContext) -> list[str] | None:
+        """With contrast `pool`: a seeded uniform sample of `contrast_docs` accepted documents'
+        texts (recorded in `contrast_sample`); else None."""
+        self.contrast_sample = {}
+        if self.options.contrast != "pool":
+            return None
+        pool = sample_texts(
+            context.store, context.parts, self.options.contrast_docs, self.config.seed
+        )
+        digest = hashlib.sha256()
+        for text in pool:
+            digest.update(hashlib.sha256(text.encode()).digest())
+        self.contrast_sample = {"docs": len(pool), "sha256": digest.hexdigest()}
+        return pool
 
     def setup(self) -> None:
         self.scorer = self._scorer(self.arrays)
@@ -779,8 +853,10 @@ class InfluenceStage(Stage):
         return {"influence": raw, "influence_normalized": normalized}
 
 
-def _fit_state(stage: InfluenceStage, target_texts: list[str]) -> dict[str, np.ndarray]:
-    return stage._scorer(None).fit(target_texts).state()
+def _fit_state(
+    stage: InfluenceStage, target_texts: list[str], pool_texts: list[str] | None
+) -> dict[str, np.ndarray]:
+    return stage._scorer(None).fit(target_texts, pool_texts).state()
 
 
 @register_selector("influence", options=InfluenceSelectOptions, needs_target=True)

@@ -18,7 +18,7 @@ import os
 import struct
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +28,7 @@ import torch
 from fsspec.implementations.local import LocalFileSystem
 
 from distsel.errors import DistselError
-from distsel.executor import current
+from distsel.executor import Progress, current
 from distsel.registry import register_stage
 from distsel.scoring.embed import _dtype_kwarg, _with_cluster_gpus
 from distsel.scoring.tokens import (
@@ -63,6 +63,10 @@ TOKENIZE_CHUNK = 1024
 # document_losses holds at most this many logits (rows × width × vocab) per forward pass.
 LOGITS_PER_FORWARD = 1 << 27
 MAX_TRAINING_CPUS = 8
+# Training reports its progress every tenth of its steps, and at least this often (seconds).
+PROGRESS_SECONDS = 30.0
+# The training task's progress file, in the proxy folder (removed when the training ends).
+PROGRESS_FILE = "training_progress.json"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -181,45 +185,117 @@ def batch_indices(count: int, batch_size: int, steps: int, seed: int) -> Iterato
         pool = pool[batch_size:]
 
 
+def training_steps(config: ProxyConfig, data_tokens: int) -> int:
+    """Steps S of batch_size · max_length tokens: S = ⌈train_tokens / (batch_size · max_length)⌉,
+    unless max_passes × the D tokens of the training sample fall short of train_tokens; then
+    S = max(1, ⌊max_passes · D / (batch_size · max_length)⌋), so the data is seen at most
+    max_passes times (Muennighoff et al. 2023: up to about 4 epochs of repeated data are almost
+    as good as new data)."""
+    per_step = config.batch_size * config.max_length
+    if config.max_passes is not None and config.max_passes * data_tokens < config.train_tokens:
+        return max(1, math.floor(config.max_passes * data_tokens / per_step))
+    return max(1, math.ceil(config.train_tokens / per_step))
+
+
 def train_proxy(
-    texts: Sequence[str], config: ProxyConfig, seed: int, device: str = "cpu"
+    texts: Sequence[str],
+    config: ProxyConfig,
+    seed: int,
+    device: str = "cpu",
+    progress: Progress | None = None,
 ) -> tuple[LlamaForCausalLM, PreTrainedTokenizerBase, dict[str, Any]]:
     """Train a proxy from scratch on `texts`: next-token cross-entropy on packed sequences of
-    `max_length` tokens, S = ⌈train_tokens / (batch_size · max_length)⌉ steps of train_steps
-    (distsel.scoring.training). Seeded; deterministic on CPU.
+    `max_length` tokens, S steps of train_steps (distsel.scoring.training), S from
+    `training_steps`: train_tokens, or fewer where max_passes over the sample's D tokens bind
+    (one line says so). Seeded; deterministic on CPU. Progress lines (every tenth of the steps,
+    at least every PROGRESS_SECONDS) go to `progress`, else to the `distsel` logger.
 
-    info: params, train_tokens (= S · batch_size · max_length), steps, initial_loss (first
-    step), final_loss (mean over the last ⌈S/10⌉ steps), seconds, data_repeats, sizes.
+    info: params, train_tokens (= S · batch_size · max_length, the tokens trained on),
+    train_tokens_requested, max_passes, limited_by_max_passes, steps, initial_loss (first
+    step), final_loss (mean over the last ⌈S/10⌉ steps), seconds, data_tokens (D),
+    data_repeats, sizes.
     """
+    say = progress.say if progress is not None else log.info
     began = time.perf_counter()
     tokenizer = make_tokenizer(config, texts)
     sequences = pack(token_stream(tokenizer, texts, config.train_tokens), config.max_length)
+    steps = training_steps(config, sequences.numel())
+    per_step = config.batch_size * config.max_length
+    limited = steps * per_step < config.train_tokens
+    if limited:
+        say(
+            "proxy: training on %s tokens, not proxy.train_tokens %s: %g passes over its "
+            "%s-token sample (proxy.max_passes)",
+            f"{steps * per_step:,}",
+            f"{config.train_tokens:,}",
+            config.max_passes,
+            f"{sequences.numel():,}",
+        )
+    else:
+        say(
+            "proxy: training on %s tokens (%d steps) from its %s-token sample",
+            f"{steps * per_step:,}",
+            steps,
+            f"{sequences.numel():,}",
+        )
     torch.manual_seed(seed)
     model = build_proxy(config, len(tokenizer))
     _set_special_ids(model, tokenizer)
     model.to(device).train()
-    losses = _train_loop(model, sequences, config, seed)
+    losses = _train_loop(model, sequences, config, seed, steps, say)
     model.eval()
     info = _training_info(model, tokenizer, config, losses, sequences.numel())
+    info.update(
+        train_tokens_requested=config.train_tokens,
+        max_passes=config.max_passes,
+        limited_by_max_passes=limited,
+    )
     info["seconds"] = round(time.perf_counter() - began, 3)
     info["device"] = device
     return model, tokenizer, info
 
 
 def _train_loop(
-    model: torch.nn.Module, sequences: torch.Tensor, config: ProxyConfig, seed: int
+    model: torch.nn.Module,
+    sequences: torch.Tensor,
+    config: ProxyConfig,
+    seed: int,
+    steps: int,
+    say: Callable[..., None],
 ) -> list[float]:
-    tokens_per_step = config.batch_size * config.max_length
-    steps = max(1, math.ceil(config.train_tokens / tokens_per_step))
+    """`steps` training steps; a progress line through `say` every tenth of them, and after
+    any step that ends PROGRESS_SECONDS or more after the last line."""
     report = max(1, steps // 10)
+    began = last = time.monotonic()
 
     def log_progress(step: int, losses: torch.Tensor) -> None:
-        if (step + 1) % report == 0 or step + 1 == steps:
-            log.info("proxy: step %d/%d, loss %.4f", step + 1, steps, losses[step].item())
+        nonlocal last
+        done, now = step + 1, time.monotonic()
+        if done % report and done != steps and now - last < PROGRESS_SECONDS:
+            return
+        last = now
+        left = (now - began) / done * (steps - done)
+        say(
+            "proxy: step %d/%d, loss %.2f, %s left",
+            done,
+            steps,
+            losses[step].item(),
+            _duration(left),
+        )
 
     rows = batch_indices(len(sequences), config.batch_size, steps, seed)
     losses = train_steps(model, (sequences[r] for r in rows), config, steps, log_progress)
     return losses.cpu().tolist()
+
+
+def _duration(seconds: float) -> str:
+    """1h02m, 2m10s or 45s."""
+    seconds = round(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds}s"
 
 
 def _training_info(
@@ -479,8 +555,10 @@ def train_on_cluster(
     fingerprint = proxy_fingerprint(config, seed)
     log.info("proxy: training on %d documents (%d CPUs, %d GPUs)", len(texts), cpus, gpus)
     level = log.getEffectiveLevel()
-    args = (texts, config, seed, folder, storage_options, cpus, fingerprint, level)
-    return current().call(_train_and_save, *args, num_cpus=cpus, num_gpus=gpus)
+    # The task's progress lines reach the driver's console through a file in the proxy folder.
+    progress = Progress(Store(folder, storage_options, retry_seconds=0), PROGRESS_FILE)
+    args = (texts, config, seed, folder, storage_options, cpus, fingerprint, level, progress)
+    return current().call(_train_and_save, *args, num_cpus=cpus, num_gpus=gpus, progress=progress)
 
 
 def _train_and_save(
@@ -492,13 +570,14 @@ def _train_and_save(
     cpus: int,
     fingerprint: dict[str, Any],
     log_level: int,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
     if not log.handlers:
         log.addHandler(logging.StreamHandler())
     log.setLevel(log_level)
     torch.set_num_threads(cpus)
     device = "cuda" if torch.cuda.is_available() and torch.cuda.device_count() else "cpu"
-    model, tokenizer, info = train_proxy(texts, config, seed, device)
+    model, tokenizer, info = train_proxy(texts, config, seed, device, progress)
     info = {**info, "documents": len(texts), "fingerprint": fingerprint}
     return save_proxy(model, tokenizer, info, folder, storage_options)
 

@@ -455,7 +455,11 @@ def sample_texts(store: Store, parts: list[str], size: int, seed: int) -> list[s
 
 @register_selector("similarity", options=SimilarityOptions, needs_target=True)
 class SimilaritySelector:
-    """RDS+: highest cosine to the target; with several target sets, round-robin over them."""
+    """RDS+: highest cosine to the target; with several target sets, round-robin over them.
+
+    Under a token budget: the cosine of mean-pooled embeddings (of a document's first
+    embed.max_length tokens) does not grow with length, so documents are ranked by it alone and
+    the order is walked, keeping each document that still fits."""
 
     def required_stages(self, config: Config) -> tuple[str, ...]:
         return ("betr",) if config.select.similarity.betr else ("similarity",)

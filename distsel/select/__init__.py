@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Protocol
 
 import numpy as np
@@ -12,7 +13,17 @@ from distsel.errors import DistselError
 from distsel.select.pool import Pool, gather_pool
 from distsel.stage import StageContext
 
-__all__ = ["Pool", "Selector", "budget_section", "gather_pool", "score_column", "selector_for"]
+__all__ = [
+    "Pool",
+    "Selector",
+    "budget_section",
+    "gather_pool",
+    "score_column",
+    "selector_for",
+    "with_resolved_budget",
+]
+
+log = logging.getLogger("distsel")
 
 
 class Selector(Protocol):
@@ -29,9 +40,29 @@ class Selector(Protocol):
         ...
 
 
-def budget_section(config: Config) -> dict[str, int] | None:
+def budget_section(config: Config) -> dict[str, int | float] | None:
+    """The budget for the manifest: `docs` or `tokens`, and beside it the share it was
+    resolved from when given as `docs_share` or `tokens_share` (`with_resolved_budget`)."""
     budget = config.select.budget
     return budget.model_dump(exclude_none=True) if budget else None
+
+
+def with_resolved_budget(config: Config, pool: Pool) -> Config:
+    """`config` with a budget given as a share of the pool resolved against `pool` (the accepted
+    documents, after duplicates): ceil(share · documents) or ceil(share · tokens), tokens being
+    the pool's `tokens` column (ceil(chars / 4)). Unchanged for any other budget."""
+    budget = config.select.budget
+    if budget is None or budget.share is None:
+        return config
+    pool_docs, pool_tokens = len(pool), int(pool.tokens.sum())
+    resolved = budget.resolved(pool_docs, pool_tokens)
+    if resolved.docs_share is not None:
+        what = f"{resolved.docs:,} of the pool's {pool_docs:,} documents"
+    else:
+        what = f"{resolved.tokens:,} of the pool's ~{pool_tokens:,} tokens"
+    log.info("select: budget %s (%g of the pool)", what, budget.share)
+    select = config.select.model_copy(update={"budget": resolved})
+    return config.model_copy(update={"select": select})
 
 
 def score_column(pool: Pool, name: str) -> np.ndarray:

@@ -50,7 +50,9 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import math
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -72,6 +74,12 @@ STATE_FILE = "_state/quad/state.json"
 SELECTED_FILE = "_state/quad/selected.npy"
 AUDIT_SHARE = 0.25  # of the evaluation allowance, kept for the audit of the fill
 FILL_CONFIDENCE = 0.0  # κ in the fill's ŷ − κ·sd(ŷ); 0: by ŷ
+# A progress line every this many rounds, and after any round ending this long (seconds) after
+# the last line.
+PROGRESS_ROUNDS = 5
+PROGRESS_SECONDS = 10.0
+
+log = logging.getLogger("distsel")
 
 
 @dataclass
@@ -191,13 +199,44 @@ class QuadBandit:
 
     def run(self, influence: InfluenceFunction, store: Store | None = None) -> np.ndarray:
         """Play rounds until the budget, exhaustion or the round limit; return pool indices."""
-        if store is not None:
-            self.resume(store)
+        if store is not None and self.resume(store):
+            log.info("quad: resuming after round %d", self.state.round)
+        log.info(
+            "quad: up to %d rounds over %d clusters, %d arms a round",
+            self.options.rounds,
+            len(self.orders),
+            self.arms_per_round,
+        )
+        last = time.monotonic()
         while not self.state.done:
             self.play_round(influence)
             if store is not None:
                 self.save(store)
+            round_, now = self.state.round, time.monotonic()
+            if (
+                self.state.done
+                or round_ == 1
+                or round_ % PROGRESS_ROUNDS == 0
+                or now - last >= PROGRESS_SECONDS
+            ):
+                log.info(self.progress_line())
+                last = now
         return np.asarray(self.selected, dtype=np.int64)
+
+    def progress_line(self) -> str:
+        """`quad: round R, S[/E] documents scored, N/budget documents selected` (tokens too
+        for a token budget), and why the run stopped once it has."""
+        state, allowance = self.state, getattr(self, "allowance", None)
+        scored = f"{state.evaluated:,}" + (f"/{allowance:,}" if allowance else "")
+        if self.budget.docs is not None:
+            selected = f"{len(self.selected):,}/{self.budget.docs:,} documents selected"
+        else:
+            selected = (
+                f"{len(self.selected):,} documents selected, "
+                f"{state.selected_tokens:,}/{self.budget.tokens:,} tokens"
+            )
+        stopped = f" (stopped: {state.done})" if state.done else ""
+        return f"quad: round {state.round}{stopped}, {scored} documents scored, {selected}"
 
     def play_round(self, influence: InfluenceFunction) -> None:
         state, b = self.state, self.options.draws_per_arm

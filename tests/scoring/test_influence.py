@@ -465,3 +465,89 @@ def test_max_over_one_target_example_ranks_as_mean(proxy: dict) -> None:
         InfluenceScorer.from_state(
             proxy["model"], proxy["tokenizer"], best.options, MAX_LENGTH, "cpu", arrays
         )
+
+
+# ---------------------------------------------------------------- contrastive influence
+
+
+def autograd_chunk_gradients(proxy: dict, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(n_chunks, d) gradients of each chunk's mean token loss over CHOSEN (flattened, joined),
+    by plain autograd one chunk at a time, and each chunk's document index."""
+    model = proxy["model"]
+    modules = dict(model.named_modules())
+    weights = [modules[name].weight for name in CHOSEN]
+    chunks, owners = chunk_documents(proxy["tokenizer"], texts, MAX_LENGTH, 4)
+    rows = []
+    for chunk in chunks:
+        grads = torch.autograd.grad(chunk_loss(model, chunk), weights)
+        rows.append(torch.cat([g.flatten() for g in grads]).numpy())
+    return np.stack(rows), owners
+
+
+def ekfac_inverse(exact: dict) -> np.ndarray:
+    """(G + λI)⁻¹ over CHOSEN (block-diagonal), G_l = Q diag(Λ) Qᵀ with Q = Q_S ⊗ Q_A from
+    numpy's eigh of S and A, Λ = diag(Qᵀ F_l Q) from the exact per-token Fisher, λ = 0.1 mean(Λ)."""
+    blocks = []
+    for name in CHOSEN:
+        a, b = exact["pairs"][name]
+        q_a = np.linalg.eigh(a.T @ a / len(a))[1]
+        q_s = np.linalg.eigh(b.T @ b / len(b))[1]
+        basis = np.kron(q_s, q_a)
+        eigenvalues = (basis * (exact["fishers"][name] @ basis)).sum(axis=0)
+        damped = eigenvalues + 0.1 * eigenvalues.mean()
+        blocks.append((basis / damped) @ basis.T)
+    inverse = np.zeros((sum(len(b) for b in blocks),) * 2)
+    start = 0
+    for block in blocks:
+        inverse[start : start + len(block), start : start + len(block)] = block
+        start += len(block)
+    return inverse
+
+
+@pytest.mark.parametrize("curvature", ["identity", "ekfac"])
+def test_contrastive_scores_match_brute_force(proxy: dict, exact: dict, curvature: str) -> None:
+    """I_c(z) = (g_R − g_P)ᵀ (G + λI)⁻¹ g_z and I_c(z)/‖g_z‖ (per chunk, mean over a document's
+    chunks), with g_R, g_P the means of autograd chunk gradients over the target and pool chunks."""
+    pool, candidates = proxy["candidates"][20:50], proxy["candidates"][:10]
+    scorer = make_scorer(proxy, CHOSEN, curvature=curvature, contrast="pool", batch_size=3)
+    raw, normalized = scorer.fit(proxy["target"], pool).score_both(candidates)
+    g_target = autograd_chunk_gradients(proxy, proxy["target"])[0].mean(axis=0)
+    g_pool = autograd_chunk_gradients(proxy, pool)[0].mean(axis=0)
+    g_z, owners = autograd_chunk_gradients(proxy, candidates)
+    inverse = np.eye(len(g_target)) if curvature == "identity" else ekfac_inverse(exact)
+    per_chunk = g_z @ (inverse @ (g_target - g_pool))
+    cosine_like = per_chunk / np.linalg.norm(g_z, axis=1)
+    expected = [per_chunk[owners == i].mean() for i in range(len(candidates))]
+    expected_normalized = [cosine_like[owners == i].mean() for i in range(len(candidates))]
+    assert len(owners) > len(candidates), "some candidates have several chunks"
+    np.testing.assert_allclose(raw, expected, rtol=1e-7, atol=1e-12 * np.abs(expected).max())
+    np.testing.assert_allclose(normalized, expected_normalized, rtol=1e-7)
+    plain = make_scorer(proxy, CHOSEN, curvature=curvature).fit(proxy["target"])
+    assert rho(plain.score(candidates), raw) < 0.99, "the pool gradient changes the ranking"
+
+
+def test_contrastive_max_aggregation_subtracts_the_pool_gradient(proxy: dict) -> None:
+    """`max` with contrast, identity curvature, no effective projection: the normalised score is
+    max_j cos(g_z, g_j − g_P) and the raw one max_j ⟨g_z, (g_j − g_P)/‖g_j − g_P‖⟩."""
+    targets = short_texts(proxy, proxy["target"], 6)
+    candidates = short_texts(proxy, proxy["candidates"], 10)
+    pool = proxy["candidates"][30:50]
+    options = {"curvature": "identity", "target_aggregation": "max", "projection_dim": 10**6}
+    scorer = make_scorer(proxy, CHOSEN, contrast="pool", **options).fit(targets, pool)
+    g_pool = autograd_chunk_gradients(proxy, pool)[0].mean(axis=0)
+    g_z = autograd_chunk_gradients(proxy, candidates)[0]
+    directions = autograd_chunk_gradients(proxy, targets)[0] - g_pool
+    units = directions / np.linalg.norm(directions, axis=1, keepdims=True)
+    raw, normalized = scorer.score_both(candidates)
+    np.testing.assert_allclose(raw, (g_z @ units.T).max(axis=1), rtol=1e-8)
+    cosines = g_z @ units.T / np.linalg.norm(g_z, axis=1, keepdims=True)
+    np.testing.assert_allclose(normalized, cosines.max(axis=1), rtol=1e-8)
+
+
+def test_contrast_needs_a_pool_sample_and_only_then(proxy: dict) -> None:
+    with pytest.raises(DistselError, match="needs a pool sample"):
+        make_scorer(proxy, contrast="pool").fit(proxy["target"])
+    with pytest.raises(DistselError, match="only with contrast"):
+        make_scorer(proxy).fit(proxy["target"], proxy["candidates"][:5])
+    with pytest.raises(DistselError, match="pool sample has no chunk"):
+        make_scorer(proxy, contrast="pool").fit(proxy["target"], ["", "x"])

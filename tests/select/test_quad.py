@@ -362,3 +362,45 @@ def test_an_audit_round_picks_the_smallest_distance_to_the_threshold_in_sds():
     picked = np.concatenate(groups)
     others = np.setdiff1d(np.arange(2000), np.concatenate([picked, rows]))
     assert len(picked) == 4 * 5 and ambiguity[picked].max() <= ambiguity[others].min()
+
+
+# ---------------------------------------------------------------------------------------------
+# Progress on the console
+
+
+def test_the_rounds_report_their_progress_every_few_rounds(caplog, monkeypatch):
+    import logging
+    import re
+
+    from distsel.select import quad
+
+    line = re.compile(
+        r"^quad: round (\d+)(?: \(stopped: [^)]+\))?, ([\d,]+)(/[\d,]+)? documents scored, "
+        r"([\d,]+)/100 documents selected$"
+    )
+    bandit, influence, _ = make_predicted()
+    with caplog.at_level(logging.INFO, logger="distsel"):
+        chosen = bandit.run(scorer(influence))
+    messages = [r.getMessage() for r in caplog.records if r.name == "distsel"]
+    assert messages[0].startswith("quad: up to 200 rounds over 20 clusters, 4 arms a round")
+    found = [line.match(m) for m in messages[1:]]
+    assert all(found), messages
+    rounds = [int(m.group(1)) for m in found]
+    assert rounds[0] == 1 and rounds[-1] == bandit.state.round
+    assert all(r % quad.PROGRESS_ROUNDS == 0 for r in rounds[1:-1])
+    assert len(rounds) >= bandit.state.round // quad.PROGRESS_ROUNDS
+    assert all(m.group(3) == f"/{bandit.allowance}" for m in found), "scored / allowance"
+    assert "stopped: " in messages[-1] and found[-1].group(4) == str(len(chosen))
+
+    monkeypatch.setattr(quad, "PROGRESS_SECONDS", 0.0)  # a line after every round then
+    caplog.clear()
+    paper, clusters, paper_influence, _ = make(budget=Budget(tokens=600))
+    with caplog.at_level(logging.INFO, logger="distsel"):
+        paper.run(scorer(paper_influence))
+    lines = [r.getMessage() for r in caplog.records if r.name == "distsel"][1:]
+    assert len(lines) == paper.state.round
+    assert re.match(
+        r"quad: round 1, 15 documents scored, [\d,]+ documents selected, "
+        r"[\d,]+/600 tokens$",
+        lines[0],
+    ), lines[0]

@@ -1,0 +1,529 @@
+"""The task suite: every target-aware method at its defaults (and the variants its defaults are
+chosen from) against random, on tasks of the three kinds users bring, under a document budget
+and a token budget.
+
+One pool, shared by every task, so the embeddings, clusters and the proxy LM are computed once:
+`--per-domain` documents of each corpus file (`--news` of news, so each news topic has enough
+documents), after every task's target and held-out examples were taken out. Tasks:
+
+  domain-<d>      (a) a whole domain: target and held-out examples of domain d; the pool keeps
+                  the rest of d (precision: the share of d in the selection)
+  task-<t>        (b) a task's examples (../shared/data/targets/<t>.jsonl) against the mixed pool
+                  (no labels, so no precision)
+  topic-<label>   (c) one AG-news class: target and held-out examples of that class; the pool
+                  keeps the news of every class (precision: the share of that class)
+
+Budgets: `--docs-share` of the pool's documents, and `--tokens-share` of its tokens.
+Per task, one scoring run computes every target-dependent stage (dsir, classifier, similarity,
+influence) on a copy of the shared scoring; each row is then a selection-only run on a copy of
+it. Quad scores its own draws (the share of the pool it scores is its own).
+
+Per row: the held-out loss (nats/token) of a fresh proxy trained on `--eval-train-tokens` tokens
+of the selection (its documents shuffled by the seed; a selection with fewer tokens repeats),
+`--eval-seeds` seeds, mean ± sd, with the shared pool proxy's BPE tokenizer, so losses compare;
+precision where labels exist; the run's evaluation (KL reduction; and the n-gram cross-entropy
+reduction where the run reports it); the share of the pool scored by influence; wall seconds of
+the selection (the task's shared scoring seconds are printed per task).
+Summary: each row's mean rank of loss over every task and budget, its wins and losses against
+random and against the best cheap baseline (dsir, classifier, similarity at defaults) of each
+table, by more than twice the larger evaluation sd.
+
+    python benchmarks/suite.py --workdir /tmp/suite --resume \
+        --json benchmarks/results/suite.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import harness
+import numpy as np
+from harness import fmt, positive
+
+NEWS_TOPICS = {1: "world", 2: "sports", 3: "business", 4: "scitech"}
+TASKS = ("domain-scientific", "task-gsm8k", "task-pubmedqa", "topic-world", "topic-scitech")
+CHEAP = ("dsir", "classifier", "similarity")
+
+# row -> (select.method, select options, stage variant); rows named like a method are its
+# defaults; a variant's rows select from a scoring run of their own with these stage settings
+ROWS: dict[str, tuple[str, dict[str, Any], str]] = {
+    "random": ("random", {}, ""),
+    "dsir": ("dsir", {}, ""),
+    "dsir-topk": ("dsir", {"dsir": {"sampling": "topk"}}, ""),
+    "dsir-norm": ("dsir", {"dsir": {"length_normalize": True}}, ""),
+    "dsir-norm-topk": ("dsir", {"dsir": {"length_normalize": True, "sampling": "topk"}}, ""),
+    "classifier": ("classifier", {}, ""),
+    "similarity": ("similarity", {}, ""),
+    "similarity-mean": ("similarity", {}, "mean"),
+    "influence": ("influence", {}, ""),
+    "influence-raw": ("influence", {"influence": {"normalize": False}}, ""),
+    "influence-contrast": ("influence", {}, "contrast"),
+    "quad": ("quad", {}, ""),
+    "quad-contrast": ("quad", {}, "contrast"),
+}
+VARIANTS: dict[str, dict[str, Any]] = {
+    "": {},
+    "mean": {"similarity": {"aggregate": "mean"}},
+    "contrast": {"influence": {"contrast": "pool"}},
+}
+# influence top-k scores every document: about 13 min per task on 2 cores, so it is a row on
+# request only (--rows)
+DEFAULT_ROWS = "random,dsir,dsir-norm-topk,classifier,similarity,quad,quad-contrast"
+DOCS_ROWS = "random,dsir,classifier,similarity,influence,quad"
+
+
+@dataclass
+class Task:
+    name: str
+    kind: str
+    target: list[harness.Record]
+    heldout: list[harness.Record]
+    label_field: str | None = None
+    label: str | None = None
+
+    def precision(self, labels: list[Any]) -> float | None:
+        if self.label is None or not labels:
+            return None
+        return sum(value == self.label for value in labels) / len(labels)
+
+
+# --- the pool and the tasks -------------------------------------------------------------------
+
+
+def topic(record: harness.Record) -> str:
+    """A pool record's topic: its AG-news class for news, else its domain."""
+    if record.get("domain") == "news":
+        return NEWS_TOPICS[int(record["label"])]
+    return str(record["domain"])
+
+
+def take(rng: np.random.Generator, records: list[harness.Record], size: int) -> list[int]:
+    return sorted(rng.choice(len(records), size=min(size, len(records)), replace=False).tolist())
+
+
+def build(args: argparse.Namespace) -> tuple[list[Task], harness.Shards]:
+    """The tasks (target and held-out examples, out of the pool) and the pool's shards."""
+    rng = np.random.default_rng(args.seed)
+    shards = dict(harness.load_corpus(args.corpus))
+    taken: dict[str, set[int]] = {name: set() for name in shards}
+    tasks = []
+    size = args.target_size + args.heldout_size
+    for name in args.tasks.split(","):
+        kind, _, what = name.partition("-")
+        if kind == "task":
+            records = harness.read_jsonl(args.corpus.parent / "targets" / f"{what}.jsonl")
+            chosen = [records[i] for i in take(rng, records, size)]
+            tasks.append(Task(name, kind, chosen[: args.target_size], chosen[args.target_size :]))
+            continue
+        file = "news" if kind == "topic" else what
+        records = shards[file]
+        free = [
+            i
+            for i, r in enumerate(records)
+            if i not in taken[file] and (kind == "domain" or topic(r) == what)
+        ]
+        rows = [free[j] for j in take(rng, [records[i] for i in free], size)]
+        rng.shuffle(rows)
+        taken[file].update(rows)
+        chosen = [records[i] for i in rows]
+        field = "domain" if kind == "domain" else "topic"
+        tasks.append(
+            Task(name, kind, chosen[: args.target_size], chosen[args.target_size :], field, what)
+        )
+    pool = []
+    for name, records in shards.items():
+        rest = [r for i, r in enumerate(records) if i not in taken[name]]
+        keep = args.news if name == "news" else args.per_domain
+        pool.append((name, [{**rest[i], "topic": topic(rest[i])} for i in take(rng, rest, keep)]))
+    return tasks, pool
+
+
+def write_work(root: Path, tasks: list[Task], pool: harness.Shards, settings: dict) -> None:
+    """pool/<file>.jsonl.gz and tasks/<task>/{target,heldout}.jsonl; a work folder holding
+    another split is refused."""
+    marker = root / "split.json"
+    if marker.exists() and json.loads(marker.read_text()) != settings:
+        raise SystemExit(f"{root} holds another split; use another --workdir")
+    for name, records in pool:
+        path = root / "pool" / f"{name}.jsonl.gz"
+        if not path.exists():
+            harness.write_jsonl(path, records)
+    for task in tasks:
+        for part in ("target", "heldout"):
+            path = root / "tasks" / task.name / f"{part}.jsonl"
+            if not path.exists():
+                harness.write_jsonl(path, getattr(task, part))
+    marker.write_text(json.dumps(settings) + "\n")
+
+
+# --- runs -------------------------------------------------------------------------------------
+
+
+def base_raw(args: argparse.Namespace, root: Path) -> dict[str, Any]:
+    """The shared scoring: tokens, embeddings, clusters and the pool proxy (perplexity)."""
+    return {
+        "input": {"paths": [str(root / "pool")], "group_field": "domain", "label_field": "topic"},
+        "output": {"path": str(root / "runs" / "base")},
+        "select": {"method": "random", "budget": {"docs": 10}},
+        "proxy": {"train_tokens": args.proxy_train_tokens},
+        "stages": {"embed": {}, "cluster": {}, "perplexity": {}},
+        "seed": args.seed,
+    }
+
+
+def task_stages(args: argparse.Namespace, variant: str) -> dict[str, Any]:
+    stages: dict[str, Any] = {
+        "embed": {},
+        "cluster": {},
+        "dsir": {},
+        "classifier": {},
+        "similarity": {},
+    }
+    if any(ROWS[row][0] == "influence" for row in args.rows.split(",")):
+        stages["influence"] = {}  # every document scored (only options: configured, not run)
+    for name, options in VARIANTS[variant].items():
+        stages[name] = {**stages.get(name, {}), **options}
+    return stages
+
+
+def scored_folder(root: Path, task: Task, variant: str) -> Path:
+    return root / "runs" / task.name / ("scored-" + variant if variant else "scored")
+
+
+def task_raw(
+    args: argparse.Namespace, root: Path, task: Task, row: str, budget: dict[str, Any]
+) -> dict[str, Any]:
+    method, options, variant = ROWS[row]
+    raw = base_raw(args, root)
+    raw["proxy"] = {"path": str(root / "runs" / "base" / "proxy")}
+    raw["target"] = {"paths": [str(root / "tasks" / task.name / "target.jsonl")]}
+    raw["stages"] = task_stages(args, variant)
+    raw["select"] = {"method": method, "budget": budget, **options}
+    raw["output"] = {"path": str(root / "runs" / task.name / run_name(row, budget))}
+    return raw
+
+
+def run_name(row: str, budget: dict[str, Any]) -> str:
+    return "scored" if row == "scored" else f"{row}.{next(iter(budget))}"
+
+
+def budgets(args: argparse.Namespace, pool: harness.Shards) -> dict[str, dict[str, int]]:
+    records = [r for _, rs in pool for r in rs]
+    tokens = sum(math.ceil(len(r["text"]) / 4) for r in records)
+    return {
+        "docs": {"docs": math.ceil(args.docs_share * len(records))},
+        "tokens": {"tokens": math.ceil(args.tokens_share * tokens)},
+    }
+
+
+def run(name: str, raw: dict[str, Any], args: argparse.Namespace, pool_size: int) -> dict:
+    result = harness.run_method(name, raw, "-", pool_size, resume=args.resume)
+    if "error" in result:
+        raise SystemExit(f"{name}: {result['error']}")
+    return result
+
+
+def score_task(
+    args: argparse.Namespace, root: Path, task: Task, variant: str, pool_size: int
+) -> dict:
+    """The task's scoring run (every target-dependent stage) on a copy of the shared one; a
+    variant's (other settings of some stages) on a copy of the task's."""
+    folder = scored_folder(root, task, variant)
+    row = next(r for r, (_, options, v) in ROWS.items() if v == variant and not options)
+    raw = task_raw(args, root, task, row, {"docs": 10})
+    raw["select"] = {"method": "random", "budget": {"docs": 10}}
+    raw["output"] = {"path": str(folder)}
+    if not (args.resume and harness.finished_manifest(raw)):
+        # a variant rescores only the stages whose settings it changes
+        source = scored_folder(root, task, "") if variant else root / "runs" / "base"
+        harness.copy_scored(source, folder)
+    return run(f"{task.name} scoring {variant}".strip(), raw, args, pool_size)
+
+
+def select_row(
+    args: argparse.Namespace, root: Path, task: Task, row: str, budget: dict, pool_size: int
+) -> dict[str, Any]:
+    raw = task_raw(args, root, task, row, budget)
+    name = f"{task.name} {run_name(row, budget)}"
+    if not (args.resume and harness.finished_manifest(raw)):
+        source = scored_folder(root, task, ROWS[row][2])
+        harness.copy_scored(source, Path(raw["output"]["path"]))
+    result = run(name, raw, args, pool_size)
+    harness.progress(name, f"{result['selected_docs']} docs, {result['wall_seconds']:.1f} s")
+    return result
+
+
+# --- evaluation proxies -----------------------------------------------------------------------
+
+
+class Evaluator:
+    """Fresh proxies trained on a selection with the pool proxy's tokenizer; held-out losses
+    kept in a JSON cache keyed by the selection, the settings and the seed."""
+
+    def __init__(self, args: argparse.Namespace, root: Path) -> None:
+        from distsel.config import ProxyConfig
+        from distsel.scoring.proxy import load_proxy
+
+        _, self.tokenizer = load_proxy(str(root / "runs" / "base" / "proxy"))
+        self.config = ProxyConfig(train_tokens=args.eval_train_tokens)
+        self.cache_path = root / "eval_cache.json"
+        self.cache = json.loads(self.cache_path.read_text()) if self.cache_path.exists() else {}
+
+    def loss(self, ids: list[str], texts: list[str], heldout: list[str], seed: int) -> float:
+        key = hashlib.sha256(
+            json.dumps([sorted(ids), self.config.model_dump(), seed, heldout[:3]]).encode()
+        ).hexdigest()
+        if key not in self.cache:
+            self.cache[key] = self.train_and_measure(texts, heldout, seed)
+            self.cache_path.write_text(json.dumps(self.cache) + "\n")
+        return self.cache[key]
+
+    def train_and_measure(self, texts: list[str], heldout: list[str], seed: int) -> float:
+        import torch
+
+        from distsel.scoring.proxy import (
+            _set_special_ids,
+            batch_indices,
+            document_losses,
+            pack,
+            token_stream,
+        )
+        from distsel.scoring.training import build_proxy, train_steps
+
+        config = self.config
+        order = list(texts)
+        random.Random(seed).shuffle(order)
+        sequences = pack(token_stream(self.tokenizer, order, config.train_tokens), 256)
+        steps = max(1, math.ceil(config.train_tokens / (config.batch_size * config.max_length)))
+        torch.manual_seed(seed)
+        model = build_proxy(config, len(self.tokenizer))
+        _set_special_ids(model, self.tokenizer)
+        model.train()
+        rows = batch_indices(len(sequences), config.batch_size, steps, seed)
+        train_steps(model, (sequences[r] for r in rows), config, steps)
+        model.eval()
+        losses = document_losses(model, self.tokenizer, heldout, config.max_length)
+        return float(np.nanmean(losses))
+
+
+# --- tables -----------------------------------------------------------------------------------
+
+COLUMNS = [
+    "row",
+    "loss",
+    "precision",
+    "short off-target tok",
+    "kl red.",
+    "xent red.",
+    "scored",
+    "docs",
+    "select s",
+]
+
+
+def short_share(task: Task, table: dict[str, list[Any]], short_below: int) -> float:
+    """The share of the selection's tokens in short documents (under the pool's median length)
+    that are off the task's label (every document, for tasks without labels)."""
+    labels = table.get(task.label_field or "") or [None] * len(table["id"])
+    tokens = np.asarray(table["tokens_approx"], dtype=float)
+    off = np.asarray([task.label is None or value != task.label for value in labels])
+    short = (tokens < short_below) & off
+    return float(tokens[short].sum() / max(tokens.sum(), 1.0))
+
+
+def evaluate_row(
+    evaluator: Evaluator, task: Task, result: dict[str, Any], seeds: int, short_below: int
+) -> dict[str, Any]:
+    import pyarrow.parquet as pq
+
+    folder = Path(result["output"]) / "selected"
+    columns = ["id", "text", "tokens_approx"] + ([task.label_field] if task.label_field else [])
+    table = {c: [] for c in columns}
+    for path in sorted(folder.glob("*.parquet")):
+        part = pq.read_table(path, columns=columns)
+        for c in columns:
+            table[c] += part.column(c).to_pylist()
+    heldout = [r["text"] for r in task.heldout]
+    losses = [evaluator.loss(table["id"], table["text"], heldout, s) for s in range(seeds)]
+    evaluation = json.loads((Path(result["output"]) / "manifest.json").read_text())["evaluation"]
+    ngram = (evaluation or {}).get("ngram_lm") or {}
+    return {
+        "loss": float(np.mean(losses)),
+        "loss_sd": float(np.std(losses)),
+        "losses": losses,
+        "precision": task.precision(table.get(task.label_field or "", [])),
+        "short_share": short_share(task, table, short_below),
+        "xent_reduction": ngram.get("xent_reduction"),
+    }
+
+
+def table_row(row: str, r: dict[str, Any]) -> list[str]:
+    return [
+        row,
+        f"{fmt(r['loss'], '.4f')} ± {fmt(r['loss_sd'], '.3f')}",
+        fmt(r["precision"], ".3f"),
+        fmt(r.get("short_share"), ".3f"),
+        fmt(r.get("kl_reduction"), "+.4f"),
+        fmt(r.get("xent_reduction"), "+.4f"),
+        fmt(r.get("evaluated_share"), ".3f"),
+        str(r["selected_docs"]),
+        fmt(r["wall_seconds"], ".1f"),
+    ]
+
+
+def ranks(results: dict[str, dict[str, dict[str, Any]]]) -> dict[str, list[float]]:
+    """Each row's rank of loss (1 = lowest; ties share the mean rank) in every table."""
+    out: dict[str, list[float]] = {}
+    for table in results.values():
+        rows = sorted(table, key=lambda r: table[r]["loss"])
+        losses = [table[r]["loss"] for r in rows]
+        for row in rows:
+            tied = [i + 1 for i, v in enumerate(losses) if v == table[row]["loss"]]
+            out.setdefault(row, []).append(float(np.mean(tied)))
+    return out
+
+
+def beats(a: dict[str, Any], b: dict[str, Any]) -> int:
+    """+1: a's loss is lower than b's by more than twice the larger sd; −1: higher; 0: neither."""
+    margin = 2 * max(a["loss_sd"], b["loss_sd"])
+    if a["loss"] < b["loss"] - margin:
+        return 1
+    return -1 if a["loss"] > b["loss"] + margin else 0
+
+
+def summary_rows(results: dict[str, dict[str, dict[str, Any]]]) -> list[list[str]]:
+    rank = ranks(results)
+    lines = []
+    for row in sorted(rank, key=lambda r: np.mean(rank[r])):
+        vs_random = [beats(t[row], t["random"]) for t in results.values() if "random" in t]
+        vs_cheap = []
+        for t in results.values():
+            cheap = [c for c in CHEAP if c in t and c != row]
+            if cheap:
+                best = min(cheap, key=lambda c: t[c]["loss"])
+                vs_cheap.append(beats(t[row], t[best]))
+        lines.append(
+            [
+                row,
+                f"{np.mean(rank[row]):.2f}",
+                f"{np.mean([t[row]['loss'] for t in results.values()]):.4f}",
+                f"{vs_random.count(1)}/{vs_random.count(0)}/{vs_random.count(-1)}",
+                f"{vs_cheap.count(1)}/{vs_cheap.count(0)}/{vs_cheap.count(-1)}",
+            ]
+        )
+    return lines
+
+
+# --- main -------------------------------------------------------------------------------------
+
+
+def parse_args() -> argparse.Namespace:
+    parser = harness.new_parser(__doc__)
+    harness.add_common_flags(parser, corpus=harness.DEFAULT_CORPUS, seed=0)
+    parser.add_argument("--tasks", default=",".join(TASKS))
+    parser.add_argument("--rows", default=DEFAULT_ROWS, help=f"of {', '.join(ROWS)}")
+    parser.add_argument("--target-size", type=positive, default=300)
+    parser.add_argument("--heldout-size", type=positive, default=200)
+    parser.add_argument("--per-domain", type=positive, default=500)
+    parser.add_argument("--news", type=positive, default=1200)
+    parser.add_argument("--docs-share", type=float, default=0.05)
+    parser.add_argument("--tokens-share", type=float, default=0.10)
+    parser.add_argument("--proxy-train-tokens", type=positive, default=500_000)
+    parser.add_argument("--eval-train-tokens", type=positive, default=50_000)
+    parser.add_argument("--eval-seeds", type=positive, default=3)
+    parser.add_argument("--budgets", default="tokens,docs")
+    parser.add_argument(
+        "--docs-rows", default=DOCS_ROWS, help="the rows also run under the document budget"
+    )
+    parser.add_argument("--no-eval", action="store_true", help="selections only")
+    harness.add_common_flags(parser, workdir=harness.REQUIRED, resume=False, json=None)
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    harness.setup_logging()
+    began = time.perf_counter()
+    tasks, pool = build(args)
+    root = args.workdir.resolve()
+    split = ("corpus", "seed", "tasks", "target_size", "heldout_size", "per_domain", "news")
+    settings = {k: str(getattr(args, k)) for k in split}
+    write_work(root, tasks, pool, settings)
+    pool_size = sum(len(rs) for _, rs in pool)
+    budget_of = budgets(args, pool)
+    rows = args.rows.split(",")
+    docs_rows = [r for r in args.docs_rows.split(",") if r in rows]
+    results: dict[str, dict[str, dict[str, Any]]] = {}
+    scoring: dict[str, dict[str, Any]] = {}
+    lengths = [math.ceil(len(r["text"]) / 4) for _, rs in pool for r in rs]
+    short = int(np.median(lengths))
+    with harness.local_ray():
+        run("base", base_raw(args, root), args, pool_size)
+        evaluator = None if args.no_eval else Evaluator(args, root)
+        for task in tasks:
+            for variant in sorted({ROWS[row][2] for row in rows}):
+                stages = score_task(args, root, task, variant, pool_size)["stages"]
+                scoring[f"{task.name} {variant}".strip()] = stages
+            for kind in args.budgets.split(","):
+                table = results.setdefault(f"{task.name} / {kind}", {})
+                for row in rows if kind == "tokens" else docs_rows:
+                    table[row] = select_row(args, root, task, row, budget_of[kind], pool_size)
+                    if evaluator is not None:
+                        evaluation = evaluate_row(
+                            evaluator, task, table[row], args.eval_seeds, short
+                        )
+                        table[row].update(evaluation)
+                        harness.progress(
+                            f"{task.name} {row}.{kind}", f"loss {evaluation['loss']:.4f}"
+                        )
+            harness.write_json(args.json, {"args": vars(args), "results": results})
+    report(args, tasks, pool_size, budget_of, results, scoring, time.perf_counter() - began)
+
+
+def report(
+    args: argparse.Namespace,
+    tasks: list[Task],
+    pool_size: int,
+    budget_of: dict[str, dict[str, int]],
+    results: dict[str, dict[str, dict[str, Any]]],
+    scoring: dict[str, dict[str, Any]],
+    seconds: float,
+) -> None:
+    print(
+        f"pool {pool_size} docs ({args.per_domain} per domain file, {args.news} news) | budgets "
+        f"{budget_of['docs']['docs']} docs ({args.docs_share:.0%}), "
+        f"{budget_of['tokens']['tokens']:,} tokens ({args.tokens_share:.0%}) | targets "
+        f"{args.target_size}, held out {args.heldout_size} | eval proxies "
+        f"{args.eval_train_tokens:,} tokens, {args.eval_seeds} seeds | seed {args.seed} | "
+        f"{os.cpu_count()}-core CPU"
+    )
+    for name, stages in scoring.items():
+        seconds_by = ", ".join(
+            f"{k} {v.get('seconds', 0):.0f}" for k, v in stages.items() if isinstance(v, dict)
+        )
+        print(f"{name} scoring s: {seconds_by}")
+    if args.no_eval:
+        return
+    for name, table in results.items():
+        harness.print_table(COLUMNS, [table_row(r, v) for r, v in table.items()], title=name)
+    header = ["row", "mean rank", "mean loss", "vs random +/=/-", "vs best cheap +/=/-"]
+    for kind in args.budgets.split(","):
+        tables = {name: t for name, t in results.items() if name.endswith(f"/ {kind}")}
+        harness.print_table(header, summary_rows(tables), title=f"summary, {kind} budget")
+    print(f"\ntotal {seconds:.0f} s")
+    harness.write_json(args.json, {"args": vars(args), "results": results})
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    main()
