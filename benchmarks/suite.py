@@ -20,10 +20,11 @@ it. Quad scores its own draws (the share of the pool it scores is its own).
 
 Per row: the held-out loss (nats/token) of a fresh proxy trained on `--eval-train-tokens` tokens
 of the selection (its documents shuffled by the seed; a selection with fewer tokens repeats),
-`--eval-seeds` seeds, mean ± sd, with the shared pool proxy's BPE tokenizer, so losses compare;
-precision where labels exist; the run's evaluation (KL reduction; and the n-gram cross-entropy
-reduction where the run reports it); the share of the pool scored by influence; wall seconds of
-the selection (the task's shared scoring seconds are printed per task).
+`--eval-seeds` seeds, mean ± sd, with one BPE tokenizer of `--eval-vocab` ids trained on the
+pool (so losses compare); precision where labels exist; the run's evaluation (KL reduction,
+and the bigram cross-entropy reduction against a random selection of the same size); the share
+of the pool scored by influence; wall seconds of the selection (the task's shared scoring
+seconds are printed per task).
 Summary: each row's mean rank of loss over every task and budget, its wins and losses against
 random and against the best cheap baseline (dsir, classifier, similarity at defaults) of each
 table, by more than twice the larger evaluation sd.
@@ -59,26 +60,28 @@ CHEAP = ("dsir", "classifier", "similarity")
 ROWS: dict[str, tuple[str, dict[str, Any], str]] = {
     "random": ("random", {}, ""),
     "dsir": ("dsir", {}, ""),
-    "dsir-topk": ("dsir", {"dsir": {"sampling": "topk"}}, ""),
-    "dsir-norm": ("dsir", {"dsir": {"length_normalize": True}}, ""),
-    "dsir-norm-topk": ("dsir", {"dsir": {"length_normalize": True, "sampling": "topk"}}, ""),
+    "dsir-gumbel": ("dsir", {"dsir": {"sampling": "gumbel"}}, ""),
+    "dsir-raw": ("dsir", {"dsir": {"length_normalize": False}}, ""),
+    "dsir-raw-gumbel": ("dsir", {"dsir": {"length_normalize": False, "sampling": "gumbel"}}, ""),
     "classifier": ("classifier", {}, ""),
     "similarity": ("similarity", {}, ""),
     "similarity-mean": ("similarity", {}, "mean"),
-    "influence": ("influence", {}, ""),
-    "influence-raw": ("influence", {"influence": {"normalize": False}}, ""),
-    "influence-contrast": ("influence", {}, "contrast"),
+    "influence": ("influence", {}, "influence"),
+    "influence-raw": ("influence", {"influence": {"normalize": False}}, "influence"),
     "quad": ("quad", {}, ""),
     "quad-contrast": ("quad", {}, "contrast"),
+    # a diagnostic: the bandit with the classifier's score as the reward instead of influence
+    "quad-classifier": ("quad", {"quad": {"scorer": "classifier"}}, ""),
 }
 VARIANTS: dict[str, dict[str, Any]] = {
     "": {},
     "mean": {"similarity": {"aggregate": "mean"}},
-    "contrast": {"influence": {"contrast": "pool"}},
+    "contrast": {"influence": {"contrast": "pool"}},  # options only: configures, does not add
+    "influence": {"influence": {}},  # listed empty: the stage scores every document
 }
 # influence top-k scores every document: about 13 min per task on 2 cores, so it is a row on
 # request only (--rows)
-DEFAULT_ROWS = "random,dsir,dsir-norm-topk,classifier,similarity,quad,quad-contrast"
+DEFAULT_ROWS = "random,dsir,dsir-raw-gumbel,classifier,similarity,quad,quad-contrast"
 DOCS_ROWS = "random,dsir,classifier,similarity,influence,quad"
 
 
@@ -181,7 +184,7 @@ def base_raw(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     }
 
 
-def task_stages(args: argparse.Namespace, variant: str) -> dict[str, Any]:
+def task_stages(variant: str) -> dict[str, Any]:
     stages: dict[str, Any] = {
         "embed": {},
         "cluster": {},
@@ -189,8 +192,6 @@ def task_stages(args: argparse.Namespace, variant: str) -> dict[str, Any]:
         "classifier": {},
         "similarity": {},
     }
-    if any(ROWS[row][0] == "influence" for row in args.rows.split(",")):
-        stages["influence"] = {}  # every document scored (only options: configured, not run)
     for name, options in VARIANTS[variant].items():
         stages[name] = {**stages.get(name, {}), **options}
     return stages
@@ -207,7 +208,7 @@ def task_raw(
     raw = base_raw(args, root)
     raw["proxy"] = {"path": str(root / "runs" / "base" / "proxy")}
     raw["target"] = {"paths": [str(root / "tasks" / task.name / "target.jsonl")]}
-    raw["stages"] = task_stages(args, variant)
+    raw["stages"] = task_stages(variant)
     raw["select"] = {"method": method, "budget": budget, **options}
     raw["output"] = {"path": str(root / "runs" / task.name / run_name(row, budget))}
     return raw
@@ -257,6 +258,9 @@ def select_row(
     name = f"{task.name} {run_name(row, budget)}"
     if not (args.resume and harness.finished_manifest(raw)):
         source = scored_folder(root, task, ROWS[row][2])
+        fitted = root / "runs" / task.name / run_name(row, {"tokens": 0})
+        if ROWS[row][0] == "quad" and (fitted / "manifest.json").exists():
+            source = fitted  # the same influence fit: reused, not fitted again
         harness.copy_scored(source, Path(raw["output"]["path"]))
     result = run(name, raw, args, pool_size)
     harness.progress(name, f"{result['selected_docs']} docs, {result['wall_seconds']:.1f} s")
@@ -267,21 +271,25 @@ def select_row(
 
 
 class Evaluator:
-    """Fresh proxies trained on a selection with the pool proxy's tokenizer; held-out losses
-    kept in a JSON cache keyed by the selection, the settings and the seed."""
+    """Fresh proxies trained on a selection, with a BPE tokenizer trained on the pool; held-out
+    losses kept in a JSON cache keyed by the selection, the settings and the seed."""
 
-    def __init__(self, args: argparse.Namespace, root: Path) -> None:
+    def __init__(self, args: argparse.Namespace, root: Path, pool_texts: list[str]) -> None:
         from distsel.config import ProxyConfig
-        from distsel.scoring.proxy import load_proxy
+        from distsel.scoring.proxy import train_bpe_tokenizer
 
-        _, self.tokenizer = load_proxy(str(root / "runs" / "base" / "proxy"))
-        self.config = ProxyConfig(train_tokens=args.eval_train_tokens)
+        self.config = ProxyConfig(train_tokens=args.eval_train_tokens, vocab_size=args.eval_vocab)
+        # one tokenizer for every selection, so that losses compare; a small vocabulary, since
+        # the output layer is most of a small proxy's cost
+        self.tokenizer = train_bpe_tokenizer(pool_texts, args.eval_vocab, self.config.max_length)
         self.cache_path = root / "eval_cache.json"
         self.cache = json.loads(self.cache_path.read_text()) if self.cache_path.exists() else {}
 
     def loss(self, ids: list[str], texts: list[str], heldout: list[str], seed: int) -> float:
         key = hashlib.sha256(
-            json.dumps([sorted(ids), self.config.model_dump(), seed, heldout[:3]]).encode()
+            json.dumps(
+                [sorted(ids), self.config.model_dump(), seed, heldout[:3], "bpe-pool"]
+            ).encode()
         ).hexdigest()
         if key not in self.cache:
             self.cache[key] = self.train_and_measure(texts, heldout, seed)
@@ -303,7 +311,9 @@ class Evaluator:
         config = self.config
         order = list(texts)
         random.Random(seed).shuffle(order)
-        sequences = pack(token_stream(self.tokenizer, order, config.train_tokens), 256)
+        sequences = pack(
+            token_stream(self.tokenizer, order, config.train_tokens), config.max_length
+        )
         steps = max(1, math.ceil(config.train_tokens / (config.batch_size * config.max_length)))
         torch.manual_seed(seed)
         model = build_proxy(config, len(self.tokenizer))
@@ -441,6 +451,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--proxy-train-tokens", type=positive, default=500_000)
     parser.add_argument("--eval-train-tokens", type=positive, default=50_000)
     parser.add_argument("--eval-seeds", type=positive, default=3)
+    parser.add_argument("--eval-vocab", type=positive, default=2048)
+    parser.add_argument("--only", default="", help="run the rows on these tasks only (comma list)")
     parser.add_argument("--budgets", default="tokens,docs")
     parser.add_argument(
         "--docs-rows", default=DOCS_ROWS, help="the rows also run under the document budget"
@@ -459,6 +471,8 @@ def main() -> None:
     split = ("corpus", "seed", "tasks", "target_size", "heldout_size", "per_domain", "news")
     settings = {k: str(getattr(args, k)) for k in split}
     write_work(root, tasks, pool, settings)
+    if args.only:
+        tasks = [t for t in tasks if t.name in args.only.split(",")]
     pool_size = sum(len(rs) for _, rs in pool)
     budget_of = budgets(args, pool)
     rows = args.rows.split(",")
@@ -469,12 +483,14 @@ def main() -> None:
     short = int(np.median(lengths))
     with harness.local_ray():
         run("base", base_raw(args, root), args, pool_size)
-        evaluator = None if args.no_eval else Evaluator(args, root)
+        texts = [r["text"] for _, rs in pool for r in rs]
+        evaluator = None if args.no_eval else Evaluator(args, root, texts)
         for task in tasks:
             for variant in sorted({ROWS[row][2] for row in rows}):
                 stages = score_task(args, root, task, variant, pool_size)["stages"]
                 scoring[f"{task.name} {variant}".strip()] = stages
-            for kind in args.budgets.split(","):
+        for kind in args.budgets.split(","):  # every task under one budget, then the next
+            for task in tasks:
                 table = results.setdefault(f"{task.name} / {kind}", {})
                 for row in rows if kind == "tokens" else docs_rows:
                     table[row] = select_row(args, root, task, row, budget_of[kind], pool_size)
@@ -486,7 +502,7 @@ def main() -> None:
                         harness.progress(
                             f"{task.name} {row}.{kind}", f"loss {evaluation['loss']:.4f}"
                         )
-            harness.write_json(args.json, {"args": vars(args), "results": results})
+                harness.write_json(args.json, {"args": vars(args), "results": results})
     report(args, tasks, pool_size, budget_of, results, scoring, time.perf_counter() - began)
 
 
@@ -520,8 +536,113 @@ def report(
     for kind in args.budgets.split(","):
         tables = {name: t for name, t in results.items() if name.endswith(f"/ {kind}")}
         harness.print_table(header, summary_rows(tables), title=f"summary, {kind} budget")
+    harness.print_table(
+        ["evaluation metric", "mean Spearman with −loss", "sign agrees with loss vs random"],
+        metric_rows(results),
+        title="does the run's evaluation rank selections as the held-out loss does? (every table)",
+    )
+    tokens = {name: t for name, t in results.items() if name.endswith("/ tokens")}
+    print("\ngoals (token budget):")
+    for line in goal_lines(tokens, tasks):
+        print(f"  {line}")
     print(f"\ntotal {seconds:.0f} s")
     harness.write_json(args.json, {"args": vars(args), "results": results})
+
+
+def spearman(a: list[float], b: list[float]) -> float:
+    ranks_a, ranks_b = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    return float(np.corrcoef(ranks_a, ranks_b)[0, 1])
+
+
+def metric_rows(results: dict[str, dict[str, dict[str, Any]]]) -> list[list[str]]:
+    """Per evaluation metric: its mean rank correlation with −loss over the tables, and how often
+    its sign (a selection against random) agrees with the loss's."""
+    rows = []
+    for key, name in (
+        ("xent_reduction", "bigram xent reduction"),
+        ("kl_reduction", "KL reduction"),
+    ):
+        correlations, agree, total = [], 0, 0
+        for table in results.values():
+            rows_with = [r for r in table if table[r].get(key) is not None]
+            if len(rows_with) > 2:
+                values = [table[r][key] for r in rows_with]
+                correlations.append(spearman(values, [-table[r]["loss"] for r in rows_with]))
+            for r in rows_with:
+                if r != "random" and "random" in table:
+                    gain = table["random"]["loss"] - table[r]["loss"]
+                    agree += (gain > 0) == (table[r][key] > 0)
+                    total += 1
+        mean = f"{np.mean(correlations):+.2f}" if correlations else "-"
+        rows.append([name, mean, f"{agree}/{total}"])
+    return rows
+
+
+DEFAULT_ROW_OF = {"dsir": "dsir", "classifier": "classifier", "similarity": "similarity"}
+DEFAULT_ROW_OF.update(quad="quad", influence="influence")
+GOAL_RANDOM_SDS, GOAL_DEFAULT_GAP, GOAL_QUAD_GAP, GOAL_QUAD_SCORED, GOAL_PRECISION = (
+    2,
+    0.05,
+    0.03,
+    0.10,
+    0.9,
+)
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "NOT met"
+
+
+def goal_lines(tables: dict[str, dict[str, dict[str, Any]]], tasks: list[Task]) -> list[str]:
+    """The issue's goals, each with its figures."""
+    lines = []
+    defaults = [row for row in DEFAULT_ROW_OF.values() if all(row in t for t in tables.values())]
+    for row in defaults:
+        misses = [n for n, t in tables.items() if beats(t[row], t["random"]) != 1]
+        signs = [
+            (t["random"]["loss"] - t[row]["loss"]) * (t[row].get("xent_reduction") or 0) > 0
+            for t in tables.values()
+        ]
+        lines.append(
+            f"{row} beats random by > {GOAL_RANDOM_SDS} sd on every task: "
+            f"{verdict(not misses)} ({len(tables) - len(misses)}/{len(tables)}"
+            f"{'; not: ' + ', '.join(misses) if misses else ''}); the evaluation's sign agrees "
+            f"with the loss's on {sum(signs)}/{len(signs)}"
+        )
+    for method, default in DEFAULT_ROW_OF.items():
+        settings = [
+            r for r in ROWS if ROWS[r][0] == method and all(r in t for t in tables.values())
+        ]
+        if default not in settings or len(settings) < 2:
+            continue
+        mean = {r: np.mean([t[r]["loss"] for t in tables.values()]) for r in settings}
+        best = min(mean, key=mean.get)
+        gap = mean[default] - mean[best]
+        lines.append(
+            f"{method} defaults within {GOAL_DEFAULT_GAP} of its best setting ({best}): "
+            f"{verdict(gap <= GOAL_DEFAULT_GAP)} (mean loss {mean[default]:.4f} vs "
+            f"{mean[best]:.4f})"
+        )
+    if all("quad" in t for t in tables.values()):
+        for name, t in tables.items():
+            best = min(t, key=lambda r: t[r]["loss"])
+            gap, share = t["quad"]["loss"] - t[best]["loss"], t["quad"].get("evaluated_share")
+            ok = gap <= GOAL_QUAD_GAP and share is not None and share <= GOAL_QUAD_SCORED
+            lines.append(
+                f"quad within {GOAL_QUAD_GAP} of the best row ({best}), scoring <= "
+                f"{GOAL_QUAD_SCORED:.0%}, on {name}: {verdict(ok)} (gap {gap:+.4f}, scored "
+                f"{fmt(share, '.3f')})"
+            )
+        for task in (t for t in tasks if t.kind == "topic"):
+            t = tables.get(f"{task.name} / tokens")
+            if not t or "classifier" not in t:
+                continue
+            mine, theirs = t["quad"]["precision"], t["classifier"]["precision"]
+            lines.append(
+                f"quad precision >= {GOAL_PRECISION} x the classifier's on {task.name}: "
+                f"{verdict(mine >= GOAL_PRECISION * theirs)} ({mine:.3f} vs {theirs:.3f})"
+            )
+    return lines
 
 
 if __name__ == "__main__":

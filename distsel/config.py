@@ -243,10 +243,13 @@ class DsirStageOptions(NgramOptions):
 
 
 class DsirOptions(_Strict):
-    """`select.dsir`: how the selector samples by the importance weights."""
+    """`select.dsir`: how the selector samples by the importance weights. By default the top-k of
+    the weight per n-gram: the plain weight grows with length (a token budget fills with short
+    off-target documents), and Gumbel noise drowns per-n-gram differences; chosen on the task
+    suite (benchmarks/suite.py)."""
 
-    length_normalize: bool = False
-    sampling: Literal["gumbel", "topk"] = "gumbel"
+    length_normalize: bool = True
+    sampling: Literal["gumbel", "topk"] = "topk"
 
 
 class SimilarityStageOptions(_Strict):

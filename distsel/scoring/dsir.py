@@ -561,7 +561,13 @@ def pool_ngram_counts(
 
 @register_selector("dsir", options=DsirOptions, needs_target=True)
 class DsirSelector:
-    """DSIR resampling: Gumbel top-k (∝ importance weight) or plain top-k of the log weights."""
+    """DSIR: the top-k of the log importance weights (by default per n-gram), or Gumbel top-k
+    resampling (∝ importance weight, `sampling: gumbel`).
+
+    Under a token budget: the weight per n-gram does not grow with length, so documents are
+    ranked by it alone and the order is walked, keeping each document that still fits. The plain
+    weight (`length_normalize: false`) sums over n-grams: off-target documents' weights are
+    negative and fall with length, so short ones rank first."""
 
     def required_stages(self, config: Config) -> tuple[str, ...]:
         return ("dsir",)

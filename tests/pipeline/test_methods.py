@@ -67,7 +67,11 @@ def select_from(dsir_scored, tmp_path, corpus_and_target, method, **options):
 def test_dsir_weights_and_kl_match_a_direct_computation(tmp_path, corpus_and_target, dsir_scored):
     _, _, pool, target_texts = corpus_and_target
     _, manifest = select_from(
-        dsir_scored, tmp_path, corpus_and_target, "dsir", dsir={"sampling": "topk"}
+        dsir_scored,
+        tmp_path,
+        corpus_and_target,
+        "dsir",
+        dsir={"sampling": "topk", "length_normalize": False},
     )
 
     texts = [d["text"] for d in pool]
@@ -100,8 +104,9 @@ def test_dsir_weights_and_kl_match_a_direct_computation(tmp_path, corpus_and_tar
 
 
 def test_dsir_gumbel_sampling_is_seeded(tmp_path, corpus_and_target, dsir_scored):
-    _, first = select_from(dsir_scored, tmp_path / "1", corpus_and_target, "dsir")
-    select_from(dsir_scored, tmp_path / "2", corpus_and_target, "dsir")
+    gumbel = {"sampling": "gumbel"}
+    _, first = select_from(dsir_scored, tmp_path / "1", corpus_and_target, "dsir", dsir=gumbel)
+    select_from(dsir_scored, tmp_path / "2", corpus_and_target, "dsir", dsir=gumbel)
     ids = [
         sorted(read_folder(p / "dsir" / "selected")["id"].to_pylist())
         for p in (tmp_path / "1", tmp_path / "2")
