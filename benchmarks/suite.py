@@ -502,7 +502,7 @@ def main() -> None:
                         harness.progress(
                             f"{task.name} {row}.{kind}", f"loss {evaluation['loss']:.4f}"
                         )
-                harness.write_json(args.json, {"args": vars(args), "results": results})
+                harness.write_json(args.json, {"args": vars(args), "results": compact(results)})
     report(args, tasks, pool_size, budget_of, results, scoring, time.perf_counter() - began)
 
 
@@ -546,7 +546,7 @@ def report(
     for line in goal_lines(tokens, tasks):
         print(f"  {line}")
     print(f"\ntotal {seconds:.0f} s")
-    harness.write_json(args.json, {"args": vars(args), "results": results})
+    harness.write_json(args.json, {"args": vars(args), "results": compact(results)})
 
 
 def spearman(a: list[float], b: list[float]) -> float:
@@ -587,6 +587,30 @@ GOAL_RANDOM_SDS, GOAL_DEFAULT_GAP, GOAL_QUAD_GAP, GOAL_QUAD_SCORED, GOAL_PRECISI
     0.10,
     0.9,
 )
+
+
+KEPT = (
+    "loss",
+    "loss_sd",
+    "losses",
+    "precision",
+    "short_share",
+    "kl_reduction",
+    "xent_reduction",
+    "evaluated_share",
+    "selected_docs",
+    "selected_tokens_approx",
+    "selected_by_group",
+    "wall_seconds",
+)
+
+
+def compact(results: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
+    """What the tables show, per table and row (the runs' manifests hold the rest)."""
+    return {
+        name: {row: {k: r.get(k) for k in KEPT} for row, r in table.items()}
+        for name, table in results.items()
+    }
 
 
 def verdict(ok: bool) -> str:

@@ -95,8 +95,7 @@ def _demo(args: argparse.Namespace) -> int:
     output = args.output.resolve()
     config = parse_config(demo.prepare(output), "demo configuration")
     manifest = pipeline.run(config, address=args.address)
-    print(summary(manifest, str(output)))
-    print(demo.concentration(manifest))
+    print(summary(manifest, str(output)))  # with the topic's share of pool and selection
     print(f"distsel: report written to {write_report(str(output))}")
     return 0
 

@@ -259,21 +259,3 @@ def prepare(output: Path) -> dict[str, Any]:
     write_demo_corpus(output / "demo-corpus")
     write_demo_target(output / "demo-target" / "networking.jsonl")
     return demo_config(output)
-
-
-def concentration(manifest: dict[str, Any]) -> str:
-    """A short table: the target topic's share of the pool and of the selection, and the KL
-    reduction towards the target, as the run's manifest records them."""
-    evaluation = manifest.get("evaluation") or {}
-    labels = evaluation.get("labels") or {}
-    lines = [f"  {'target':<24}{'pool':>10}{'selected':>10}"]
-    for name in sorted(labels.get("pool", {}), key=lambda n: n != TARGET_TOPIC):
-        pool, chosen = labels["pool"][name], labels["selected"].get(name, 0.0)
-        lines.append(f"    {name + ' share':<22}{pool:>10.1%}{chosen:>10.1%}")
-    kl = evaluation.get("kl")
-    if kl:
-        lines.append(
-            f"    {'KL(target ‖ ·)':<22}{kl['kl_target_pool']:>10.3f}"
-            f"{kl['kl_target_selection']:>10.3f}   reduction {kl['kl_reduction']:.3f}"
-        )
-    return "\n".join(lines)

@@ -18,7 +18,9 @@ def test_demo_runs_end_to_end_on_standard_library_text(tmp_path):
     assert "documents in" in result.stdout and "selected" in result.stdout
     assert f"report written to {output / 'report.html'}" in result.stdout
     assert (output / "report.html").stat().st_size > 0
-    assert "networking share" in result.stdout and "KL(target" in result.stdout
+    assert "topic share" in result.stdout and "KL(target" in result.stdout
+    assert re.search(r"^ +networking +\d+\.\d% +\d+\.\d%$", result.stdout, re.M)
+    assert "bigram xent" in result.stdout
 
     manifest = json.loads((output / "manifest.json").read_text())
     assert manifest["input_docs"] == manifest["accepted_docs"] + manifest["rejected_docs"]
