@@ -13,10 +13,13 @@ documents), after every task's target and held-out examples were taken out. Task
   topic-<label>   (c) one AG-news class: target and held-out examples of that class; the pool
                   keeps the news of every class (precision: the share of that class)
 
-Budgets: `--docs-share` of the pool's documents, and `--tokens-share` of its tokens.
-Per task, one scoring run computes every target-dependent stage (dsir, classifier, similarity,
-influence) on a copy of the shared scoring; each row is then a selection-only run on a copy of
-it. Quad scores its own draws (the share of the pool it scores is its own).
+Budgets: `--tokens-share` of the pool's tokens (every row in `--rows`), then `--docs-share` of
+its documents (the rows in `--docs-rows`). Per task, one scoring run computes the cheap
+target-dependent stages (dsir, classifier, similarity) on a copy of the shared scoring, and a
+variant's run (other stage settings, or influence over every document for the influence rows,
+about 10 min a task on 2 cores) on a copy of that; each row is then a selection-only run on a
+copy of its scoring. Quad scores its own draws (the share of the pool it scores is its own).
+`--only` runs the rows on some tasks (the split stays the same).
 
 Per row: the held-out loss (nats/token) of a fresh proxy trained on `--eval-train-tokens` tokens
 of the selection (its documents shuffled by the seed; a selection with fewer tokens repeats),
@@ -25,12 +28,15 @@ pool (so losses compare); precision where labels exist; the run's evaluation (KL
 and the bigram cross-entropy reduction against a random selection of the same size); the share
 of the pool scored by influence; wall seconds of the selection (the task's shared scoring
 seconds are printed per task).
-Summary: each row's mean rank of loss over every task and budget, its wins and losses against
+Summary, per budget: each row's mean rank of loss over the tasks, its wins and losses against
 random and against the best cheap baseline (dsir, classifier, similarity at defaults) of each
-table, by more than twice the larger evaluation sd.
+table, by more than twice the larger evaluation sd; how well the runs' evaluation metrics rank
+selections as the loss does; and the issue's goals, met or not, with their figures.
 
     python benchmarks/suite.py --workdir /tmp/suite --resume \
-        --json benchmarks/results/suite.json
+        --json benchmarks/results/suite_cpu.json
+    python benchmarks/suite.py --workdir /tmp/suite --resume --only topic-world,task-gsm8k \
+        --rows random,influence --docs-rows random,influence
 """
 
 from __future__ import annotations
