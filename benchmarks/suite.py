@@ -284,7 +284,10 @@ class Evaluator:
         from distsel.config import ProxyConfig
         from distsel.scoring.proxy import train_bpe_tokenizer
 
-        self.config = ProxyConfig(train_tokens=args.eval_train_tokens, vocab_size=args.eval_vocab)
+        # every proxy trains on the same number of tokens, however few the selection holds
+        self.config = ProxyConfig(
+            train_tokens=args.eval_train_tokens, vocab_size=args.eval_vocab, max_passes=None
+        )
         # one tokenizer for every selection, so that losses compare; a small vocabulary, since
         # the output layer is most of a small proxy's cost
         self.tokenizer = train_bpe_tokenizer(pool_texts, args.eval_vocab, self.config.max_length)
@@ -303,32 +306,12 @@ class Evaluator:
         return self.cache[key]
 
     def train_and_measure(self, texts: list[str], heldout: list[str], seed: int) -> float:
-        import torch
+        from distsel.scoring.proxy import document_losses, train_proxy
 
-        from distsel.scoring.proxy import (
-            _set_special_ids,
-            batch_indices,
-            document_losses,
-            pack,
-            token_stream,
-        )
-        from distsel.scoring.training import build_proxy, train_steps
-
-        config = self.config
         order = list(texts)
         random.Random(seed).shuffle(order)
-        sequences = pack(
-            token_stream(self.tokenizer, order, config.train_tokens), config.max_length
-        )
-        steps = max(1, math.ceil(config.train_tokens / (config.batch_size * config.max_length)))
-        torch.manual_seed(seed)
-        model = build_proxy(config, len(self.tokenizer))
-        _set_special_ids(model, self.tokenizer)
-        model.train()
-        rows = batch_indices(len(sequences), config.batch_size, steps, seed)
-        train_steps(model, (sequences[r] for r in rows), config, steps)
-        model.eval()
-        losses = document_losses(model, self.tokenizer, heldout, config.max_length)
+        model, _, _ = train_proxy(order, self.config, seed, tokenizer=self.tokenizer)
+        losses = document_losses(model, self.tokenizer, heldout, self.config.max_length)
         return float(np.nanmean(losses))
 
 

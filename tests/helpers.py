@@ -177,3 +177,37 @@ def s3_keys(s3, bucket: str, prefix: str) -> list[str]:
 
 def s3_get(s3, bucket: str, key: str) -> bytes:
     return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+# ---------------------------------------------------------------------------------------------
+# Models
+
+
+def train_tiny_llama(tokenizer: Any, texts: list[str], steps: int) -> tuple[Any, float]:
+    """A 2-layer, width-32 Llama trained from seed 0 for `steps` AdamW steps on random 64-token
+    windows of the texts' concatenated ids; float64, in eval mode, with its last step's loss."""
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        vocab_size=len(tokenizer),
+        tie_word_embeddings=True,
+        max_position_embeddings=256,
+    )
+    model = transformers.LlamaForCausalLM(config)
+    stream = torch.tensor([i for ids in tokenizer(texts)["input_ids"] for i in ids])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        starts = torch.randint(0, len(stream) - 65, (16,), generator=generator)
+        batch = torch.stack([stream[s : s + 64] for s in starts.tolist()])
+        loss = model(input_ids=batch, labels=batch).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.double().eval(), loss.item()

@@ -203,12 +203,14 @@ def train_proxy(
     seed: int,
     device: str = "cpu",
     progress: Progress | None = None,
+    tokenizer: PreTrainedTokenizerBase | None = None,
 ) -> tuple[LlamaForCausalLM, PreTrainedTokenizerBase, dict[str, Any]]:
     """Train a proxy from scratch on `texts`: next-token cross-entropy on packed sequences of
     `max_length` tokens, S steps of train_steps (distsel.scoring.training), S from
     `training_steps`: train_tokens, or fewer where max_passes over the sample's D tokens bind
     (one line says so). Seeded; deterministic on CPU. Progress lines (every tenth of the steps,
-    at least every PROGRESS_SECONDS) go to `progress`, else to the `distsel` logger.
+    at least every PROGRESS_SECONDS) go to `progress`, else to the `distsel` logger. `tokenizer`:
+    one to use as it is, instead of `config.tokenizer`'s (say, one shared by several proxies).
 
     info: params, train_tokens (= S · batch_size · max_length, the tokens trained on),
     train_tokens_requested, max_passes, limited_by_max_passes, steps, initial_loss (first
@@ -217,7 +219,7 @@ def train_proxy(
     """
     say = progress.say if progress is not None else log.info
     began = time.perf_counter()
-    tokenizer = make_tokenizer(config, texts)
+    tokenizer = tokenizer or make_tokenizer(config, texts)
     sequences = pack(token_stream(tokenizer, texts, config.train_tokens), config.max_length)
     steps = training_steps(config, sequences.numel())
     per_step = config.batch_size * config.max_length

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from helpers import stdlib_paragraphs
+from helpers import stdlib_paragraphs, train_tiny_llama
 from scipy.stats import spearmanr
 
 from distsel.config import InfluenceOptions
@@ -46,29 +46,9 @@ def train_tokenizer(texts: list[str]) -> transformers.PreTrainedTokenizerFast:
 
 
 def train_model(tokenizer: object, texts: list[str], steps: int = 300) -> torch.nn.Module:
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        vocab_size=len(tokenizer),
-        tie_word_embeddings=True,
-        max_position_embeddings=256,
-    )
-    model = transformers.LlamaForCausalLM(config)
-    stream = torch.tensor([i for ids in tokenizer(texts)["input_ids"] for i in ids])
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
-    generator = torch.Generator().manual_seed(0)
-    for _ in range(steps):
-        starts = torch.randint(0, len(stream) - 65, (16,), generator=generator)
-        batch = torch.stack([stream[s : s + 64] for s in starts.tolist()])
-        loss = model(input_ids=batch, labels=batch).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    report(f"\ntiny proxy: final training loss {loss.item():.3f} after {steps} AdamW steps")
-    return model.double().eval()
+    model, loss = train_tiny_llama(tokenizer, texts, steps)
+    report(f"\ntiny proxy: final training loss {loss:.3f} after {steps} AdamW steps")
+    return model
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
-import torch
-from helpers import base_config, write_jsonl
+from helpers import base_config, train_tiny_llama, write_jsonl
 from scipy.stats import rankdata
 
 from distsel.config import InfluenceOptions, parse_config
@@ -69,28 +68,8 @@ def proxy() -> dict:
     tokenizer = word_tokenizer()
     rng = np.random.default_rng(1)
     texts = [document(rng, int(rng.integers(TOPICS)), "other") for _ in range(800)]
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        vocab_size=len(tokenizer),
-        tie_word_embeddings=True,
-        max_position_embeddings=256,
-    )
-    model = transformers.LlamaForCausalLM(config)
-    stream = torch.tensor([i for ids in tokenizer(texts)["input_ids"] for i in ids])
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
-    generator = torch.Generator().manual_seed(0)
-    for _ in range(200):
-        starts = torch.randint(0, len(stream) - 65, (16,), generator=generator)
-        batch = torch.stack([stream[s : s + 64] for s in starts.tolist()])
-        loss = model(input_ids=batch, labels=batch).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return {"model": model.double().eval(), "tokenizer": tokenizer}
+    model, _ = train_tiny_llama(tokenizer, texts, steps=200)
+    return {"model": model, "tokenizer": tokenizer}
 
 
 def draw(seed: int) -> tuple[list[str], list[str], np.ndarray]:

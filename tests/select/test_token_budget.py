@@ -52,10 +52,6 @@ def short_share(chosen: np.ndarray) -> float:
     return float(np.mean(np.asarray(chosen) % 2 == 0))
 
 
-def resolved(cfg, pool: Pool):
-    return with_resolved_budget(cfg, pool)
-
-
 def dsir_scores(texts: list[str], pool: Pool) -> None:
     counts, target = dsir.featurize(texts), dsir.featurize(TARGET)
     log_diff = dsir.fit_log_diff(target, counts)
@@ -84,7 +80,7 @@ def pool_and_texts():
 def test_dsir_at_its_defaults_takes_short_and_long_copies_alike(pool_and_texts):
     texts, pool = pool_and_texts
     dsir_scores(texts, pool)
-    cfg = resolved(config("dsir"), pool)
+    cfg = with_resolved_budget(config("dsir"), pool)
     chosen, _ = DsirSelector().select(pool, cfg, None)
     assert 0.35 <= short_share(chosen) <= 0.65
 
@@ -94,7 +90,8 @@ def test_unnormalised_dsir_weights_fill_a_token_budget_with_short_copies(pool_an
     negative and grows with its length, so the short copies rank first."""
     texts, pool = pool_and_texts
     dsir_scores(texts, pool)
-    cfg = resolved(config("dsir", dsir={"length_normalize": False, "sampling": "topk"}), pool)
+    plain = config("dsir", dsir={"length_normalize": False, "sampling": "topk"})
+    cfg = with_resolved_budget(plain, pool)
     chosen, _ = DsirSelector().select(pool, cfg, None)
     assert short_share(chosen) > 0.7
 
@@ -102,6 +99,6 @@ def test_unnormalised_dsir_weights_fill_a_token_budget_with_short_copies(pool_an
 def test_the_classifier_takes_short_and_long_copies_alike(pool_and_texts):
     texts, pool = pool_and_texts
     classifier_scores(texts, pool)
-    cfg = resolved(config("classifier"), pool)
+    cfg = with_resolved_budget(config("classifier"), pool)
     chosen, _ = ClassifierSelector().select(pool, cfg, None)
     assert 0.35 <= short_share(chosen) <= 0.65
