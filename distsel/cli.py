@@ -3,13 +3,27 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
+import os
 import sys
 import traceback
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from distsel import console, errors
-from distsel.config import PHASES, load_config, parse_config
+import yaml
+
+from distsel import __version__, console, errors
+from distsel.config import PHASES, Config, InputConfig, OutputConfig, load_config, parse_config
+
+DESCRIPTION = """\
+distsel selects the training data for a language model out of a corpus too large for one
+machine: it scores every document on a Ray cluster (or a local Ray) and keeps the subset
+worth training on under a budget of documents or tokens."""
+EXAMPLE = "example:\n  distsel run run.yaml --set select.budget.docs=10000 --output s3://bucket/out"
+#: What Ray (2.60) sets in the driver of a job that `ray job submit` started: its JobConfig.
+RAY_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,16 +55,29 @@ def _fail(exc: Exception, verbose: bool) -> int:
     return status
 
 
+def version() -> str:
+    """The installed package's version (the source tree's where it is not installed)."""
+    try:
+        return metadata.version("distsel")
+    except metadata.PackageNotFoundError:
+        return __version__
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="distsel", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="distsel",
+        description=DESCRIPTION,
+        epilog=EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument(
         "-v", "--verbose", action="store_true", help="more log output, Ray's own included"
     )
+    parser.add_argument("--version", action="version", version=f"distsel {version()}")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     run = commands.add_parser("run", help="run the selection a YAML configuration describes")
-    run.add_argument("config", type=Path, help="configuration file (YAML)")
-    run.add_argument("--output", help="output folder or s3:// prefix (overrides output.path)")
+    _configuration_arguments(run)
     run.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or local Ray)")
     run.add_argument(
         "--phase",
@@ -60,6 +87,23 @@ def _parser() -> argparse.ArgumentParser:
         "scoring; mixture: score, then only the mixture search",
     )
     run.set_defaults(handler=_run)
+
+    validate = commands.add_parser(
+        "validate",
+        help="check a configuration, that its inputs exist and that its output is writable, "
+        "without running anything",
+    )
+    _configuration_arguments(validate)
+    validate.set_defaults(handler=_validate)
+
+    status = commands.add_parser(
+        "status",
+        help="where the run in an output stands: phase, parts done per stage, rows scored, "
+        "rate and ETA, whether a live run holds it",
+    )
+    status.add_argument("output", help="the run's output folder or s3:// prefix")
+    status.add_argument("--json", action="store_true", help="print the status as JSON")
+    status.set_defaults(handler=_status)
 
     report = commands.add_parser("report", help="write OUTPUT/report.html for a finished run")
     report.add_argument("output", help="the run's output folder or s3:// prefix")
@@ -72,19 +116,171 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run(args: argparse.Namespace) -> int:
+def _configuration_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument("config", type=Path, help="configuration file (YAML)")
+    command.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        dest="settings",
+        metavar="KEY=VALUE",
+        help="set a configuration key (dotted, as select.budget.docs=1000) before validation; "
+        "the value is read as YAML (10, 0.5, true, null, [a, b]); repeatable",
+    )
+    command.add_argument(
+        "--output", help="output folder or s3:// prefix (overrides output.path, and --set)"
+    )
+
+
+def overrides(settings: list[str], output: str | None = None) -> dict[str, Any]:
+    """Dotted key → value of each `--set KEY=VALUE` (the value read as YAML), then --output."""
+    found: dict[str, Any] = {}
+    for setting in settings:
+        key, equals, text = setting.partition("=")
+        key = key.strip()
+        if not equals or not key or not all(part.strip() for part in key.split(".")):
+            raise errors.ConfigError(
+                f"--set {setting}: expected KEY=VALUE, KEY a dotted path such as select.budget.docs"
+            )
+        try:
+            found[key] = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            problem = getattr(exc, "problem", None) or errors.short(exc, with_type=False)
+            raise errors.ConfigError(f"--set {setting}: not a YAML value ({problem})") from None
+    if output:
+        found["output.path"] = output
+    return found
+
+
+def _load(args: argparse.Namespace) -> Config:
     from distsel import pipeline
 
-    overrides = {"output.path": args.output} if args.output else {}
-    config = load_config(args.config, overrides)
+    config = load_config(args.config, overrides(args.settings, args.output))
     errors.conceal(*pipeline.credentials(config))
-    result = pipeline.run(config, address=args.address, phase=args.phase)
+    check_job_output(config.output.path)
+    return config
+
+
+def check_job_output(path: str) -> None:
+    """Refuse a relative output path in a Ray job (`ray job submit`). The job's working
+    directory is Ray's temporary copy of --working-dir (or, without one, a folder of Ray's
+    choosing) on the node that runs the driver: Ray deletes the copy, and a job submitted again
+    gets a new one, so the output would be lost and could not be resumed."""
+    from distsel.storage import is_remote
+
+    if RAY_JOB_ENV not in os.environ or is_remote(path):
+        return
+    if os.path.isabs(os.path.expanduser(path.removeprefix("file://"))):
+        return
+    try:
+        copied = "working_dir" in json.loads(os.environ[RAY_JOB_ENV])["runtime_env"]
+    except (ValueError, KeyError, TypeError):
+        copied = False
+    where = (
+        "Ray's temporary copy of --working-dir, which Ray deletes"
+        if copied
+        else ("a folder of Ray's choosing on the node that runs the job")
+    )
+    raise errors.ConfigError(
+        f"output.path {path} is relative, and this run is a Ray job: it would land in the "
+        f"job's working directory ({os.getcwd()}), {where}; give an absolute path that every "
+        "node reaches, or an s3:// prefix (in the configuration, or with --output PATH)"
+    )
+
+
+def _run(args: argparse.Namespace) -> int:
+    from distsel import pipeline, status
+
+    config = _load(args)
+    pipeline.check_output_apart(config)  # before the run record is written there
+    try:
+        stages = status.planned_stages(config)
+    except Exception:  # noqa: BLE001 - the run names the problem itself
+        stages = []
+    result = status.keeping_record(
+        config,
+        args.phase,
+        stages,
+        lambda: pipeline.run(config, address=args.address, phase=args.phase),
+    )
     if args.phase == "score":
         print(summary(result, config.output.path, "scoring.json"))
     elif args.phase == "mixture":
         print(mixture_summary(result, config.output.path))
     else:
         print(summary(result, config.output.path))
+        _write_report(config.output)
+    return 0
+
+
+def _write_report(output: OutputConfig) -> None:
+    """OUTPUT/report.html; a report that cannot be written is one warning line, not a failure."""
+    from distsel.report import write_report
+    from distsel.storage import is_remote
+
+    try:
+        written = write_report(output.path, output.storage_options)
+    except Exception as exc:  # noqa: BLE001 - the run itself succeeded
+        message = errors.short(errors.innermost(exc))
+        print(
+            f"distsel: warning: no report written ({message}); "
+            f"`distsel report {output.path}` tries again",
+            file=sys.stderr,
+        )
+        return
+    shown = f"{output.path.rstrip('/')}/report.html" if is_remote(output.path) else written
+    print(f"distsel: report written to {shown}")
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from distsel import corpus, pipeline, status
+
+    config = _load(args)
+    stages = status.planned_stages(config)
+    pipeline.check_output_apart(config)
+    shards = pipeline.list_inputs(config)
+    targets = []
+    if config.target.paths:
+        target = config.target
+        targets = corpus.list_shards(
+            InputConfig(
+                paths=target.paths,
+                text_field=target.text_field,
+                storage_options=target.storage_options,
+            )
+        )
+    probe_output(config.output)
+    print(
+        f"distsel: OK: {args.config}: {len(shards)} input shard{'s' * (len(shards) != 1)}, "
+        f"{len(targets)} target file{'s' * (len(targets) != 1)}, output {config.output.path} "
+        f"writable; {config.select.method} with stages {', '.join(stages) or '-'}"
+    )
+    return 0
+
+
+def probe_output(output: OutputConfig) -> None:
+    """Fail, naming the output, when it cannot be written; leave nothing behind (a local
+    folder that the probe had to create is removed again)."""
+    from distsel.storage import Store
+
+    store = Store(output.path, output.storage_options, output.retry_seconds)
+    created = []
+    if store.is_local:
+        path = os.path.join(store.root, "_state")
+        while not os.path.exists(path) and os.path.dirname(path) != path:
+            created.append(path)  # deepest first
+            path = os.path.dirname(path)
+    store.check_writable()
+    for path in created:
+        with contextlib.suppress(OSError):
+            os.rmdir(path)
+
+
+def _status(args: argparse.Namespace) -> int:
+    from distsel import status
+
+    found = status.collect(args.output)
+    print(json.dumps(found, indent=2) if args.json else status.render(found))
     return 0
 
 

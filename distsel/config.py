@@ -67,6 +67,10 @@ class OutputConfig(_Strict):
     storage_options: dict[str, Any] = Field(default_factory=dict)
     #: how long an unreachable object store (output or input) is tried again before the run fails
     retry_seconds: float = Field(default=20.0, ge=0)
+    #: selected/ holds id, the input's fields and the selector's score columns; these add
+    #: distsel's own (tokens_approx, token_ids, embedding, any stage's output) or `all` of them
+    columns: list[str] = Field(default_factory=list)
+    format: Literal["parquet", "jsonl", "jsonl.gz", "jsonl.zst"] = "parquet"
 
 
 class Budget(_Strict):
@@ -188,7 +192,10 @@ class QuadOptions(_Strict):
     """Quad's bandit (its arms: the cluster stage's k-means clusters, `stages.cluster`). With
     `scale: standardized`, rewards are influences standardised by the mean and deviation of all
     influences evaluated so far, so α and τ are in units of that deviation and one default
-    serves any proxy; `raw` uses influences as they are."""
+    serves any proxy; `raw` uses influences as they are. With `within_cluster: predicted`,
+    documents are ranked (and arms rewarded) by the value v = the standardised influence (its
+    model's prediction where not computed) + `classifier_weight` × the classifier stage's
+    score standardised over the pool; 0 ranks by influence alone."""
 
     alpha: float = Field(default=1.0, ge=0)
     gamma: float = Field(default=0.2, gt=0)
@@ -204,6 +211,9 @@ class QuadOptions(_Strict):
     within_cluster: Literal["predicted", "random"] = "predicted"
     # With `predicted`: the share of the pool whose score the bandit may compute.
     max_evaluated: float = Field(default=0.1, gt=0, le=1)
+    # With `predicted`: weight w of the classifier's standardised score in the value (and the
+    # rewards); the sum beats either alone on the task suite, where influence is noisy.
+    classifier_weight: float = Field(default=1.0, ge=0)
     # The costly score behind the rewards: a stage's column (default: the influence column
     # that select.influence.normalize names).
     scorer: str = "influence"

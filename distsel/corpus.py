@@ -42,6 +42,7 @@ MIN_ROWS_PER_PART, MAX_ROWS_PER_PART = 200, 20_000
 ESTIMATE_SHARDS, ESTIMATE_BYTES = 8, 32 << 20
 NAME_STEM_CHARS = 80
 UNSAFE_NAME_CHARS = re.compile(r"[^0-9A-Za-z._-]+")
+VERSION_BYTES = 1 << 16  # read from each end of a shard for its version
 UTF8_BOM = b"\xef\xbb\xbf"
 JSON_WHITESPACE = b" \t\r\n"
 SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
@@ -60,11 +61,13 @@ REJECTED_SCHEMA = pa.schema(
 
 @dataclass(frozen=True)
 class Shard:
-    """One input file: `url` to open it, `key` (its path below the input root) to name it."""
+    """One input file: `url` to open it, `key` (its path below the input root) to name it,
+    `version` (shard_version) to tell its content apart from an earlier one's."""
 
     url: str
     key: str
     format: str
+    version: str = ""
 
     @property
     def safe_key(self) -> str:
@@ -180,6 +183,22 @@ def check_readable(shard: Shard, storage_options: dict[str, Any]) -> None:
         raise InputError(f"{shard.url}: unreadable or corrupt ({_short(exc)})") from None
 
 
+def shard_version(shard: Shard, storage_options: dict[str, Any]) -> str:
+    """12 hex digits that change with the file: a hash of its size, modification time or ETag,
+    and its first and last VERSION_BYTES bytes."""
+    fs, path = open_fs(shard.url, storage_options)
+    info = fs.info(path)
+    stamp = [info.get(name) for name in ("size", "mtime", "LastModified", "ETag", "etag")]
+    digest = hashlib.blake2b(json.dumps(stamp, default=str).encode(), digest_size=6)
+    size = int(info.get("size") or 0)
+    with fs.open(path, "rb") as raw:
+        digest.update(raw.read(VERSION_BYTES))
+        if size > VERSION_BYTES:
+            raw.seek(max(size - VERSION_BYTES, VERSION_BYTES))
+            digest.update(raw.read(VERSION_BYTES))
+    return digest.hexdigest()
+
+
 def auto_rows_per_part(shards: list[Shard], storage_options: dict[str, Any], cores: float) -> int:
     """Rows per part that cut the pool into about PARTS_PER_CORE parts per core, within
     [MIN_ROWS_PER_PART, MAX_ROWS_PER_PART]: the maximum when there are that many shards already
@@ -258,6 +277,8 @@ class IngestResult:
     rejected: int = 0
     parts: list[str] = field(default_factory=list)
     reasons: dict[str, int] = field(default_factory=dict)
+    version: str = ""  # the shard's version when it was read
+    part_bytes: list[int] = field(default_factory=list)  # each part's file size
 
 
 class _Validator:
@@ -481,7 +502,10 @@ def rejected_table(shard: Shard, rejections: list[Rejection]) -> pa.Table:
 
 
 def part_name(shard: Shard, index: int) -> str:
-    return f"{shard.safe_key}-{index:05d}.parquet"
+    """`<safe key>-<version>-<index>.parquet`: a changed shard's parts get new names, so no
+    stage output of the old content is ever taken for the new one's."""
+    version = f"-{shard.version}" if shard.version else ""
+    return f"{shard.safe_key}{version}-{index:05d}.parquet"
 
 
 def ingest_shard(shard: Shard, config: InputConfig, store: Store) -> IngestResult:
@@ -491,14 +515,14 @@ def ingest_shard(shard: Shard, config: InputConfig, store: Store) -> IngestResul
     rewrites the same files with the same content.
     """
     validator = _Validator(config, shard)
-    result = IngestResult(shard=shard.key)
+    result = IngestResult(shard=shard.key, version=shard.version)
     reasons: Counter[str] = Counter()
     rejections: list[Rejection] = []
     pending: list[dict[str, Any]] = []
 
     def flush() -> None:
         name = part_name(shard, len(result.parts))
-        store.write_table(f"docs/{name}", documents_table(pending))
+        result.part_bytes.append(store.write_table(f"docs/{name}", documents_table(pending)))
         result.parts.append(name)
         pending.clear()
 
@@ -522,7 +546,7 @@ def ingest_shard(shard: Shard, config: InputConfig, store: Store) -> IngestResul
             f"after {'line' if shard.format == 'jsonl' else 'row'} {position}" if position else ""
         )
         raise InputError(f"{shard.url}: unreadable or corrupt {where} ({_short(exc)})") from None
-    if pending or not result.parts:
+    if pending:  # a shard without accepted rows has no part
         flush()
     result.accepted = result.docs_in - len(rejections)
     result.rejected = len(rejections)

@@ -49,8 +49,8 @@ LM_PRIOR = 200.0
 def kl_section(
     config: Config,
     store: Store,
-    parts: list[str],
-    selected_parts: list[str],
+    pool: Pool,
+    chosen: np.ndarray,
     pool_counts: np.ndarray | None = None,
 ) -> dict[str, Any] | None:
     """KL(target‖pool), KL(target‖selection) and their difference, when targets are given."""
@@ -60,8 +60,9 @@ def kl_section(
     buckets, ngrams = options.num_buckets, options.ngrams
     target = target_ngram_counts(config, buckets, ngrams)
     if pool_counts is None:
-        pool_counts = pool_ngram_counts(store, parts, buckets, ngrams)
-    selection = pool_ngram_counts(store, selected_parts, buckets, ngrams, folder="selected")
+        pool_counts = pool_ngram_counts(store, pool.parts, buckets, ngrams)
+    rows = rows_per_part(pool, chosen)
+    selection = pool_ngram_counts(store, pool.parts, buckets, ngrams, rows=rows)
     to_pool, to_selection = kl_divergence(target, pool_counts), kl_divergence(target, selection)
     return {
         "kl_target_pool": round(to_pool, 6),
@@ -285,6 +286,11 @@ def pool_bigram_counts(
     return totals
 
 
+def rows_per_part(pool: Pool, indices: np.ndarray) -> list[np.ndarray]:
+    """The row numbers within each part of the pool documents `indices`."""
+    return [pool.row_index[indices][pool.part_index[indices] == i] for i in range(len(pool.parts))]
+
+
 def random_baseline(pool: Pool, chosen: np.ndarray) -> np.ndarray:
     """The pool documents a random selection of the same size as `chosen` takes: the longest
     prefix of the seeded random order (the `random` selector's, `pool.random_key`) whose
@@ -299,14 +305,13 @@ def ngram_lm_section(
     store: Store,
     pool: Pool,
     chosen: np.ndarray,
-    selected_parts: list[str],
     buckets: int = LM_BUCKETS,
     prior: float = LM_PRIOR,
 ) -> dict[str, Any] | None:
     """How well bigram models of the pool, of a random selection and of the selection predict the
     target examples, when targets are given: their `cross_entropy` (nats/token) under a model
     fitted on all pool documents (docs/), on `random_baseline` (the random selection of the
-    same number of tokens) and on the selection (selected/).
+    same number of tokens) and on the selection, in one pass over the parts.
 
     xent_reduction = H(target | random) − H(target | selection), positive when the selection
     predicts the target better than a random selection of its size would. It is measured
@@ -320,12 +325,13 @@ def ngram_lm_section(
     target = config.target
     texts = read_texts(target.paths, target.text_field, target.storage_options)
     query = BigramQuery.of(texts, buckets)
-    baseline = random_baseline(pool, chosen)
-    parts = range(len(pool.parts))
-    every = [pool.row_index[pool.part_index == i] for i in parts]
-    sample = [pool.row_index[baseline][pool.part_index[baseline] == i] for i in parts]
-    whole, random = pool_bigram_counts(store, pool.parts, query, row_sets=(every, sample))
-    (selection,) = pool_bigram_counts(store, selected_parts, query, folder="selected")
+    every, sample, selected = (
+        rows_per_part(pool, rows)
+        for rows in (np.arange(len(pool)), random_baseline(pool, chosen), chosen)
+    )
+    whole, random, selection = pool_bigram_counts(
+        store, pool.parts, query, row_sets=(every, sample, selected)
+    )
     to_pool, to_random, to_selection = (
         cross_entropy(texts, counts, query, prior) for counts in (whole, random, selection)
     )

@@ -20,13 +20,14 @@ from typing import Any, TypeVar
 import numpy as np
 import pyarrow as pa
 
-from distsel import corpus, duplicates, evaluate
-from distsel.config import Budget, Config, Phase
+from distsel import corpus, duplicates, errors, evaluate
+from distsel.config import Budget, Config, OutputConfig, Phase
 from distsel.errors import ConfigError, DistselError, InputError
 from distsel.executor import Executor, RayExecutor, current, installed, node_id, use_threads
+from distsel.output import remove_stale, selected_table, write_selected
 from distsel.registry import stage_class
 from distsel.select import Pool, Selector, gather_pool, selector_for, with_resolved_budget
-from distsel.stage import Stage, StageContext, prepare_stage
+from distsel.stage import Stage, StageContext, digest, fit_key, prepare_stage
 from distsel.storage import Store, is_remote, reads_inside, retrying
 
 log = logging.getLogger("distsel")
@@ -106,12 +107,15 @@ def check_output_apart(config: Config) -> None:
 
 
 def list_inputs(config: Config) -> list[corpus.Shard]:
-    """The input shards, each opened once so a bad file fails early."""
+    """The input shards with their versions, each opened once so a bad file fails early."""
     options, seconds = config.input.storage_options, config.output.retry_seconds
     shards = _reading(config.input.paths, lambda: corpus.list_shards(config.input), seconds)
+    versioned = []
     for shard in shards:
         _reading([shard.url], functools.partial(corpus.check_readable, shard, options), seconds)
-    return shards
+        version = _reading([shard.url], lambda s=shard: corpus.shard_version(s, options), seconds)
+        versioned.append(dataclasses.replace(shard, version=version))
+    return versioned
 
 
 def _reading(urls: list[str], action: Callable[[], T], retry_seconds: float) -> T:
@@ -137,8 +141,9 @@ def score(
     ingested, dropped = quarantine_duplicate_ids(config, store, shards, ingested, require_done)
     parts = [part for result in ingested for part in result.parts]
     stages = build_stages(config)
+    versions: dict[str, str] = {}
     for stage in stages:
-        run_stage(stage, StageContext(config, store, parts), timings, require_done)
+        run_stage(stage, StageContext(config, store, parts), timings, require_done, versions)
     return Scored(ingested, parts, stages, timings, dropped)
 
 
@@ -151,14 +156,14 @@ def select(config: Config, store: Store, scored: Scored) -> dict[str, Any]:
     config = with_resolved_budget(config, pool)  # a share of the pool → documents or tokens
     over = budget_exceeds_pool(config.select.budget, pool)
     chosen, section = choose(selector, pool, config, StageContext(config, store, parts), over)
-    selected_parts = write_selection(store, pool, chosen, [s.name for s in stages])
+    write_selection(store, pool, chosen, [s.name for s in stages], config.output)
     timings["select"] = {"rows": int(len(chosen)), "seconds": round(time.perf_counter() - began, 3)}
 
     began = time.perf_counter()
     pool_counts = next((s.pool_counts for s in stages if s.name == "dsir"), None)
     evaluation = {
-        "kl": evaluate.kl_section(config, store, parts, selected_parts, pool_counts),
-        "ngram_lm": evaluate.ngram_lm_section(config, store, pool, chosen, selected_parts),
+        "kl": evaluate.kl_section(config, store, pool, chosen, pool_counts),
+        "ngram_lm": evaluate.ngram_lm_section(config, store, pool, chosen),
         "labels": evaluate.label_shares(config, pool, chosen),
     }
     timings["evaluate"] = {
@@ -315,7 +320,7 @@ def _ingest_item(batch: dict[str, np.ndarray], config_json: str, store: Store) -
     error = ""
     try:
         result = _ingest_retrying(shard, config, store)
-        store.write_json(f"_state/ingest/{shard.safe_key}.json", dataclasses.asdict(result))
+        store.write_json(_ingest_marker(shard), dataclasses.asdict(result))
     except InputError as exc:
         error = str(exc)
     return {"shard": [shard.key], "error": [error]}
@@ -337,7 +342,7 @@ def ingest(
 ) -> list[corpus.IngestResult]:
     """Validate and split every shard not yet done; return every shard's result, in shard order."""
     began = time.perf_counter()
-    pending = [s for s in shards if not store.exists(f"_state/ingest/{s.safe_key}.json")]
+    pending = _shards_to_read(shards, store)
     if pending and require_done:
         raise _not_scored("ingest", [s.key for s in pending], len(shards))
     if pending:
@@ -349,9 +354,7 @@ def ingest(
         for row in _over_items(items, _ingest_item, "ingest", worker_kwargs=kwargs):
             if row["error"]:
                 raise InputError(row["error"])
-    results = [
-        corpus.IngestResult(**store.read_json(f"_state/ingest/{s.safe_key}.json")) for s in shards
-    ]
+    results = [corpus.IngestResult(**store.read_json(_ingest_marker(s))) for s in shards]
     timings["ingest"] = {
         "rows": sum(r.docs_in for r in results),
         "parts": sum(len(r.parts) for r in results),
@@ -359,6 +362,42 @@ def ingest(
         "resumed_shards": len(shards) - len(pending),
     }
     return results
+
+
+def _ingest_marker(shard: corpus.Shard) -> str:
+    return f"_state/ingest/{shard.safe_key}.json"
+
+
+def _shards_to_read(shards: list[corpus.Shard], store: Store) -> list[corpus.Shard]:
+    """The shards not ingested yet, changed since (another version: their old parts are
+    removed), or whose parts are missing or damaged (not of the size written)."""
+    sizes = store.sizes("docs")
+    pending = []
+    for shard in shards:
+        if not store.exists(_ingest_marker(shard)):
+            pending.append(shard)
+            continue
+        done = corpus.IngestResult(**store.read_json(_ingest_marker(shard)))
+        if not done.version:  # written before versions were recorded: taken as it is
+            continue
+        if done.version != shard.version:
+            log.warning(
+                "ingest: %s changed since it was read; reading it again (the stages score "
+                "its documents again)",
+                shard.url,
+            )
+            for part in done.parts:
+                store.remove(f"docs/{part}")
+            pending.append(shard)
+        elif [sizes.get(part) for part in done.parts] != done.part_bytes:
+            damaged = [
+                p for p, b in zip(done.parts, done.part_bytes, strict=False) if sizes.get(p) != b
+            ]
+            log.warning(
+                "ingest: docs/%s is missing or damaged; reading %s again", damaged[0], shard.url
+            )
+            pending.append(shard)
+    return pending
 
 
 PART_SIZE = "_state/part_size.json"
@@ -379,9 +418,6 @@ def part_size(config: Config, store: Store, shards: list[corpus.Shard]) -> int:
     return rows
 
 
-DUPLICATES = "_state/duplicates.parquet"
-
-
 def quarantine_duplicate_ids(
     config: Config,
     store: Store,
@@ -391,14 +427,16 @@ def quarantine_duplicate_ids(
 ) -> tuple[list[corpus.IngestResult], dict[str, np.ndarray]]:
     """With `input.id_field` set, every later copy of an id (in input order) is quarantined as
     `duplicate_id`: moved from accepted to rejected and listed in rejected/duplicate_id.parquet.
-    The check runs once (kept in _state/duplicates.parquet). Returns the results with the
-    moved counts and the rows that each part drops from the pool."""
+    The check runs once per part list (kept in _state/duplicates-<digest>.parquet). Returns the
+    results with the moved counts and the rows that each part drops from the pool."""
     if config.input.id_field is None:
         return ingested, {}
     parts = [part for result in ingested for part in result.parts]
-    if not store.exists(DUPLICATES):
+    # the check's rows name parts by rank: a check of another part list does not apply
+    found_path = f"_state/duplicates-{digest(parts)}.parquet"
+    if not store.exists(found_path):
         if require_done:
-            raise _not_scored("the duplicate-id check", [DUPLICATES], 1)
+            raise _not_scored("the duplicate-id check", [found_path], 1)
         found = _find_duplicate_ids(store, parts, sum(r.accepted for r in ingested))
         shard_of = {part: result.shard for result in ingested for part in result.parts}
         if found.num_rows and config.input.strict:
@@ -413,8 +451,11 @@ def quarantine_duplicate_ids(
             store.write_table("rejected/duplicate_id.parquet", rejections)
         else:
             store.remove("rejected/duplicate_id.parquet")
-        store.write_table(DUPLICATES, found)
-    found = store.read_table(DUPLICATES)
+        for name in store.list("_state", ".parquet"):
+            if name.startswith("duplicates"):
+                store.remove(f"_state/{name}")
+        store.write_table(found_path, found)
+    found = store.read_table(found_path)
     ranks, rows = found.column("rank").to_numpy(), found.column("row").to_numpy()
     dropped = {parts[rank]: np.sort(rows[ranks == rank]) for rank in np.unique(ranks)}
     return [_moved_to_rejected(result, dropped) for result in ingested], dropped
@@ -471,8 +512,8 @@ def _moved_to_rejected(
 class _StageWorker:
     """One actor of a stage's pool: sets the stage up once, then scores whole parts."""
 
-    def __init__(self, stage: Stage, store: Store) -> None:
-        self.stage, self.store = stage, store
+    def __init__(self, stage: Stage, store: Store, scores_version: str) -> None:
+        self.stage, self.store, self.scores_version = stage, store, scores_version
         use_threads(stage.resources.num_cpus)
         stage.setup()
 
@@ -480,11 +521,16 @@ class _StageWorker:
         part = str(batch["item"][0])
         began = time.perf_counter()
         try:
-            rows = score_part(self.stage, self.store, part)
+            rows, size = score_part(self.stage, self.store, part)
         except DistselError as exc:  # to the driver as one line, not a task traceback
             return {"part": [part], "rows": [0], "error": [str(exc)]}
-        seconds = time.perf_counter() - began
-        marker = {"rows": rows, "seconds": seconds, "node": node_id()}
+        marker = {
+            "rows": rows,
+            "bytes": size,
+            "version": self.scores_version,
+            "seconds": time.perf_counter() - began,
+            "node": node_id(),
+        }
         self.store.write_json(_stage_marker(self.stage, part), marker)
         return {"part": [part], "rows": [rows], "error": [""]}
 
@@ -493,8 +539,9 @@ def _stage_marker(stage: Stage, part: str) -> str:
     return f"_state/{stage.name}/{part}.json"
 
 
-def score_part(stage: Stage, store: Store, part: str) -> int:
-    """Score one document part in batches; write `scores/<stage>/<part>` (id + outputs)."""
+def score_part(stage: Stage, store: Store, part: str) -> tuple[int, int]:
+    """Score one document part in batches; write `scores/<stage>/<part>` (id + outputs).
+    Returns its rows and the file's size."""
     docs = store.read_table(f"docs/{part}", columns=sorted({"id", *stage.input_columns}))
     for required in stage.requires:
         scores = store.read_table(f"scores/{required}/{part}")
@@ -510,17 +557,24 @@ def score_part(stage: Stage, store: Store, part: str) -> int:
             )
     columns = {"id": docs.column("id")}
     columns.update({name: pa.chunked_array(arrays) for name, arrays in chunks.items()})
-    store.write_table(f"scores/{stage.name}/{part}", pa.table(columns))
-    return docs.num_rows
+    size = store.write_table(f"scores/{stage.name}/{part}", pa.table(columns))
+    return docs.num_rows, size
 
 
 def run_stage(
-    stage: Stage, context: StageContext, timings: dict[str, Any], require_done: bool = False
+    stage: Stage,
+    context: StageContext,
+    timings: dict[str, Any],
+    require_done: bool = False,
+    versions: dict[str, str] | None = None,
 ) -> None:
-    """Prepare `stage`, then score every part it has not done; a changed fingerprint redoes all.
-    With `require_done`, an unscored part (or changed settings) is an error instead."""
+    """Prepare `stage`, then score every part it has not done under this fit; a changed
+    fingerprint redoes all. With `require_done`, an unscored part (or changed settings) is an
+    error instead. `versions` holds each earlier stage's scores version; this one's is added."""
     began = time.perf_counter()
     store, parts = context.store, context.parts
+    versions = {} if versions is None else versions
+    fit = fit_key(stage, context) if stage.fitted else None
     if require_done:
         _require_scored(stage, store, parts)
     reused = prepare_stage(stage, context)
@@ -537,10 +591,14 @@ def run_stage(
         for part in parts:
             store.remove(_stage_marker(stage, part))
     store.write_json(fingerprint_path, fingerprint)
-    pending = [part for part in parts if not store.exists(_stage_marker(stage, part))]
+    required = {name: versions.get(name) for name in stage.requires}
+    version = versions[stage.name] = digest([fingerprint, fit, required])
+    pending = _parts_to_score(stage, store, parts, version, reused)
+    if pending and require_done:
+        raise _not_scored(f"the {stage.name} stage's parts (under its fit)", pending, len(parts))
     if pending:
         log.info("%s: %d of %d parts to score", stage.name, len(pending), len(parts))
-        worker_kwargs = {"stage": stage, "store": store}
+        worker_kwargs = {"stage": stage, "store": store, "scores_version": version}
         for row in _over_items(
             pending,
             _StageWorker,
@@ -562,38 +620,71 @@ def run_stage(
     }
 
 
+def _parts_to_score(
+    stage: Stage, store: Store, parts: list[str], version: str, reused: bool
+) -> list[str]:
+    """The parts without scores of this stage's `version` (its settings, fit and inputs), or
+    whose scores file is missing or damaged (not of the size written). A marker written before
+    versions were recorded holds while the stage has no fit or reused it."""
+    sizes = store.sizes(f"scores/{stage.name}")
+    pending = []
+    for part in parts:
+        marker = _stage_marker(stage, part)
+        done = store.read_json(marker) if store.exists(marker) else None
+        if done is None:
+            pending.append(part)
+        elif "version" not in done:
+            if stage.fitted and not reused:
+                pending.append(part)
+        elif done["version"] != version or sizes.get(part) != done.get("bytes"):
+            pending.append(part)
+    stale = [p for p in pending if store.exists(_stage_marker(stage, p))]
+    if stale:
+        log.info(
+            "%s: %d parts scored under another fit or damaged (first: %s); scoring them again",
+            stage.name,
+            len(stale),
+            stale[0],
+        )
+    return pending
+
+
 def _require_scored(stage: Stage, store: Store, parts: list[str]) -> None:
     pending = [part for part in parts if not store.exists(_stage_marker(stage, part))]
     if pending:
         raise _not_scored(f"the {stage.name} stage's parts", pending, len(parts))
 
 
-def _write_selected_part(store: Store, part: str, rows: np.ndarray, stages: list[str]) -> int:
-    table = store.read_table(f"docs/{part}").take(rows)
-    for stage in stages:
-        scores = store.read_table(f"scores/{stage}/{part}").take(rows)
-        for name in scores.column_names:
-            if name != "id":
-                table = table.append_column(name, scores.column(name))
-    store.write_table(f"selected/{part}", table)
-    return table.num_rows
+def _write_selected_part(
+    store: Store,
+    part: str,
+    rows: np.ndarray,
+    stages: list[str],
+    ranked_by: tuple[str, ...] = (),
+    output: OutputConfig | None = None,
+) -> str:
+    docs = store.read_table(f"docs/{part}").take(rows)
+    scores = {stage: store.read_table(f"scores/{stage}/{part}").take(rows) for stage in stages}
+    output = output or OutputConfig(path=store.url, columns=["all"])
+    table = selected_table(docs, scores, ranked_by, output.columns)
+    return write_selected(store, part, table, output)
 
 
-def write_selection(store: Store, pool: Pool, chosen: np.ndarray, stages: list[str]) -> list[str]:
-    """Write the chosen rows of each part to `selected/<part>`; remove stale selected parts."""
+def write_selection(
+    store: Store, pool: Pool, chosen: np.ndarray, stages: list[str], output: OutputConfig
+) -> list[str]:
+    """Write the chosen rows of each part to selected/ (distsel.output); remove stale files.
+    Returns the names written."""
     part_of = pool.part_index[chosen]
     chosen = chosen[np.lexsort((chosen, part_of))]
     bounds = np.searchsorted(np.sort(part_of), np.arange(len(pool.parts) + 1))
-    calls, written = [], set()
+    calls = []
     for index, part in enumerate(pool.parts):
         rows = pool.row_index[chosen[bounds[index] : bounds[index + 1]]]
         if len(rows):
-            calls.append((store, part, rows, stages))
-            written.add(part)
-    current().map(_write_selected_part, calls)
-    for name in store.list("selected", ".parquet"):
-        if name not in written:
-            store.remove(f"selected/{name}")
+            calls.append((store, part, rows, stages, tuple(pool.ranked_by), output))
+    written = current().map(_write_selected_part, calls)
+    remove_stale(store, set(written))
     return sorted(written)
 
 
@@ -647,6 +738,8 @@ def credentials(config: Config) -> list[str]:
 
 
 def _secret_values(value: Any, inside_storage_options: bool = False) -> list[str]:
+    if isinstance(value, str):
+        return errors.userinfo(value)
     if isinstance(value, list):
         return [found for item in value for found in _secret_values(item, inside_storage_options)]
     if not isinstance(value, dict):
@@ -661,7 +754,10 @@ def _secret_values(value: Any, inside_storage_options: bool = False) -> list[str
 
 
 def redact(value: Any, inside_storage_options: bool = False) -> Any:
-    """Hide credential-like values (keys naming a secret, key or token) in storage options."""
+    """Hide credential-like values: in storage options those under keys naming a secret, key
+    or token; anywhere, the user information of a URL (http://user:pass@host → ***@host)."""
+    if isinstance(value, str):
+        return errors.USERINFO.sub("***@", value)
     if isinstance(value, dict):
         return {key: _redact_item(key, item, inside_storage_options) for key, item in value.items()}
     if isinstance(value, list):

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -121,7 +122,7 @@ def prepare_stage(stage: Stage, context: StageContext) -> bool:
         stage.prepare(context)
         return False
     store, folder = context.store, f"_state/{stage.name}"
-    inputs = _fit_key(stage, context)
+    inputs = fit_key(stage, context)
     if store.exists(f"{folder}/fitted.json"):
         saved = store.read_json(f"{folder}/fitted.json")
         if saved.get("inputs") == inputs and store.exists(f"{folder}/fitted.npz"):
@@ -142,7 +143,15 @@ def prepare_stage(stage: Stage, context: StageContext) -> bool:
     return False
 
 
-def _fit_key(stage: Stage, context: StageContext) -> Any:
+def digest(value: Any) -> str:
+    """16 hex digits that identify a JSON value."""
+    text = json.dumps(value, sort_keys=True, default=str)
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
+def fit_key(stage: Stage, context: StageContext) -> Any:
+    """What a stage's fit depends on: its `fit_inputs`, the parts, the fingerprints of the
+    stages it reads."""
     required = {}
     for name in stage.requires:
         path = f"_state/{name}/_fingerprint.json"

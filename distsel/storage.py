@@ -21,7 +21,14 @@ import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
-from distsel.errors import USERINFO, ConfigError, InputError, credentials_in_url, short
+from distsel.errors import (
+    USERINFO,
+    ConfigError,
+    DistselError,
+    InputError,
+    credentials_in_url,
+    short,
+)
 
 log = logging.getLogger("distsel")
 T = TypeVar("T")
@@ -206,22 +213,38 @@ class Store:
             if os.path.exists(temporary):
                 os.remove(temporary)
 
-    def write_table(self, relative: str, table: pa.Table) -> None:
+    def write_table(self, relative: str, table: pa.Table) -> int:
+        """Write `table` as Parquet; returns the file's size in bytes."""
         buffer = io.BytesIO()
         pq.write_table(table, buffer, compression="zstd")
         self.write_bytes(relative, buffer.getvalue())
+        return buffer.tell()
 
     def read_table(self, relative: str, columns: list[str] | None = None) -> pa.Table:
-        return self._read(relative, lambda handle: pq.read_table(handle, columns=columns))
+        return self._read_parquet(relative, lambda handle: pq.read_table(handle, columns=columns))
 
     def read_row_group(self, relative: str, index: int) -> pa.Table:
-        return self._read(relative, lambda handle: pq.ParquetFile(handle).read_row_group(index))
+        return self._read_parquet(
+            relative, lambda handle: pq.ParquetFile(handle).read_row_group(index)
+        )
+
+    def _read_parquet(self, relative: str, reader: Callable[[IO[bytes]], T]) -> T:
+        """`reader` on a Parquet file; a truncated or corrupt one is a DistselError naming it."""
+        try:
+            return self._read(relative, reader)
+        except (pa.ArrowInvalid, OSError) as exc:
+            if isinstance(exc, FileNotFoundError | StorageError) or unreachable(exc) is not None:
+                raise
+            raise DistselError(
+                f"{full_url(self.fs, self.path(relative))}: unreadable Parquet, truncated or "
+                f"corrupt ({short(exc)}); run again to rewrite it, or remove it"
+            ) from None
 
     def read_schema(self, relative: str) -> pa.Schema:
         return self.read_metadata(relative).schema.to_arrow_schema()
 
     def read_metadata(self, relative: str) -> pq.FileMetaData:
-        return self._read(relative, pq.read_metadata)
+        return self._read_parquet(relative, pq.read_metadata)
 
     def write_json(self, relative: str, value: Any) -> None:
         self.write_bytes(
@@ -250,6 +273,19 @@ class Store:
         entries = self._retrying(folder, attempt)
         names = [entry.rstrip("/").rsplit("/", 1)[-1] for entry in entries]
         return sorted(name for name in names if name.endswith(suffix) and not name.startswith("."))
+
+    def sizes(self, folder: str) -> dict[str, int]:
+        """Size in bytes of each visible file in `folder`, by name."""
+
+        def attempt() -> list[dict[str, Any]]:
+            try:
+                return self.fs.ls(self.path(folder), detail=True, refresh=True)
+            except FileNotFoundError:
+                return []
+
+        entries = self._retrying(folder, attempt)
+        found = {e["name"].rstrip("/").rsplit("/", 1)[-1]: e.get("size") for e in entries}
+        return {n: int(size) for n, size in found.items() if size is not None and n[0] != "."}
 
     def remove(self, relative: str) -> None:
         if self.exists(relative):

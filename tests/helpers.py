@@ -211,3 +211,27 @@ def train_tiny_llama(tokenizer: Any, texts: list[str], steps: int) -> tuple[Any,
         loss.backward()
         optimizer.step()
     return model.double().eval(), loss.item()
+
+
+# ---------------------------------------------------------------------------------------------
+# A small run (the CLI's and `distsel status`'s tests)
+
+
+def write_small_run(root: Path, output: Path | str | None = None) -> Path:
+    """Two shards of 60 standard-library paragraphs, a target of five of them, and a
+    configuration (root/run.yaml) that selects 20 documents with DSIR, scoring `stats` too, in
+    parts of 25 rows: 6 parts per stage. Returns the configuration's path."""
+    texts = stdlib_paragraphs(120)
+    write_jsonl(root / "corpus" / "a.jsonl", [{"text": t} for t in texts[:60]])
+    write_jsonl(root / "corpus" / "b.jsonl", [{"text": t} for t in texts[60:]])
+    target = write_jsonl(root / "target.jsonl", [{"text": t} for t in texts[:5]])
+    config = {
+        "input": {"paths": [str(root / "corpus")], "rows_per_part": 25},
+        "target": {"paths": [str(target)]},
+        "output": {"path": str(output or root / "out")},
+        "select": {"method": "dsir", "budget": {"docs": 20}},
+        "stages": {"stats": {}},
+    }
+    path = root / "run.yaml"
+    path.write_text(json.dumps(config))  # JSON is YAML
+    return path

@@ -101,6 +101,7 @@ def test_a_run_selects_its_share_of_the_pool(tmp_path, budget, method):
     paragraphs = stdlib_paragraphs(120)
     write_jsonl(tmp_path / "corpus" / "a.jsonl", [{"text": p} for p in paragraphs])
     raw = base_config([tmp_path / "corpus"], tmp_path / "out", method=method, budget=budget)
+    raw["output"]["columns"] = ["tokens_approx"]
     with LocalExecutor().active():
         manifest = pipeline.run(parse_config(raw))
 

@@ -146,13 +146,7 @@ def test_a_selection_worse_than_random_gives_one_warning(tmp_path, caplog):
     )
 
     def section(chosen: np.ndarray) -> dict:
-        rows = [np.flatnonzero(pool.part_index[chosen] == i) for i in range(2)]
-        selected = [f"{i}.parquet" for i, r in enumerate(rows) if len(r)]
-        for i, r in enumerate(rows):
-            if len(r):
-                part = [texts[j] for j in chosen[r]]
-                store.write_table(f"selected/{i}.parquet", pa.table({"text": part}))
-        return evaluate.ngram_lm_section(config, store, pool, chosen, selected)
+        return evaluate.ngram_lm_section(config, store, pool, chosen)
 
     caplog.set_level(logging.INFO, logger="distsel")
     with LocalExecutor().active():

@@ -539,21 +539,36 @@ def target_ngram_counts(config: Config, num_buckets: int, ngrams: int) -> np.nda
 
 
 def _part_ngram_counts(
-    store: Store, folder: str, part: str, num_buckets: int, ngrams: int
+    store: Store,
+    folder: str,
+    part: str,
+    num_buckets: int,
+    ngrams: int,
+    rows: np.ndarray | None = None,
 ) -> np.ndarray:
-    texts = store.read_table(f"{folder}/{part}", columns=["text"]).column("text").to_pylist()
-    return total_ngram_counts(texts, num_buckets, ngrams)
+    texts = store.read_table(f"{folder}/{part}", columns=["text"]).column("text")
+    texts = texts if rows is None else texts.take(rows)
+    return total_ngram_counts(texts.to_pylist(), num_buckets, ngrams)
 
 
 def pool_ngram_counts(
-    store: Store, parts: list[str], num_buckets: int, ngrams: int, folder: str = "docs"
+    store: Store,
+    parts: list[str],
+    num_buckets: int,
+    ngrams: int,
+    folder: str = "docs",
+    rows: list[np.ndarray] | None = None,
 ) -> np.ndarray:
-    """Σ over every document of every part of its hashed n-gram counts, one task per part.
+    """Σ over every document of every part (or its `rows`, one array per part) of its hashed
+    n-gram counts, one task per part.
 
     Only the B-bucket count vectors travel to the driver, never the texts or features.
     """
     total = np.zeros(num_buckets, dtype=np.int64)
-    calls = [(store, folder, part, num_buckets, ngrams) for part in parts]
+    calls = [
+        (store, folder, part, num_buckets, ngrams, None if rows is None else rows[i])
+        for i, part in enumerate(parts)
+    ]
     for counts in current().as_completed(_part_ngram_counts, calls):
         total += counts
     return total

@@ -42,7 +42,7 @@ from distsel.scoring.tokens import (
     truncated,
 )
 from distsel.scoring.training import build_proxy, train_steps
-from distsel.stage import Resources, Stage, StageContext
+from distsel.stage import Resources, Stage, StageContext, digest
 from distsel.storage import Store, open_fs
 
 if TYPE_CHECKING:
@@ -508,7 +508,8 @@ def ensure_proxy(context: StageContext) -> tuple[str, dict[str, Any]]:
     if config.proxy.path:
         return config.proxy.path, user_proxy_info(config.proxy.path, store.storage_options)
     folder = f"{store.url}/{PROXY_FOLDER}"
-    fingerprint = proxy_fingerprint(config.proxy, config.seed)
+    # trained on a sample of the pool: another part list (a changed input) trains it again
+    fingerprint = {**proxy_fingerprint(config.proxy, config.seed), "parts": digest(context.parts)}
     info_path = f"{PROXY_FOLDER}/{INFO_FILE}"
     if store.exists(info_path):
         info = store.read_json(info_path)
@@ -519,7 +520,8 @@ def ensure_proxy(context: StageContext) -> tuple[str, dict[str, Any]]:
     from distsel.scoring.similarity import sample_texts
 
     texts = sample_texts(store, context.parts, config.proxy.sample_docs, config.seed)
-    info = train_on_cluster(texts, config.proxy, config.seed, folder, store.storage_options)
+    options = store.storage_options
+    info = train_on_cluster(texts, config.proxy, config.seed, folder, options, fingerprint)
     return folder, {**info, "path": folder}
 
 
@@ -550,11 +552,12 @@ def train_on_cluster(
     seed: int,
     folder: str,
     storage_options: dict[str, Any] | None = None,
+    fingerprint: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train a proxy in one task and save it to `folder`; return the info saved with it
-    (its `fingerprint` being proxy_fingerprint's for `config` and `seed`)."""
+    (its `fingerprint`: the one given, else proxy_fingerprint's for `config` and `seed`)."""
     cpus, gpus = training_resources()
-    fingerprint = proxy_fingerprint(config, seed)
+    fingerprint = fingerprint or proxy_fingerprint(config, seed)
     log.info("proxy: training on %d documents (%d CPUs, %d GPUs)", len(texts), cpus, gpus)
     level = log.getEffectiveLevel()
     # The task's progress lines reach the driver's console through a file in the proxy folder.

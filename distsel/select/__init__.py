@@ -66,9 +66,13 @@ def with_resolved_budget(config: Config, pool: Pool) -> Config:
 
 
 def score_column(pool: Pool, name: str) -> np.ndarray:
+    """A numeric score column of the pool; noted in `pool.ranked_by`, the score columns that
+    selected/ carries (distsel.output)."""
     if name not in pool.scores:
         known = ", ".join(sorted(pool.scores)) or "none"
         raise DistselError(f"no numeric score column '{name}' (score columns: {known})")
+    if name not in pool.ranked_by:
+        pool.ranked_by.append(name)
     return np.asarray(pool.scores[name], dtype=np.float64)
 
 

@@ -275,8 +275,9 @@ def run_mixture_search(
     """Search the group mixture (`mixture.mode`: tune or regmix) with proxies trained on
     `mixture.train_tokens` tokens each; return the best weights and the manifest section
     (best_weights, best_loss, baseline_losses {uniform, natural}, trials, mode, proxy_steps,
-    groups, ...). An interrupted search raises MixtureInterrupted; a rerun resumes it.
-    `callbacks`: extra Ray Tune callbacks for a new experiment (e.g. progress)."""
+    groups, ...). An interrupted search raises MixtureInterrupted; a rerun resumes it from the
+    finished trials kept as JSON in OUTPUT/mixture/trials/ (nothing is unpickled).
+    `callbacks`: extra Ray Tune callbacks for the trials this call runs (e.g. progress)."""
     # The search modules import torch and Ray Tune: loaded only when a search runs.
     from distsel.mixture.regmix import regmix_search
     from distsel.mixture.tune import tune_search

@@ -31,6 +31,8 @@ class Pool:
     random_key: np.ndarray
     categories: dict[str, np.ndarray] = field(default_factory=dict)
     scores: dict[str, np.ndarray] = field(default_factory=dict)
+    # the score columns the selector read (select.score_column), in the order it read them
+    ranked_by: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.tokens)

@@ -246,22 +246,16 @@ def test_the_proxy_trainable_is_deterministic(corpus, tmp_path, ray_local):
     assert first != other
 
 
-def finished_trials(folder: Path, steps: int) -> dict[str, str]:
-    """trial_id → result.json text, for the trials of the Tune experiments under `folder` that
-    reported their last step."""
-    found = {}
-    for path in folder.glob("*/*/result.json"):
-        text = path.read_text()
-        last = json.loads(text.splitlines()[-1]) if text.strip() else {}
-        if last.get("steps") == steps:
-            found[last["trial_id"]] = text
-    return found
+def finished_trials(out: Path) -> dict[str, dict]:
+    """trial_id → record, for the finished trials in the search's trials file under `out`."""
+    files = sorted((out / "mixture" / "trials").glob("*.json"))
+    assert len(files) == 1, files
+    return {t["trial_id"]: t for t in json.loads(files[0].read_text())["trials"]}
 
 
 class InterruptOnce(tune.Callback):
     """Sends this process SIGUSR1 (Tune's 'save the experiment state and stop', as Ctrl+C)
-    when the `count`-th trial completes; once only, although Tune restores it with the
-    experiment."""
+    when the `count`-th trial completes; once only (the marker file)."""
 
     def __init__(self, count: int, marker: Path) -> None:
         self.count, self.marker, self.done = count, marker, 0
@@ -282,22 +276,23 @@ def test_an_interrupted_search_resumes_without_rerunning_finished_trials(
 
     out = tmp_path / "out"
     config, pool, context = make_run(corpus, out, trials=6, asha=False, max_concurrent=1)
-    experiments, steps = out / "mixture" / "tune", 16
+    steps = 16
     interrupt = InterruptOnce(2, tmp_path / "interrupted")
     with pytest.raises(MixtureInterrupted, match="run again to resume"):
         run_mixture_search(pool, config, context, callbacks=[interrupt])
-    earlier = finished_trials(experiments, steps)
+    earlier = finished_trials(out)
     assert 2 <= len(earlier) < 6
+    assert all(t["metrics"]["steps"] == steps for t in earlier.values())
 
     _, section = run_mixture_search(pool, config, context)
     rows = section["trials"]
     assert section["proxy"]["steps_per_trial"] == steps
     assert len(rows) == 6 and all(r["status"] == "completed" for r in rows)
     assert section["resumed_trials"] == len(earlier)
-    later = finished_trials(experiments, steps)
+    later = finished_trials(out)
     assert len(later) == 6
-    for trial_id, text in earlier.items():
-        assert later[trial_id] == text, "a finished trial ran again"
+    for trial_id, record in earlier.items():
+        assert later[trial_id] == record, "a finished trial ran again"
     assert {r["trial_id"] for r in rows} == set(later)
     assert section["proxy_steps"] == 6 * steps
 

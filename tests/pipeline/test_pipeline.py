@@ -37,6 +37,7 @@ def test_random_selection_end_to_end(ray_local, tmp_path):
     raw = base_config([corpus], tmp_path / "out", method="random", budget={"docs": 25})
     raw["input"]["group_field"] = "domain"
     raw["stages"] = {"stats": {"pool_size": 2}}
+    raw["output"]["columns"] = ["tokens_approx", "n_chars"]  # distsel's own, on request
     manifest = pipeline.run(parse_config(raw))
 
     assert manifest["input_docs"] == 60 + 1 + 40 + 2 + 20
