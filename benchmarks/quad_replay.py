@@ -90,6 +90,7 @@ def replay(pool: dict[str, np.ndarray], options: dict[str, Any], k: int, seed: i
         Budget(docs=k),
         seed,
         features,
+        pool["classifier"],
     )
     for key, value in settings.items():
         setattr(bandit, key, value)

@@ -75,6 +75,8 @@ ROWS: dict[str, tuple[str, dict[str, Any], str]] = {
     "influence": ("influence", {}, "influence"),
     "influence-raw": ("influence", {"influence": {"normalize": False}}, "influence"),
     "quad": ("quad", {}, ""),
+    # the value without the classifier's score (the default before classifier_weight)
+    "quad-w0": ("quad", {"quad": {"classifier_weight": 0.0}}, ""),
     "quad-contrast": ("quad", {}, "contrast"),
     # a diagnostic: the bandit with the classifier's score as the reward instead of influence
     "quad-classifier": ("quad", {"quad": {"scorer": "classifier"}}, ""),

@@ -212,7 +212,7 @@ class QuadOptions(_Strict):
     # With `predicted`: the share of the pool whose score the bandit may compute.
     max_evaluated: float = Field(default=0.1, gt=0, le=1)
     # With `predicted`: weight w of the classifier's standardised score in the value (and the
-    # rewards); the sum beats either alone on the task suite, where influence is noisy.
+    # rewards); 0: influence alone. 1 on the task suite: mean loss 6.997, against 7.016 at 0.
     classifier_weight: float = Field(default=1.0, ge=0)
     # The costly score behind the rewards: a stage's column (default: the influence column
     # that select.influence.normalize names).

@@ -214,8 +214,9 @@ def test_dsir_report_under_a_token_budget(ray_local, tmp_path, corpus, plot_axes
     for name, (pool, picked) in found.items():
         in_pool = np.array(docs["domain"].to_pylist()) == name
         in_selection = np.array(chosen["domain"].to_pylist()) == name
-        pool_tokens, chosen_tokens = docs["tokens_approx"].to_numpy(), chosen["tokens_approx"]
-        chosen_tokens = chosen_tokens.to_numpy()
+        pool_tokens = docs["tokens_approx"].to_numpy()
+        tokens_of = dict(zip(docs["id"].to_pylist(), pool_tokens.tolist(), strict=True))
+        chosen_tokens = np.array([tokens_of[i] for i in chosen["id"].to_pylist()])
         assert pool == pytest.approx(pool_tokens[in_pool].sum() / pool_tokens.sum(), abs=1e-4)
         expected = chosen_tokens[in_selection].sum() / chosen_tokens.sum()
         assert picked == pytest.approx(expected, abs=1e-4)

@@ -24,26 +24,39 @@ ordering of that arm, so the scored ones are among the taken ones.
 That is the paper's form (`within_cluster: random`). Taking whole blocks at random caps Quad well
 below influence top-k, and "reward > 0" spreads the budget over every above-average arm. The
 default, `within_cluster: predicted`, adds an influence model (distsel.select.influence_model,
-after MATES), refitted after every round on all scores so far; v(x) is a document's score where
-computed, else its prediction:
+after MATES), refitted after every round on all scores so far, and ranks documents by the value
+
+    v(x) = (s(x) − μ̂) / σ̂ + w · (c(x) − c̄) / sd(c)
+
+s(x) the document's influence where computed, else its prediction; μ̂, σ̂ the mean and
+deviation of every influence computed so far (the state's, so a resumed run ranks alike); c the
+target-vs-pool classifier's score (also a covariate of the model), standardised over the pool;
+w = classifier_weight; w = 0 ranks by influence alone. Where the model predicts influence poorly
+(the suite's gsm8k task: Spearman 0.37 on unscored documents), a fill by influence alone is no
+better than random; the classifier's score steadies it (benchmarks/suite.py, token budget: gsm8k
+loss 7.093 at w = 1, 7.141 at w = 0, random 7.141; mean over the five tasks 6.997 and 7.016).
+Then:
 - the first round spends half of the evaluation allowance E = max_evaluated × pool on a few
   random draws from each of as many arms as it reaches (at most b each, at least one), so the
   model starts from a sample spread over the clusters;
-- after it, an arm's draws are its b best-predicted documents not yet scored, and an arm no one
-  has pulled has the prior reward of its b best predictions;
+- after it, an arm's draws are its b documents of highest v not yet scored, and an arm no one
+  has pulled has the prior reward of those b; a pull's reward is its draws' mean v − τ (their
+  mean standardised influence + w · their mean standardised classifier score; with
+  `scale: raw`, in influence units, μ̂ + σ̂ · mean v − τ);
 - once half of E is spent, each bandit round takes
   θ = the value of the document that would fill the remaining budget if documents were taken by
-  v from the best down; a pulled arm whose draws' mean score ≥ θ is accepted and adds its
+  v from the best down; a pulled arm whose draws' mean v ≥ θ is accepted and adds its
   untaken documents with v ≥ θ, best first, at most m of them;
 - the last quarter of E (AUDIT_SHARE) audits the fill: in rounds of B·b documents, it scores
   the untaken, unscored documents whose score is worth most to the selection, the value of
-  information E[max(y, θ)] − max(ŷ, θ) with y ~ N(ŷ, sd(ŷ)² + σ̂²) (the model's uncertainty,
-  distsel.select.influence_model), refitting after each round. The fill commits most of the
-  budget to predictions; the audit spends scores where a prediction is likeliest to put a
-  document on the wrong side of θ, as thresholding bandits do (APT, Locatelli et al. 2016);
+  information E[max(y, θ)] − max(v̂, θ) with y ~ N(v̂, (sd(ŷ)² + σ_m²) / σ̂²) (the model's
+  uncertainty in influence units, σ_m² its leave-one-out error, distsel.select.influence_model),
+  refitting after each round. The fill commits most of the budget to predictions; the audit
+  spends scores where a prediction is likeliest to put a document on the wrong side of θ, as
+  thresholding bandits do (APT, Locatelli et al. 2016);
 - when E is spent (or the rounds or the arms run out) the rest of the budget is filled with the
   untaken documents of highest v, the pool ranked by the model (FILL_CONFIDENCE κ > 0 ranks
-  unscored ones by ŷ − κ·sd(ŷ) instead; 0, the mean, maximises the expected score).
+  unscored ones by v − κ·sd(ŷ)/σ̂ instead; 0, the mean, maximises the expected value).
 """
 
 from __future__ import annotations
@@ -120,6 +133,13 @@ def information_value(
     return spread * (density - z * tail)
 
 
+def pool_z(scores: np.ndarray) -> np.ndarray:
+    """Scores minus their mean over the pool, over their deviation (1 where it is 0)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    spread = float(scores.std())
+    return (scores - scores.mean()) / (spread if spread > 0 else 1.0)
+
+
 def neighbour_weights(distances: np.ndarray, gamma: float) -> np.ndarray:
     """w_ij = 1 − d_ij/γ where d_ij < γ and i ≠ j, else 0."""
     weights = np.where(distances < gamma, 1.0 - distances / gamma, 0.0)
@@ -160,6 +180,7 @@ class QuadBandit:
         seed: int,
     ) -> None:
         self.options, self.budget, self.seed, self.tokens = options, budget, seed, tokens
+        self.random_key = random_key
         arms = int(centroid_distances.shape[0])
         by_cluster = np.argsort(clusters, kind="stable")
         bounds = np.searchsorted(clusters[by_cluster], np.arange(arms + 1))
@@ -172,7 +193,7 @@ class QuadBandit:
         self.arms_per_round = options.arms_per_round or max(1, min(50, arms // 8))
         self.docs_per_accept = options.docs_per_accept or self._default_docs_per_accept()
         self.state = BanditState(
-            fingerprint=self._fingerprint(clusters),
+            fingerprint=self._fingerprint(clusters, random_key),
             pulls=[0] * arms,
             reward_sums=[0.0] * arms,
             cursors=[0] * arms,
@@ -186,13 +207,15 @@ class QuadBandit:
             docs = self.budget.tokens / max(float(np.mean(self.tokens)), 1.0)
         return max(self.options.draws_per_arm, math.ceil(docs / 50))
 
-    def _fingerprint(self, clusters: np.ndarray) -> dict[str, Any]:
+    def _fingerprint(self, clusters: np.ndarray, random_key: np.ndarray) -> dict[str, Any]:
         return {
             "options": self.options.model_dump(),
             "budget": self.budget.model_dump(),
             "seed": self.seed,
             "docs": int(len(clusters)),
             "clusters_checksum": int(np.bincount(clusters).dot(np.arange(len(self.orders)) + 1)),
+            # the pool's documents (their random keys follow from their ids), in any order
+            "pool": int(np.bitwise_xor.reduce(random_key)) if len(random_key) else 0,
         }
 
     # -- the rounds -------------------------------------------------------------------------
@@ -292,8 +315,13 @@ class QuadBandit:
         return taken
 
     def _rewards(self, scores: list[np.ndarray]) -> np.ndarray:
-        """Mean influence of each arm's draws − τ; standardised, if asked, by the mean and
-        deviation of every influence evaluated so far, this round's included."""
+        """Mean influence of each arm's draws − τ (see _mean_scores)."""
+        return self._mean_scores(scores) - self.options.tau
+
+    def _mean_scores(self, scores: list[np.ndarray]) -> np.ndarray:
+        """Count the scores into the state; return each group's mean influence, standardised,
+        if asked, by the mean and deviation of every influence evaluated so far, these
+        included."""
         state = self.state
         means = np.array([float(np.mean(s)) if len(s) else 0.0 for s in scores])
         values = np.concatenate(scores) if scores else np.zeros(0)
@@ -301,10 +329,19 @@ class QuadBandit:
         state.influence_sum += float(values.sum())
         state.influence_sq_sum += float((values**2).sum())
         if self.options.scale == "standardized" and state.evaluated:
-            center = state.influence_sum / state.evaluated
-            spread = math.sqrt(max(state.influence_sq_sum / state.evaluated - center**2, 0.0))
-            means = (means - center) / (spread if spread > 0 else 1.0)
-        return means - self.options.tau
+            center, spread = self._moments()
+            means = (means - center) / spread
+        return means
+
+    def _moments(self) -> tuple[float, float]:
+        """μ̂, σ̂: the mean and deviation of every influence evaluated so far (0, 1 before the
+        first; a deviation of 0 counts as 1)."""
+        state = self.state
+        if not state.evaluated:
+            return 0.0, 1.0
+        center = state.influence_sum / state.evaluated
+        spread = math.sqrt(max(state.influence_sq_sum / state.evaluated - center**2, 0.0))
+        return center, (spread if spread > 0 else 1.0)
 
     def _accept(self, arm: int, drawn: np.ndarray) -> None:
         """Add the arm's drawn documents and the next m − b of its order, within the budget."""
@@ -377,7 +414,13 @@ class QuadBandit:
 
 class PredictedQuadBandit(QuadBandit):
     """Quad with an influence model (`within_cluster: predicted`, see the module docstring).
-    `features` are the pool's model features (distsel.select.influence_model.pool_features)."""
+    `features` are the pool's model features (distsel.select.influence_model.pool_features),
+    `classifier` each document's classifier score (needed when classifier_weight > 0).
+
+    `estimates` holds s(x), the influence where computed, else the model's prediction;
+    `values` the value v(x) = (s(x) − μ̂)/σ̂ + w · z(x), z the classifier score standardised
+    over the pool, μ̂ and σ̂ those of the state (every influence evaluated so far), so a
+    resumed run recomputes the same values. Both are zero before the model's first fit."""
 
     audit_share: float = AUDIT_SHARE
     fill_confidence: float = FILL_CONFIDENCE
@@ -392,12 +435,16 @@ class PredictedQuadBandit(QuadBandit):
         budget: Budget,
         seed: int,
         features: tuple[np.ndarray, np.ndarray],
+        classifier: np.ndarray | None = None,
     ) -> None:
         super().__init__(clusters, random_key, tokens, centroid_distances, options, budget, seed)
-        self.random_key = random_key
+        if classifier is None and options.classifier_weight > 0:
+            raise ValueError("quad with classifier_weight > 0 needs the pool's classifier scores")
         self.model = InfluenceModel(features)
         self.scored = np.zeros(len(clusters), dtype=bool)
         self.taken = np.zeros(len(clusters), dtype=bool)
+        self.classifier = np.zeros(len(clusters)) if classifier is None else pool_z(classifier)
+        self.estimates = np.zeros(len(clusters))
         self.values = np.zeros(len(clusters))
         self.allowance = max(1, math.floor(options.max_evaluated * len(clusters)))
 
@@ -407,8 +454,8 @@ class PredictedQuadBandit(QuadBandit):
         return math.floor(self.audit_share * self.allowance)
 
     def available(self, arm: int) -> np.ndarray:
-        """The arm's documents neither scored nor taken, best predicted first (the arm's random
-        order before the model's first fit, and among equal predictions)."""
+        """The arm's documents neither scored nor taken, highest value v first (the arm's random
+        order before the model's first fit, and among equal values)."""
         members = self.orders[arm]
         members = members[~self.scored[members] & ~self.taken[members]]
         if not self.model.fitted:
@@ -425,9 +472,11 @@ class PredictedQuadBandit(QuadBandit):
             count = min(int(live.sum()), max(count, self.allowance // 2))
             rng = np.random.default_rng(self.seed + state.round)
             return np.sort(rng.choice(np.flatnonzero(live), size=count, replace=False))
+        # an unpulled arm's prior: the reward its b best documents by v would bring
         prior = np.array(
-            [self._standard(self.values[c[:b]].mean()) if len(c) else 0.0 for c in candidates]
+            [self._standard(self.estimates[c[:b]].mean()) if len(c) else 0.0 for c in candidates]
         )
+        prior += self._classifier_rewards([c[:b] for c in candidates])
         scores = ucb_scores(
             np.array(state.reward_sums),
             np.array(state.pulls, dtype=np.float64),
@@ -458,7 +507,7 @@ class PredictedQuadBandit(QuadBandit):
             self._fill("every arm exhausted" if room > 0 else "evaluation allowance spent")
             return
         scores = influence(draws)
-        rewards = self._rewards(scores)
+        rewards = self._mean_scores(scores) + self._classifier_rewards(draws) - self.options.tau
         for arm, drawn, values, reward in zip(pulled, draws, scores, rewards, strict=True):
             state.pulls[arm] += 1
             state.reward_sums[arm] += float(reward)
@@ -493,13 +542,17 @@ class PredictedQuadBandit(QuadBandit):
         return bool(self.audit) and self.model.fitted and spent and state.round > 0
 
     def _audit_round(self, influence: InfluenceFunction) -> None:
-        """Score the untaken, unscored documents likeliest to sit on the wrong side of θ, the
-        smallest |ŷ − θ| / sd(ŷ), in groups of b (one bandit round's width); then refit."""
+        """Score the untaken, unscored documents whose score is worth most to the selection
+        (information_value of v against θ), in groups of b (one bandit round's width); then
+        refit. The model's sd and noise are in influence units: over σ̂ (σ̂² for the noise, a
+        variance), those of v."""
         state, b = self.state, self.options.draws_per_arm
         threshold = self.threshold()
         candidates = np.flatnonzero(~self.taken & ~self.scored)
-        sd = self.model.predict_sd(candidates)
-        gain = information_value(self.values[candidates], sd, self.model.noise, threshold)
+        spread = self._value_moments()[1]
+        sd = self.model.predict_sd(candidates) / spread
+        noise = self.model.noise / spread**2
+        gain = information_value(self.values[candidates], sd, noise, threshold)
         width = min(self.allowance - state.evaluated, self.arms_per_round * b)
         picked = candidates[np.argsort(-gain, kind="stable")[:width]]
         if not len(picked):
@@ -507,7 +560,7 @@ class PredictedQuadBandit(QuadBandit):
             return
         groups = [picked[i : i + b] for i in range(0, len(picked), b)]
         scores = influence(groups)
-        self._rewards(scores)
+        self._mean_scores(scores)
         for drawn, values in zip(groups, scores, strict=True):
             state.scored_rows.extend(int(i) for i in drawn)
             state.scored_values.extend(float(v) for v in values)
@@ -565,10 +618,12 @@ class PredictedQuadBandit(QuadBandit):
         self.taken[np.asarray(self.selected[before:], dtype=np.int64)] = True
 
     def _fill(self, reason: str) -> None:
-        """The rest of the budget: untaken documents of highest v."""
+        """The rest of the budget: untaken documents of highest v (κ > 0: v − κ·sd(ŷ)/σ̂ for
+        the unscored)."""
         untaken = np.flatnonzero(~self.taken)
         before = len(self.selected)
-        bound = self.values[untaken] - self.fill_confidence * self.model.predict_sd(untaken)
+        sd = self.model.predict_sd(untaken) / self._value_moments()[1]
+        bound = self.values[untaken] - self.fill_confidence * sd
         bound[self.scored[untaken]] = self.values[untaken][self.scored[untaken]]
         self._take_all(untaken[descending(bound, self.random_key[untaken])])
         self.state.filled += len(self.selected) - before
@@ -579,17 +634,33 @@ class PredictedQuadBandit(QuadBandit):
         self.scored[rows] = True
         if len(rows) >= 3:
             values = np.asarray(self.state.scored_values)
-            self.values = self.model.fit(rows, values).predict()
-            self.values[rows] = values
+            self.estimates = self.model.fit(rows, values).predict()
+            self.estimates[rows] = values
+            center, spread = self._value_moments()
+            weight = self.options.classifier_weight
+            self.values = (self.estimates - center) / spread + weight * self.classifier
+
+    def _value_moments(self) -> tuple[float, float]:
+        """The μ̂, σ̂ that standardise the influence in v: the state's (_moments)."""
+        return self._moments()
 
     def _standard(self, value: float) -> float:
         """A raw score in reward units (standardised like the rewards when scale is)."""
-        state = self.state
-        if self.options.scale != "standardized" or not state.evaluated:
+        if self.options.scale != "standardized" or not self.state.evaluated:
             return value
-        center = state.influence_sum / state.evaluated
-        spread = math.sqrt(max(state.influence_sq_sum / state.evaluated - center**2, 0.0))
-        return (value - center) / (spread if spread > 0 else 1.0)
+        center, spread = self._moments()
+        return (value - center) / spread
+
+    def _classifier_rewards(self, groups: list[np.ndarray]) -> np.ndarray:
+        """Each group's share of the reward from the classifier: w × its mean standardised
+        classifier score, in reward units (× σ̂ with scale: raw), so that a standardised
+        reward is the draws' mean v − τ."""
+        weight = self.options.classifier_weight
+        if self.options.scale != "standardized":
+            weight *= self._moments()[1]
+        return np.array(
+            [weight * float(self.classifier[g].mean()) if len(g) else 0.0 for g in groups]
+        )
 
     def _budget_met(self) -> bool:
         if self.budget.docs is not None:
@@ -624,14 +695,17 @@ def make_bandit(
     budget: Budget,
     seed: int,
     features: tuple[np.ndarray, np.ndarray] | None = None,
+    classifier: np.ndarray | None = None,
 ) -> QuadBandit:
-    """The paper's bandit, or with `within_cluster: predicted` the one with an influence model."""
+    """The paper's bandit, or with `within_cluster: predicted` the one with an influence model
+    (`features`) whose value adds the classifier score (`classifier`, one per document) with
+    weight classifier_weight."""
     arguments = (clusters, random_key, tokens, centroid_distances, options, budget, seed)
     if options.within_cluster == "random":
         return QuadBandit(*arguments)
     if features is None:
         raise ValueError("quad with within_cluster: predicted needs the pool's features")
-    return PredictedQuadBandit(*arguments, features)
+    return PredictedQuadBandit(*arguments, features, classifier)
 
 
 @register_selector("quad", options=QuadOptions, needs_target=True)
@@ -653,16 +727,14 @@ class QuadSelector:
 
         options = config.select.quad
         stage, column = _quad_scorer(config, context)
-        features = None
+        features = classifier = None
         if options.within_cluster == "predicted":
             embeddings = gather_embeddings(context.store, pool)
+            classifier = score_column(pool, "classifier_score")
             features = pool_features(
-                embeddings,
-                pool.tokens,
-                _target_cosine(config, embeddings),
-                score_column(pool, "classifier_score"),
+                embeddings, pool.tokens, _target_cosine(config, embeddings), classifier
             )
-        clusters = pool.scores["cluster"].astype(np.int64)
+        clusters = score_column(pool, "cluster").astype(np.int64)
         bandit = make_bandit(
             clusters,
             pool.random_key,
@@ -672,7 +744,10 @@ class QuadSelector:
             config.select.budget,
             config.seed,
             features,
+            classifier,
         )
+        # the scores in a saved state hold only under the scorer they came from
+        bandit.state.fingerprint["scorer"] = stage.fingerprint()
         scorer = StagePool(stage, column)
         try:
             chosen = bandit.run(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import re
 import uuid
 from typing import Any
 
@@ -107,6 +108,7 @@ def _selected(s3, bucket: str) -> pa.Table:
 def test_run_reads_shards_from_s3_and_writes_output_to_s3(ray_local, s3, bucket, storage_options):
     uploaded = _upload_corpus(s3, bucket)
     config = _config(bucket, storage_options, stages={"stats": {}})
+    config.output.columns.append("n_chars")  # a stage column, on request
 
     shards = list_shards(config.input)
     assert [(s.key, s.format) for s in shards] == [
@@ -132,10 +134,13 @@ def test_run_reads_shards_from_s3_and_writes_output_to_s3(ray_local, s3, bucket,
     assert manifest["stages"]["ingest"]["resumed_shards"] == 0
 
     # Everything the run wrote is in the bucket, under out/.
-    assert s3_keys(s3, bucket, "out/selected/") == [
-        "out/selected/a.jsonl-4a976e20f24e-00000.parquet",
-        "out/selected/b.jsonl.gz-45e82794e626-00000.parquet",
-        "out/selected/c.parquet-ca5b2c59a5de-00000.parquet",
+    # <safe key>-<shard version>-<index>: a changed object's parts get new names
+    named = re.compile(r"out/selected/(.+)-[0-9a-f]{12}-00000\.parquet")
+    selected_keys = s3_keys(s3, bucket, "out/selected/")
+    assert [named.fullmatch(key).group(1) for key in selected_keys] == [
+        "a.jsonl-4a976e20f24e",
+        "b.jsonl.gz-45e82794e626",
+        "c.parquet-ca5b2c59a5de",
     ]
     assert s3_keys(s3, bucket, "out/docs/") == [
         k.replace("selected", "docs") for k in s3_keys(s3, bucket, "out/selected/")
@@ -349,3 +354,17 @@ def test_list_shards_sees_objects_uploaded_after_an_earlier_listing(s3, bucket, 
     assert [s.key for s in list_shards(config.input)] == ["a.jsonl", "b.jsonl.gz", "d.jsonl"]
     config.input.paths = [f"s3://{bucket}/corpus/d.jsonl"]
     assert [s.key for s in list_shards(config.input)] == ["d.jsonl"]
+
+
+def test_an_object_rewritten_with_more_lines_is_read_again(ray_local, s3, bucket, storage_options):
+    _upload_corpus(s3, bucket)
+    config = _config(bucket, storage_options)
+    first = pipeline.run(config)
+    body = s3_get(s3, bucket, "corpus/a.jsonl") + jsonl_bytes(_docs("a2", 20, "web"))
+    s3.put_object(Bucket=bucket, Key="corpus/a.jsonl", Body=body)
+    second = pipeline.run(config)
+    assert second["accepted_docs"] == first["accepted_docs"] + 20
+    assert second["selected_docs"] == first["selected_docs"] + 20
+    assert second["stages"]["ingest"]["resumed_shards"] == 2
+    docs = [k for k in s3_keys(s3, bucket, "out/docs/") if k.startswith("out/docs/a.jsonl")]
+    assert len(docs) == 1, "the old version's part is removed"
