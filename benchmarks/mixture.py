@@ -113,7 +113,7 @@ def make_config(args: argparse.Namespace, pool: Path, targets: list[Path], outpu
 def ingest(config: Any) -> tuple[Any, Any]:
     """The gathered pool and the selector context of an ingested output (no scoring stages)."""
     from distsel import corpus, pipeline
-    from distsel.select.pool import gather_pool
+    from distsel.selection.pool import gather_pool
     from distsel.stage import StageContext
     from distsel.storage import Store
 
@@ -124,7 +124,7 @@ def ingest(config: Any) -> tuple[Any, Any]:
 
 
 def search(config: Any, pool: Any, context: Any, label: str, **mixture: Any) -> dict[str, Any]:
-    from distsel.select.mixture import run_mixture_search
+    from distsel.selection.mixture import run_mixture_search
 
     config = config.model_copy(update={"mixture": config.mixture.model_copy(update=mixture)})
     context = type(context)(config, context.store, context.parts)

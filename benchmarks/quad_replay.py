@@ -24,9 +24,9 @@ import numpy as np
 from harness import read_parts
 
 from distsel.config import Budget, QuadOptions
-from distsel.select.influence_model import pool_features
-from distsel.select.pool import random_keys
-from distsel.select.quad import make_bandit
+from distsel.selection.influence_model import pool_features
+from distsel.selection.pool import random_keys
+from distsel.selection.quad import make_bandit
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "paper": {"within_cluster": "random"},

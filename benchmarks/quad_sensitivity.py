@@ -32,8 +32,8 @@ from harness import read_parts
 
 from distsel.clustering import assign, centroid_distances, fit_kmeans, load_centroid_distances
 from distsel.config import Budget, QuadOptions
-from distsel.select.pool import random_keys
-from distsel.select.quad import QuadBandit
+from distsel.selection.pool import random_keys
+from distsel.selection.quad import QuadBandit
 from distsel.storage import Store
 
 COLUMNS = [

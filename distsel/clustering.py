@@ -301,8 +301,8 @@ def _read_embeddings(store: Store, part: str, rows: np.ndarray | None = None) ->
 
 
 def _sample_part(store: Store, part: str, seed: int, below: int) -> tuple[np.ndarray, np.ndarray]:
-    # Imported here: distsel.select may one day import this module (Quad).
-    from distsel.select.pool import random_keys
+    # Imported here: distsel.selection may one day import this module (Quad).
+    from distsel.selection.pool import random_keys
 
     ids = store.read_table(_embedding_path(part), columns=["id"]).column("id").to_pylist()
     keys = random_keys(ids, seed)

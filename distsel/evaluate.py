@@ -29,7 +29,7 @@ from distsel.scoring.dsir import (
     pool_ngram_counts,
     target_ngram_counts,
 )
-from distsel.select.pool import Pool
+from distsel.selection.pool import Pool
 from distsel.storage import Store
 
 log = logging.getLogger("distsel")

@@ -533,3 +533,21 @@ def use_threads(num_cpus: float) -> int:
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(threads)
     return threads
+
+
+def is_dataset(value: Any) -> bool:
+    """Whether `value` is a Ray Dataset."""
+    import ray.data
+
+    return isinstance(value, ray.data.Dataset)
+
+
+def read_dataset(paths: list[str], filesystem: Any = None, json_lines: bool = False) -> Any:
+    """A Ray Dataset of Parquet (or JSON Lines) files; an empty one for no paths."""
+    import ray.data
+
+    if not paths:
+        return ray.data.from_items([])
+    if json_lines:
+        return ray.data.read_json(paths, filesystem=filesystem)
+    return ray.data.read_parquet(paths, filesystem=filesystem)

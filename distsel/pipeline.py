@@ -26,7 +26,7 @@ from distsel.errors import ConfigError, DistselError, InputError
 from distsel.executor import Executor, RayExecutor, current, installed, node_id, use_threads
 from distsel.output import remove_stale, selected_table, write_selected
 from distsel.registry import stage_class
-from distsel.select import Pool, Selector, gather_pool, selector_for, with_resolved_budget
+from distsel.selection import Pool, Selector, gather_pool, selector_for, with_resolved_budget
 from distsel.stage import Stage, StageContext, digest, fit_key, prepare_stage
 from distsel.storage import Store, is_remote, reads_inside, retrying
 
@@ -84,7 +84,7 @@ def _run(config: Config, phase: Phase) -> dict[str, Any]:
         summary = {**counts(scored.ingested), "stages": scored.timings, "phase": phase}
         return _finish(store, "scoring.json", summary, started)
     if phase == "mixture":
-        from distsel.select.mixture import run_mixture_search
+        from distsel.selection.mixture import run_mixture_search
 
         stages = [s.name for s in scored.stages]
         pool = gather_pool(store, scored.parts, stages, config, scored.dropped)

@@ -12,7 +12,7 @@ from distsel import pipeline
 from distsel.config import Budget, parse_config
 from distsel.errors import ConfigError
 from distsel.executor import LocalExecutor
-from distsel.select import Pool, budget_section, with_resolved_budget
+from distsel.selection import Pool, budget_section, with_resolved_budget
 
 MINIMAL = {"input": {"paths": ["corpus/"]}, "output": {"path": "out"}}
 

@@ -22,7 +22,7 @@ from helpers import base_config, run_cli, stdlib_paragraphs, write_jsonl
 from distsel import cli, errors, pipeline, registry
 from distsel.config import parse_config
 from distsel.errors import ConfigError, InputError
-from distsel.select import Pool
+from distsel.selection import Pool
 from distsel.storage import StorageError, reads_inside
 
 KEY, SECRET = "AKIAERRORTESTKEY", "error-test-secret-value"

@@ -30,7 +30,7 @@ from distsel.evaluate import (
 )
 from distsel.executor import LocalExecutor, RayExecutor
 from distsel.scoring.dsir import TOKEN_PATTERN, ngram_hash
-from distsel.select import Pool
+from distsel.selection import Pool
 from distsel.storage import Store
 
 PROSE = stdlib_paragraphs(300)

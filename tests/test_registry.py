@@ -23,8 +23,8 @@ PLUGIN = textwrap.dedent(
     from pydantic import BaseModel, Field
 
     from distsel.registry import register_selector, register_stage
-    from distsel.select import budget_section, score_column
-    from distsel.select.samplers import descending, fill_budget
+    from distsel.selection import budget_section, score_column
+    from distsel.selection.samplers import descending, fill_budget
     from distsel.stage import Resources, Stage
 
 

@@ -6,7 +6,7 @@
     regmix    RegMix: regression of the loss on the weights (mode regmix)
 
 The pool side (group token streams, the entry point, sampling the selection by the weights)
-is distsel.select.mixture.
+is distsel.selection.mixture.
 """
 
 # Where a search keeps its token streams, Tune experiments and extra runs under OUTPUT.

@@ -29,8 +29,8 @@ from distsel.scoring.similarity import (
     sample_texts,
     sparse_scores,
 )
-from distsel.select import Pool, budget_section, score_column
-from distsel.select.samplers import descending, fill_budget
+from distsel.selection import Pool, budget_section, score_column
+from distsel.selection.samplers import descending, fill_budget
 from distsel.stage import Resources, Stage, StageContext
 
 

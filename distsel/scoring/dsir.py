@@ -49,8 +49,8 @@ from distsel.config import Config, DsirOptions, DsirStageOptions
 from distsel.corpus import read_texts
 from distsel.executor import current
 from distsel.registry import register_selector, register_stage
-from distsel.select import Pool, budget_section, score_column
-from distsel.select.samplers import descending, fill_budget
+from distsel.selection import Pool, budget_section, score_column
+from distsel.selection.samplers import descending, fill_budget
 from distsel.stage import Resources, Stage, StageContext
 from distsel.storage import Store
 

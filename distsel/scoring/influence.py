@@ -89,8 +89,8 @@ from distsel.scoring.embed import _with_cluster_gpus
 from distsel.scoring.proxy import ensure_proxy, load_proxy
 from distsel.scoring.similarity import sample_texts
 from distsel.scoring.tokens import are_texts, document_ids, ids_or_texts
-from distsel.select import Pool, budget_section, score_column
-from distsel.select.samplers import descending, fill_budget
+from distsel.selection import Pool, budget_section, score_column
+from distsel.selection.samplers import descending, fill_budget
 from distsel.stage import Resources, Stage, StageContext
 
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")

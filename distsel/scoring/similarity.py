@@ -27,9 +27,9 @@ from distsel.executor import current
 from distsel.registry import register_selector, register_stage
 from distsel.scoring.dsir import hashed_ngrams
 from distsel.scoring.embed import EmbedStage, embed_texts_on_cluster, embedding_matrix
-from distsel.select import Pool, budget_section, score_column
-from distsel.select.pool import random_keys
-from distsel.select.samplers import descending, fill_budget
+from distsel.selection import Pool, budget_section, score_column
+from distsel.selection.pool import random_keys
+from distsel.selection.samplers import descending, fill_budget
 from distsel.stage import Resources, Stage, StageContext
 from distsel.storage import Store
 

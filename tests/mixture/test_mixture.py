@@ -26,8 +26,8 @@ from distsel.mixture.simplex import (
     uniform_weights,
 )
 from distsel.report import write_report
-from distsel.select.mixture import sample_by_weights
-from distsel.select.pool import Pool
+from distsel.selection.mixture import sample_by_weights
+from distsel.selection.pool import Pool
 
 PROSE = stdlib_paragraphs(260)
 TINY_PROXY = {
@@ -164,7 +164,7 @@ def make_run(corpus: Path, out: Path, **mixture):
     corpus is ingested once (under corpus/ingested); each run starts from a copy of that."""
     from distsel import corpus as corpus_module
     from distsel import pipeline
-    from distsel.select.pool import gather_pool
+    from distsel.selection.pool import gather_pool
     from distsel.stage import StageContext
     from distsel.storage import Store
 
@@ -198,7 +198,7 @@ def make_run(corpus: Path, out: Path, **mixture):
 
 
 def test_tune_search_end_to_end_with_optuna_and_asha(ray_local, corpus, tmp_path):
-    from distsel.select.mixture import MixtureSelector, run_mixture_search
+    from distsel.selection.mixture import MixtureSelector, run_mixture_search
 
     config, pool, context = make_run(corpus, tmp_path / "out")
     chosen, section = MixtureSelector().select(pool, config, context)
@@ -232,7 +232,7 @@ def test_tune_search_end_to_end_with_optuna_and_asha(ray_local, corpus, tmp_path
 
 def test_the_proxy_trainable_is_deterministic(corpus, tmp_path, ray_local):
     from distsel.mixture.trials import train_mixture
-    from distsel.select.mixture import prepare_data
+    from distsel.selection.mixture import prepare_data
 
     config, pool, context = make_run(corpus, tmp_path / "out", train_tokens=2048, report_every=2)
     data, _ = prepare_data(pool, config, context)
@@ -272,7 +272,7 @@ def test_an_interrupted_search_resumes_without_rerunning_finished_trials(
     ray_local, corpus, tmp_path
 ):
     from distsel.mixture.tune import MixtureInterrupted
-    from distsel.select.mixture import run_mixture_search
+    from distsel.selection.mixture import run_mixture_search
 
     out = tmp_path / "out"
     config, pool, context = make_run(corpus, out, trials=6, asha=False, max_concurrent=1)
@@ -299,7 +299,7 @@ def test_an_interrupted_search_resumes_without_rerunning_finished_trials(
 
 @pytest.mark.slow
 def test_regmix_end_to_end(ray_local, corpus, tmp_path):
-    from distsel.select.mixture import run_mixture_search
+    from distsel.selection.mixture import run_mixture_search
 
     config, pool, context = make_run(
         corpus, tmp_path / "out", mode="regmix", trials=3, regmix_samples=2000, regmix_top=20

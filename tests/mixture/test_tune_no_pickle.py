@@ -40,7 +40,7 @@ class CountStarts(tune.Callback):
 def experiment_name(config, pool, context) -> tuple[str, str]:
     """The search's experiment name and its trials file (OUTPUT-relative; None before #23)."""
     from distsel.mixture.tune import experiment_for
-    from distsel.select.mixture import prepare_data
+    from distsel.selection.mixture import prepare_data
 
     data, _ = prepare_data(pool, config, context)
     experiment = experiment_for(config, context.store, data, config.mixture.mode)
@@ -95,7 +95,7 @@ def test_pickles_in_the_output_are_never_unpickled_on_resume(
     rows,
 ):
     from distsel.mixture.tune import MixtureInterrupted
-    from distsel.select.mixture import run_mixture_search
+    from distsel.selection.mixture import run_mixture_search
 
     out, marker = tmp_path / "out", tmp_path / "payload-ran"
     config, pool, context = make_run(corpus, out, mode=mode, max_concurrent=1, **options)
@@ -121,7 +121,7 @@ def test_pickles_in_the_output_are_never_unpickled_on_resume(
 @pytest.mark.slow
 def test_a_resumed_search_trains_only_the_unfinished_trials(ray_local, corpus, tmp_path):  # noqa: F811
     from distsel.mixture.tune import MixtureInterrupted
-    from distsel.select.mixture import run_mixture_search
+    from distsel.selection.mixture import run_mixture_search
 
     options = {"trials": 4, "asha": False, "max_concurrent": 1}
     out = tmp_path / "out"
@@ -163,7 +163,7 @@ def test_a_resumed_search_trains_only_the_unfinished_trials(ray_local, corpus, t
     ids=["not-json", "bad-record", "not-an-object"],
 )
 def test_a_corrupted_trials_file_is_named_in_the_error(ray_local, corpus, tmp_path, text):  # noqa: F811
-    from distsel.select.mixture import run_mixture_search
+    from distsel.selection.mixture import run_mixture_search
 
     out = tmp_path / "out"
     config, pool, context = make_run(corpus, out, trials=2)

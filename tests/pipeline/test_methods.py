@@ -256,7 +256,7 @@ def test_influence_topk_trains_a_proxy_and_matches_a_direct_scorer(
 
 def test_influence_pool_scores_groups_like_the_stage(corpus_and_target, influence_run):
     from distsel.scoring.influence import InfluenceStage
-    from distsel.select.pool import StagePool
+    from distsel.selection.pool import StagePool
     from distsel.stage import Resources, StageContext
     from distsel.storage import Store
 
@@ -320,7 +320,7 @@ def test_classifier_scores_match_a_single_process_fit(ray_local, tmp_path, corpu
     from sklearn.linear_model import LogisticRegression
 
     from distsel.scoring.similarity import ngram_features
-    from distsel.select.pool import random_keys
+    from distsel.selection.pool import random_keys
 
     corpus, target, _, target_texts = corpus_and_target
     options = {"negatives": 50, "num_buckets": 4096}

@@ -13,8 +13,8 @@ from distsel.scoring import dsir
 from distsel.scoring.classifier import ClassifierSelector, fit_target_classifier
 from distsel.scoring.dsir import DsirSelector
 from distsel.scoring.similarity import ngram_features
-from distsel.select import Pool, with_resolved_budget
-from distsel.select.pool import random_keys
+from distsel.selection import Pool, with_resolved_budget
+from distsel.selection.pool import random_keys
 
 REPEATS = 4
 TARGET = [

@@ -10,7 +10,7 @@ import numpy as np
 from distsel import registry
 from distsel.config import Config
 from distsel.errors import DistselError
-from distsel.select.pool import Pool, gather_pool
+from distsel.selection.pool import Pool, gather_pool
 from distsel.stage import StageContext
 
 __all__ = [

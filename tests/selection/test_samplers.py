@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from distsel.config import Budget
-from distsel.select.pool import random_keys
-from distsel.select.samplers import fill_budget, random_order
+from distsel.selection.pool import random_keys
+from distsel.selection.samplers import fill_budget, random_order
 
 
 def greedy_reference(order, tokens, budget):

@@ -9,8 +9,8 @@ import numpy as np
 
 from distsel.config import Config, StratifiedOptions, ThresholdOptions, TopkOptions
 from distsel.registry import register_selector, stage_for_column
-from distsel.select import Pool, budget_section, score_column
-from distsel.select.samplers import ccs_stratified, descending, fill_budget, random_order
+from distsel.selection import Pool, budget_section, score_column
+from distsel.selection.samplers import ccs_stratified, descending, fill_budget, random_order
 from distsel.stage import StageContext
 
 

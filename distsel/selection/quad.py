@@ -23,7 +23,7 @@ ordering of that arm, so the scored ones are among the taken ones.
 
 That is the paper's form (`within_cluster: random`). Taking whole blocks at random caps Quad well
 below influence top-k, and "reward > 0" spreads the budget over every above-average arm. The
-default, `within_cluster: predicted`, adds an influence model (distsel.select.influence_model,
+default, `within_cluster: predicted`, adds an influence model (distsel.selection.influence_model,
 after MATES), refitted after every round on all scores so far, and ranks documents by the value
 
     v(x) = (s(x) − μ̂) / σ̂ + w · (c(x) − c̄) / sd(c)
@@ -50,7 +50,7 @@ Then:
 - the last quarter of E (AUDIT_SHARE) audits the fill: in rounds of B·b documents, it scores
   the untaken, unscored documents whose score is worth most to the selection, the value of
   information E[max(y, θ)] − max(v̂, θ) with y ~ N(v̂, (sd(ŷ)² + σ_m²) / σ̂²) (the model's
-  uncertainty in influence units, σ_m² its leave-one-out error, distsel.select.influence_model),
+  uncertainty in influence units, σ_m² its leave-one-out error, distsel.selection.influence_model),
   refitting after each round. The fill commits most of the budget to predictions; the audit
   spends scores where a prediction is likeliest to put a document on the wrong side of θ, as
   thresholding bandits do (APT, Locatelli et al. 2016);
@@ -75,10 +75,10 @@ import numpy as np
 from distsel.config import Budget, Config, QuadOptions
 from distsel.errors import DistselError
 from distsel.registry import register_selector, stage_class
-from distsel.select import Pool, budget_section, score_column
-from distsel.select.influence_model import InfluenceModel
-from distsel.select.pool import fetch_texts
-from distsel.select.samplers import descending, random_order
+from distsel.selection import Pool, budget_section, score_column
+from distsel.selection.influence_model import InfluenceModel
+from distsel.selection.pool import fetch_texts
+from distsel.selection.samplers import descending, random_order
 from distsel.stage import StageContext, prepare_stage
 from distsel.storage import Store
 
@@ -414,7 +414,7 @@ class QuadBandit:
 
 class PredictedQuadBandit(QuadBandit):
     """Quad with an influence model (`within_cluster: predicted`, see the module docstring).
-    `features` are the pool's model features (distsel.select.influence_model.pool_features),
+    `features` are the pool's model features (distsel.selection.influence_model.pool_features),
     `classifier` each document's classifier score (needed when classifier_weight > 0).
 
     `estimates` holds s(x), the influence where computed, else the model's prediction;
@@ -722,8 +722,8 @@ class QuadSelector:
         self, pool: Pool, config: Config, context: StageContext
     ) -> tuple[np.ndarray, dict[str, Any]]:
         from distsel.clustering import load_centroid_distances
-        from distsel.select.influence_model import pool_features
-        from distsel.select.pool import StagePool, gather_embeddings
+        from distsel.selection.influence_model import pool_features
+        from distsel.selection.pool import StagePool, gather_embeddings
 
         options = config.select.quad
         stage, column = _quad_scorer(config, context)

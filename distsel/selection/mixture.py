@@ -18,8 +18,8 @@ from distsel.errors import DistselError
 from distsel.mixture import MIXTURE_FOLDER
 from distsel.mixture.simplex import natural_weights, water_fill
 from distsel.registry import register_selector
-from distsel.select.pool import Pool, fetch_texts
-from distsel.select.samplers import fill_budget, random_order
+from distsel.selection.pool import Pool, fetch_texts
+from distsel.selection.samplers import fill_budget, random_order
 
 if TYPE_CHECKING:
     from distsel.config import Config, ProxyConfig

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from distsel.config import Budget, QuadOptions
-from distsel.select.influence_model import InfluenceModel, pool_features
-from distsel.select.quad import (
+from distsel.selection.influence_model import InfluenceModel, pool_features
+from distsel.selection.quad import (
     AUDIT_SHARE,
     PredictedQuadBandit,
     QuadBandit,
@@ -525,7 +525,7 @@ def test_the_rounds_report_their_progress_every_few_rounds(caplog, monkeypatch):
     import logging
     import re
 
-    from distsel.select import quad
+    from distsel.selection import quad
 
     line = re.compile(
         r"^quad: round (\d+)(?: \(stopped: [^)]+\))?, ([\d,]+)(/[\d,]+)? documents scored, "
@@ -563,7 +563,7 @@ def test_a_saved_state_holds_only_for_the_same_pool(tmp_path):
     """A pool of other documents (other ids, so other random keys) of the same size and
     clusters does not resume the saved bandit."""
     from distsel.config import Budget, QuadOptions
-    from distsel.select.quad import make_bandit
+    from distsel.selection.quad import make_bandit
     from distsel.storage import Store
 
     rng = np.random.default_rng(0)
