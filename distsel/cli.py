@@ -201,7 +201,7 @@ def _run(args: argparse.Namespace) -> int:
         config,
         args.phase,
         stages,
-        lambda: pipeline.run(config, address=args.address, phase=args.phase),
+        lambda begin: pipeline.run(config, address=args.address, phase=args.phase, on_output=begin),
     )
     if args.phase == "score":
         print(summary(result, config.output.path, "scoring.json"))

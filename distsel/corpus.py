@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import zstandard
 
-from distsel.config import InputConfig
+from distsel.config import InputConfig, TargetConfig
 from distsel.errors import InputError
 from distsel.errors import short as _short
 from distsel.storage import Store, full_url, open_fs
@@ -197,6 +197,14 @@ def shard_version(shard: Shard, storage_options: dict[str, Any]) -> str:
             raw.seek(max(size - VERSION_BYTES, VERSION_BYTES))
             digest.update(raw.read(VERSION_BYTES))
     return digest.hexdigest()
+
+
+def target_versions(target: TargetConfig) -> list[list[str]]:
+    """[key, version] of each target file (shard_version): a fit on the target examples holds
+    while these stay the same."""
+    files = InputConfig(paths=target.paths, storage_options=target.storage_options)
+    options = target.storage_options
+    return [[shard.key, shard_version(shard, options)] for shard in list_shards(files)]
 
 
 def auto_rows_per_part(shards: list[Shard], storage_options: dict[str, Any], cores: float) -> int:

@@ -53,6 +53,7 @@ def run(
     address: str | None = None,
     phase: Phase = "all",
     executor: Executor | None = None,
+    on_output: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Run the selection described by `config`, or one phase of it; return its summary.
 
@@ -63,18 +64,21 @@ def run(
 
     The work runs on `executor`, else the active one (`Executor.active`), else Ray: the cluster
     at `address` (or config.ray.address, or RAY_ADDRESS), or a local Ray started here.
+    `on_output` is called once the inputs are found and before the output is first written.
     """
     executor = executor or installed() or RayExecutor(address or config.ray.address)
     with executor.active():
-        return _run(config, phase)
+        return _run(config, phase, on_output)
 
 
-def _run(config: Config, phase: Phase) -> dict[str, Any]:
+def _run(config: Config, phase: Phase, on_output: Callable[[], None] | None) -> dict[str, Any]:
     started = time.perf_counter()
     if phase == "mixture" and not config.target.paths:
         raise ConfigError("target.paths: the mixture search needs target examples")
     check_output_apart(config)
     shards = list_inputs(config)
+    if on_output:
+        on_output()
     store = Store(config.output.path, config.output.storage_options, config.output.retry_seconds)
     store.check_writable()
     _check_same_input(store, config)
@@ -214,11 +218,17 @@ def _not_scored(what: str, pending: list[str], total: int) -> DistselError:
     )
 
 
-def build_stages(config: Config) -> list[Stage]:
-    """The stages the configuration asks for, plus those its selector needs, in dependency order."""
+def stage_names(config: Config) -> list[str]:
+    """The stages the configuration asks for, plus those its selector needs, in dependency
+    order."""
     wanted = config.listed_stages() + list(selector_for(config).required_stages(config))
+    return _with_requirements(wanted)
+
+
+def build_stages(config: Config) -> list[Stage]:
+    """The stages of `stage_names`, built."""
     ordered: list[Stage] = []
-    for name in _with_requirements(wanted):
+    for name in stage_names(config):
         cls = stage_class(name)
         resources = cls.default_resources.with_overrides(config.stages.get(name))
         ordered.append(cls.from_config(config, resources))

@@ -151,12 +151,17 @@ def digest(value: Any) -> str:
 
 def fit_key(stage: Stage, context: StageContext) -> Any:
     """What a stage's fit depends on: its `fit_inputs`, the parts, the fingerprints of the
-    stages it reads."""
+    stages it reads, and for a fit on the target examples their files' versions."""
     required = {}
     for name in stage.requires:
         path = f"_state/{name}/_fingerprint.json"
         required[name] = context.store.read_json(path) if context.store.exists(path) else None
-    key = {"stage": stage.fit_inputs(context), "parts": context.parts, "requires": required}
+    inputs = stage.fit_inputs(context)
+    key = {"stage": inputs, "parts": context.parts, "requires": required}
+    if "target" in inputs and context.config.target.paths:
+        from distsel.corpus import target_versions
+
+        key["target_files"] = target_versions(context.config.target)  # their contents
     return json.loads(json.dumps(key, sort_keys=True, default=str))
 
 

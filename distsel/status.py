@@ -125,37 +125,34 @@ class RunRecord:
                 log.debug("run record: cannot write %s (%s)", RUN_RECORD, exc)
 
 
-def keeping_record(config: Config, phase: str, stages: list[str], action: Callable[[], Any]) -> Any:
-    """`action()`, with the run record of `config`'s output kept around it."""
-    record = RunRecord.start(config, phase, stages)
+def keeping_record(
+    config: Config, phase: str, stages: list[str], action: Callable[[Callable[[], None]], Any]
+) -> Any:
+    """`action(begin)`, with the run record of `config`'s output kept around it from the moment
+    the action calls `begin()` (once its inputs are found and the output is writable: a run
+    that fails before leaves nothing in the output)."""
+    records: list[RunRecord] = []
+
+    def begin() -> None:
+        if not records:
+            records.append(RunRecord.start(config, phase, stages))
+
     try:
-        result = action()
+        result = action(begin)
     except BaseException as exc:
-        record.end(exc)
+        for record in records:
+            record.end(exc)
         raise
-    record.end(None)
+    for record in records:
+        record.end(None)
     return result
 
 
 def planned_stages(config: Config) -> list[str]:
-    """The stages a run of `config` scores, in order: those `stages:` lists and those its
-    selector needs, each after the stages it requires (as distsel.pipeline builds them)."""
-    from distsel import registry
+    """The stages a run of `config` scores, in order (as distsel.pipeline builds them)."""
+    from distsel.pipeline import stage_names
 
-    wanted = config.listed_stages() + list(
-        registry.selector(config.select.method).required_stages(config)
-    )
-    ordered: list[str] = []
-
-    def visit(name: str) -> None:
-        if name not in ordered:
-            for required in registry.stage_class(name).requires:
-                visit(required)
-            ordered.append(name)
-
-    for name in wanted:
-        visit(name)
-    return ordered
+    return stage_names(config)
 
 
 def liveness(record: dict[str, Any] | None, now: float) -> dict[str, Any]:

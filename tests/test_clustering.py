@@ -294,7 +294,7 @@ def test_stage_prepares_and_assigns(ray_local, tmp_path: Path):
     assert {"iterations", "inertia", "sizes_median"} <= summary.keys()
 
     for part in context.parts:
-        assert score_part(stage, store, part) > 0
+        assert score_part(stage, store, part)[0] > 0
         scored = store.read_table(f"scores/cluster/{part}")
         embeddings = store.read_table(f"scores/embed/{part}").column("embedding")
         labels, distance = assign(embedding_matrix(embeddings), centroids, "cosine")

@@ -125,6 +125,14 @@ def best_first(scores: np.ndarray) -> np.ndarray:
     return np.argsort(-scores, kind="stable")
 
 
+def local_run(config):
+    """A run on the LocalExecutor: what a report shows does not depend on the executor."""
+    from distsel.executor import LocalExecutor
+
+    with LocalExecutor().active():
+        return pipeline.run(config)
+
+
 def test_score_columns_and_budget_unit_come_from_the_manifest():
     def manifest(method: str, section: dict | None = None, **options: Any) -> dict:
         select = {"method": method, "budget": {"docs": None, "tokens": 10}, method: options}
@@ -153,16 +161,14 @@ def test_score_columns_and_budget_unit_come_from_the_manifest():
 
 
 @pytest.mark.slow
-def test_random_run_report_has_plots_shares_and_says_it_has_no_score(
-    ray_local, tmp_path, plot_axes
-):
+def test_random_run_report_has_plots_shares_and_says_it_has_no_score(tmp_path, plot_axes):
     texts = stdlib_paragraphs(40)
     records = [{"text": t, "kind": "even" if i % 2 else "odd"} for i, t in enumerate(texts)]
     write_jsonl(tmp_path / "corpus" / "c.jsonl", records)
     raw = base_config([tmp_path / "corpus"], tmp_path / "out", method="random", budget={"docs": 10})
     raw["input"]["group_field"] = "kind"
     raw["stages"] = {"stats": {}, "embed": {"pool_size": 1}}
-    manifest = pipeline.run(parse_config(raw))
+    manifest = local_run(parse_config(raw))
 
     path = write_report(str(tmp_path / "out"))
     page = Path(path).read_text(encoding="utf-8")
@@ -194,13 +200,13 @@ def test_random_run_report_has_plots_shares_and_says_it_has_no_score(
 
 
 @pytest.mark.slow
-def test_dsir_report_under_a_token_budget(ray_local, tmp_path, corpus, plot_axes):
+def test_dsir_report_under_a_token_budget(tmp_path, corpus, plot_axes):
     """Token shares from tokens; the top, borderline and bottom examples by the dsir column;
     the target on the embedding map."""
     output = tmp_path / "dsir"
     raw = config(output, corpus, "dsir", budget={"tokens": 600})
     raw["stages"] = {"embed": {"pool_size": 1}}
-    manifest = pipeline.run(parse_config(raw))
+    manifest = local_run(parse_config(raw))
     assert manifest["dsir"]["column"] == "dsir_log_weight_per_ngram"
 
     page = Path(write_report(str(output))).read_text(encoding="utf-8")
@@ -257,11 +263,11 @@ def test_dsir_report_under_a_token_budget(ray_local, tmp_path, corpus, plot_axes
 
 
 @pytest.mark.slow
-def test_classifier_report_without_embeddings(ray_local, tmp_path, corpus, plot_axes):
+def test_classifier_report_without_embeddings(tmp_path, corpus, plot_axes):
     output = tmp_path / "classifier"
     raw = config(output, corpus, "classifier", budget={"docs": 15})
     raw["stages"] = {"classifier": {"negatives": 40, "num_buckets": 4096}}
-    manifest = pipeline.run(parse_config(raw))
+    manifest = local_run(parse_config(raw))
 
     page = Path(write_report(str(output))).read_text(encoding="utf-8")
     assert_labelled(plot_axes)
@@ -295,7 +301,7 @@ def storage_options(endpoint_options) -> dict[str, Any]:
 
 
 @pytest.mark.slow
-def test_similarity_report_on_s3(ray_local, s3, corpus, storage_options, plot_axes):
+def test_similarity_report_on_s3(s3, corpus, storage_options, plot_axes):
     """Output and target on S3; the manifest hides the target's credentials, so the report
     reads the target with the options it was given."""
     bucket = f"distsel-{uuid.uuid4().hex[:12]}"
@@ -307,7 +313,7 @@ def test_similarity_report_on_s3(ray_local, s3, corpus, storage_options, plot_ax
     raw["target"] = {"paths": [f"s3://{bucket}/target/recipes.jsonl"]}
     raw["target"]["storage_options"] = storage_options
     raw["stages"] = {"embed": {"pool_size": 1}}
-    manifest = pipeline.run(parse_config(raw))
+    manifest = local_run(parse_config(raw))
     assert manifest["similarity"]["columns"] == ["similarity_task_recipes"]
 
     assert write_report(output, storage_options).endswith("/out/report.html")
@@ -327,7 +333,7 @@ def test_similarity_report_on_s3(ray_local, s3, corpus, storage_options, plot_ax
 
 
 @pytest.mark.slow
-def test_quad_report(ray_local, tmp_path, corpus, plot_axes):
+def test_quad_report(tmp_path, corpus, plot_axes):
     """Quad with the classifier behind its rewards and its model: the classifier stage scored
     the whole pool, so the examples rank by it; with a column scored on draws only, the report
     says so."""
@@ -336,7 +342,7 @@ def test_quad_report(ray_local, tmp_path, corpus, plot_axes):
     raw["stages"] = {"embed": {"pool_size": 1}, "cluster": {"clusters": 4}}
     raw["stages"]["classifier"] = {"negatives": 40, "num_buckets": 4096}
     raw["select"]["quad"] = {"scorer": "classifier", "max_evaluated": 0.3}
-    manifest = pipeline.run(parse_config(raw))
+    manifest = local_run(parse_config(raw))
     assert manifest["quad"]["score_column"] == "classifier_score"
 
     page = Path(write_report(str(output))).read_text(encoding="utf-8")
@@ -364,7 +370,7 @@ def test_quad_report(ray_local, tmp_path, corpus, plot_axes):
 
 
 @pytest.mark.slow
-def test_report_escapes_html_in_texts_ids_and_groups(ray_local, tmp_path, plot_axes):
+def test_report_escapes_html_in_texts_ids_and_groups(tmp_path, plot_axes):
     """Texts, ids and group names full of markup (and a '$' that matplotlib would read as
     maths) come out as text; a duplicate id stays out of the shares, as out of the pool."""
     payload = "<script>alert('x')</script></td></tr></table><img src=x onerror=alert(1)>"
@@ -379,7 +385,7 @@ def test_report_escapes_html_in_texts_ids_and_groups(ray_local, tmp_path, plot_a
     raw["input"].update(group_field="kind", id_field="doc")
     raw["select"]["topk"] = {"column": "n_chars"}
     raw["stages"] = {"stats": {}}
-    manifest = pipeline.run(parse_config(raw))
+    manifest = local_run(parse_config(raw))
     assert manifest["rejected_by_reason"] == {"duplicate_id": 1}
 
     page = Path(write_report(str(tmp_path / "out"))).read_text(encoding="utf-8")

@@ -27,9 +27,9 @@ def runs(monkeypatch) -> list:
     ran = []
     real = pipeline.run
 
-    def run(config, address=None, phase="all", executor=None):
+    def run(config, address=None, phase="all", executor=None, on_output=None):
         ran.append(config)
-        return real(config, phase=phase, executor=LocalExecutor())
+        return real(config, phase=phase, executor=LocalExecutor(), on_output=on_output)
 
     def quick_report(output, storage_options=None):  # the report's own test draws it
         (Path(output) / "report.html").write_text("<!doctype html>")

@@ -235,7 +235,9 @@ def test_the_run_record_follows_the_run(tmp_path, monkeypatch, caplog):
     path = tmp_path / "out" / "_state" / "run.json"
     seen = []
 
-    def work():
+    def work(begin):
+        assert not path.exists(), "no record before the run has found its inputs"
+        begin()
         seen.append(json.loads(path.read_text()))
         time.sleep(0.3)
         seen.append(json.loads(path.read_text()))
@@ -249,7 +251,8 @@ def test_the_run_record_follows_the_run(tmp_path, monkeypatch, caplog):
     ended = json.loads(path.read_text())
     assert ended["state"] == "done" and ended["ended"] >= later["heartbeat"]
 
-    def broken():
+    def broken(begin):
+        begin()
         raise RuntimeError("wrapped") from InputError("x.jsonl: line 3: invalid json")
 
     with pytest.raises(RuntimeError):
@@ -258,7 +261,8 @@ def test_the_run_record_follows_the_run(tmp_path, monkeypatch, caplog):
     assert (ended["state"], ended["error"]) == ("failed", "x.jsonl: line 3: invalid json")
     assert ended["phase"] == "score"
 
-    def interrupted():
+    def interrupted(begin):
+        begin()
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
@@ -268,7 +272,7 @@ def test_the_run_record_follows_the_run(tmp_path, monkeypatch, caplog):
     # A second run on an output a live run holds is told so.
     record(tmp_path / "out", heartbeat=time.time())
     caplog.set_level("WARNING", logger="distsel")
-    status.keeping_record(config, "all", [], lambda: None)
+    status.keeping_record(config, "all", [], lambda begin: begin())
     assert any("in use by another live run" in r.getMessage() for r in caplog.records)
 
 

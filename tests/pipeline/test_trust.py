@@ -15,6 +15,7 @@ from helpers import base_config, read_folder, stdlib_paragraphs, write_jsonl
 from distsel import pipeline
 from distsel.config import parse_config
 from distsel.errors import DistselError
+from distsel.executor import LocalExecutor
 
 PARAGRAPHS = stdlib_paragraphs(200)
 TINY_PROXY = {
@@ -45,15 +46,26 @@ def shards(folder: Path, count: int, per_shard: int = 20) -> list[Path]:
     return paths
 
 
-def config_for(inputs: Path, output: Path, target: Path, stage: str | None = None, **select):
+@pytest.fixture(scope="module")
+def tiny_proxy(tmp_path_factory) -> Path:
+    """A tiny proxy LM, trained once (proxy.path): the influence stage still fits per pool."""
+    from distsel.config import ProxyConfig
+    from distsel.scoring.proxy import train_on_cluster
+
+    folder = tmp_path_factory.mktemp("proxy") / "proxy"
+    with LocalExecutor().active():
+        train_on_cluster(PARAGRAPHS[:100], ProxyConfig(**TINY_PROXY), 0, str(folder))
+    return folder
+
+
+def config_for(inputs: Path, output: Path, target: Path, *stages: str, proxy=None, **select):
     raw = base_config([inputs], output, **(select or {"method": "random", "budget": {"docs": 10}}))
     raw["input"]["rows_per_part"] = 10
     raw["target"] = {"paths": [str(target)]}
-    if stage:
-        raw["stages"] = {stage: {}}
-    if stage == "influence":
-        raw["proxy"] = TINY_PROXY
-        raw["stages"] = {"influence": {"num_cpus": 1, "pool_size": 1}}
+    raw["stages"] = {stage: {} for stage in stages}
+    if "influence" in stages:
+        raw["proxy"] = {**TINY_PROXY, "path": str(proxy)}
+        raw["stages"]["influence"] = {"num_cpus": 1, "pool_size": 1}
     return parse_config(raw)
 
 
@@ -131,87 +143,108 @@ def test_lines_appended_to_a_shard_are_read_on_rerun(ray_local, tmp_path):
     )
 
 
+def local_run(config, **kwargs):
+    """A run on the LocalExecutor (in this process): the fit, damage and output checks below do
+    not depend on the executor, and Ray's actor pools would cost most of their time."""
+    with LocalExecutor().active():
+        return pipeline.run(config, **kwargs)
+
+
 # --- 3. scores follow the fit ----------------------------------------------------------------
 
-# stages whose scores need the embedding model or a proxy are slow on a CPU
+# every stage that fits in `prepare`; the embedding model's and the proxy's are slow on a CPU
 FITTED = [
-    "dsir",
-    "classifier",
-    *(pytest.param(s, marks=pytest.mark.slow) for s in ("cluster", "similarity", "betr")),
-    pytest.param("influence", marks=pytest.mark.slow),
+    pytest.param(("dsir", "classifier"), id="dsir+classifier"),
+    pytest.param(("cluster", "similarity", "betr"), id="embedding", marks=pytest.mark.slow),
+    pytest.param(("influence",), id="influence", marks=pytest.mark.slow),
 ]
 
 
-@pytest.mark.parametrize("stage", FITTED)
-def test_scores_follow_the_fit_when_a_shard_is_removed(ray_local, tmp_path, stage):
+@pytest.mark.parametrize("stages", FITTED)
+def test_scores_follow_the_fit_when_a_shard_is_removed(request, tmp_path, stages):
     """Remove one shard of eight: every part is scored under the fit of the seven, as in a
     clean run of them."""
+    proxy = request.getfixturevalue("tiny_proxy") if "influence" in stages else None
     inputs, target = tmp_path / "in", target_file(tmp_path)
     paths = shards(inputs, 8, per_shard=12)
-    pipeline.run(config_for(inputs, tmp_path / "out", target, stage))
+    local_run(config_for(inputs, tmp_path / "out", target, *stages, proxy=proxy))
     paths[-1].unlink()
-    resumed = pipeline.run(config_for(inputs, tmp_path / "out", target, stage))
-    assert resumed["stages"][stage]["fit_reused"] is False
-    pipeline.run(config_for(inputs, tmp_path / "seven", target, stage))
-    assert_same_scores(
-        scores_by_id(tmp_path / "out", stage), scores_by_id(tmp_path / "seven", stage)
-    )
+    resumed = local_run(config_for(inputs, tmp_path / "out", target, *stages, proxy=proxy))
+    local_run(config_for(inputs, tmp_path / "seven", target, *stages, proxy=proxy))
+    for stage in stages:
+        assert resumed["stages"][stage]["fit_reused"] is False
+        found, clean = (scores_by_id(tmp_path / out, stage) for out in ("out", "seven"))
+        assert_same_scores(found, clean)
 
 
-def test_scores_follow_the_fit_when_a_shard_is_added(ray_local, tmp_path):
+def test_scores_follow_the_fit_when_a_shard_is_added(tmp_path):
     inputs, target = tmp_path / "in", target_file(tmp_path)
     paths = shards(inputs, 8, per_shard=12)
     moved = paths[-1].rename(tmp_path / paths[-1].name)
-    pipeline.run(config_for(inputs, tmp_path / "out", target, "classifier"))
+    local_run(config_for(inputs, tmp_path / "out", target, "classifier"))
     moved.rename(paths[-1])
-    pipeline.run(config_for(inputs, tmp_path / "out", target, "classifier"))
-    pipeline.run(config_for(inputs, tmp_path / "eight", target, "classifier"))
+    local_run(config_for(inputs, tmp_path / "out", target, "classifier"))
+    local_run(config_for(inputs, tmp_path / "eight", target, "classifier"))
     assert_same_scores(
         scores_by_id(tmp_path / "out", "classifier"), scores_by_id(tmp_path / "eight", "classifier")
     )
+
+
+def test_scores_follow_the_target_files_contents(tmp_path):
+    """The same target path with other examples: the fit and every part's scores are redone."""
+    inputs, target = tmp_path / "in", target_file(tmp_path)
+    shards(inputs, 3)
+    local_run(config_for(inputs, tmp_path / "out", target, "dsir", "classifier"))
+    write_jsonl(target, [{"text": p} for p in PARAGRAPHS[180:190]])
+    resumed = local_run(config_for(inputs, tmp_path / "out", target, "dsir", "classifier"))
+    local_run(config_for(inputs, tmp_path / "clean", target, "dsir", "classifier"))
+    for stage in ("dsir", "classifier"):
+        assert resumed["stages"][stage]["fit_reused"] is False
+        found, clean = (scores_by_id(tmp_path / out, stage) for out in ("out", "clean"))
+        assert_same_scores(found, clean)
 
 
 # --- damaged parts ---------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("folder", ["docs", "scores/dsir"])
-def test_a_truncated_part_is_named_and_a_rerun_repairs_it(ray_local, tmp_path, folder):
+def test_a_truncated_part_is_named_and_a_rerun_repairs_it(tmp_path, folder):
     inputs, target = tmp_path / "in", target_file(tmp_path)
     shards(inputs, 3)
     config = config_for(
         inputs, tmp_path / "out", target, "dsir", method="dsir", budget={"docs": 10}
     )
-    pipeline.run(config)
+    local_run(config)
     selected = read_folder(tmp_path / "out" / "selected").column("id").to_pylist()
     part = sorted((tmp_path / "out" / folder).glob("*.parquet"))[1]
     part.write_bytes(part.read_bytes()[:-40])
     shard = part.name.split("-")[0]  # the selection-only phase names the shard to read again
     with pytest.raises(DistselError, match=f"{part.name}|{shard}"):
-        pipeline.run(config, phase="select")
-    pipeline.run(config)
+        local_run(config, phase="select")
+    local_run(config)
     pq.read_table(part)  # rewritten whole
     assert read_folder(tmp_path / "out" / "selected").column("id").to_pylist() == selected
 
 
-def test_a_corrupt_part_of_the_same_size_is_named(ray_local, tmp_path):
+def test_a_corrupt_part_of_the_same_size_is_named(tmp_path):
     inputs, target = tmp_path / "in", target_file(tmp_path)
     shards(inputs, 2)
     config = config_for(
         inputs, tmp_path / "out", target, "dsir", method="dsir", budget={"docs": 10}
     )
-    pipeline.run(config)
+    local_run(config)
     part = sorted((tmp_path / "out" / "scores" / "dsir").glob("*.parquet"))[0]
     data = bytearray(part.read_bytes())
     data[-12:-8] = b"\xff\xff\xff\x7f"  # the footer's length
     part.write_bytes(bytes(data))
     with pytest.raises(DistselError, match=f"{part.name}: unreadable Parquet"):
-        pipeline.run(config)
+        local_run(config)
 
 
 # --- 5. secrets in URLs ----------------------------------------------------------------------
 
 
-def test_a_password_in_an_endpoint_url_never_reaches_the_manifest(ray_local, tmp_path):
+def test_a_password_in_an_endpoint_url_never_reaches_the_manifest(tmp_path):
     inputs = tmp_path / "in"
     write_jsonl(inputs / "a.jsonl", [{"text": p} for p in PARAGRAPHS[:20]])
     raw = base_config([inputs], tmp_path / "out", method="random", budget={"docs": 5})
@@ -219,7 +252,7 @@ def test_a_password_in_an_endpoint_url_never_reaches_the_manifest(ray_local, tmp
     raw["input"]["storage_options"] = {"endpoint_url": endpoint, "anon": False}
     config = parse_config(raw)
     assert {"alice:pa55word", "pa55word"} <= set(pipeline.credentials(config))
-    manifest = pipeline.run(config)
+    manifest = local_run(config)
     text = (tmp_path / "out" / "manifest.json").read_text()
     assert "pa55word" not in text and "alice" not in text
     options = manifest["config"]["input"]["storage_options"]
@@ -229,14 +262,14 @@ def test_a_password_in_an_endpoint_url_never_reaches_the_manifest(ray_local, tmp
 # --- training-ready output -------------------------------------------------------------------
 
 
-def test_selected_holds_the_input_fields_and_the_score_it_ranked_by(ray_local, tmp_path):
+def test_selected_holds_the_input_fields_and_the_score_it_ranked_by(tmp_path):
     inputs, target = tmp_path / "in", target_file(tmp_path)
     rows = [{"meta": i, "text": p, "source": "stdlib"} for i, p in enumerate(PARAGRAPHS[:40])]
     write_jsonl(inputs / "a.jsonl", rows)
     config = config_for(
         inputs, tmp_path / "out", target, "embed", method="classifier", budget={"docs": 8}
     )
-    pipeline.run(config)
+    local_run(config)
     selected = read_folder(tmp_path / "out" / "selected")
     assert selected.column_names == ["id", "text", "meta", "source", "classifier_score"]
     scores = read_folder(tmp_path / "out" / "scores" / "classifier")
@@ -245,7 +278,7 @@ def test_selected_holds_the_input_fields_and_the_score_it_ranked_by(ray_local, t
 
 
 @pytest.mark.parametrize("output_format", ["jsonl", "jsonl.gz", "jsonl.zst"])
-def test_json_lines_output_replaces_the_parquet_selection(ray_local, tmp_path, output_format):
+def test_json_lines_output_replaces_the_parquet_selection(tmp_path, output_format):
     import gzip
 
     import zstandard
@@ -253,11 +286,11 @@ def test_json_lines_output_replaces_the_parquet_selection(ray_local, tmp_path, o
     inputs, target = tmp_path / "in", target_file(tmp_path)
     shards(inputs, 2)
     parquet = config_for(inputs, tmp_path / "out", target, method="random", budget={"docs": 12})
-    pipeline.run(parquet)
+    local_run(parquet)
     expected = read_folder(tmp_path / "out" / "selected").to_pylist()
     raw = parquet.model_dump(mode="json")
     raw["output"]["format"] = output_format
-    manifest = pipeline.run(parse_config(raw))
+    manifest = local_run(parse_config(raw))
     folder = tmp_path / "out" / "selected"
     assert not list(folder.glob("*.parquet")), "the old format's files are removed"
     found = []
@@ -273,11 +306,11 @@ def test_json_lines_output_replaces_the_parquet_selection(ray_local, tmp_path, o
     assert manifest["evaluation"]["ngram_lm"]["xent_reduction"] is not None
 
 
-def test_an_unknown_output_column_is_named(ray_local, tmp_path):
+def test_an_unknown_output_column_is_named(tmp_path):
     inputs, target = tmp_path / "in", target_file(tmp_path)
     shards(inputs, 1)
     config = config_for(inputs, tmp_path / "out", target, method="random", budget={"docs": 5})
     raw = config.model_dump(mode="json")
     raw["output"]["columns"] = ["embeddings"]
     with pytest.raises(DistselError, match="output.columns: no column embeddings"):
-        pipeline.run(parse_config(raw))
+        local_run(parse_config(raw))
