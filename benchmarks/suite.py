@@ -348,12 +348,13 @@ def evaluate_row(
     import pyarrow.parquet as pq
 
     folder = Path(result["output"]) / "selected"
-    columns = ["id", "text", "tokens_approx"] + ([task.label_field] if task.label_field else [])
+    columns = ["id", "text"] + ([task.label_field] if task.label_field else [])
     table = {c: [] for c in columns}
     for path in sorted(folder.glob("*.parquet")):
         part = pq.read_table(path, columns=columns)
         for c in columns:
             table[c] += part.column(c).to_pylist()
+    table["tokens_approx"] = [math.ceil(len(text) / 4) for text in table["text"]]  # as distsel
     heldout = [r["text"] for r in task.heldout]
     losses = [evaluator.loss(table["id"], table["text"], heldout, s) for s in range(seeds)]
     evaluation = json.loads((Path(result["output"]) / "manifest.json").read_text())["evaluation"]

@@ -670,12 +670,11 @@ def _write_selected_part(
     part: str,
     rows: np.ndarray,
     stages: list[str],
-    ranked_by: tuple[str, ...] = (),
-    output: OutputConfig | None = None,
+    ranked_by: tuple[str, ...],
+    output: OutputConfig,
 ) -> str:
     docs = store.read_table(f"docs/{part}").take(rows)
     scores = {stage: store.read_table(f"scores/{stage}/{part}").take(rows) for stage in stages}
-    output = output or OutputConfig(path=store.url, columns=["all"])
     table = selected_table(docs, scores, ranked_by, output.columns)
     return write_selected(store, part, table, output)
 

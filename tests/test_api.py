@@ -25,6 +25,7 @@ def documents() -> list[dict]:
     ]
 
 
+@pytest.mark.slow  # Ray Data reads and writes
 def test_select_takes_a_ray_dataset_and_returns_its_rows(ray_local):
     import ray
 
@@ -42,6 +43,7 @@ def test_select_takes_a_ray_dataset_and_returns_its_rows(ray_local):
     assert all(by_text[row["text"]]["n"] == row["n"] for row in rows), "fields stay with rows"
 
 
+@pytest.mark.slow  # Ray Data reads and writes
 def test_select_with_an_output_resumes_and_keeps_it(ray_local, tmp_path):
     output = tmp_path / "out"
     first = distsel.select(
@@ -65,6 +67,7 @@ def test_select_with_an_output_resumes_and_keeps_it(ray_local, tmp_path):
     assert manifest["stages"]["classifier"]["fit_reused"] is True
 
 
+@pytest.mark.slow  # Ray Data reads and writes
 def test_select_takes_paths_options_and_a_dataset_target(ray_local, tmp_path):
     import ray
 

@@ -77,7 +77,8 @@ def comparable(rows: list[dict]) -> list[tuple]:
 @pytest.mark.parametrize(
     "mode, options, rows",
     [
-        ("tune", {"trials": 2}, 2),  # with ASHA, whose rungs are replayed on resume
+        # with ASHA, whose rungs are replayed on resume
+        pytest.param("tune", {"trials": 2}, 2, marks=pytest.mark.slow),
         pytest.param(
             "regmix",
             {"trials": 1, "regmix_samples": 200, "regmix_top": 5},

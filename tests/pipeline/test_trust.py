@@ -99,6 +99,7 @@ def assert_same_scores(a: dict[str, list], b: dict[str, list]) -> None:
 # --- 1. shards with no accepted rows -------------------------------------------------------
 
 
+@pytest.mark.slow  # on Ray
 def test_shards_without_accepted_rows_count_and_the_run_goes_on(ray_local, tmp_path):
     inputs = tmp_path / "in"
     write_jsonl(inputs / "good.jsonl", [{"text": p} for p in PARAGRAPHS[:30]])
@@ -123,6 +124,7 @@ def test_shards_without_accepted_rows_count_and_the_run_goes_on(ray_local, tmp_p
 # --- 2. a changed shard ----------------------------------------------------------------------
 
 
+@pytest.mark.slow  # on Ray
 def test_lines_appended_to_a_shard_are_read_on_rerun(ray_local, tmp_path):
     inputs, target = tmp_path / "in", target_file(tmp_path)
     paths = shards(inputs, 3)
