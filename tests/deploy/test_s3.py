@@ -356,6 +356,7 @@ def test_list_shards_sees_objects_uploaded_after_an_earlier_listing(s3, bucket, 
     assert [s.key for s in list_shards(config.input)] == ["d.jsonl"]
 
 
+@pytest.mark.slow  # two runs on Ray
 def test_an_object_rewritten_with_more_lines_is_read_again(ray_local, s3, bucket, storage_options):
     _upload_corpus(s3, bucket)
     config = _config(bucket, storage_options)
