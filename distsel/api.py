@@ -143,7 +143,12 @@ def _target_paths(target: Any, folder: str, text_field: str) -> list[str]:
 
 
 def _is_path(text: str) -> bool:
-    return is_remote(text) or Path(text).exists()
+    if is_remote(text):
+        return True
+    try:
+        return Path(text).exists()
+    except (OSError, ValueError):  # a long text, or one with a NUL, is no file name
+        return False
 
 
 def _staged_rows(rows: list[dict[str, Any]], folder: str, name: str) -> str:

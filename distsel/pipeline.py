@@ -34,6 +34,7 @@ log = logging.getLogger("distsel")
 T = TypeVar("T")
 
 SECRET_WORDS = ("secret", "key", "token", "password", "credential", "session")
+STAGE_ORDER = "_state/stages.json"  # the stages of the last scoring, in order (distsel status)
 
 
 @dataclasses.dataclass
@@ -145,6 +146,7 @@ def score(
     ingested, dropped = quarantine_duplicate_ids(config, store, shards, ingested, require_done)
     parts = [part for result in ingested for part in result.parts]
     stages = build_stages(config)
+    store.write_json(STAGE_ORDER, {"stages": [stage.name for stage in stages]})
     versions: dict[str, str] = {}
     for stage in stages:
         run_stage(stage, StageContext(config, store, parts), timings, require_done, versions)

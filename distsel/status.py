@@ -370,6 +370,10 @@ def _stages(
             "marker_mtimes": markers,
         }
     planned = list(record.get("stages") or []) if record else []
+    if not planned and "stages.json" in state:  # the last scoring's stages, in order
+        from distsel.pipeline import STAGE_ORDER
+
+        planned = list((_read_optional(store, STAGE_ORDER) or {}).get("stages") or [])
     order = planned + sorted(
         (name for name in found if name not in planned), key=lambda name: found[name]["started"]
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from helpers import base_config, stdlib_paragraphs, write_jsonl
@@ -99,3 +100,12 @@ def test_run_takes_a_mapping_or_a_file_and_returns_the_manifest(tmp_path):
 def test_bad_data_is_a_clear_error():
     with pytest.raises(distsel.DistselError, match="Ray Dataset, paths or dicts"):
         distsel.select([1, 2], method="random", budget={"docs": 1})
+
+
+def test_long_target_texts_are_texts_not_paths(tmp_path):
+    from distsel.api import _target_paths
+
+    long_text = "A question about fractions, " * 40  # longer than any file name may be
+    (staged,) = _target_paths([long_text, "short\0text"], str(tmp_path), "text")
+    lines = Path(staged).read_text().splitlines()
+    assert [json.loads(line)["text"] for line in lines] == [long_text, "short\0text"]

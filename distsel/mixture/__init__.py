@@ -9,5 +9,5 @@ The pool side (group token streams, the entry point, sampling the selection by t
 is distsel.selection.mixture.
 """
 
-# Where a search keeps its token streams, Tune experiments and extra runs under OUTPUT.
+# Where a search keeps its token streams, finished trials (JSON) and extra runs under OUTPUT.
 MIXTURE_FOLDER = "mixture"
