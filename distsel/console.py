@@ -55,3 +55,17 @@ def ray_init_options() -> dict[str, Any]:
 
 def is_verbose() -> bool:
     return _verbose
+
+
+def figure(value: float) -> str:
+    """A rate or count for a progress line: two significant digits below 100."""
+    return f"{value:.2g}" if value < 100 else f"{value:.0f}"
+
+
+def duration(seconds: float) -> str:
+    """Seconds as `12 s`, `25 min` or `1.7 h`."""
+    if seconds < 100:
+        return f"{figure(seconds)} s"
+    if seconds < 6000:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

@@ -22,6 +22,7 @@ import pyarrow as pa
 
 from distsel import corpus, duplicates, errors, evaluate
 from distsel.config import Budget, Config, OutputConfig, Phase
+from distsel.console import duration, figure
 from distsel.errors import ConfigError, DistselError, InputError
 from distsel.executor import Executor, RayExecutor, current, installed, node_id, use_threads
 from distsel.output import remove_stale, selected_table, write_selected
@@ -305,25 +306,13 @@ class _Progress:
         now = time.monotonic()
         elapsed = max(now - self.started, 1e-6)
         count = f"{self.label}: {self.done}/{self.total} {self.unit}"
-        rate = f"{_figure(self.done / elapsed)} {self.unit}/s"
+        rate = f"{figure(self.done / elapsed)} {self.unit}/s"
         if self.done >= self.total:
-            log.info("%s done in %s (%s)", count, _duration(elapsed), rate)
+            log.info("%s done in %s (%s)", count, duration(elapsed), rate)
         elif now - self.logged >= self.every:
             eta = (self.total - self.done) * elapsed / self.done
-            log.info("%s, %s, ETA %s", count, rate, _duration(eta))
+            log.info("%s, %s, ETA %s", count, rate, duration(eta))
             self.logged = now
-
-
-def _figure(value: float) -> str:
-    return f"{value:.2g}" if value < 100 else f"{value:.0f}"
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 100:
-        return f"{_figure(seconds)} s"
-    if seconds < 6000:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 def _ingest_item(batch: dict[str, np.ndarray], config_json: str, store: Store) -> dict[str, list]:

@@ -31,6 +31,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from distsel import __version__, errors
+from distsel.console import duration, figure
 from distsel.errors import DistselError
 from distsel.storage import Store, is_remote, retrying
 
@@ -166,8 +167,8 @@ def liveness(record: dict[str, Any] | None, now: float) -> dict[str, Any]:
     if record.get("host") == socket.gethostname() and not _process_exists(record.get("pid")):
         return {"live": False, "why": f"its process {record.get('pid')} is gone (killed?)"}
     if age > STALE_SECONDS:
-        return {"live": False, "why": f"no heartbeat for {_duration(age)} (killed or lost?)"}
-    return {"live": True, "why": f"heartbeat {_duration(max(age, 0))} ago"}
+        return {"live": False, "why": f"no heartbeat for {duration(age)} (killed or lost?)"}
+    return {"live": True, "why": f"heartbeat {duration(max(age, 0))} ago"}
 
 
 def _process_exists(pid: Any) -> bool:
@@ -593,12 +594,12 @@ def _step_tail(step: dict[str, Any], unit: str) -> str:
         return ""
     if "rate_per_s" not in step:
         return ", no part done yet" if step["state"] == "running" and unit == "parts" else ""
-    tail = f", {_figure(step['rate_per_s'])} {unit}/s"
+    tail = f", {figure(step['rate_per_s'])} {unit}/s"
     if step.get("rows_scored") and step.get("parts_done"):
         rows = step["rate_per_s"] * step["rows_scored"] / step["parts_done"]
-        tail += f" (~{_figure(rows)} rows/s)"
+        tail += f" (~{figure(rows)} rows/s)"
     if "eta_s" in step:
-        tail += f", ETA {_duration(step['eta_s'])}"
+        tail += f", ETA {duration(step['eta_s'])}"
     return tail
 
 
@@ -608,7 +609,7 @@ def _run_line(run: dict[str, Any], now: float) -> str:
     started = float(run.get("started", now))
     who = f"pid {run.get('pid')} on {run.get('host')} since {_clock(started)}"
     if run["live"]:
-        return f"live: {who} ({_duration(max(now - started, 0))}), {run['why']}"
+        return f"live: {who} ({duration(max(now - started, 0))}), {run['why']}"
     if run.get("state") in ("done", "failed", "interrupted"):
         ended = f" {_ago(now - float(run['ended']))}" if "ended" in run else ""
         return f"none live; the last run, {who}, ended {run['state']}{ended}"
@@ -620,16 +621,4 @@ def _clock(seconds: float) -> str:
 
 
 def _ago(seconds: float) -> str:
-    return f"{_duration(max(seconds, 0))} ago"
-
-
-def _figure(value: float) -> str:
-    return f"{value:.2g}" if value < 100 else f"{value:.0f}"
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 100:
-        return f"{_figure(seconds)} s"
-    if seconds < 6000:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
+    return f"{duration(max(seconds, 0))} ago"
