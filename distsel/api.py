@@ -21,6 +21,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from distsel import layout
 from distsel.config import Config, load_config, parse_config
 from distsel.errors import ConfigError
 from distsel.executor import is_dataset, read_dataset
@@ -31,7 +32,6 @@ Dataset = Any  # a ray.data.Dataset (Ray is imported by distsel.executor alone)
 #: Keys of `select(**options)` that are sections of the configuration; any other key is an
 #: option of the method (select.<method>.<key>).
 SECTIONS = ("input", "output", "stages", "proxy", "embed", "mixture", "ray", "seed")
-STAGED = "_input"  # OUTPUT/_input/: the documents `select` was given, written once
 
 
 @dataclasses.dataclass
@@ -154,7 +154,7 @@ def _is_path(text: str) -> bool:
 def _staged_rows(rows: list[dict[str, Any]], folder: str, name: str) -> str:
     """`rows` as OUTPUT/_input/<name>.jsonl, written once (kept on a repeated call)."""
     store = Store(folder)
-    relative = f"{STAGED}/{name}.jsonl"
+    relative = layout.staged(f"{name}.jsonl")
     if not store.exists(relative):
         lines = "".join(json.dumps(row, ensure_ascii=False, default=str) + "\n" for row in rows)
         store.write_bytes(relative, lines.encode())
@@ -165,7 +165,7 @@ def _staged_dataset(dataset: Dataset, folder: str, name: str) -> str:
     """A Dataset written as Parquet under OUTPUT/_input/<name>/ (by Ray Data, in parallel),
     once: a repeated call reads the files already there."""
     store = Store(folder)
-    relative = f"{STAGED}/{name}"
+    relative = layout.staged(name)
     target = store.path(relative) if store.is_local else f"{store.url}/{relative}"
     if not store.list(relative, ".parquet"):
         dataset.write_parquet(target, filesystem=_arrow_fs(store))
@@ -182,8 +182,10 @@ def _arrow_fs(store: Store) -> Any:
 
 def _read_selected(result: Result) -> Dataset:
     store = Store(result.output)
-    files = store.list("selected")
-    paths = [store.path(f"selected/{name}") for name in files]
+    files = store.list(layout.SELECTED)
+    paths = [store.path(layout.selected(name)) for name in files]
     return read_dataset(
-        paths, _arrow_fs(store), json_lines=not files[0].endswith(".parquet") if files else False
+        paths,
+        _arrow_fs(store),
+        json_lines=not files[0].endswith(".parquet") if files else False,
     )

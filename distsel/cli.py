@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from distsel import __version__, console, errors
+from distsel import __version__, console, errors, layout
 from distsel.config import PHASES, Config, InputConfig, OutputConfig, load_config, parse_config
 
 DESCRIPTION = """\
@@ -105,7 +105,7 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print the status as JSON")
     status.set_defaults(handler=_status)
 
-    report = commands.add_parser("report", help="write OUTPUT/report.html for a finished run")
+    report = commands.add_parser("report", help=f"write OUTPUT/{layout.REPORT} for a finished run")
     report.add_argument("output", help="the run's output folder or s3:// prefix")
     report.set_defaults(handler=_report)
 
@@ -204,7 +204,7 @@ def _run(args: argparse.Namespace) -> int:
         lambda begin: pipeline.run(config, address=args.address, phase=args.phase, on_output=begin),
     )
     if args.phase == "score":
-        print(summary(result, config.output.path, "scoring.json"))
+        print(summary(result, config.output.path, layout.SCORING))
     elif args.phase == "mixture":
         print(mixture_summary(result, config.output.path))
     else:
@@ -228,7 +228,7 @@ def _write_report(output: OutputConfig) -> None:
             file=sys.stderr,
         )
         return
-    shown = f"{output.path.rstrip('/')}/report.html" if is_remote(output.path) else written
+    shown = f"{output.path.rstrip('/')}/{layout.REPORT}" if is_remote(output.path) else written
     print(f"distsel: report written to {shown}")
 
 
@@ -266,7 +266,7 @@ def probe_output(output: OutputConfig) -> None:
     store = Store(output.path, output.storage_options, output.retry_seconds)
     created = []
     if store.is_local:
-        path = os.path.join(store.root, "_state")
+        path = os.path.join(store.root, layout.STATE)
         while not os.path.exists(path) and os.path.dirname(path) != path:
             created.append(path)  # deepest first
             path = os.path.dirname(path)
@@ -303,22 +303,23 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
-def summary(manifest: dict[str, Any], output: str, written: str = "manifest.json") -> str:
+def summary(manifest: dict[str, Any], output: str, written: str = layout.MANIFEST) -> str:
     """A short table of what a run (or its scoring phase) did and where its output is."""
     reasons = ", ".join(f"{k} {v:,}" for k, v in manifest["rejected_by_reason"].items())
     lines = [
         f"distsel: done in {manifest['wall_seconds']:.1f} s; output in {output} ({written})",
         f"  {'documents in':<14}{manifest['input_docs']:>12,}",
         f"  {'accepted':<14}{manifest['accepted_docs']:>12,}",
-        f"  {'rejected':<14}{manifest['rejected_docs']:>12,}   {reasons or '-'}   -> rejected/",
+        f"  {'rejected':<14}{manifest['rejected_docs']:>12,}   {reasons or '-'}   "
+        f"-> {layout.REJECTED}/",
     ]
     if "selected_docs" not in manifest:
         stages = ", ".join(name for name in manifest["stages"] if name != "ingest")
-        lines.append(f"  {'scored by':<14}{stages or '-':>12}   -> scores/")
+        lines.append(f"  {'scored by':<14}{stages or '-':>12}   -> {layout.SCORES}/")
         return "\n".join(lines)
     lines.append(
         f"  {'selected':<14}{manifest['selected_docs']:>12,}   "
-        f"~{manifest['selected_tokens_approx']:,} tokens   -> selected/"
+        f"~{manifest['selected_tokens_approx']:,} tokens   -> {layout.SELECTED}/"
     )
     groups = manifest.get("by_group")
     if groups:
@@ -353,7 +354,7 @@ def mixture_summary(section: dict[str, Any], output: str) -> str:
     base = section["baseline_losses"]
     lines = [
         f"distsel: mixture search done in {section['wall_seconds']:.1f} s; "
-        f"{output}/mixture/search.json",
+        f"{output}/{layout.MIXTURE_SEARCH}",
         f"  best target loss {section['best_loss']:.4f}   uniform "
         f"{base['uniform']['target_loss']:.4f}   natural {base['natural']['target_loss']:.4f}",
     ]

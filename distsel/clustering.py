@@ -30,6 +30,7 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 
+from distsel import layout
 from distsel.config import ClusterOptions, Config
 from distsel.errors import DistselError
 from distsel.executor import current
@@ -47,8 +48,6 @@ SUM_ROWS = 1 << 14  # rows converted to float64 at a time when summing per clust
 MIN_SAMPLE, SAMPLE_PER_CLUSTER, MAX_SAMPLE = 10_000, 20, 100_000
 MAX_CLUSTERS = 10_000
 REDUCE_FANIN = 16
-CENTROIDS_PATH = "clusters/centroids.npy"
-DISTANCES_PATH = "clusters/centroid_distances.npy"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -292,7 +291,7 @@ class KMeansResult:
 
 
 def _embedding_path(part: str) -> str:
-    return f"scores/embed/{part}"
+    return layout.scores("embed", part)
 
 
 def _read_embeddings(store: Store, part: str, rows: np.ndarray | None = None) -> np.ndarray:
@@ -424,12 +423,12 @@ def _load_array(store: Store, relative: str) -> np.ndarray:
 
 def load_centroids(store: Store) -> np.ndarray:
     """The cluster stage's centroids, (k, dim) float32, from clusters/centroids.npy."""
-    return _load_array(store, CENTROIDS_PATH)
+    return _load_array(store, layout.CENTROIDS)
 
 
 def load_centroid_distances(store: Store) -> np.ndarray:
     """The cluster stage's (k, k) centroid distances, from clusters/centroid_distances.npy."""
-    return _load_array(store, DISTANCES_PATH)
+    return _load_array(store, layout.CENTROID_DISTANCES)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -491,7 +490,7 @@ class ClusterStage(Stage):
     def prepare(self, context: StageContext) -> None:
         store, parts = context.store, context.parts
         self.seed = context.config.seed
-        n_docs = sum(store.read_metadata(f"docs/{part}").num_rows for part in parts)
+        n_docs = sum(store.read_metadata(layout.docs(part)).num_rows for part in parts)
         if n_docs == 0:
             raise DistselError("the cluster stage found no documents to cluster")
         wanted = self.requested_k or default_clusters(n_docs)
@@ -499,8 +498,10 @@ class ClusterStage(Stage):
         log.info("cluster: k-means, k=%d (%s) over %d documents", self.k, self.metric, n_docs)
         result = fit_kmeans(store, parts, self.k, self.metric, self.seed, self.max_iter)
         self.centroids = result.centroids.astype(np.float32)
-        _save_array(store, CENTROIDS_PATH, self.centroids)
-        _save_array(store, DISTANCES_PATH, centroid_distances(self.centroids, self.metric))
+        _save_array(store, layout.CENTROIDS, self.centroids)
+        _save_array(
+            store, layout.CENTROID_DISTANCES, centroid_distances(self.centroids, self.metric)
+        )
         self.summary = _summary(result, self.metric, wanted)
 
     def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:

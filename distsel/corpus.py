@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import zstandard
 
+from distsel import layout
 from distsel.config import InputConfig, TargetConfig
 from distsel.errors import InputError
 from distsel.errors import short as _short
@@ -509,13 +510,6 @@ def rejected_table(shard: Shard, rejections: list[Rejection]) -> pa.Table:
     )
 
 
-def part_name(shard: Shard, index: int) -> str:
-    """`<safe key>-<version>-<index>.parquet`: a changed shard's parts get new names, so no
-    stage output of the old content is ever taken for the new one's."""
-    version = f"-{shard.version}" if shard.version else ""
-    return f"{shard.safe_key}{version}-{index:05d}.parquet"
-
-
 def ingest_shard(shard: Shard, config: InputConfig, store: Store) -> IngestResult:
     """Validate one shard; write its documents as Parquet parts and its rejected rows.
 
@@ -529,8 +523,8 @@ def ingest_shard(shard: Shard, config: InputConfig, store: Store) -> IngestResul
     pending: list[dict[str, Any]] = []
 
     def flush() -> None:
-        name = part_name(shard, len(result.parts))
-        result.part_bytes.append(store.write_table(f"docs/{name}", documents_table(pending)))
+        name = layout.part_name(shard.safe_key, shard.version, len(result.parts))
+        result.part_bytes.append(store.write_table(layout.docs(name), documents_table(pending)))
         result.parts.append(name)
         pending.clear()
 
@@ -560,9 +554,9 @@ def ingest_shard(shard: Shard, config: InputConfig, store: Store) -> IngestResul
     result.rejected = len(rejections)
     result.reasons = dict(sorted(reasons.items()))
     if rejections:
-        store.write_table(f"rejected/{shard.safe_key}.parquet", rejected_table(shard, rejections))
+        store.write_table(layout.rejected(shard.safe_key), rejected_table(shard, rejections))
     else:
-        store.remove(f"rejected/{shard.safe_key}.parquet")
+        store.remove(layout.rejected(shard.safe_key))
     return result
 
 

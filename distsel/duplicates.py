@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from distsel import layout
 from distsel.storage import Store
 
 IDS_PER_GROUP = 2_000_000
@@ -50,13 +51,9 @@ def id_groups(ids: list[str], groups: int) -> np.ndarray:
     )
 
 
-def ids_path(part: str) -> str:
-    return f"_state/ids/{part}"
-
-
 def write_part_ids(store: Store, part: str, rank: int, groups: int) -> None:
     """Write part `rank`'s ids as (rank, row, id), row group t holding the ids of group t."""
-    ids = store.read_table(f"docs/{part}", columns=["id"]).column("id").cast(pa.string())
+    ids = store.read_table(layout.docs(part), columns=["id"]).column("id").cast(pa.string())
     rows = np.arange(len(ids), dtype=np.int64)
     table = pa.table({"rank": np.full(len(ids), rank, dtype=np.int64), "row": rows, "id": ids})
     group_of = id_groups(ids.to_pylist(), groups)
@@ -64,12 +61,12 @@ def write_part_ids(store: Store, part: str, rank: int, groups: int) -> None:
     with pq.ParquetWriter(buffer, table.schema, compression="zstd") as writer:
         for group in range(groups):
             writer.write_table(table.filter(pa.array(group_of == group)))
-    store.write_bytes(ids_path(part), buffer.getvalue())
+    store.write_bytes(layout.ids(part), buffer.getvalue())
 
 
 def find_duplicates(store: Store, parts: list[str], group: int) -> pa.Table:
     """Every later occurrence of an id of `group`, with the position of its first occurrence."""
-    tables = [store.read_row_group(ids_path(part), group) for part in parts]
+    tables = [store.read_row_group(layout.ids(part), group) for part in parts]
     order = [("id", "ascending"), ("rank", "ascending"), ("row", "ascending")]
     seen = pa.concat_tables(tables).sort_by(order)
     if seen.num_rows < 2:

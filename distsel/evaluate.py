@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from distsel import layout
 from distsel.config import Config
 from distsel.corpus import read_texts
 from distsel.executor import current
@@ -267,7 +268,7 @@ def pool_bigram_counts(
     store: Store,
     parts: list[str],
     query: BigramQuery,
-    folder: str = "docs",
+    folder: str = layout.DOCS,
     row_sets: tuple[list[np.ndarray] | None, ...] = (None,),
 ) -> list[BigramCounts]:
     """`bigram_counts` of sets of documents, each summed over the parts, one task per part where

@@ -53,7 +53,7 @@ class Progress:
     it when the call ends (`close`). A line that cannot be written or read is skipped: progress
     never fails the work. The call decides how often it speaks (every ~10 % or ~30 s, say).
 
-        progress = Progress(store, "_state/progress/fit.json")
+        progress = Progress(store, layout.progress("fit"))
         current().call(long_fit, data, progress, progress=progress)
     """
 

@@ -16,11 +16,11 @@ import numpy as np
 import pyarrow as pa
 import zstandard
 
+from distsel import layout
 from distsel.config import OutputConfig
 from distsel.errors import ConfigError
 from distsel.storage import Store
 
-SELECTED = "selected"
 INTERNAL_DOC_COLUMNS = ("tokens_approx",)
 SUFFIXES = {"parquet": ".parquet", "jsonl": ".jsonl", "jsonl.gz": ".jsonl.gz"}
 SUFFIXES["jsonl.zst"] = ".jsonl.zst"
@@ -28,7 +28,7 @@ SUFFIXES["jsonl.zst"] = ".jsonl.zst"
 
 def selected_name(part: str, output_format: str) -> str:
     """The selected file of document part `part` (`<stem>.parquet` or `<stem>.jsonl[.gz|.zst]`)."""
-    return part.removesuffix(".parquet") + SUFFIXES[output_format]
+    return part.removesuffix(layout.PART_SUFFIX) + SUFFIXES[output_format]
 
 
 def selected_table(
@@ -63,7 +63,7 @@ def write_selected(store: Store, part: str, table: pa.Table, output: OutputConfi
     """Write one part's selected rows in `output.format`; returns the file's name."""
     name = selected_name(part, output.format)
     if output.format == "parquet":
-        store.write_table(f"{SELECTED}/{name}", table)
+        store.write_table(layout.selected(name), table)
         return name
     lines = b"".join(
         json.dumps(row, ensure_ascii=False, default=_json_value).encode() + b"\n"
@@ -73,7 +73,7 @@ def write_selected(store: Store, part: str, table: pa.Table, output: OutputConfi
         lines = gzip.compress(lines, mtime=0)
     elif output.format == "jsonl.zst":
         lines = zstandard.ZstdCompressor().compress(lines)
-    store.write_bytes(f"{SELECTED}/{name}", lines)
+    store.write_bytes(layout.selected(name), lines)
     return name
 
 
@@ -87,26 +87,26 @@ def _json_value(value: Any) -> Any:
 
 def remove_stale(store: Store, written: set[str]) -> None:
     """Remove every file of selected/ that this selection did not write."""
-    for name in store.list(SELECTED):
+    for name in store.list(layout.SELECTED):
         if name not in written:
-            store.remove(f"{SELECTED}/{name}")
+            store.remove(layout.selected(name))
 
 
 def selected_files(store: Store) -> dict[str, str]:
     """The selected file of each document part that has one, by part."""
     found = {}
-    for name in store.list(SELECTED):
+    for name in store.list(layout.SELECTED):
         for suffix in SUFFIXES.values():
             if name.endswith(suffix):
-                found[name.removesuffix(suffix) + ".parquet"] = name
+                found[name.removesuffix(suffix) + layout.PART_SUFFIX] = name
     return found
 
 
 def read_selected(store: Store, name: str, columns: list[str]) -> pa.Table:
     """`columns` of one selected file, in either format."""
     if name.endswith(".parquet"):
-        return store.read_table(f"{SELECTED}/{name}", columns=columns)
-    data = store.read_bytes(f"{SELECTED}/{name}")
+        return store.read_table(layout.selected(name), columns=columns)
+    data = store.read_bytes(layout.selected(name))
     if name.endswith(".gz"):
         data = gzip.decompress(data)
     elif name.endswith(".zst"):

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import numpy as np
 import pyarrow as pa
 
-from distsel import corpus, duplicates, errors, evaluate
+from distsel import corpus, duplicates, errors, evaluate, layout
 from distsel.config import Budget, Config, OutputConfig, Phase
 from distsel.console import duration, figure
 from distsel.errors import ConfigError, DistselError, InputError
@@ -35,7 +35,6 @@ log = logging.getLogger("distsel")
 T = TypeVar("T")
 
 SECRET_WORDS = ("secret", "key", "token", "password", "credential", "session")
-STAGE_ORDER = "_state/stages.json"  # the stages of the last scoring, in order (distsel status)
 
 
 @dataclasses.dataclass
@@ -88,15 +87,15 @@ def _run(config: Config, phase: Phase, on_output: Callable[[], None] | None) -> 
     scored = score(config, store, shards, require_done=phase == "select")
     if phase == "score":
         summary = {**counts(scored.ingested), "stages": scored.timings, "phase": phase}
-        return _finish(store, "scoring.json", summary, started)
+        return _finish(store, layout.SCORING, summary, started)
     if phase == "mixture":
         from distsel.selection.mixture import run_mixture_search
 
         stages = [s.name for s in scored.stages]
         pool = gather_pool(store, scored.parts, stages, config, scored.dropped)
         _, section = run_mixture_search(pool, config, StageContext(config, store, scored.parts))
-        return _finish(store, "mixture/search.json", {**section, "phase": phase}, started)
-    return _finish(store, "manifest.json", select(config, store, scored), started)
+        return _finish(store, layout.MIXTURE_SEARCH, {**section, "phase": phase}, started)
+    return _finish(store, layout.MANIFEST, select(config, store, scored), started)
 
 
 def check_output_apart(config: Config) -> None:
@@ -147,7 +146,7 @@ def score(
     ingested, dropped = quarantine_duplicate_ids(config, store, shards, ingested, require_done)
     parts = [part for result in ingested for part in result.parts]
     stages = build_stages(config)
-    store.write_json(STAGE_ORDER, {"stages": [stage.name for stage in stages]})
+    store.write_json(layout.STAGE_ORDER, {"stages": [stage.name for stage in stages]})
     versions: dict[str, str] = {}
     for stage in stages:
         run_stage(stage, StageContext(config, store, parts), timings, require_done, versions)
@@ -256,8 +255,8 @@ def _with_requirements(names: list[str]) -> list[str]:
 def _check_same_input(store: Store, config: Config) -> None:
     """Refuse to resume into an output that was made from a different input configuration."""
     current = _input_fingerprint(config)
-    if store.exists("_state/input.json"):
-        previous = store.read_json("_state/input.json")
+    if store.exists(layout.INPUT):
+        previous = store.read_json(layout.INPUT)
         if previous != current:
             changed = sorted(
                 k for k in current.keys() | previous.keys() if current.get(k) != previous.get(k)
@@ -268,7 +267,7 @@ def _check_same_input(store: Store, config: Config) -> None:
                 "choose another output.path or remove the old output"
             )
     else:
-        store.write_json("_state/input.json", current)
+        store.write_json(layout.INPUT, current)
 
 
 def _input_fingerprint(config: Config) -> dict[str, Any]:
@@ -366,13 +365,13 @@ def ingest(
 
 
 def _ingest_marker(shard: corpus.Shard) -> str:
-    return f"_state/ingest/{shard.safe_key}.json"
+    return layout.ingest_marker(shard.safe_key)
 
 
 def _shards_to_read(shards: list[corpus.Shard], store: Store) -> list[corpus.Shard]:
     """The shards not ingested yet, changed since (another version: their old parts are
     removed), or whose parts are missing or damaged (not of the size written)."""
-    sizes = store.sizes("docs")
+    sizes = store.sizes(layout.DOCS)
     pending = []
     for shard in shards:
         if not store.exists(_ingest_marker(shard)):
@@ -388,20 +387,19 @@ def _shards_to_read(shards: list[corpus.Shard], store: Store) -> list[corpus.Sha
                 shard.url,
             )
             for part in done.parts:
-                store.remove(f"docs/{part}")
+                store.remove(layout.docs(part))
             pending.append(shard)
         elif [sizes.get(part) for part in done.parts] != done.part_bytes:
             damaged = [
                 p for p, b in zip(done.parts, done.part_bytes, strict=False) if sizes.get(p) != b
             ]
             log.warning(
-                "ingest: docs/%s is missing or damaged; reading %s again", damaged[0], shard.url
+                "ingest: %s is missing or damaged; reading %s again",
+                layout.docs(damaged[0]),
+                shard.url,
             )
             pending.append(shard)
     return pending
-
-
-PART_SIZE = "_state/part_size.json"
 
 
 def part_size(config: Config, store: Store, shards: list[corpus.Shard]) -> int:
@@ -410,12 +408,12 @@ def part_size(config: Config, store: Store, shards: list[corpus.Shard]) -> int:
     shards it has left the same way."""
     if config.input.rows_per_part:
         return config.input.rows_per_part
-    if store.exists(PART_SIZE):
-        return int(store.read_json(PART_SIZE)["rows_per_part"])
+    if store.exists(layout.PART_SIZE):
+        return int(store.read_json(layout.PART_SIZE)["rows_per_part"])
     cpus = current().totals().get("CPU", 1.0)
     rows = corpus.auto_rows_per_part(shards, config.input.storage_options, cpus)
     log.info("ingest: %d rows per part, for %g CPUs", rows, cpus)
-    store.write_json(PART_SIZE, {"rows_per_part": rows, "cluster_cpus": cpus})
+    store.write_json(layout.PART_SIZE, {"rows_per_part": rows, "cluster_cpus": cpus})
     return rows
 
 
@@ -434,7 +432,7 @@ def quarantine_duplicate_ids(
         return ingested, {}
     parts = [part for result in ingested for part in result.parts]
     # the check's rows name parts by rank: a check of another part list does not apply
-    found_path = f"_state/duplicates-{digest(parts)}.parquet"
+    found_path = layout.duplicates(digest(parts))
     if not store.exists(found_path):
         if require_done:
             raise _not_scored("the duplicate-id check", [found_path], 1)
@@ -449,12 +447,12 @@ def quarantine_duplicate_ids(
         urls = {shard.key: shard.url for shard in shards}
         if found.num_rows:
             rejections = _rejections(found, parts, shard_of, urls)
-            store.write_table("rejected/duplicate_id.parquet", rejections)
+            store.write_table(layout.REJECTED_DUPLICATE_IDS, rejections)
         else:
-            store.remove("rejected/duplicate_id.parquet")
-        for name in store.list("_state", ".parquet"):
-            if name.startswith("duplicates"):
-                store.remove(f"_state/{name}")
+            store.remove(layout.REJECTED_DUPLICATE_IDS)
+        for name in store.list(layout.STATE, layout.PART_SUFFIX):
+            if layout.is_duplicates(name):
+                store.remove(layout.state(name))
         store.write_table(found_path, found)
     found = store.read_table(found_path)
     ranks, rows = found.column("rank").to_numpy(), found.column("row").to_numpy()
@@ -486,7 +484,7 @@ def _rejections(
             "reason": ["duplicate_id"] * len(rows),
             "detail": [
                 f"id '{row['id']}' first in {shard_of[parts[row['first_rank']]]}; this copy: "
-                f"docs/{parts[row['rank']]} row {row['row']}"
+                f"{layout.docs(parts[row['rank']])} row {row['row']}"
                 for row in rows
             ],
             "raw": [row["id"].encode() for row in rows],
@@ -537,15 +535,15 @@ class _StageWorker:
 
 
 def _stage_marker(stage: Stage, part: str) -> str:
-    return f"_state/{stage.name}/{part}.json"
+    return layout.marker(stage.name, part)
 
 
 def score_part(stage: Stage, store: Store, part: str) -> tuple[int, int]:
     """Score one document part in batches; write `scores/<stage>/<part>` (id + outputs).
     Returns its rows and the file's size."""
-    docs = store.read_table(f"docs/{part}", columns=sorted({"id", *stage.input_columns}))
+    docs = store.read_table(layout.docs(part), columns=sorted({"id", *stage.input_columns}))
     for required in stage.requires:
-        scores = store.read_table(f"scores/{required}/{part}")
+        scores = store.read_table(layout.scores(required, part))
         for name in scores.column_names:
             if name != "id":
                 docs = docs.append_column(name, scores.column(name))
@@ -558,7 +556,7 @@ def score_part(stage: Stage, store: Store, part: str) -> tuple[int, int]:
             )
     columns = {"id": docs.column("id")}
     columns.update({name: pa.chunked_array(arrays) for name, arrays in chunks.items()})
-    size = store.write_table(f"scores/{stage.name}/{part}", pa.table(columns))
+    size = store.write_table(layout.scores(stage.name, part), pa.table(columns))
     return docs.num_rows, size
 
 
@@ -580,7 +578,7 @@ def run_stage(
         _require_scored(stage, store, parts)
     reused = prepare_stage(stage, context)
     prepared = time.perf_counter() - began
-    fingerprint_path = f"_state/{stage.name}/_fingerprint.json"
+    fingerprint_path = layout.fingerprint(stage.name)
     fingerprint = stage.fingerprint()
     if store.exists(fingerprint_path) and store.read_json(fingerprint_path) != fingerprint:
         if require_done:
@@ -627,7 +625,7 @@ def _parts_to_score(
     """The parts without scores of this stage's `version` (its settings, fit and inputs), or
     whose scores file is missing or damaged (not of the size written). A marker written before
     versions were recorded holds while the stage has no fit or reused it."""
-    sizes = store.sizes(f"scores/{stage.name}")
+    sizes = store.sizes(layout.scores(stage.name))
     pending = []
     for part in parts:
         marker = _stage_marker(stage, part)
@@ -664,8 +662,8 @@ def _write_selected_part(
     ranked_by: tuple[str, ...],
     output: OutputConfig,
 ) -> str:
-    docs = store.read_table(f"docs/{part}").take(rows)
-    scores = {stage: store.read_table(f"scores/{stage}/{part}").take(rows) for stage in stages}
+    docs = store.read_table(layout.docs(part)).take(rows)
+    scores = {stage: store.read_table(layout.scores(stage, part)).take(rows) for stage in stages}
     table = selected_table(docs, scores, ranked_by, output.columns)
     return write_selected(store, part, table, output)
 

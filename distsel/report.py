@@ -37,6 +37,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from distsel import layout
 from distsel.errors import short
 from distsel.output import read_selected, selected_files
 from distsel.storage import Store
@@ -196,10 +197,10 @@ def _spread(count: int, limit: int) -> np.ndarray:
 def _read_part(
     store: Store, part: str, selected_file: str | None, dropped: np.ndarray, plan: _Plan
 ) -> dict[str, Any]:
-    names = store.read_schema(f"docs/{part}").names
+    names = store.read_schema(layout.docs(part)).names
     group = plan.group_field if plan.group_field in names else None
     columns = ["id", "tokens_approx"] + ([group] if group else [])
-    docs = store.read_table(f"docs/{part}", columns=columns)
+    docs = store.read_table(layout.docs(part), columns=columns)
     keep = np.setdiff1d(np.arange(docs.num_rows, dtype=np.int64), dropped)
     docs = docs.take(keep)
     if selected_file:
@@ -228,7 +229,7 @@ def _read_part(
 
     if plan.score_stage:
         table = store.read_table(
-            f"scores/{plan.score_stage}/{part}", columns=list(plan.score_columns)
+            layout.scores(plan.score_stage, part), columns=list(plan.score_columns)
         ).take(keep)
         matrix = np.stack(
             [c.to_numpy(zero_copy_only=False).astype(np.float64) for c in table.columns]
@@ -240,7 +241,7 @@ def _read_part(
     found["histogram_selected"] = selected[_spread(len(keep), plan.histogram_rows)]
     found["histogram"] = {}
     for stage, numeric in plan.histogram_columns.items():
-        table = store.read_table(f"scores/{stage}/{part}", columns=list(numeric)).take(sample)
+        table = store.read_table(layout.scores(stage, part), columns=list(numeric)).take(sample)
         for name in numeric:
             values = table.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
             found["histogram"][f"{stage}: {name}"] = values
@@ -249,7 +250,7 @@ def _read_part(
         from distsel.scoring.embed import embedding_matrix
 
         positions = _spread(len(keep), plan.embed_rows)
-        column = store.read_table(f"scores/embed/{part}", columns=["embedding"]).column(0)
+        column = store.read_table(layout.scores("embed", part), columns=["embedding"]).column(0)
         found["embeddings"] = embedding_matrix(column.take(keep[positions])).astype(np.float32)
         found["embedding_selected"] = selected[positions]
     return found
@@ -269,9 +270,9 @@ def pool_parts(store: Store, manifest: dict[str, Any]) -> tuple[list[str], dict[
     duplicate ids (input.id_field). The listing of docs/ serves when it holds as many parts as
     the run ingested and no duplicates were found; else the shards' ingest markers say which
     parts, in the pool's order, which the duplicate check's ranks refer to."""
-    listed = store.list("docs", ".parquet")
-    checks = [n for n in store.list("_state", ".parquet") if n.startswith("duplicates")]
-    found = store.read_table(f"_state/{checks[-1]}", columns=["rank", "row"]) if checks else None
+    listed = store.list(layout.DOCS, layout.PART_SUFFIX)
+    checks = [n for n in store.list(layout.STATE, layout.PART_SUFFIX) if layout.is_duplicates(n)]
+    found = store.read_table(layout.state(checks[-1]), columns=["rank", "row"]) if checks else None
     ingested = (manifest["stages"].get("ingest") or {}).get("parts")
     if (found is None or not found.num_rows) and ingested == len(listed):
         return listed, {}
@@ -279,7 +280,7 @@ def pool_parts(store: Store, manifest: dict[str, Any]) -> tuple[list[str], dict[
 
     markers = _parallel(
         store.read_json,
-        ((f"_state/ingest/{safe_name(s['shard'])}.json",) for s in manifest["shards"]),
+        ((layout.ingest_marker(safe_name(s["shard"])),) for s in manifest["shards"]),
     )
     parts = [part for marker in markers for part in marker["parts"]]
     if found is None or not found.num_rows:
@@ -292,11 +293,11 @@ def pool_parts(store: Store, manifest: dict[str, Any]) -> tuple[list[str], dict[
 def _stage_columns(store: Store, manifest: dict[str, Any], part: str) -> dict[str, pa.Schema]:
     """The schema of each of this run's stages that wrote scores (one part's metadata)."""
     schemas = {}
-    for stage in store.list("scores"):
+    for stage in store.list(layout.SCORES):
         if stage not in manifest["stages"]:
             continue  # left by an earlier run into the same output
         try:
-            schemas[stage] = store.read_schema(f"scores/{stage}/{part}")
+            schemas[stage] = store.read_schema(layout.scores(stage, part))
         except FileNotFoundError:
             continue
     return schemas
@@ -467,11 +468,11 @@ def _example_rows(
 def _read_rows(
     store: Store, part: str, rows: np.ndarray, group_field: str | None
 ) -> list[dict[str, Any]]:
-    names = store.read_schema(f"docs/{part}").names
+    names = store.read_schema(layout.docs(part)).names
     columns = ["id", "text", "tokens_approx"]
     if group_field and group_field in names:
         columns.append(group_field)
-    table = store.read_table(f"docs/{part}", columns=columns).take(rows)
+    table = store.read_table(layout.docs(part), columns=columns).take(rows)
     records = table.to_pylist()
     for record in records:
         value = record.pop(group_field, None) if group_field else None
@@ -536,7 +537,8 @@ def examples_html(
             else "no document with a score was selected"
         )
         parts = [
-            f"<p>score: <code>{html.escape(named)}</code> (scores/{html.escape(score_stage)}); "
+            f"<p>score: <code>{html.escape(named)}</code> "
+            f"({html.escape(layout.scores(score_stage))}); "
             f"rank 1 = {'highest' if descending else 'lowest'}; {html.escape(cut)}.</p>"
         ]
         titles = {
@@ -814,7 +816,7 @@ def write_report(output: str, storage_options: dict[str, Any] | None = None) -> 
     import matplotlib
 
     store = Store(output, storage_options)
-    manifest = store.read_json("manifest.json")
+    manifest = store.read_json(layout.MANIFEST)
     gathered, columns, score_stage = gather(store, manifest)
     with matplotlib.rc_context({"text.parse_math": False}):  # '$' in a group name is text
         shares = group_shares(manifest, gathered)
@@ -846,5 +848,5 @@ figure{{display:inline-block;margin:8px}}pre{{background:#f4f4f4;padding:8px}}</
 <h2>selector</h2><pre>{html.escape(json.dumps(section, indent=2, default=str))}</pre>
 <h2>stages</h2><pre>{html.escape(json.dumps(manifest["stages"], indent=2))}</pre>
 </body></html>"""
-    store.write_bytes("report.html", page.encode())
-    return store.path("report.html")
+    store.write_bytes(layout.REPORT, page.encode())
+    return store.path(layout.REPORT)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import pyarrow as pa
 
+from distsel import layout
 from distsel.storage import Store
 
 if TYPE_CHECKING:
@@ -121,12 +122,13 @@ def prepare_stage(stage: Stage, context: StageContext) -> bool:
     if not stage.fitted:
         stage.prepare(context)
         return False
-    store, folder = context.store, f"_state/{stage.name}"
+    store, folder = context.store, layout.state(stage.name)
+    record, arrays_path = layout.fit_record(stage.name), layout.fit_arrays(stage.name)
     inputs = fit_key(stage, context)
-    if store.exists(f"{folder}/fitted.json"):
-        saved = store.read_json(f"{folder}/fitted.json")
-        if saved.get("inputs") == inputs and store.exists(f"{folder}/fitted.npz"):
-            data = io.BytesIO(store.read_bytes(f"{folder}/fitted.npz"))
+    if store.exists(record):
+        saved = store.read_json(record)
+        if saved.get("inputs") == inputs and store.exists(arrays_path):
+            data = io.BytesIO(store.read_bytes(arrays_path))
             with np.load(data, allow_pickle=False) as arrays:
                 stage.load_fitted(_decode(saved["fitted"], dict(arrays.items())))
             stage.summary = saved["summary"]
@@ -137,9 +139,9 @@ def prepare_stage(stage: Stage, context: StageContext) -> bool:
     fitted = _encode(stage.fitted_state(), arrays)
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
-    store.write_bytes(f"{folder}/fitted.npz", buffer.getvalue())
+    store.write_bytes(arrays_path, buffer.getvalue())
     saved = {"inputs": inputs, "fitted": fitted, "summary": stage.summary}
-    store.write_json(f"{folder}/fitted.json", saved)
+    store.write_json(record, saved)
     return False
 
 
@@ -154,7 +156,7 @@ def fit_key(stage: Stage, context: StageContext) -> Any:
     stages it reads, and for a fit on the target examples their files' versions."""
     required = {}
     for name in stage.requires:
-        path = f"_state/{name}/_fingerprint.json"
+        path = layout.fingerprint(name)
         required[name] = context.store.read_json(path) if context.store.exists(path) else None
     inputs = stage.fit_inputs(context)
     key = {"stage": inputs, "parts": context.parts, "requires": required}

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from distsel import __version__, errors
+from distsel import __version__, errors, layout
 from distsel.console import duration, figure
 from distsel.errors import DistselError
 from distsel.storage import Store, is_remote, retrying
@@ -40,12 +40,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("distsel")
 
-RUN_RECORD = "_state/run.json"
 HEARTBEAT_SECONDS = 20.0
 #: A running record whose heartbeat is older than this is a run that was killed or lost.
 STALE_SECONDS = 3 * HEARTBEAT_SECONDS
 #: The results a finished run (or phase) writes last.
-RESULTS = {"manifest.json": "all", "scoring.json": "score", "mixture/search.json": "mixture"}
+RESULTS = {layout.MANIFEST: "all", layout.SCORING: "score", layout.MIXTURE_SEARCH: "mixture"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -70,7 +69,7 @@ class RunRecord:
         output = config.output
         store = Store(output.path, output.storage_options, retry_seconds=0)
         try:
-            previous = _read_optional(store, RUN_RECORD)
+            previous = _read_optional(store, layout.RUN_RECORD)
         except Exception:  # noqa: BLE001 - the run's own first write names the problem
             previous = None
         if previous and liveness(previous, time.time())["live"]:
@@ -121,9 +120,9 @@ class RunRecord:
     def _write(self) -> None:
         with self._lock:
             try:
-                self.store.write_json(RUN_RECORD, self.record)
+                self.store.write_json(layout.RUN_RECORD, self.record)
             except Exception as exc:  # noqa: BLE001 - the record never fails the run
-                log.debug("run record: cannot write %s (%s)", RUN_RECORD, exc)
+                log.debug("run record: cannot write %s (%s)", layout.RUN_RECORD, exc)
 
 
 def keeping_record(
@@ -191,12 +190,13 @@ def collect(
     """Where the run in the output at `url` stands, as plain data (see `render`)."""
     now = time.time() if now is None else now
     store = Store(url, storage_options)
-    top, state = _listing(store, ""), _listing(store, "_state")
-    if not state and "manifest.json" not in top:
-        raise DistselError(f"{url}: no distsel run here (no manifest.json or _state/)")
-    record = _read_optional(store, RUN_RECORD) if "run.json" in state else None
+    top, state = _listing(store, ""), _listing(store, layout.STATE)
+    if not state and layout.MANIFEST not in top:
+        raise DistselError(f"{url}: no distsel run here (no {layout.MANIFEST} or {layout.STATE}/)")
+    recorded = layout.basename(layout.RUN_RECORD) in state
+    record = _read_optional(store, layout.RUN_RECORD) if recorded else None
     results = _results(store, top)
-    manifest = results.get("manifest.json", (None, {}))[1]
+    manifest = results.get(layout.MANIFEST, (None, {}))[1]
     finished = {name: value for name, (_, value) in results.items()}
 
     ingest = _ingest(store, state, record, finished)
@@ -213,7 +213,7 @@ def collect(
         "run": {**_run_section(record), **live, "last_write_age_s": round(now - last_write, 1)},
         "ingest": ingest,
         "stages": stages,
-        "report": "report.html" in top,
+        "report": layout.REPORT in top,
     }
     if live["live"]:
         status["progress"] = _progress_lines(store, state)
@@ -302,14 +302,15 @@ def _ingest(
     record: dict[str, Any] | None,
     finished: dict[str, Any],
 ) -> dict[str, Any]:
-    entries = _listing(store, "_state/ingest") if "ingest" in state else {}
-    names = sorted(name for name in entries if name.endswith(".json"))
-    markers = _read_many(store, "_state/ingest", names)
+    entries = _listing(store, layout.INGEST) if layout.basename(layout.INGEST) in state else {}
+    names = sorted(name for name in entries if name.endswith(layout.MARKER_SUFFIX))
+    markers = _read_many(store, layout.INGEST, names)
     parts = [part for marker in markers.values() for part in marker.get("parts", [])]
     total = next(
         (len(value["shards"]) for value in finished.values() if "shards" in value), None
     ) or _count_shards(store)
-    started = float(record["started"]) if record else state.get("input.json", {}).get("mtime")
+    kept_input = state.get(layout.basename(layout.INPUT), {})
+    started = float(record["started"]) if record else kept_input.get("mtime")
     return {
         "shards_done": len(markers),
         "shards_total": total,
@@ -329,7 +330,7 @@ def _count_shards(store: Store) -> int | None:
     from distsel import corpus
     from distsel.config import InputConfig
 
-    kept = _read_optional(store, "_state/input.json")
+    kept = _read_optional(store, layout.INPUT)
     if not isinstance(kept, dict):
         return None
     remote = all(is_remote(path) for path in kept.get("paths", []))
@@ -352,14 +353,15 @@ def _stages(
     known = set(parts)
     folders = {name for name, entry in state.items() if entry["type"] == "directory"}
     found: dict[str, dict[str, Any]] = {}
-    for name in sorted(folders - {"ingest", "ids", "progress"}):
-        entries = _listing(store, f"_state/{name}")
-        if "_fingerprint.json" not in entries:
+    not_stages = {layout.basename(path) for path in (layout.INGEST, layout.IDS, layout.PROGRESS)}
+    for name in sorted(folders - not_stages):
+        entries = _listing(store, layout.state(name))
+        if layout.FINGERPRINT_NAME not in entries:
             continue
         markers = {
-            entry[: -len(".json")]: value["mtime"]
+            layout.marked_part(entry): value["mtime"]
             for entry, value in entries.items()
-            if entry.endswith(".parquet.json") and entry[: -len(".json")] in known
+            if layout.marked_part(entry) in known
         }
         found[name] = {
             "name": name,
@@ -367,14 +369,12 @@ def _stages(
             "parts_total": len(parts),
             "rows_scored": None,
             "rows_total": rows_total,
-            "started": entries["_fingerprint.json"]["mtime"],
+            "started": entries[layout.FINGERPRINT_NAME]["mtime"],
             "marker_mtimes": markers,
         }
     planned = list(record.get("stages") or []) if record else []
-    if not planned and "stages.json" in state:  # the last scoring's stages, in order
-        from distsel.pipeline import STAGE_ORDER
-
-        planned = list((_read_optional(store, STAGE_ORDER) or {}).get("stages") or [])
+    if not planned and layout.basename(layout.STAGE_ORDER) in state:  # the last scoring's stages
+        planned = list((_read_optional(store, layout.STAGE_ORDER) or {}).get("stages") or [])
     order = planned + sorted(
         (name for name in found if name not in planned), key=lambda name: found[name]["started"]
     )
@@ -409,8 +409,9 @@ def _count_current(store: Store, stage: dict[str, Any]) -> None:
     inputs); those written since the stage started this run tell the current one, and a part
     whose marker has another is scored again. Until one is written, every marker counts."""
     mtimes = stage["marker_mtimes"]
-    markers = _read_many(store, f"_state/{stage['name']}", [f"{part}.json" for part in mtimes])
-    by_part = {name[: -len(".json")]: marker for name, marker in markers.items()}
+    names = [layout.marker_name(part) for part in mtimes]
+    markers = _read_many(store, layout.state(stage["name"]), names)
+    by_part = {layout.marked_part(name): marker for name, marker in markers.items()}
     began = stage["started"] - 1
     fresh = {
         marker["version"]
@@ -499,8 +500,8 @@ def _phase(
 ) -> tuple[str, str]:
     """ingest | scoring | selecting | mixture search | done | failed, and a few words more."""
     newest = max(results.items(), key=lambda item: item[1][0], default=None)
-    if "manifest.json" in results:
-        manifest = results["manifest.json"][1]
+    if layout.MANIFEST in results:
+        manifest = results[layout.MANIFEST][1]
         if manifest.get("status") == "failed" or manifest.get("failed"):
             return "failed", str(manifest.get("error", "the manifest says the run failed"))
     newer_attempt = record is not None and (
@@ -528,7 +529,7 @@ def _phase(
     if newer_attempt and record.get("phase") == "mixture":
         return "mixture search", "every stage scored"
     if newer_attempt and record.get("phase") == "score":
-        return "scoring", "every stage scored; writing scoring.json"
+        return "scoring", f"every stage scored; writing {layout.SCORING}"
     return "selecting", "every stage scored"
 
 
@@ -541,10 +542,10 @@ def _run_section(record: dict[str, Any] | None) -> dict[str, Any]:
 
 def _progress_lines(store: Store, state: dict[str, Any]) -> list[str]:
     """The last line of each long call's progress file (distsel.executor.Progress)."""
-    if "progress" not in state:
+    if layout.basename(layout.PROGRESS) not in state:
         return []
-    entries = _listing(store, "_state/progress")
-    files = _read_many(store, "_state/progress", [n for n in entries if n.endswith(".json")])
+    entries = _listing(store, layout.PROGRESS)
+    files = _read_many(store, layout.PROGRESS, [n for n in entries if n.endswith(".json")])
     return [value["lines"][-1] for value in files.values() if value.get("lines")]
 
 
@@ -581,7 +582,7 @@ def render(status: dict[str, Any], now: float | None = None) -> str:
         approx = f" (~{tokens:,} tokens)" if tokens is not None else ""
         lines.append(f"  {'selected':<10}{status['selected_docs']:,} documents{approx}")
     if status["report"]:
-        lines.append(f"  {'report':<10}{status['output']}/report.html")
+        lines.append(f"  {'report':<10}{status['output']}/{layout.REPORT}")
     return "\n".join(lines)
 
 

@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
+from distsel import layout
 from distsel.errors import (
     USERINFO,
     ConfigError,
@@ -187,7 +188,7 @@ class Store:
 
     def check_writable(self) -> None:
         """Fail early, naming the location, when the output cannot be created or written."""
-        probe = f"_state/.probe-{uuid.uuid4().hex}"
+        probe = layout.probe(uuid.uuid4().hex)
         try:
             self.write_bytes(probe, b"")
             self.fs.rm(self.path(probe))

@@ -8,6 +8,3 @@
 The pool side (group token streams, the entry point, sampling the selection by the weights)
 is distsel.selection.mixture.
 """
-
-# Where a search keeps its token streams, finished trials (JSON) and extra runs under OUTPUT.
-MIXTURE_FOLDER = "mixture"

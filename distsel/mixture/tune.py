@@ -30,9 +30,9 @@ import numpy as np
 import optuna
 from ray.tune import Callback
 
+from distsel import layout
 from distsel.errors import DistselError, strip_credentials
 from distsel.executor import current
-from distsel.mixture import MIXTURE_FOLDER
 from distsel.mixture.simplex import (
     LOGIT_BOUND,
     U_HIGH,
@@ -103,7 +103,7 @@ def train_once(
 ) -> dict[str, Any]:
     """train_remote's metrics, kept in OUTPUT/mixture/runs/<key>.json: a rerun with the same
     weights reads them instead of training again."""
-    path = f"{MIXTURE_FOLDER}/runs/{key}.json"
+    path = layout.mixture_run(key)
     if store.exists(path):
         saved = store.read_json(path)
         if np.allclose(saved["weights"], weights, atol=1e-9):
@@ -132,7 +132,7 @@ class Experiment:
     @property
     def trials(self) -> str:
         """The trials file, relative to OUTPUT."""
-        return f"{MIXTURE_FOLDER}/trials/{self.name}.json"
+        return layout.mixture_trials(self.name)
 
     @property
     def path(self) -> str:

@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from distsel import layout
 from distsel.config import Config, DsirOptions, DsirStageOptions
 from distsel.corpus import read_texts
 from distsel.executor import current
@@ -556,7 +557,7 @@ def pool_ngram_counts(
     parts: list[str],
     num_buckets: int,
     ngrams: int,
-    folder: str = "docs",
+    folder: str = layout.DOCS,
     rows: list[np.ndarray] | None = None,
 ) -> np.ndarray:
     """Σ over every document of every part (or its `rows`, one array per part) of its hashed

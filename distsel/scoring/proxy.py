@@ -27,6 +27,7 @@ import pyarrow as pa
 import torch
 from fsspec.implementations.local import LocalFileSystem
 
+from distsel import layout
 from distsel.errors import DistselError
 from distsel.executor import Progress, current
 from distsel.registry import register_stage
@@ -53,7 +54,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("distsel")
 
 INFO_FILE = "distsel_proxy.json"
-PROXY_FOLDER = "proxy"
 BOS, EOS, PAD, UNK = "<|bos|>", "<|eos|>", "<|pad|>", "<|unk|>"
 SPECIAL_TOKENS = (PAD, BOS, EOS, UNK)  # ids 0, 1, 2, 3
 # BPE training reads at most this many characters of each sampled document.
@@ -507,10 +507,10 @@ def ensure_proxy(context: StageContext) -> tuple[str, dict[str, Any]]:
     config, store = context.config, context.store
     if config.proxy.path:
         return config.proxy.path, user_proxy_info(config.proxy.path, store.storage_options)
-    folder = f"{store.url}/{PROXY_FOLDER}"
+    folder = f"{store.url}/{layout.PROXY}"
     # trained on a sample of the pool: another part list (a changed input) trains it again
     fingerprint = {**proxy_fingerprint(config.proxy, config.seed), "parts": digest(context.parts)}
-    info_path = f"{PROXY_FOLDER}/{INFO_FILE}"
+    info_path = layout.proxy(INFO_FILE)
     if store.exists(info_path):
         info = store.read_json(info_path)
         if info.get("fingerprint") == fingerprint:

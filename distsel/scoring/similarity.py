@@ -20,6 +20,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import pyarrow as pa
 
+from distsel import layout
 from distsel.config import BetrOptions, Config, SimilarityOptions, SimilarityStageOptions
 from distsel.corpus import read_target_tasks
 from distsel.errors import DistselError
@@ -435,7 +436,7 @@ def ngram_features(texts: list[str], buckets: int, ngrams: int) -> Any:
 
 
 def _sample_part(store: Store, part: str, seed: int, below: int) -> list[tuple[int, str]]:
-    docs = store.read_table(f"docs/{part}", columns=["id", "text"])
+    docs = store.read_table(layout.docs(part), columns=["id", "text"])
     keys = random_keys(docs.column("id").to_pylist(), seed)
     rows = np.flatnonzero(keys < np.uint64(below))
     texts = docs.column("text").take(rows).to_pylist()
@@ -445,7 +446,7 @@ def _sample_part(store: Store, part: str, seed: int, below: int) -> list[tuple[i
 def sample_texts(store: Store, parts: list[str], size: int, seed: int) -> list[str]:
     """A seeded uniform sample of `size` documents' texts: the smallest random keys, each part
     sending only the rows under a cut that keeps about 1.5 × `size` in all."""
-    total = sum(store.read_metadata(f"docs/{part}").num_rows for part in parts)
+    total = sum(store.read_metadata(layout.docs(part)).num_rows for part in parts)
     fraction = min(1.0, 1.5 * size / max(total, 1))
     below = min(int(fraction * 2**64), 2**64 - 1)
     found = current().map(_sample_part, [(store, p, seed, below) for p in parts])

@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from distsel import layout
 from distsel.config import Budget
 from distsel.errors import DistselError
-from distsel.mixture import MIXTURE_FOLDER
 from distsel.mixture.simplex import natural_weights, water_fill
 from distsel.registry import register_selector
 from distsel.selection.pool import Pool, fetch_texts
@@ -31,7 +31,6 @@ log = logging.getLogger("distsel")
 
 # mixture.group_field naming the k-means clusters as groups.
 CLUSTER_GROUPS = "cluster"
-TOKENS_META = f"{MIXTURE_FOLDER}/tokens/meta.json"
 # A group's sample is read until its approximate tokens (chars / 4) reach this many times the
 # stream cap, since a small BPE vocabulary cuts text finer than 4 characters a token.
 SAMPLE_MARGIN = 2.0
@@ -132,7 +131,8 @@ def prepare_data(pool: Pool, config: Config, context: StageContext) -> tuple[Mix
     if len(groups) < 2:
         raise DistselError(f"mixture search needs at least 2 groups in '{field}', found {groups}")
     fingerprint = _tokens_fingerprint(pool, config, field, groups)
-    meta = store.read_json(TOKENS_META) if store.exists(TOKENS_META) else None
+    meta_path = layout.MIXTURE_TOKENS_META
+    meta = store.read_json(meta_path) if store.exists(meta_path) else None
     if meta is None or meta.get("fingerprint") != fingerprint:
         meta = _tokenise(pool, config, context, groups, fingerprint)
     streams = [_load(store, meta["files"][g]) for g in groups]
@@ -221,7 +221,7 @@ def _tokenise(
         "tokens": {name: int(array.size) for name, array in arrays.items()},
         "seconds": round(time.perf_counter() - began, 3),
     }
-    store.write_json(TOKENS_META, meta)
+    store.write_json(layout.MIXTURE_TOKENS_META, meta)
     log.info("mixture: tokenised %d groups in %.1f s", len(groups), meta["seconds"])
     return meta
 
@@ -245,13 +245,13 @@ def _file_names(names: list[str]) -> dict[str, str]:
     files, used = {}, set()
     for name in names:
         if name in ("(target)", "(heldout)"):
-            files[name] = f"{MIXTURE_FOLDER}/eval/{name.strip('()')}.npy"
+            files[name] = layout.mixture_eval(name.strip("()"))
             continue
         stem = re.sub(r"[^0-9A-Za-z_.-]+", "_", name).strip(".") or "group"
         while stem in used:
             stem += "_"
         used.add(stem)
-        files[name] = f"{MIXTURE_FOLDER}/tokens/{stem}.npy"
+        files[name] = layout.mixture_tokens(stem)
     return files
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from distsel import layout
 from distsel.config import Config
 from distsel.executor import current, use_threads
 from distsel.storage import Store
@@ -64,8 +65,8 @@ def random_keys(ids: list[str], seed: int) -> np.ndarray:
 def _part_columns(
     store: Store, part: str, stages: list[str], fields: list[str], seed: int, dropped: np.ndarray
 ) -> dict:
-    present = [name for name in fields if name in store.read_schema(f"docs/{part}").names]
-    docs = store.read_table(f"docs/{part}", columns=["id", "tokens_approx", *present])
+    present = [name for name in fields if name in store.read_schema(layout.docs(part)).names]
+    docs = store.read_table(layout.docs(part), columns=["id", "tokens_approx", *present])
     rows = np.setdiff1d(np.arange(docs.num_rows, dtype=np.int64), dropped)
     docs = docs.take(rows)
     columns: dict[str, Any] = {
@@ -76,7 +77,7 @@ def _part_columns(
     }
     scores = {}
     for stage in stages:
-        table = store.read_table(f"scores/{stage}/{part}").take(rows)
+        table = store.read_table(layout.scores(stage, part)).take(rows)
         for name in table.column_names:
             if name != "id" and _is_numeric(table.schema.field(name).type):
                 scores[name] = table.column(name).to_numpy()
@@ -135,7 +136,8 @@ def _stack(gathered: list[dict], name: str, dtype: Any) -> np.ndarray:
 
 
 def _part_texts(store: Store, part: str, rows: np.ndarray) -> list[str]:
-    return store.read_table(f"docs/{part}", columns=["text"]).column("text").take(rows).to_pylist()
+    texts = store.read_table(layout.docs(part), columns=["text"]).column("text")
+    return texts.take(rows).to_pylist()
 
 
 def fetch_texts(store: Store, pool: Pool, groups: list[np.ndarray]) -> list[list[str]]:
@@ -160,7 +162,8 @@ def fetch_texts(store: Store, pool: Pool, groups: list[np.ndarray]) -> list[list
 def _part_embeddings(store: Store, part: str, rows: np.ndarray) -> np.ndarray:
     from distsel.scoring.embed import embedding_matrix
 
-    column = store.read_table(f"scores/embed/{part}", columns=["embedding"]).column("embedding")
+    path = layout.scores("embed", part)
+    column = store.read_table(path, columns=["embedding"]).column("embedding")
     return embedding_matrix(column.take(rows)).astype(np.float32)
 
 

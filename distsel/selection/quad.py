@@ -72,6 +72,7 @@ from typing import Any
 
 import numpy as np
 
+from distsel import layout
 from distsel.config import Budget, Config, QuadOptions
 from distsel.errors import DistselError
 from distsel.registry import register_selector, stage_class
@@ -83,8 +84,6 @@ from distsel.stage import StageContext, prepare_stage
 from distsel.storage import Store
 
 InfluenceFunction = Callable[[list[np.ndarray]], list[np.ndarray]]
-STATE_FILE = "_state/quad/state.json"
-SELECTED_FILE = "_state/quad/selected.npy"
 AUDIT_SHARE = 0.25  # of the evaluation allowance, kept for the audit of the fill
 FILL_CONFIDENCE = 0.0  # κ in the fill's ŷ − κ·sd(ŷ); 0: by ŷ
 # A progress line every this many rounds, and after any round ending this long (seconds) after
@@ -379,17 +378,17 @@ class QuadBandit:
     def save(self, store: Store) -> None:
         buffer = io.BytesIO()
         np.save(buffer, np.asarray(self.selected, dtype=np.int64), allow_pickle=False)
-        store.write_bytes(SELECTED_FILE, buffer.getvalue())
-        store.write_bytes(STATE_FILE, json.dumps(asdict(self.state)).encode())
+        store.write_bytes(layout.QUAD_SELECTED, buffer.getvalue())
+        store.write_bytes(layout.QUAD_STATE, json.dumps(asdict(self.state)).encode())
 
     def resume(self, store: Store) -> bool:
         """Continue from the last saved round when it belongs to this very run."""
-        if not store.exists(STATE_FILE):
+        if not store.exists(layout.QUAD_STATE):
             return False
-        saved = BanditState(**store.read_json(STATE_FILE))
+        saved = BanditState(**store.read_json(layout.QUAD_STATE))
         if saved.fingerprint != self.state.fingerprint:
             return False
-        with store.fs.open(store.path(SELECTED_FILE), "rb") as handle:
+        with store.fs.open(store.path(layout.QUAD_SELECTED), "rb") as handle:
             selected = np.load(io.BytesIO(handle.read()), allow_pickle=False)
         self.state, self.selected = saved, selected.tolist()
         return True
