@@ -314,15 +314,24 @@ def _row_count(store: Store, parts: list[str]) -> int:
 
 
 def sample_embeddings(store: Store, parts: list[str], size: int, seed: int) -> np.ndarray:
-    """A seeded uniform sample of `size` embeddings (all when fewer): the rows with the smallest
-    random keys (`random_keys(id, seed)`), each part sending only the rows under a cut that
-    keeps about 1.5 × size in all. The sample is the same whatever the parts' order."""
+    """A seeded uniform sample of `size` embeddings (all when fewer): `sample_embedding_rows`."""
+    return sample_embedding_rows(store, parts, size, seed)[1]
+
+
+def sample_embedding_rows(
+    store: Store, parts: list[str], size: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The random keys (`random_keys(id, seed)`, uint64) and embeddings of a seeded uniform
+    sample of `size` rows (all when fewer): the rows with the smallest keys, each part sending
+    only the rows under a cut that keeps about 1.5 × size in all. The sample is the same
+    whatever the parts' order."""
     total = _row_count(store, parts)
     fraction = min(1.0, 1.5 * size / max(total, 1))
     keys, vectors = _gather_sample(store, parts, seed, min(int(fraction * 2**64), 2**64 - 1))
     if len(keys) < min(size, total) and fraction < 1:  # unlucky draw: take every row
         keys, vectors = _gather_sample(store, parts, seed, 2**64 - 1)
-    return vectors[np.argsort(keys, kind="stable")[:size]]
+    order = np.argsort(keys, kind="stable")[:size]
+    return keys[order], vectors[order]
 
 
 def _gather_sample(

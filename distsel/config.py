@@ -263,8 +263,13 @@ class DsirOptions(_Strict):
 
 
 class SimilarityStageOptions(_Strict):
-    """`stages.similarity`: a document's best (max) or mean cosine to a task's examples."""
+    """`stages.similarity`: with `contrast: pool`, the share of target examples among a
+    document's `neighbours` nearest rows of the targets and a pool sample of `reference`
+    documents; with `contrast: none`, its best (max) or mean cosine to a task's examples."""
 
+    contrast: Literal["pool", "none"] = "pool"
+    neighbours: int = Field(default=20, gt=0)
+    reference: int = Field(default=5_000, gt=0)
     aggregate: Literal["max", "mean"] = "max"
 
 

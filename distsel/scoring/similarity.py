@@ -7,6 +7,12 @@ BETR — Mizrahi et al., "Language Models Improve When Pretraining Data Matches 
 (2025): score a small sample of the pool against the target examples, label its top share
 positive, train a cheap classifier on the sample's embeddings and apply it to the whole pool.
 
+By default a document's score is not its cosine but a nearest-neighbour density ratio
+(`neighbour_target_share`): the share of target examples among its k nearest rows of the targets
+and a seeded pool sample. It is DSIR's importance weight p_target / p_pool estimated in embedding
+space: a document near the target and rare in the pool outranks one near a target example in a
+region the pool fills (generic documents that every target example is close to).
+
 All embeddings are L2-normalised rows, so cosine(x, y) = x · y.
 """
 
@@ -21,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 
 from distsel import layout
+from distsel.clustering import sample_embedding_rows
 from distsel.config import BetrOptions, Config, SimilarityOptions, SimilarityStageOptions
 from distsel.corpus import read_target_tasks
 from distsel.errors import DistselError
@@ -90,6 +97,59 @@ def cosine_scores(
         for t0 in range(0, len(targets), chunk_size):
             np.maximum(best, (block @ targets[t0 : t0 + chunk_size].T).max(axis=1), out=best)
     return scores
+
+
+def neighbour_target_share(
+    doc_emb: np.ndarray,
+    target_emb: np.ndarray,
+    reference_emb: np.ndarray,
+    neighbours: int,
+    exclude: np.ndarray | None = None,
+    chunk_size: int = 1024,
+) -> np.ndarray:
+    """A k-nearest-neighbour estimate of how much more a document belongs to the target than to
+    the pool: of its k most similar rows among the target examples T and a pool sample R,
+
+        s_i = |N_k(i) ∩ T| / k + (c_T(i) − c_R(i)) / (4k)
+
+    where c_T(i) and c_R(i) are the mean cosine of its k best in T and in R. The share is the
+    density ratio p_T / p_pool up to a constant; the second term, below 1/(2k), only breaks its
+    ties. `exclude[i]` is the row of R that is document i itself (−1: none), left out of its
+    neighbours. Returns (n_docs,) float64.
+    """
+    docs, targets = _check_pair(doc_emb, target_emb)
+    reference = _as_matrix("reference_emb", reference_emb)
+    if neighbours < 1:
+        raise ValueError(f"neighbours must be at least 1, got {neighbours}")
+    if reference.shape[1] != docs.shape[1]:
+        raise ValueError(f"reference_emb has dimension {reference.shape[1]}, docs {docs.shape[1]}")
+    k = min(neighbours, len(targets) + max(len(reference) - 1, 0))
+    scores = np.empty(len(docs), dtype=np.float64)
+    for d0 in range(0, len(docs), chunk_size):
+        block = docs[d0 : d0 + chunk_size]
+        to_target, to_reference = block @ targets.T, block @ reference.T
+        if exclude is not None:
+            rows = np.flatnonzero(exclude[d0 : d0 + chunk_size] >= 0)
+            to_reference[rows, exclude[d0 + rows]] = -np.inf
+        scores[d0 : d0 + chunk_size] = _share_block(to_target, to_reference, k)
+    return scores
+
+
+def _share_block(to_target: np.ndarray, to_reference: np.ndarray, k: int) -> np.ndarray:
+    both = np.concatenate([to_target, to_reference], axis=1)
+    nearest = np.argpartition(-both, k - 1, axis=1)[:, :k]
+    share = (nearest < to_target.shape[1]).mean(axis=1)
+    return share + (_mean_best(to_target, k) - _mean_best(to_reference, k)) / (4 * k)
+
+
+def _mean_best(cosines: np.ndarray, k: int) -> np.ndarray:
+    k = min(k, cosines.shape[1])
+    if k == 0:
+        return np.zeros(len(cosines))
+    best = -np.partition(-cosines, k - 1, axis=1)[:, :k]
+    return np.where(np.isfinite(best), best, 0.0).sum(axis=1) / np.isfinite(best).sum(axis=1).clip(
+        1
+    )
 
 
 def task_scores(
@@ -301,7 +361,9 @@ sparse_scores = predict_scores
 
 @register_stage
 class SimilarityStage(Stage):
-    """Cosine of each document's embedding to each target task, aggregated over its examples.
+    """Each document's closeness to each target task, from its embedding: with `contrast: pool`
+    (the default), its `neighbour_target_share` against a seeded pool sample of `reference`
+    documents; with `contrast: none`, its cosine to the task's examples, aggregated (RDS+).
 
     Columns: `similarity_task_<task>` per target file, and `similarity`, the best over tasks.
     """
@@ -311,18 +373,21 @@ class SimilarityStage(Stage):
     requires = ("embed",)
     output_columns = ("similarity",)
     default_resources = Resources(num_cpus=1, batch_size=8192)
-    fitted = ("targets",)
+    fitted = ("targets", "reference", "reference_keys")
     options_class = SimilarityStageOptions
 
     def __init__(self, resources: Resources, config: Config) -> None:
         super().__init__(resources)
         self.target = config.target
+        self.seed = config.seed
         self.embed_options = config.embed
         self.embed_resources = EmbedStage.from_config(
             config, EmbedStage.default_resources
         ).resources
-        self.aggregate = config.stage_options(self.name).aggregate
+        self.options = config.stage_options(self.name)
         self.targets: dict[str, np.ndarray] = {}
+        self.reference = np.zeros((0, 0), dtype=np.float32)
+        self.reference_keys = np.zeros(0, dtype=np.uint64)
 
     @classmethod
     def from_config(cls, config: Config, resources: Resources) -> SimilarityStage:
@@ -331,11 +396,13 @@ class SimilarityStage(Stage):
         return cls(resources, config)
 
     def fingerprint(self) -> dict[str, Any]:
+        contrast = self.options.contrast == "pool"
         return {
             "name": self.name,
-            "aggregate": self.aggregate,
+            **self.options.model_dump(exclude=set() if contrast else {"neighbours", "reference"}),
             "embed": self.embed_options.model_dump(),
             "target": self.target.model_dump(exclude={"storage_options"}),
+            **({"seed": self.seed} if contrast else {}),
         }
 
     def prepare(self, context: StageContext) -> None:
@@ -343,14 +410,29 @@ class SimilarityStage(Stage):
             self.target.paths, self.target.text_field, self.target.storage_options
         )
         self.targets = embed_texts_on_cluster(tasks, self.embed_options, self.embed_resources)
+        if self.options.contrast == "pool":
+            self.reference_keys, self.reference = sample_embedding_rows(
+                context.store, context.parts, self.options.reference, self.seed
+            )
+            self.summary = {"reference_docs": len(self.reference_keys)}
 
     def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
         documents = embedding_matrix(batch.column("embedding"))
         columns = {
-            f"similarity_task_{name}": cosine_scores(documents, targets, self.aggregate)
+            f"similarity_task_{name}": self.score(documents, targets, batch)
             for name, targets in self.targets.items()
         }
         return {"similarity": np.max(np.stack(list(columns.values())), axis=0), **columns}
+
+    def score(self, documents: np.ndarray, targets: np.ndarray, batch: pa.Table) -> np.ndarray:
+        if self.options.contrast == "none":
+            return cosine_scores(documents, targets, self.options.aggregate)
+        keys = random_keys(batch.column("id").to_pylist(), self.seed)
+        position = {int(key): row for row, key in enumerate(self.reference_keys)}
+        exclude = np.array([position.get(int(key), -1) for key in keys], dtype=np.int64)
+        return neighbour_target_share(
+            documents, targets, self.reference, self.options.neighbours, exclude
+        )
 
 
 @register_stage
@@ -456,10 +538,11 @@ def sample_texts(store: Store, parts: list[str], size: int, seed: int) -> list[s
 
 @register_selector("similarity", options=SimilarityOptions, needs_target=True)
 class SimilaritySelector:
-    """RDS+: highest cosine to the target; with several target sets, round-robin over them.
+    """Highest similarity score first (the similarity stage's); with several target sets,
+    round-robin over them (RDS+).
 
-    Under a token budget: the cosine of mean-pooled embeddings (of a document's first
-    embed.max_length tokens) does not grow with length, so documents are ranked by it alone and
+    Under a token budget: scores of mean-pooled embeddings (of a document's first
+    embed.max_length tokens) do not grow with length, so documents are ranked by them alone and
     the order is walked, keeping each document that still fits."""
 
     def required_stages(self, config: Config) -> tuple[str, ...]:

@@ -12,15 +12,18 @@ from distsel.config import parse_config
 from distsel.scoring.similarity import (
     BetrStage,
     LinearScorer,
+    SimilarityStage,
     best_rank_scores,
     betr_labels,
     cosine_scores,
     fit_betr_classifier,
+    neighbour_target_share,
     ngram_features,
     predict_scores,
     round_robin,
     task_scores,
 )
+from distsel.selection.pool import random_keys
 
 
 def unit_rows(rng: np.random.Generator, n: int, dim: int = 16) -> np.ndarray:
@@ -259,3 +262,95 @@ def test_the_betr_stage_scores_with_predict_scores():
     assert scores.dtype == np.float64 and scores[2] == 0.25
     with pytest.raises(ValueError, match="dimension"):
         predict_scores(stage.scorer, ngram_features(texts, 32, 2))
+
+
+def brute_neighbour_share(docs, targets, reference, k, exclude):
+    """The definition, written plainly: rank every target and reference row by cosine (a
+    document's own reference row left out) and count the targets among the first k."""
+    out = []
+    for i, d in enumerate(docs.astype(np.float64)):
+        rows = [(float(d @ t), "T") for t in targets.astype(np.float64)]
+        rows += [
+            (float(d @ r), "R")
+            for j, r in enumerate(reference.astype(np.float64))
+            if j != exclude[i]
+        ]
+        nearest = sorted(rows, key=lambda row: -row[0])[:k]
+        best = {side: sorted((c for c, s in rows if s == side), reverse=True)[:k] for side in "TR"}
+        tie = (np.mean(best["T"]) - np.mean(best["R"])) / (4 * k)
+        out.append(sum(side == "T" for _, side in nearest) / k + tie)
+    return np.array(out)
+
+
+@pytest.mark.parametrize("k", [1, 5, 12])
+def test_neighbour_target_share_matches_brute_force(k: int):
+    rng = np.random.default_rng(k)
+    docs, targets, reference = unit_rows(rng, 40), unit_rows(rng, 9), unit_rows(rng, 30)
+    exclude = np.full(40, -1)
+    docs[:5] = reference[[3, 7, 0, 29, 11]]  # documents that are themselves in the sample
+    exclude[:5] = [3, 7, 0, 29, 11]
+    got = neighbour_target_share(docs, targets, reference, k, exclude, chunk_size=16)
+    np.testing.assert_allclose(
+        got, brute_neighbour_share(docs, targets, reference, k, exclude), atol=1e-6
+    )
+
+
+def test_neighbour_target_share_ranks_the_target_region_first():
+    """Documents near the targets, in a region the pool sample rarely visits, outrank documents
+    near the targets' nearest pool hub: the share is a density ratio, not closeness alone."""
+    rng = np.random.default_rng(0)
+    axes = np.eye(16, dtype=np.float32)
+
+    def around(axis: np.ndarray, n: int, spread: float) -> np.ndarray:
+        x = axis + spread * rng.standard_normal((n, 16)).astype(np.float32)
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    targets = np.concatenate([around(axes[0], 20, 0.1), around(axes[1], 20, 0.1)])
+    reference = np.concatenate([around(axes[1], 200, 0.1), around(axes[2], 200, 0.1)])
+    docs = np.concatenate([around(axes[0], 10, 0.1), around(axes[1], 10, 0.1)])
+    share = neighbour_target_share(docs, targets, reference, 10)
+    assert share[:10].min() > share[10:].max()
+    assert cosine_scores(docs[:10], targets).mean() == pytest.approx(
+        cosine_scores(docs[10:], targets).mean(), abs=0.1
+    )
+
+
+def test_neighbour_target_share_refuses_bad_input():
+    rng = np.random.default_rng(1)
+    docs, targets = unit_rows(rng, 3), unit_rows(rng, 2)
+    with pytest.raises(ValueError, match="neighbours"):
+        neighbour_target_share(docs, targets, unit_rows(rng, 4), 0)
+    with pytest.raises(ValueError, match="dimension"):
+        neighbour_target_share(docs, targets, unit_rows(rng, 4, dim=8), 2)
+
+
+@pytest.mark.parametrize("contrast", ["pool", "none"])
+def test_the_similarity_stage_scores_by_its_contrast(contrast: str):
+    """contrast none: RDS+'s cosine; contrast pool: the neighbour share, each document's own row of
+    the pool sample (matched by its random key) left out."""
+    config = parse_config(
+        {
+            "input": {"paths": ["unused.jsonl"]},
+            "output": {"path": "unused"},
+            "target": {"paths": ["t.jsonl"]},
+            "select": {"method": "similarity", "budget": {"docs": 2}},
+            "stages": {"similarity": {"contrast": contrast, "neighbours": 3}},
+        }
+    )
+    stage = SimilarityStage(SimilarityStage.default_resources, config)
+    rng = np.random.default_rng(2)
+    ids = [f"doc-{i}" for i in range(12)]
+    docs, targets = unit_rows(rng, 12), unit_rows(rng, 5)
+    stage.targets = {"t": targets}
+    stage.reference, stage.reference_keys = docs[4:], random_keys(ids[4:], config.seed)
+    batch = pa.table(
+        {"id": ids, "embedding": pa.FixedSizeListArray.from_arrays(pa.array(docs.ravel()), 16)}
+    )
+    got = stage(batch)
+    if contrast == "none":
+        expected = cosine_scores(docs, targets)
+    else:
+        exclude = np.array([-1] * 4 + list(range(8)))
+        expected = brute_neighbour_share(docs, targets, docs[4:], 3, exclude)
+    np.testing.assert_allclose(got["similarity_task_t"], expected, atol=1e-6)
+    np.testing.assert_array_equal(got["similarity"], got["similarity_task_t"])
