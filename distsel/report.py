@@ -51,7 +51,7 @@ EXAMPLES = 5  # top and bottom examples
 BORDERLINE = 3  # borderline examples on each side of the cut-off
 MAX_TEXT_CHARS = 600  # of each example's text
 READ_THREADS = 8  # parts read at once
-REDACTED = "***"  # how the manifest hides a credential (distsel.pipeline.redact)
+REDACTED = "***"  # how the manifest hides a credential (distsel.manifest.redact)
 MISSING_GROUP = "(none)"  # as the pool names a missing group (distsel.selection.pool)
 _BASELINE = {"uniform": "#2ca02c", "natural": "#d62728"}
 
