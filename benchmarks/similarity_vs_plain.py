@@ -7,7 +7,8 @@ shuffled); target: `--target-docs` other documents of `--target-domain`; budget 
 Rows, alternating `--repeat` times:
 
   plain             python benchmarks/plain_similarity.py (batch 32, every core, float32)
-  distsel           distsel run, select.method similarity, everything else at its default
+  distsel           distsel run, select.method similarity with the plain cosine
+                    (stages.similarity.contrast: none), everything else at its default
   distsel-float32   the same with embed.dtype float32 (`--float32`)
 
 Each is timed from process start to exit. Ratio = median wall of plain / median wall of a
@@ -90,6 +91,7 @@ def run_distsel(work: Path, k: int, index: int, dtype: str | None) -> dict[str, 
         "target": {"paths": [str(work / "target.jsonl")]},
         "output": {"path": str(output)},
         "select": {"method": "similarity", "budget": {"docs": k}},
+        "stages": {"similarity": {"contrast": "none"}},  # the plain script's cosine
     }
     if dtype:
         raw["embed"] = {"dtype": dtype}

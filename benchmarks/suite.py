@@ -71,6 +71,7 @@ ROWS: dict[str, tuple[str, dict[str, Any], str]] = {
     "dsir-raw-gumbel": ("dsir", {"dsir": {"length_normalize": False, "sampling": "gumbel"}}, ""),
     "classifier": ("classifier", {}, ""),
     "similarity": ("similarity", {}, ""),
+    "similarity-cosine": ("similarity", {}, "cosine"),
     "similarity-mean": ("similarity", {}, "mean"),
     "influence": ("influence", {}, "influence"),
     "influence-raw": ("influence", {"influence": {"normalize": False}}, "influence"),
@@ -83,7 +84,9 @@ ROWS: dict[str, tuple[str, dict[str, Any], str]] = {
 }
 VARIANTS: dict[str, dict[str, Any]] = {
     "": {},
-    "mean": {"similarity": {"aggregate": "mean"}},
+    # RDS+'s plain cosine (the default before `contrast: pool`), max or mean over the examples
+    "cosine": {"similarity": {"contrast": "none"}},
+    "mean": {"similarity": {"contrast": "none", "aggregate": "mean"}},
     "contrast": {"influence": {"contrast": "pool"}},  # options only: configures, does not add
     "influence": {"influence": {}},  # listed empty: the stage scores every document
 }

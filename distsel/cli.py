@@ -189,15 +189,15 @@ def check_job_output(path: str) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from distsel import ingest, pipeline, status
+    from distsel import ingest, pipeline, run_record
 
     config = _load(args)
     ingest.check_output_apart(config)  # before the run record is written there
     try:
-        stages = status.planned_stages(config)
+        stages = run_record.planned_stages(config)
     except Exception:  # noqa: BLE001 - the run names the problem itself
         stages = []
-    result = status.keeping_record(
+    result = run_record.keeping_record(
         config,
         args.phase,
         stages,
@@ -233,10 +233,10 @@ def _write_report(output: OutputConfig) -> None:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from distsel import corpus, ingest, status
+    from distsel import corpus, ingest, run_record
 
     config = _load(args)
-    stages = status.planned_stages(config)
+    stages = run_record.planned_stages(config)
     ingest.check_output_apart(config)
     shards = ingest.list_inputs(config)
     targets = []

@@ -26,6 +26,7 @@ from helpers import (
 
 from distsel import pipeline, report
 from distsel.config import parse_config
+from distsel.report import plots as report_plots
 from distsel.report import write_report
 from distsel.storage import Store
 
@@ -60,7 +61,7 @@ def config(output: Path | str, corpus: tuple[Path, Path], method: str, **select:
 def plot_axes(monkeypatch) -> list[dict[str, Any]]:
     """The title, axis labels and legend of every visible axes of every plot the report draws."""
     found: list[dict[str, Any]] = []
-    original = report._png
+    original = report_plots._png
 
     def recording(figure):
         for axis in figure.axes:
@@ -76,7 +77,7 @@ def plot_axes(monkeypatch) -> list[dict[str, Any]]:
                 )
         return original(figure)
 
-    monkeypatch.setattr(report, "_png", recording)
+    monkeypatch.setattr(report_plots, "_png", recording)
     return found
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from helpers import run_cli, write_small_run
 
-from distsel import pipeline, status
+from distsel import pipeline, run_record, status
 from distsel.config import load_config
 from distsel.errors import DistselError, InputError
 from distsel.executor import LocalExecutor
@@ -231,7 +231,7 @@ def test_an_output_without_a_run_is_an_error(tmp_path):
 
 def test_the_run_record_follows_the_run(tmp_path, monkeypatch, caplog):
     config = load_config(write_small_run(tmp_path))
-    monkeypatch.setattr(status, "HEARTBEAT_SECONDS", 0.05)
+    monkeypatch.setattr(run_record, "HEARTBEAT_SECONDS", 0.05)
     path = tmp_path / "out" / "_state" / "run.json"
     seen = []
 
@@ -243,7 +243,7 @@ def test_the_run_record_follows_the_run(tmp_path, monkeypatch, caplog):
         seen.append(json.loads(path.read_text()))
         return "result"
 
-    assert status.keeping_record(config, "all", ["stats", "dsir"], work) == "result"
+    assert run_record.keeping_record(config, "all", ["stats", "dsir"], work) == "result"
     first, later = seen
     assert first["state"] == "running" and first["pid"] == os.getpid()
     assert first["stages"] == ["stats", "dsir"] and first["phase"] == "all"
@@ -256,7 +256,7 @@ def test_the_run_record_follows_the_run(tmp_path, monkeypatch, caplog):
         raise RuntimeError("wrapped") from InputError("x.jsonl: line 3: invalid json")
 
     with pytest.raises(RuntimeError):
-        status.keeping_record(config, "score", [], broken)
+        run_record.keeping_record(config, "score", [], broken)
     ended = json.loads(path.read_text())
     assert (ended["state"], ended["error"]) == ("failed", "x.jsonl: line 3: invalid json")
     assert ended["phase"] == "score"
@@ -266,13 +266,13 @@ def test_the_run_record_follows_the_run(tmp_path, monkeypatch, caplog):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        status.keeping_record(config, "all", [], interrupted)
+        run_record.keeping_record(config, "all", [], interrupted)
     assert json.loads(path.read_text())["state"] == "interrupted"
 
     # A second run on an output a live run holds is told so.
     record(tmp_path / "out", heartbeat=time.time())
     caplog.set_level("WARNING", logger="distsel")
-    status.keeping_record(config, "all", [], lambda begin: begin())
+    run_record.keeping_record(config, "all", [], lambda begin: begin())
     assert any("in use by another live run" in r.getMessage() for r in caplog.records)
 
 
