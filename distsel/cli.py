@@ -153,10 +153,10 @@ def overrides(settings: list[str], output: str | None = None) -> dict[str, Any]:
 
 
 def _load(args: argparse.Namespace) -> Config:
-    from distsel import pipeline
+    from distsel.manifest import credentials
 
     config = load_config(args.config, overrides(args.settings, args.output))
-    errors.conceal(*pipeline.credentials(config))
+    errors.conceal(*credentials(config))
     check_job_output(config.output.path)
     return config
 
@@ -189,10 +189,10 @@ def check_job_output(path: str) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from distsel import pipeline, run_record
+    from distsel import ingest, pipeline, run_record
 
     config = _load(args)
-    pipeline.check_output_apart(config)  # before the run record is written there
+    ingest.check_output_apart(config)  # before the run record is written there
     try:
         stages = run_record.planned_stages(config)
     except Exception:  # noqa: BLE001 - the run names the problem itself
@@ -233,12 +233,12 @@ def _write_report(output: OutputConfig) -> None:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from distsel import corpus, pipeline, run_record
+    from distsel import corpus, ingest, run_record
 
     config = _load(args)
     stages = run_record.planned_stages(config)
-    pipeline.check_output_apart(config)
-    shards = pipeline.list_inputs(config)
+    ingest.check_output_apart(config)
+    shards = ingest.list_inputs(config)
     targets = []
     if config.target.paths:
         target = config.target

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -33,6 +34,9 @@ from distsel.scoring.dsir import (
 from distsel.selection.pool import Pool
 from distsel.storage import Store
 
+if TYPE_CHECKING:
+    from distsel.stage import Stage
+
 log = logging.getLogger("distsel")
 
 # 2^18 hashed words: the tokens of English text are nearly all in its ~10^5 most common types, and
@@ -45,6 +49,21 @@ LM_BUCKETS = 1 << 18
 # best μ lay between 500 and 10^4); μ = 2 lost 1–1.5 nats/token (unseen pairs after frequent
 # contexts get too little mass).
 LM_PRIOR = 200.0
+
+
+def evaluation(
+    config: Config, store: Store, pool: Pool, chosen: np.ndarray, stages: Iterable[Stage]
+) -> dict[str, Any]:
+    """The manifest's evaluation: KL, bigram cross-entropy and label shares. What a stage
+    already computed is reused (its `evaluation_inputs`, e.g. `pool_counts`)."""
+    reused: dict[str, Any] = {}
+    for stage in stages:
+        reused.update(stage.evaluation_inputs())
+    return {
+        "kl": kl_section(config, store, pool, chosen, reused.get("pool_counts")),
+        "ngram_lm": ngram_lm_section(config, store, pool, chosen),
+        "labels": label_shares(config, pool, chosen),
+    }
 
 
 def kl_section(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import gzip
 import json
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -19,7 +19,11 @@ import zstandard
 from distsel import layout
 from distsel.config import OutputConfig
 from distsel.errors import ConfigError
+from distsel.executor import current
 from distsel.storage import Store
+
+if TYPE_CHECKING:
+    from distsel.selection import Pool
 
 INTERNAL_DOC_COLUMNS = ("tokens_approx",)
 SUFFIXES = {"parquet": ".parquet", "jsonl": ".jsonl", "jsonl.gz": ".jsonl.gz"}
@@ -83,6 +87,38 @@ def _json_value(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     return str(value)
+
+
+def write_selection(
+    store: Store, pool: Pool, chosen: np.ndarray, stages: list[str], output: OutputConfig
+) -> list[str]:
+    """Write the chosen rows of each part to selected/; remove stale files. Returns the names
+    written."""
+    part_of = pool.part_index[chosen]
+    chosen = chosen[np.lexsort((chosen, part_of))]
+    bounds = np.searchsorted(np.sort(part_of), np.arange(len(pool.parts) + 1))
+    calls = []
+    for index, part in enumerate(pool.parts):
+        rows = pool.row_index[chosen[bounds[index] : bounds[index + 1]]]
+        if len(rows):
+            calls.append((store, part, rows, stages, tuple(pool.ranked_by), output))
+    written = current().map(_write_selected_part, calls)
+    remove_stale(store, set(written))
+    return sorted(written)
+
+
+def _write_selected_part(
+    store: Store,
+    part: str,
+    rows: np.ndarray,
+    stages: list[str],
+    ranked_by: tuple[str, ...],
+    output: OutputConfig,
+) -> str:
+    docs = store.read_table(layout.docs(part)).take(rows)
+    scores = {stage: store.read_table(layout.scores(stage, part)).take(rows) for stage in stages}
+    table = selected_table(docs, scores, ranked_by, output.columns)
+    return write_selected(store, part, table, output)
 
 
 def remove_stale(store: Store, written: set[str]) -> None:

@@ -127,8 +127,8 @@ def keeping_record(
 
 
 def planned_stages(config: Config) -> list[str]:
-    """The stages a run of `config` scores, in order (as distsel.pipeline builds them)."""
-    from distsel.pipeline import stage_names
+    """The stages a run of `config` scores, in order (as distsel.runner builds them)."""
+    from distsel.runner import stage_names
 
     return stage_names(config)
 

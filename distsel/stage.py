@@ -107,6 +107,12 @@ class Stage(ABC):
     def setup(self) -> None:  # noqa: B027 - optional hook
         """Per-worker initialisation (load a model); default: none."""
 
+    def evaluation_inputs(self) -> dict[str, Any]:
+        """What `prepare` computed that the evaluation of a selection would compute again, by
+        keyword (distsel.evaluate.evaluation: `pool_counts`, the pool's hashed n-gram counts
+        under the dsir options); default: nothing."""
+        return {}
+
     @abstractmethod
     def __call__(self, batch: pa.Table) -> dict[str, np.ndarray | pa.Array]:
         """Score a batch; return output columns with one value per row."""

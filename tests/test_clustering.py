@@ -30,7 +30,7 @@ from distsel.clustering import (
     update_centroids,
 )
 from distsel.config import parse_config
-from distsel.pipeline import score_part
+from distsel.runner import score_part
 from distsel.scoring.embed import embedding_array, embedding_matrix
 from distsel.stage import StageContext
 from distsel.storage import Store

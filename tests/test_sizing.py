@@ -17,7 +17,7 @@ from helpers import base_config, write_jsonl
 from distsel import corpus, pipeline
 from distsel.config import InputConfig, parse_config
 from distsel.executor import LocalExecutor
-from distsel.selection.pool import StagePool
+from distsel.runner import StagePool
 from distsel.stage import Resources, Stage
 
 

@@ -45,7 +45,7 @@ from distsel.storage import Store
 
 __all__ = ["budget_unit", "score_columns", "write_report"]
 
-REDACTED = "***"  # how the manifest hides a credential (distsel.pipeline.redact)
+REDACTED = "***"  # how the manifest hides a credential (distsel.manifest.redact)
 MAX_TARGET_POINTS = 300  # target examples embedded for the map, spread over the target files
 
 

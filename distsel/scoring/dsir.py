@@ -524,6 +524,10 @@ class DsirStage(Stage):
         )
         self.log_diff = fit_log_diff(self.target_counts, self.pool_counts)
 
+    def evaluation_inputs(self) -> dict[str, Any]:
+        """The pool's n-gram counts, for the KL evaluation's p_pool."""
+        return {"pool_counts": self.pool_counts}
+
     def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
         texts = batch.column("text").to_pylist()
         doc_index, bucket = hashed_ngrams(texts, self.options.num_buckets, self.options.ngrams)

@@ -29,7 +29,11 @@ log = logging.getLogger("distsel")
 class Selector(Protocol):
     """A selector may set `filters = True` when it keeps only documents that pass a test (the
     budget then only caps them): a budget larger than the pool selects every passing document
-    instead of the whole pool (see distsel.pipeline.choose)."""
+    instead of the whole pool (see distsel.pipeline.choose).
+
+    A selector may also declare a phase of its method's name (`distsel run --phase <method>`),
+    run after scoring in place of the selection: `search(pool, config, context)` returns the
+    summary that the driver writes to the output path `search_output`."""
 
     def required_stages(self, config: Config) -> tuple[str, ...]: ...
 

@@ -300,7 +300,10 @@ def run_mixture_search(
 
 @register_selector("mixture", needs_target=True)
 class MixtureSelector:
-    """Search the group mixture with proxy LMs, then sample the budget by the best weights."""
+    """Search the group mixture with proxy LMs, then sample the budget by the best weights.
+    The mixture phase (`distsel run --phase mixture`) runs only its `search`."""
+
+    search_output = layout.MIXTURE_SEARCH
 
     def required_stages(self, config: Config) -> tuple[str, ...]:
         return ("embed", "cluster") if group_field(config) == CLUSTER_GROUPS else ()
@@ -313,3 +316,7 @@ class MixtureSelector:
         chosen = sample_by_weights(pool, group_field(config), weights, budget, config.seed)
         section["budget"] = budget.model_dump(exclude_none=True) if budget else None
         return chosen, section
+
+    def search(self, pool: Pool, config: Config, context: StageContext) -> dict[str, Any]:
+        """The search alone (`run_mixture_search`): its manifest section."""
+        return run_mixture_search(pool, config, context)[1]

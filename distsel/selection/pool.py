@@ -12,7 +12,7 @@ import pyarrow as pa
 
 from distsel import layout
 from distsel.config import Config
-from distsel.executor import current, use_threads
+from distsel.executor import current
 from distsel.storage import Store
 
 MISSING_GROUP = "(none)"
@@ -176,40 +176,3 @@ def gather_embeddings(store: Store, pool: Pool) -> np.ndarray:
     ]
     found = current().map(_part_embeddings, calls, num_cpus=0)
     return np.concatenate(found) if found else np.zeros((0, 0), np.float32)
-
-
-class _StageActor:
-    def __init__(self, stage: Any, column: str) -> None:
-        self.stage, self.column = stage, column
-        use_threads(stage.resources.num_cpus)
-        stage.setup()
-
-    def score(self, texts: list[str]) -> np.ndarray:
-        if not texts:
-            return np.zeros(0)
-        values = self.stage(pa.table({"text": texts}))[self.column]
-        return np.asarray(values, dtype=np.float64)
-
-
-class StagePool:
-    """A prepared text stage as a pool of actors (`Executor.pool_size`) that score small groups
-    of documents on request (e.g. the draws of the arms a bandit pulled), several groups in
-    parallel; `column` is the output column returned."""
-
-    def __init__(self, stage: Any, column: str) -> None:
-        resources, executor = stage.resources, current()
-        self.actors = executor.actors(
-            _StageActor,
-            (stage, column),
-            size=executor.pool_size(resources),
-            num_cpus=resources.num_cpus,
-            num_gpus=resources.num_gpus,
-        )
-        self.evaluated = 0
-
-    def score(self, groups: list[list[str]]) -> list[np.ndarray]:
-        self.evaluated += sum(len(texts) for texts in groups)
-        return self.actors.call("score", [(texts,) for texts in groups])
-
-    def close(self) -> None:
-        self.actors.close()

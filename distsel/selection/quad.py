@@ -721,8 +721,9 @@ class QuadSelector:
         self, pool: Pool, config: Config, context: StageContext
     ) -> tuple[np.ndarray, dict[str, Any]]:
         from distsel.clustering import load_centroid_distances
+        from distsel.runner import StagePool
         from distsel.selection.influence_model import pool_features
-        from distsel.selection.pool import StagePool, gather_embeddings
+        from distsel.selection.pool import gather_embeddings
 
         options = config.select.quad
         stage, column = _quad_scorer(config, context)

@@ -62,7 +62,7 @@ def test_strict_mode_error_names_file_and_line(tmp_path):
 
 
 def test_progress_lines_give_count_rate_and_eta_then_the_time_taken(caplog):
-    from distsel.pipeline import _Progress
+    from distsel.runner import _Progress
 
     caplog.set_level(logging.INFO, logger="distsel")
     for label, every in (("embed", 0.0), ("dsir", 5.0)):

@@ -268,8 +268,8 @@ def test_influence_topk_trains_a_proxy_and_matches_a_direct_scorer(
 
 
 def test_influence_pool_scores_groups_like_the_stage(corpus_and_target, influence_run):
+    from distsel.runner import StagePool
     from distsel.scoring.influence import InfluenceStage
-    from distsel.selection.pool import StagePool
     from distsel.stage import Resources, StageContext
     from distsel.storage import Store
 

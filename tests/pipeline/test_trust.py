@@ -16,6 +16,7 @@ from distsel import pipeline
 from distsel.config import parse_config
 from distsel.errors import DistselError
 from distsel.executor import LocalExecutor
+from distsel.manifest import credentials
 
 PARAGRAPHS = stdlib_paragraphs(200)
 TINY_PROXY = {
@@ -253,7 +254,7 @@ def test_a_password_in_an_endpoint_url_never_reaches_the_manifest(tmp_path):
     endpoint = "http://alice:pa55word@127.0.0.1:9000/"
     raw["input"]["storage_options"] = {"endpoint_url": endpoint, "anon": False}
     config = parse_config(raw)
-    assert {"alice:pa55word", "pa55word"} <= set(pipeline.credentials(config))
+    assert {"alice:pa55word", "pa55word"} <= set(credentials(config))
     manifest = local_run(config)
     text = (tmp_path / "out" / "manifest.json").read_text()
     assert "pa55word" not in text and "alice" not in text
