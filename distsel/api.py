@@ -90,7 +90,7 @@ def select(
                 raw[key] = _merged(raw.get(key), value)
             else:
                 raw["select"].setdefault(method, {})[key] = value
-        result = run(parse_config(raw, "distsel.selection"))
+        result = run(parse_config(raw, "distsel.select"))
         chosen = _read_selected(result)
         return chosen if output else chosen.materialize()
 
@@ -122,7 +122,7 @@ def _input_paths(data: Any, folder: str, text_field: str) -> list[str]:
     if items and all(isinstance(item, str | Path) for item in items):
         return [str(item) for item in items]
     if not all(isinstance(item, dict) for item in items):
-        raise ConfigError("distsel.selection: data must be a Ray Dataset, paths or dicts")
+        raise ConfigError("distsel.select: data must be a Ray Dataset, paths or dicts")
     return [_staged_rows(items, folder, "docs")]
 
 
@@ -138,7 +138,7 @@ def _target_paths(target: Any, folder: str, text_field: str) -> list[str]:
         return [str(item) for item in items]
     rows = [item if isinstance(item, dict) else {text_field: item} for item in items]
     if not rows or not all(isinstance(row.get(text_field), str) for row in rows):
-        raise ConfigError(f"distsel.selection: target must be texts, or dicts with '{text_field}'")
+        raise ConfigError(f"distsel.select: target must be texts, or dicts with '{text_field}'")
     return [_staged_rows(rows, folder, "target")]
 
 

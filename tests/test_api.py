@@ -1,4 +1,4 @@
-"""The Python API: distsel.selection on Ray Datasets, paths and dicts; distsel.run on configs."""
+"""The Python API: distsel.select on Ray Datasets, paths and dicts; distsel.run on configs."""
 
 from __future__ import annotations
 
