@@ -37,7 +37,6 @@ from typing import Any
 
 import harness
 import numpy as np
-
 from distsel.scoring import dsir
 
 NUM_BUCKETS = 10_000

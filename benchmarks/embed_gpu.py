@@ -279,7 +279,7 @@ def measure_batches(
 
 def agreement(embedder: Any, sample: list[str], model_path: str, args: Any) -> dict:
     """How far the low-precision embeddings are from float32 ones on the same documents."""
-    from distsel.scoring.embed import Embedder
+    from distsel.methods.embed import Embedder
 
     embedder.batch_size = 256
     low = embedder.embed(sample)
@@ -343,7 +343,7 @@ def main(argv: list[str] | None = None) -> None:
     import transformers
     from transformers.utils import logging as hf_logging
 
-    from distsel.scoring.embed import Embedder, default_model_path
+    from distsel.methods.embed import Embedder, default_model_path
 
     hf_logging.disable_progress_bar()
     try:

@@ -24,7 +24,7 @@ import harness
 import numpy as np
 import torch
 
-from distsel.scoring.embed import Embedder, default_model_path
+from distsel.methods.embed import Embedder, default_model_path
 
 
 def load_mixed_texts(corpus: Path, limit: int, seed: int) -> list[str]:

@@ -293,8 +293,8 @@ def run_method(
     """One pipeline run of configuration `raw` (or, with `resume`, its finished manifest read
     back); `interrupted`: its output already held an unfinished run, which this one resumes.
     A failure is reported in the result (key `error`), so the other runs go on."""
-    from distsel import pipeline
-    from distsel.config import parse_config
+    from distsel.app import pipeline
+    from distsel.core.config import parse_config
 
     began = time.perf_counter()
     manifest = finished_manifest(raw) if resume else None
@@ -403,7 +403,7 @@ def read_selection(output: Path) -> dict[str, list[Any]]:
 
 def eval_proxy_config(args: argparse.Namespace, pipeline_raw: dict[str, Any]) -> Any:
     """The pipeline proxy's settings, with --eval-train-tokens and --eval-tokenizer."""
-    from distsel.config import ProxyConfig, parse_config
+    from distsel.core.config import ProxyConfig, parse_config
 
     proxy = parse_config(pipeline_raw, "evaluation proxy configuration").proxy
     fields = proxy.model_dump(exclude={"path"})
@@ -416,7 +416,7 @@ def evaluate_selection(
 ) -> dict[str, Any]:
     """A fresh proxy trained on `texts`: its mean loss (nats/token) on the target and on the
     control texts."""
-    from distsel.scoring.proxy import document_losses, train_proxy
+    from distsel.methods.proxy import document_losses, train_proxy
 
     model, tokenizer, info = train_proxy(texts, config, seed, "cpu")
     began = time.perf_counter()

@@ -7,7 +7,7 @@ under the work folder (`--workdir`, else a temporary folder). The budget is k = 
 `--domain` documents left in the pool, so a perfect selector reaches precision 1.0 and random
 selection the domain's share of the pool (k / pool size).
 
-Each method is one `distsel.pipeline.run` with its own output folder, all on one local Ray:
+Each method is one `distsel.app.pipeline.run` with its own output folder, all on one local Ray:
   random             uniform sample (seeded)
   dsir               DSIR importance weights, Gumbel top-k (the default sampling)
   dsir-topk          DSIR, plain top-k of the log weights

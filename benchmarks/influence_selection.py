@@ -6,7 +6,7 @@ as the target set, the pool is every other document (at most `--limit-per-domain
 written as one jsonl.gz shard per file under the work folder. Budget k = the number of `--domain`
 documents left in the pool (a docs budget).
 
-1. Two `distsel.pipeline.run`s on one local Ray, same budget, `input.group_field: domain`:
+1. Two `distsel.app.pipeline.run`s on one local Ray, same budget, `input.group_field: domain`:
      influence  select.method influence: the pipeline trains the proxy LM on a pool sample
                 (OUTPUT/proxy; default proxy settings unless --proxy-* options), fits EK-FAC on
                 the target, scores every pool document and keeps the top k

@@ -1,11 +1,11 @@
 """Influence scoring throughput for the default proxy, with where the time goes.
 
-Builds the default proxy architecture (distsel.config.ProxyConfig defaults) with a BPE tokenizer
-trained on a corpus sample. Throughput does not depend on the weights' quality, so the weights are
-trained only for --train-tokens (default: a short run). Then it fits the EK-FAC iHVP on target
-documents and scores pool documents, with and without a Kronecker projection, and prints docs/s
-and the share of time in per-example gradients (forward + backward with hooks), projection and
-the rest. Runs on the CPU, or on a GPU with --device cuda (no Ray needed).
+Builds the default proxy architecture (distsel.core.config.ProxyConfig defaults) with a BPE
+tokenizer trained on a corpus sample. Throughput does not depend on the weights' quality, so the
+weights are trained only for --train-tokens (default: a short run). Then it fits the EK-FAC
+iHVP on target documents and scores pool documents, with and without a Kronecker projection, and
+prints docs/s and the share of time in per-example gradients (forward + backward with hooks),
+projection and the rest. Runs on the CPU, or on a GPU with --device cuda (no Ray needed).
 
     python benchmarks/influence_throughput.py --docs 1000
     python benchmarks/influence_throughput.py --device cuda --docs 20000 --json out.json
@@ -21,9 +21,9 @@ from pathlib import Path
 import harness
 import torch
 
-from distsel.config import InfluenceOptions, ProxyConfig
-from distsel.scoring.influence import InfluenceScorer
-from distsel.scoring.proxy import train_proxy
+from distsel.core.config import InfluenceOptions, ProxyConfig
+from distsel.methods.influence import InfluenceScorer
+from distsel.methods.proxy import train_proxy
 
 
 def load_texts(corpus: Path, count: int, seed: int) -> list[str]:

@@ -5,8 +5,9 @@ Data: ../shared/data/corpus/*.jsonl.gz (one domain per file, field `domain`); at
 documents per domain (seeded sample), so domains of short documents (news, reviews) hold few of
 the pool's tokens and the natural (token-share) mixture differs from the uniform one.
 
-Two scenarios, each a pool ingested by distsel and searched by distsel.mixture.run_mixture_search
-(groups = `domain`), every proxy trained on the same `--train-tokens` budget:
+Two scenarios, each a pool ingested by distsel and searched by
+distsel.methods.mixture.selector.run_mixture_search (groups = `domain`), every proxy trained on
+the same `--train-tokens` budget:
   targets   target = ../shared/data/targets/pubmedqa.jsonl + gsm8k.jsonl; searched three ways:
             tune + ASHA, tune without ASHA (same seed, same trials), and RegMix
   heldout   target = `--heldout-size` documents of `--heldout-domain` taken out of the pool
@@ -79,7 +80,7 @@ def write_pool(folder: Path, domains: dict[str, list[dict[str, Any]]]) -> Path:
 
 
 def make_config(args: argparse.Namespace, pool: Path, targets: list[Path], output: Path) -> Any:
-    from distsel.config import parse_config
+    from distsel.core.config import parse_config
 
     return parse_config(
         {
@@ -112,10 +113,11 @@ def make_config(args: argparse.Namespace, pool: Path, targets: list[Path], outpu
 
 def ingest(config: Any) -> tuple[Any, Any]:
     """The gathered pool and the selector context of an ingested output (no scoring stages)."""
-    from distsel import corpus, pipeline
-    from distsel.selection.pool import gather_pool
-    from distsel.stage import StageContext
-    from distsel.storage import Store
+    from distsel.app import pipeline
+    from distsel.core import corpus
+    from distsel.core.pool import gather_pool
+    from distsel.core.stage import StageContext
+    from distsel.core.storage import Store
 
     store = Store(config.output.path)
     results = pipeline.ingest(corpus.list_shards(config.input), config, store, {})
@@ -124,7 +126,7 @@ def ingest(config: Any) -> tuple[Any, Any]:
 
 
 def search(config: Any, pool: Any, context: Any, label: str, **mixture: Any) -> dict[str, Any]:
-    from distsel.selection.mixture import run_mixture_search
+    from distsel.methods.mixture.selector import run_mixture_search
 
     config = config.model_copy(update={"mixture": config.mixture.model_copy(update=mixture)})
     context = type(context)(config, context.store, context.parts)

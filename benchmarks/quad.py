@@ -6,7 +6,7 @@ set, the pool is every other document (at most `--limit-per-domain` per file, se
 jsonl.gz shard per file under the work folder. Budget k = the `--domain` documents left in the
 pool (a docs budget), the same for every method.
 
-Runs (`distsel.pipeline.run`, one local Ray, `input.group_field: domain`), in this order:
+Runs (`distsel.app.pipeline.run`, one local Ray, `input.group_field: domain`), in this order:
   influence-topk  select.method influence: trains the proxy LM (OUTPUT/proxy), fits EK-FAC on the
                   target and computes the influence of EVERY pool document; keeps the top k
   quad            select.method quad, default options (unless --quad-* flags; then the defaults

@@ -23,10 +23,10 @@ import harness
 import numpy as np
 from harness import read_parts
 
-from distsel.config import Budget, QuadOptions
-from distsel.selection.influence_model import pool_features
-from distsel.selection.pool import random_keys
-from distsel.selection.quad import make_bandit
+from distsel.algorithms.influence_model import pool_features
+from distsel.core.config import Budget, QuadOptions
+from distsel.core.pool import random_keys
+from distsel.methods.quad import make_bandit
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "paper": {"within_cluster": "random"},

@@ -30,11 +30,11 @@ import harness
 import numpy as np
 from harness import read_parts
 
-from distsel.clustering import assign, centroid_distances, fit_kmeans, load_centroid_distances
-from distsel.config import Budget, QuadOptions
-from distsel.selection.pool import random_keys
-from distsel.selection.quad import QuadBandit
-from distsel.storage import Store
+from distsel.core.config import Budget, QuadOptions
+from distsel.core.pool import random_keys
+from distsel.core.storage import Store
+from distsel.methods.cluster import assign, centroid_distances, fit_kmeans, load_centroid_distances
+from distsel.methods.quad import QuadBandit
 
 COLUMNS = [
     "k",

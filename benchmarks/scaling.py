@@ -158,8 +158,8 @@ def score_on(address: str, spec: dict[str, Any]) -> dict[str, Any]:
     asks for it), timed."""
     import ray
 
-    from distsel import pipeline
-    from distsel.config import parse_config
+    from distsel.app import pipeline
+    from distsel.core.config import parse_config
 
     config = parse_config(spec["config"], "scaling configuration")
     ray.init(address=address, logging_level=logging.WARNING, log_to_driver=spec["verbose"])
@@ -177,10 +177,11 @@ def score_on(address: str, spec: dict[str, Any]) -> dict[str, Any]:
 
 def train_proxy(config: Any) -> dict[str, Any]:
     """The proxy of a scored output, trained (perplexity's runs then reuse it), timed."""
-    from distsel import corpus, pipeline
-    from distsel.scoring.proxy import ensure_proxy
-    from distsel.stage import StageContext
-    from distsel.storage import Store
+    from distsel.app import pipeline
+    from distsel.core import corpus
+    from distsel.core.stage import StageContext
+    from distsel.core.storage import Store
+    from distsel.methods.proxy import ensure_proxy
 
     store = Store(config.output.path)
     shards = corpus.list_shards(config.input)

@@ -286,8 +286,8 @@ class Evaluator:
     losses kept in a JSON cache keyed by the selection, the settings and the seed."""
 
     def __init__(self, args: argparse.Namespace, root: Path, pool_texts: list[str]) -> None:
-        from distsel.config import ProxyConfig
-        from distsel.scoring.proxy import train_bpe_tokenizer
+        from distsel.core.config import ProxyConfig
+        from distsel.methods.proxy import train_bpe_tokenizer
 
         # every proxy trains on the same number of tokens, however few the selection holds
         self.config = ProxyConfig(
@@ -311,7 +311,7 @@ class Evaluator:
         return self.cache[key]
 
     def train_and_measure(self, texts: list[str], heldout: list[str], seed: int) -> float:
-        from distsel.scoring.proxy import document_losses, train_proxy
+        from distsel.methods.proxy import document_losses, train_proxy
 
         order = list(texts)
         random.Random(seed).shuffle(order)

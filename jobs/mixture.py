@@ -3,7 +3,7 @@ search only (OUTPUT/mixture/search.json); `select.method: mixture` later samples
 
 import sys
 
-from distsel.cli import job_main
+from distsel.app.cli import job_main
 
 if __name__ == "__main__":
     sys.exit(job_main("mixture"))

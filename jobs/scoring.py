@@ -3,7 +3,7 @@
 
 import sys
 
-from distsel.cli import job_main
+from distsel.app.cli import job_main
 
 if __name__ == "__main__":
     sys.exit(job_main("score"))

@@ -43,6 +43,7 @@ def ray_local():
 
     if not ray.is_initialized():
         ray.init(
+            address="local",  # a fresh local Ray, never another one found on the machine
             num_cpus=2,
             include_dashboard=False,
             logging_level="WARNING",

@@ -86,7 +86,7 @@ def read_folder(folder: Path):
 
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600):
-    """`python -m distsel.cli ARGS` in a subprocess, on a Ray of its own, without instance
+    """`python -m distsel.app.cli ARGS` in a subprocess, on a Ray of its own, without instance
     metadata; the completed process (text output captured)."""
     env = {
         **os.environ,
@@ -94,7 +94,7 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600):
         "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
         "AWS_EC2_METADATA_DISABLED": "true",
     }
-    command = [sys.executable, "-m", "distsel.cli", *args]
+    command = [sys.executable, "-m", "distsel.app.cli", *args]
     return subprocess.run(
         command, capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout
     )

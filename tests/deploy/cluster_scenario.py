@@ -24,8 +24,8 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 import ray  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
-from distsel import pipeline  # noqa: E402
-from distsel.config import parse_config  # noqa: E402
+from distsel.app import pipeline
+from distsel.core.config import parse_config
 
 
 def remove_when_scored(cluster: Cluster, node, markers: Path, count: int, removed: list) -> None:

@@ -20,7 +20,7 @@ import pytest
 import yaml
 from helpers import REPO, SHARED
 
-from distsel.config import parse_config
+from distsel.core.config import parse_config
 
 ROOT = REPO
 CLUSTER = ROOT / "cluster"

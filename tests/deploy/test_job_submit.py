@@ -25,8 +25,8 @@ import pyarrow.parquet as pq
 import pytest
 from helpers import REPO, stdlib_paragraphs, write_jsonl
 
-from distsel import pipeline
-from distsel.config import load_config
+from distsel.app import pipeline
+from distsel.core.config import load_config
 
 BIN = Path(sys.executable).parent
 PORT_FLAGS = (

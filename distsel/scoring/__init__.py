@@ -1,1 +1,0 @@
-"""Scoring stages: each module registers its stages (distsel.registry)."""
