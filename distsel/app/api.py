@@ -17,7 +17,7 @@ import dataclasses
 import json
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,15 +46,24 @@ class Result:
         return f"{self.output.rstrip('/')}/selected"
 
 
-def run(config: Config | dict[str, Any] | str | Path, phase: str = "all") -> Result:
-    """Run a configuration (a Config, a mapping as in the YAML file, or the file's path)."""
+def run(
+    config: Config | dict[str, Any] | str | Path,
+    phase: str = "all",
+    *,
+    address: str | None = None,
+    on_output: Callable[[], None] | None = None,
+) -> Result:
+    """Run a configuration (a Config, a mapping as in the YAML file, or the file's path), or
+    one `phase` of it, on the Ray at `address` (default: config.ray.address, RAY_ADDRESS, or a
+    local one); `on_output` is called once the inputs are found, before the first write."""
     from distsel.app import pipeline
 
     if isinstance(config, str | Path):
         config = load_config(config)
     elif isinstance(config, dict):
         config = parse_config(config)
-    return Result(pipeline.run(config, phase=phase), config.output.path)
+    summary = pipeline.run(config, address=address, phase=phase, on_output=on_output)
+    return Result(summary, config.output.path)
 
 
 def select(

@@ -189,7 +189,7 @@ def check_job_output(path: str) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from distsel.app import ingest, pipeline, run_record
+    from distsel.app import api, ingest, run_record
 
     config = _load(args)
     ingest.check_output_apart(config)  # before the run record is written there
@@ -201,7 +201,7 @@ def _run(args: argparse.Namespace) -> int:
         config,
         args.phase,
         stages,
-        lambda begin: pipeline.run(config, address=args.address, phase=args.phase, on_output=begin),
+        lambda begin: api.run(config, args.phase, address=args.address, on_output=begin).manifest,
     )
     if args.phase == "score":
         print(summary(result, config.output.path, layout.SCORING))
@@ -286,12 +286,12 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from distsel.app import demo, pipeline
+    from distsel.app import api, demo
     from distsel.app.report import write_report
 
     output = args.output.resolve()
     config = parse_config(demo.prepare(output), "demo configuration")
-    manifest = pipeline.run(config, address=args.address)
+    manifest = api.run(config, address=args.address).manifest
     print(summary(manifest, str(output)))  # with the topic's share of pool and selection
     print(f"distsel: report written to {write_report(str(output))}")
     return 0
