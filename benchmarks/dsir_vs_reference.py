@@ -37,7 +37,8 @@ from typing import Any
 
 import harness
 import numpy as np
-from distsel.scoring import dsir
+
+from distsel.methods import dsir
 
 NUM_BUCKETS = 10_000
 NGRAMS = 2

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from distsel.scoring import dsir
 from helpers import base_config, read_folder, stdlib_paragraphs, torch_threads, write_jsonl
 
 from distsel.app import pipeline
 from distsel.core.config import parse_config
+from distsel.methods import dsir
 
 PARAGRAPHS = stdlib_paragraphs(160)
 

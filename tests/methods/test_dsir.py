@@ -13,7 +13,8 @@ import textwrap
 
 import numpy as np
 import pytest
-from distsel.scoring import dsir
+
+from distsel.methods import dsir
 
 TOKEN = re.compile(r"\w+|[^\w\s]+")
 MASK64 = (1 << 64) - 1
@@ -113,7 +114,7 @@ def test_features_do_not_depend_on_the_batch():
 def test_features_are_the_same_in_another_process_with_another_hash_seed():
     texts = stdlib_texts()[:15]
     script = (
-        "import json, sys; from distsel.scoring import dsir; "
+        "import json, sys; from distsel.methods import dsir; "
         "texts = json.load(sys.stdin); "
         "print(json.dumps(dsir.featurize(texts, 997).astype(int).tolist()))"
     )

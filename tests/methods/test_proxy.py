@@ -11,7 +11,6 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
-from distsel.scoring import proxy
 from helpers import stdlib_paragraphs, write_jsonl
 
 from distsel.core import corpus
@@ -19,6 +18,7 @@ from distsel.core.config import InputConfig, ProxyConfig, parse_config
 from distsel.core.errors import DistselError
 from distsel.core.stage import StageContext
 from distsel.core.storage import Store
+from distsel.methods import proxy
 from distsel.methods.proxy import (
     BOS,
     EOS,

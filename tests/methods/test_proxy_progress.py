@@ -10,13 +10,13 @@ import sys
 import time
 
 import pytest
-from distsel.scoring import proxy
 from helpers import stdlib_paragraphs
 
 from distsel.core import executor as executor_module
 from distsel.core.config import ProxyConfig
 from distsel.core.executor import LocalExecutor, Progress, RayExecutor
 from distsel.core.storage import Store
+from distsel.methods import proxy
 from distsel.methods.proxy import (
     PROGRESS_FILE,
     proxy_fingerprint,

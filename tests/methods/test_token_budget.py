@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from distsel.scoring import dsir
 from helpers import stdlib_paragraphs
 
 from distsel.core.config import parse_config
 from distsel.core.pool import Pool, random_keys
 from distsel.core.selector import with_resolved_budget
+from distsel.methods import dsir
 from distsel.methods.classifier import ClassifierSelector, fit_target_classifier
 from distsel.methods.dsir import DsirSelector
 from distsel.methods.similarity import ngram_features
