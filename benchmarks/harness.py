@@ -293,7 +293,7 @@ def run_method(
     """One pipeline run of configuration `raw` (or, with `resume`, its finished manifest read
     back); `interrupted`: its output already held an unfinished run, which this one resumes.
     A failure is reported in the result (key `error`), so the other runs go on."""
-    from distsel.app import pipeline
+    import distsel
     from distsel.core.config import parse_config
 
     began = time.perf_counter()
@@ -301,7 +301,7 @@ def run_method(
     reused = manifest is not None
     try:
         if manifest is None:
-            manifest = pipeline.run(parse_config(raw, f"{name} configuration"))
+            manifest = distsel.run(parse_config(raw, f"{name} configuration")).manifest
     except Exception as error:
         traceback.print_exc()
         return {

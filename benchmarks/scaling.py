@@ -158,7 +158,7 @@ def score_on(address: str, spec: dict[str, Any]) -> dict[str, Any]:
     asks for it), timed."""
     import ray
 
-    from distsel.app import pipeline
+    import distsel
     from distsel.core.config import parse_config
 
     config = parse_config(spec["config"], "scaling configuration")
@@ -166,7 +166,7 @@ def score_on(address: str, spec: dict[str, Any]) -> dict[str, Any]:
     try:
         harness.quiet_ray_data()
         began = time.perf_counter()
-        outcome = {"summary": pipeline.run(config, phase="score")}
+        outcome = {"summary": distsel.run(config, "score").manifest}
         outcome["seconds"] = time.perf_counter() - began
         if spec["proxy"]:
             outcome.update(train_proxy(config))
