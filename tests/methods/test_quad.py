@@ -7,17 +7,11 @@ import math
 import numpy as np
 import pytest
 
+from distsel.algorithms.bandit import neighbour_weights, ucb_scores
 from distsel.algorithms.influence_model import InfluenceModel, pool_features
 from distsel.core.config import Budget, QuadOptions
 from distsel.core.storage import Store
-from distsel.methods.quad import (
-    AUDIT_SHARE,
-    PredictedQuadBandit,
-    QuadBandit,
-    make_bandit,
-    neighbour_weights,
-    ucb_scores,
-)
+from distsel.methods.quad import AUDIT_SHARE, PredictedQuadBandit, QuadBandit, make_bandit
 
 ARMS, PER_ARM = 12, 40
 
@@ -525,7 +519,7 @@ def test_the_rounds_report_their_progress_every_few_rounds(caplog, monkeypatch):
     import logging
     import re
 
-    from distsel.core.selector import quad
+    from distsel.methods.quad import bandit as quad
 
     line = re.compile(
         r"^quad: round (\d+)(?: \(stopped: [^)]+\))?, ([\d,]+)(/[\d,]+)? documents scored, "
