@@ -525,7 +525,7 @@ def test_the_rounds_report_their_progress_every_few_rounds(caplog, monkeypatch):
     import logging
     import re
 
-    from distsel.core.selector import quad
+    from distsel.methods import quad
 
     line = re.compile(
         r"^quad: round (\d+)(?: \(stopped: [^)]+\))?, ([\d,]+)(/[\d,]+)? documents scored, "
