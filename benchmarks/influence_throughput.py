@@ -21,8 +21,8 @@ from pathlib import Path
 import harness
 import torch
 
+from distsel.algorithms.influence import InfluenceScorer
 from distsel.core.config import InfluenceOptions, ProxyConfig
-from distsel.methods.influence import InfluenceScorer
 from distsel.methods.proxy import train_proxy
 
 

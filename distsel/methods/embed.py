@@ -26,17 +26,12 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from distsel.algorithms.tokens import are_texts
 from distsel.core.executor import cluster_gpus, current
 from distsel.core.registry import register_stage
 from distsel.core.stage import Resources, Stage
 from distsel.core.vectors import embedding_array
-from distsel.methods.tokens import (
-    are_texts,
-    default_model_path,
-    encode,
-    ids_or_texts,
-    load_tokenizer,
-)
+from distsel.methods.tokens import default_model_path, encode, ids_or_texts, load_tokenizer
 
 if TYPE_CHECKING:
     from distsel.core.config import Config, EmbedConfig

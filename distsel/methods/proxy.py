@@ -27,6 +27,7 @@ import pyarrow as pa
 import torch
 from fsspec.implementations.local import LocalFileSystem
 
+from distsel.algorithms.tokens import are_texts, document_ids
 from distsel.core import layout
 from distsel.core.errors import DistselError
 from distsel.core.executor import Progress, current
@@ -35,9 +36,7 @@ from distsel.core.stage import Resources, Stage, StageContext, digest
 from distsel.core.storage import Store, open_fs
 from distsel.methods.embed import _dtype_kwarg, _with_cluster_gpus
 from distsel.methods.tokens import (
-    are_texts,
     default_model_path,
-    document_ids,
     encode,
     end_tokens,
     id_columns,

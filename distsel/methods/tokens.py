@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
+from distsel.algorithms.tokens import checked_texts
 from distsel.core.registry import register_stage
 from distsel.core.stage import Resources, Stage
 
@@ -29,16 +30,13 @@ if TYPE_CHECKING:
     from distsel.core.config import Config, EmbedConfig
 
 CHARS_PER_TOKEN_CUT = 12
-# `document_ids` cuts texts to this many characters per kept token before tokenizing (a long
-# document would otherwise be tokenized in full only to keep its first tokens).
-DOCUMENT_CHARS_PER_TOKEN = 16
 _WHITESPACE = re.compile(r"\s")
 
 
 def encode(tokenizer: Any, texts: Sequence[str], max_length: int) -> list[list[int]]:
     """Each text's first `max_length` ids (special tokens included), equal to
     tokenizer(text, truncation=True, max_length=max_length); see the module's docstring."""
-    texts = _checked(texts)
+    texts = checked_texts(texts)
     limit = max_length * CHARS_PER_TOKEN_CUT
     if not tokenizer.is_fast or all(len(text) <= limit for text in texts):
         return _encode(tokenizer, texts, max_length)
@@ -63,15 +61,6 @@ def encode(tokenizer: Any, texts: Sequence[str], max_length: int) -> list[list[i
     return ids
 
 
-def document_ids(tokenizer: Any, texts: Sequence[str], max_tokens: int) -> list[list[int]]:
-    """Each text's first `max_tokens` ids, not truncated by the tokenizer (so its end token, if
-    any, only where the text ends first), tokenized from a prefix of DOCUMENT_CHARS_PER_TOKEN
-    characters per kept token."""
-    cut = max_tokens * DOCUMENT_CHARS_PER_TOKEN
-    encoded = tokenizer([text[:cut] for text in _checked(texts)])["input_ids"]
-    return [list(ids[:max_tokens]) for ids in encoded]
-
-
 def end_tokens(tokenizer: Any) -> list[int]:
     """The special tokens the tokenizer puts after a text's own tokens ([SEP]; none for GPT-2
     style tokenizers)."""
@@ -88,14 +77,6 @@ def truncated(row: Sequence[int], max_length: int, end: list[int]) -> Sequence[i
     if len(row) <= max_length and whole:
         return row
     return [*row[: max_length - len(end)], *end]
-
-
-def _checked(texts: Sequence[str]) -> list[str]:
-    texts = list(texts)
-    for i, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise TypeError(f"text {i} is {type(text).__name__}, not str")
-    return texts
 
 
 def _kept_end(encoded: Any, row: int) -> int:
@@ -171,11 +152,6 @@ def ids_or_texts(batch: pa.Table, column: str) -> list[np.ndarray] | list[str]:
     if column in batch.column_names:
         return id_rows(batch.column(column))
     return batch.column("text").to_pylist()
-
-
-def are_texts(documents: Sequence[Any]) -> bool:
-    """Whether documents are texts rather than rows of ids."""
-    return bool(documents) and isinstance(documents[0], str)
 
 
 def id_rows(column: pa.Array | pa.ChunkedArray) -> list[np.ndarray]:

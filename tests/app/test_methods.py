@@ -242,7 +242,7 @@ def influence_run(ray_local, tmp_path_factory, corpus_and_target):
 def test_influence_topk_trains_a_proxy_and_matches_a_direct_scorer(
     corpus_and_target, influence_run
 ):
-    from distsel.methods.influence import InfluenceScorer
+    from distsel.algorithms.influence import InfluenceScorer
     from distsel.methods.proxy import load_proxy
 
     _, _, pool, target_texts = corpus_and_target

@@ -11,9 +11,11 @@ import torch
 from helpers import stdlib_paragraphs, train_tiny_llama
 from scipy.stats import spearmanr
 
+from distsel.algorithms.influence import InfluenceScorer
+from distsel.algorithms.kronecker import KroneckerProjection
+from distsel.algorithms.layer_gradients import chunk_documents
 from distsel.core.config import InfluenceOptions
 from distsel.core.errors import DistselError
-from distsel.methods.influence import InfluenceScorer, KroneckerProjection, chunk_documents
 
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
@@ -381,7 +383,7 @@ def test_gram_norms_equal_the_formed_gradient_norms(
 
 
 def test_gradient_squared_norms_match_explicit_gradients() -> None:
-    from distsel.methods.influence import gradient_squared_norms
+    from distsel.algorithms.layer_gradients import gradient_squared_norms
 
     generator = torch.Generator().manual_seed(3)
     a = torch.randn(4, 7, 5, generator=generator, dtype=torch.float64)

@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from helpers import base_config, stdlib_paragraphs, write_jsonl
 
+from distsel.algorithms.tokens import document_ids
 from distsel.app import pipeline
 from distsel.core.config import parse_config
 from distsel.core.executor import LocalExecutor
@@ -18,7 +19,6 @@ from distsel.core.stage import Resources
 from distsel.methods.embed import Embedder, EmbedStage
 from distsel.methods.tokens import (
     TokensStage,
-    document_ids,
     end_tokens,
     id_rows,
     ids_array,
