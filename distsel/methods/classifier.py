@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from distsel.algorithms.similarity import sparse_scores
 from distsel.core.config import ClassifierOptions, Config
 from distsel.core.corpus import read_texts
 from distsel.core.errors import DistselError
@@ -31,7 +32,6 @@ from distsel.methods.similarity import (
     fit_betr_classifier,
     ngram_features,
     sample_texts,
-    sparse_scores,
 )
 
 

@@ -71,7 +71,7 @@ def _resolve_device(device: str | None) -> torch.device:
     return resolved
 
 
-def _dtype_kwarg(dtype: torch.dtype) -> dict[str, Any]:
+def dtype_kwarg(dtype: torch.dtype) -> dict[str, Any]:
     """`dtype=` for transformers ≥ 4.56, `torch_dtype=` before it."""
     import transformers
     from packaging.version import Version
@@ -135,7 +135,7 @@ class Embedder:
             self.model_path,
             local_files_only=os.path.isdir(self.model_path),
             use_safetensors=True,  # never a pickled checkpoint
-            **_dtype_kwarg(self.dtype),
+            **dtype_kwarg(self.dtype),
         )
         self.model = model.to(self.device).eval()
         pad_id = self.tokenizer.pad_token_id
@@ -230,7 +230,7 @@ class EmbedStage(Stage):
 
     @classmethod
     def from_config(cls, config: Config, resources: Resources) -> EmbedStage:
-        return cls(_with_cluster_gpus(resources, config.stages.get(cls.name)), config.embed)
+        return cls(with_cluster_gpus(resources, config.stages.get(cls.name)), config.embed)
 
     def fingerprint(self) -> dict[str, Any]:
         return {"name": self.name, **self.options.model_dump()}
@@ -248,7 +248,7 @@ class EmbedStage(Stage):
         return {"embedding": embedding_array(vectors)}
 
 
-def _with_cluster_gpus(resources: Resources, overrides: Any) -> Resources:
+def with_cluster_gpus(resources: Resources, overrides: Any) -> Resources:
     """One GPU per actor, as many actors as GPUs, when the cluster has GPUs and the
     configuration does not say otherwise (the cluster's resources, not the driver's)."""
     gpus = cluster_gpus()

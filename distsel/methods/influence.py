@@ -21,7 +21,7 @@ from distsel.core.registry import register_selector, register_stage
 from distsel.core.samplers import descending, fill_budget
 from distsel.core.selector import budget_section, score_column
 from distsel.core.stage import Resources, Stage, StageContext
-from distsel.methods.embed import _with_cluster_gpus
+from distsel.methods.embed import with_cluster_gpus
 from distsel.methods.proxy import ensure_proxy, load_proxy
 from distsel.methods.similarity import sample_texts
 from distsel.methods.tokens import ids_or_texts
@@ -61,7 +61,7 @@ class InfluenceStage(Stage):
     def from_config(cls, config: Config, resources: Resources) -> InfluenceStage:
         if not config.target.paths:
             raise DistselError("the influence stage needs target.paths (target examples)")
-        return cls(_with_cluster_gpus(resources, config.stages.get(cls.name)), config)
+        return cls(with_cluster_gpus(resources, config.stages.get(cls.name)), config)
 
     def fingerprint(self) -> dict[str, Any]:
         # `normalize` picks a column at selection; the stage writes both. Without contrast, the

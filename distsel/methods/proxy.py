@@ -34,7 +34,7 @@ from distsel.core.executor import Progress, current
 from distsel.core.registry import register_stage
 from distsel.core.stage import Resources, Stage, StageContext, digest
 from distsel.core.storage import Store, open_fs
-from distsel.methods.embed import _dtype_kwarg, _with_cluster_gpus
+from distsel.methods.embed import dtype_kwarg, with_cluster_gpus
 from distsel.methods.tokens import (
     default_model_path,
     encode,
@@ -403,7 +403,7 @@ def load_proxy(
             )
         tokenizer = AutoTokenizer.from_pretrained(local, local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(
-            local, local_files_only=True, use_safetensors=True, **_dtype_kwarg(torch.float32)
+            local, local_files_only=True, use_safetensors=True, **dtype_kwarg(torch.float32)
         )
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -614,7 +614,7 @@ class PerplexityStage(Stage):
 
     @classmethod
     def from_config(cls, config: Config, resources: Resources) -> PerplexityStage:
-        return cls(_with_cluster_gpus(resources, config.stages.get(cls.name)), config)
+        return cls(with_cluster_gpus(resources, config.stages.get(cls.name)), config)
 
     def fingerprint(self) -> dict[str, Any]:
         return {

@@ -14,6 +14,7 @@ import pytest
 from helpers import base_config
 from sklearn.metrics import adjusted_rand_score
 
+from distsel.algorithms import kmeans
 from distsel.core.config import parse_config
 from distsel.core.runner import score_part
 from distsel.core.stage import StageContext
@@ -153,7 +154,7 @@ def test_assign_in_blocks_equals_one_block_with_bounded_memory(metric, monkeypat
     rng = np.random.default_rng(3)
     x, centroids = rng.standard_normal((3_000, 16)), rng.standard_normal((1_000, 16))
     whole = assign(x, centroids, metric)
-    monkeypatch.setattr(clustering, "BLOCK_ELEMENTS", 1 << 16)
+    monkeypatch.setattr(kmeans, "BLOCK_ELEMENTS", 1 << 16)
     tracemalloc.start()
     blocked = assign(x, centroids, metric)
     peak = tracemalloc.get_traced_memory()[1]

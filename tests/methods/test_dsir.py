@@ -14,6 +14,7 @@ import textwrap
 import numpy as np
 import pytest
 
+from distsel.algorithms import dsir as dsir_maths
 from distsel.methods import dsir
 
 TOKEN = re.compile(r"\w+|[^\w\s]+")
@@ -87,7 +88,7 @@ def test_featurize_equals_per_ngram_counting(num_buckets, ngrams):
 
 def test_featurize_is_the_same_when_the_batch_is_cut_into_small_chunks(monkeypatch):
     texts = TRICKY_TEXTS + stdlib_texts()
-    monkeypatch.setattr(dsir, "_CHUNK_CHARS", 64)  # most chunks hold one or two documents
+    monkeypatch.setattr(dsir_maths, "_CHUNK_CHARS", 64)  # most chunks hold one or two documents
     np.testing.assert_array_equal(dsir.featurize(texts, 997), brute_force_counts(texts, 997, 2))
 
 

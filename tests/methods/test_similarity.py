@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from distsel.algorithms.similarity import task_scores
 from distsel.core.config import parse_config
 from distsel.core.pool import random_keys
 from distsel.methods.similarity import (
@@ -22,7 +23,6 @@ from distsel.methods.similarity import (
     ngram_features,
     predict_scores,
     round_robin,
-    task_scores,
 )
 
 
