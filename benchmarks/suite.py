@@ -287,7 +287,7 @@ class Evaluator:
 
     def __init__(self, args: argparse.Namespace, root: Path, pool_texts: list[str]) -> None:
         from distsel.core.config import ProxyConfig
-        from distsel.methods.proxy import train_bpe_tokenizer
+        from distsel.methods.proxy_model import train_bpe_tokenizer
 
         # every proxy trains on the same number of tokens, however few the selection holds
         self.config = ProxyConfig(

@@ -16,14 +16,9 @@ from distsel.core import executor as executor_module
 from distsel.core.config import ProxyConfig
 from distsel.core.executor import LocalExecutor, Progress, RayExecutor
 from distsel.core.storage import Store
-from distsel.methods import proxy
-from distsel.methods.proxy import (
-    PROGRESS_FILE,
-    proxy_fingerprint,
-    train_on_cluster,
-    train_proxy,
-    training_steps,
-)
+from distsel.methods import proxy, proxy_model
+from distsel.methods.proxy import PROGRESS_FILE, proxy_fingerprint, train_on_cluster, train_proxy
+from distsel.methods.proxy_model import training_steps
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -131,7 +126,7 @@ def test_training_reports_every_tenth_of_its_steps(texts, caplog):
 
 
 def test_training_reports_at_least_every_progress_seconds(texts, caplog, monkeypatch):
-    monkeypatch.setattr(proxy, "PROGRESS_SECONDS", 0.0)
+    monkeypatch.setattr(proxy_model, "PROGRESS_SECONDS", 0.0)
     config = ProxyConfig(**TINY, train_tokens=25 * 128)
     with caplog.at_level(logging.INFO, logger="distsel"):
         train_proxy(texts, config, seed=3)

@@ -95,7 +95,7 @@ def test_a_similarity_run_tokenizes_once_and_embeds_the_stored_ids(tmp_path: Pat
 def test_document_ids_cut_as_the_tokenizer_truncates() -> None:
     """The proxy_tokens stage's ids, cut by `truncated`, equal the tokenizer's own truncation,
     for a tokenizer with an end token (WordPiece: [CLS] … [SEP]) and one without (BPE)."""
-    from distsel.methods.proxy import minilm_tokenizer, train_bpe_tokenizer
+    from distsel.methods.proxy_model import minilm_tokenizer, train_bpe_tokenizer
 
     texts = stdlib_paragraphs(30)
     cases = ["", "one", " ".join(texts[:10]), *texts]

@@ -186,7 +186,7 @@ def _tokenise(
     save each as int32 .npy under OUTPUT/mixture/tokens (meta.json, written last, names them)."""
     from distsel.core.corpus import read_texts
     from distsel.methods.mixture.trials import eval_sequences
-    from distsel.methods.proxy import make_tokenizer, token_stream
+    from distsel.methods.proxy_model import make_tokenizer, token_stream
 
     began = time.perf_counter()
     store, options, proxy = context.store, config.mixture, config.proxy
