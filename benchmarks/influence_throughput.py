@@ -22,7 +22,8 @@ import harness
 import torch
 
 from distsel.algorithms.influence import InfluenceScorer
-from distsel.core.config import InfluenceOptions, ProxyConfig
+from distsel.core.config import ProxyConfig
+from distsel.methods.influence import InfluenceOptions
 from distsel.methods.proxy import train_proxy
 
 

@@ -24,9 +24,10 @@ import numpy as np
 from harness import read_parts
 
 from distsel.algorithms.influence_model import pool_features
-from distsel.core.config import Budget, QuadOptions
+from distsel.core.config import Budget
 from distsel.core.pool import random_keys
 from distsel.methods.quad import make_bandit
+from distsel.methods.quad.options import QuadOptions
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "paper": {"within_cluster": "random"},

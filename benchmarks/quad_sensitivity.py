@@ -30,11 +30,12 @@ import harness
 import numpy as np
 from harness import read_parts
 
-from distsel.core.config import Budget, QuadOptions
+from distsel.core.config import Budget
 from distsel.core.pool import random_keys
 from distsel.core.storage import Store
 from distsel.methods.cluster import assign, centroid_distances, fit_kmeans, load_centroid_distances
 from distsel.methods.quad import QuadBandit
+from distsel.methods.quad.options import QuadOptions
 
 COLUMNS = [
     "k",

@@ -11,7 +11,6 @@ from typing import Annotated, Any, Literal, get_args
 import yaml
 from pydantic import (
     AfterValidator,
-    AliasChoices,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -23,7 +22,7 @@ from pydantic import (
 from distsel.core.errors import ConfigError, credentials_in_url
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=False, validate_assignment=True)
 
 
@@ -42,7 +41,7 @@ Location = Annotated[str, AfterValidator(_no_credentials)]
 PathList = Annotated[list[Location], BeforeValidator(_one_path_is_a_list)]
 
 
-class InputConfig(_Strict):
+class InputConfig(StrictModel):
     paths: Annotated[PathList, Field(min_length=1)]
     text_field: str = "text"
     id_field: str | None = None
@@ -56,13 +55,13 @@ class InputConfig(_Strict):
     storage_options: dict[str, Any] = Field(default_factory=dict)
 
 
-class TargetConfig(_Strict):
+class TargetConfig(StrictModel):
     paths: PathList = Field(default_factory=list)
     text_field: str = "text"
     storage_options: dict[str, Any] = Field(default_factory=dict)
 
 
-class OutputConfig(_Strict):
+class OutputConfig(StrictModel):
     path: Location
     storage_options: dict[str, Any] = Field(default_factory=dict)
     #: how long an unreachable object store (output or input) is tried again before the run fails
@@ -73,7 +72,7 @@ class OutputConfig(_Strict):
     format: Literal["parquet", "jsonl", "jsonl.gz", "jsonl.zst"] = "parquet"
 
 
-class Budget(_Strict):
+class Budget(StrictModel):
     """Exactly one of `docs`, `tokens` (tokens are approximated as ceil(chars / 4)),
     `docs_share` or `tokens_share` (a share of the accepted pool, 0 < share ≤ 1). A share is
     resolved when the selection starts (`resolved`): ceil(share · pool documents) documents or
@@ -109,7 +108,7 @@ class Budget(_Strict):
         return self.model_copy(update={"docs" if by_docs else "tokens": count})
 
 
-class EmbedConfig(_Strict):
+class EmbedConfig(StrictModel):
     """The encoder for the embedding stage (default: the bundled all-MiniLM-L6-v2)."""
 
     model: str | None = None
@@ -117,7 +116,7 @@ class EmbedConfig(_Strict):
     dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
 
 
-class ProxyConfig(_Strict):
+class ProxyConfig(StrictModel):
     """The small decoder LM behind perplexity and influence: a local folder, or trained here."""
 
     path: str | None = None
@@ -145,82 +144,7 @@ class ProxyConfig(_Strict):
         return self
 
 
-class InfluenceOptions(_Strict):
-    """`stages.influence`: I(z) = ∇L(R)ᵀ (G + λI)⁻¹ ∇L(z) over the chosen linear layers of the
-    proxy. `chunk_batch_size`: chunks per forward/backward (`batch_size` beside it is the
-    stage's rows per call, as for every stage)."""
-
-    layers: Literal["attention", "attention+mlp"] = "attention"
-    curvature: Literal["ekfac", "kfac", "identity"] = "ekfac"
-    damping: float = Field(default=0.1, gt=0)
-    projection_dim: int | None = Field(default=None, gt=0)
-    # `mean`: against the gradient of the whole target's mean loss; `max`: a document's best match
-    # over the target examples (LESS, RDS+), in a projected space of projection_dim (default
-    # MAX_AGGREGATION_DIM) dimensions.
-    target_aggregation: Literal["mean", "max"] = "mean"
-    target_examples: int = Field(default=1_000, gt=0)
-    # `pool`: contrastive influence, against ∇L(R) − ∇L(P) with ∇L(P) the gradient of the mean
-    # loss over a seeded sample of `contrast_docs` pool documents (cancels the direction shared by
-    # all text of the target's style; for topic-level targets). `none`: against ∇L(R).
-    contrast: Literal["none", "pool"] = "none"
-    # ∇L(P)'s shared direction is the largest part of every document's gradient, so a few hundred
-    # documents estimate it (its error falls as 1/√n); each costs a gradient
-    contrast_docs: int = Field(default=256, gt=0)
-    max_chunks: int = Field(default=4, gt=0)
-    chunk_batch_size: int = Field(
-        default=8, gt=0, validation_alias=AliasChoices("chunk_batch_size", "batch_size")
-    )
-
-
-class InfluenceSelectOptions(_Strict):
-    """`select.influence` (and the column behind Quad's rewards): rank by I(z)/‖∇L(z)‖ (LESS)
-    rather than I(z); the influence stage writes both columns either way."""
-
-    normalize: bool = True
-
-
-class ClusterOptions(_Strict):
-    """`stages.cluster`: k-means over the embeddings (k: by default min(round(√(N/2)), 10,000),
-    or mixture.clusters for a mixture search over clusters)."""
-
-    clusters: int | None = Field(default=None, ge=2)
-    metric: Literal["cosine", "l2"] = "cosine"
-    max_iter: int = Field(default=25, gt=0)
-
-
-class QuadOptions(_Strict):
-    """Quad's bandit (its arms: the cluster stage's k-means clusters, `stages.cluster`). With
-    `scale: standardized`, rewards are influences standardised by the mean and deviation of all
-    influences evaluated so far, so α and τ are in units of that deviation and one default
-    serves any proxy; `raw` uses influences as they are. With `within_cluster: predicted`,
-    documents are ranked (and arms rewarded) by the value v = the standardised influence (its
-    model's prediction where not computed) + `classifier_weight` × the classifier stage's
-    score standardised over the pool; 0 ranks by influence alone."""
-
-    alpha: float = Field(default=1.0, ge=0)
-    gamma: float = Field(default=0.2, gt=0)
-    tau: float = 0.0
-    scale: Literal["standardized", "raw"] = "standardized"
-    arms_per_round: int | None = Field(default=None, gt=0)
-    draws_per_arm: int = Field(default=10, gt=0)
-    docs_per_accept: int | None = Field(default=None, gt=0)
-    rounds: int = Field(default=200, gt=0)
-    # `predicted`: an influence model (ridge on embeddings; length, target cosine and the
-    # classifier stage's score as covariates) orders each arm's documents, sizes
-    # blocks and fills what the bandit leaves; `random`: the paper's form.
-    within_cluster: Literal["predicted", "random"] = "predicted"
-    # With `predicted`: the share of the pool whose score the bandit may compute.
-    max_evaluated: float = Field(default=0.1, gt=0, le=1)
-    # With `predicted`: weight w of the classifier's standardised score in the value (and the
-    # rewards); 0: influence alone. 1 on the task suite: mean loss 6.997, against 7.016 at 0.
-    classifier_weight: float = Field(default=1.0, ge=0)
-    # The costly score behind the rewards: a stage's column (default: the influence column
-    # that select.influence.normalize names).
-    scorer: str = "influence"
-    score_column: str | None = None
-
-
-class MixtureOptions(_Strict):
+class MixtureOptions(StrictModel):
     """Mixture-weight search over groups with small proxy LMs (RegMix / Ray Tune). Groups are
     the values of `group_field` (default: input.group_field), or with `group_field: cluster`
     the k-means clusters of the documents' embeddings."""
@@ -241,85 +165,6 @@ class MixtureOptions(_Strict):
     regmix_top: int = Field(default=128, gt=0)
 
 
-class NgramOptions(_Strict):
-    """Hashed n-gram features: `num_buckets` buckets of unigrams up to `ngrams`-grams."""
-
-    num_buckets: int = Field(default=10_000, gt=0)
-    ngrams: int = Field(default=2, ge=1, le=3)
-
-
-class DsirStageOptions(NgramOptions):
-    """`stages.dsir`: the hashed n-gram models of target and pool."""
-
-
-class DsirOptions(_Strict):
-    """`select.dsir`: how the selector samples by the importance weights. By default the top-k of
-    the weight per n-gram: the plain weight grows with length (a token budget fills with short
-    off-target documents), and Gumbel noise drowns per-n-gram differences; chosen on the task
-    suite (benchmarks/suite.py)."""
-
-    length_normalize: bool = True
-    sampling: Literal["gumbel", "topk"] = "topk"
-
-
-class SimilarityStageOptions(_Strict):
-    """`stages.similarity`: with `contrast: pool`, the share of target examples among a
-    document's `neighbours` nearest rows of the targets and a pool sample of `reference`
-    documents; with `contrast: none`, its best (max) or mean cosine to a task's examples."""
-
-    contrast: Literal["pool", "none"] = "pool"
-    neighbours: int = Field(default=20, gt=0)
-    reference: int = Field(default=5_000, gt=0)
-    aggregate: Literal["max", "mean"] = "max"
-
-
-class BetrOptions(NgramOptions):
-    """`stages.betr`: embed `sample` documents, label their best-ranked `top_fraction`, and fit
-    the n-gram classifier that scores every document."""
-
-    sample: int = Field(default=5_000, gt=0)
-    top_fraction: float = Field(default=0.1, gt=0, lt=1)
-
-
-class SimilarityOptions(_Strict):
-    """`select.similarity`: with `betr`, rank by the betr stage instead of embedding all."""
-
-    betr: bool = False
-
-
-class ClassifierOptions(_Strict):
-    """`stages.classifier`: target-vs-pool logistic regression on hashed n-grams: the target
-    examples (at most `max_positives`) against a seeded pool sample of `negatives` documents."""
-
-    negatives: int = Field(default=5_000, gt=0)
-    max_positives: int = Field(default=10_000, gt=0)
-    num_buckets: int = Field(default=1 << 18, gt=0)
-    ngrams: int = Field(default=2, ge=1, le=3)
-    c: float = Field(default=1.0, gt=0)
-
-
-class TopkOptions(_Strict):
-    column: str = "similarity"
-    descending: bool = True
-
-
-class ThresholdOptions(_Strict):
-    """Keep documents whose `column` lies in [min, max] (default min: the pool's median)."""
-
-    column: str = "similarity"
-    min: float | None = None
-    max: float | None = None
-
-
-class StratifiedOptions(_Strict):
-    """CCS: drop the hardest `hard_fraction`, then equal budgets over `bins` equal-width strata."""
-
-    column: str = "similarity"
-    bins: int = Field(default=50, gt=0)
-    hard_fraction: float = Field(default=0.0, ge=0, lt=1)
-    hard_is_high: bool = True
-
-
 def _registered_method(method: str) -> str:
     from distsel.core import registry
 
@@ -329,22 +174,15 @@ def _registered_method(method: str) -> str:
     return method
 
 
-class SelectConfig(_Strict):
-    """`method`: any selector a module registers (distsel.core.registry.register_selector); the
-    options of a registered method without a field here are `select.<method>`, validated by the
-    options class it registered (read them with `options(method)`)."""
+class SelectConfig(StrictModel):
+    """`method`: any selector a module registers (distsel.core.registry.register_selector); a
+    method's options are `select.<method>`, validated by the options class it registered (read
+    them with `options(method)`)."""
 
     model_config = ConfigDict(extra="allow", validate_assignment=True)
 
     method: Annotated[str, AfterValidator(_registered_method)] = "all"
     budget: Budget | None = None
-    dsir: DsirOptions = Field(default_factory=DsirOptions)
-    similarity: SimilarityOptions = Field(default_factory=SimilarityOptions)
-    topk: TopkOptions = Field(default_factory=TopkOptions)
-    threshold: ThresholdOptions = Field(default_factory=ThresholdOptions)
-    stratified: StratifiedOptions = Field(default_factory=StratifiedOptions)
-    influence: InfluenceSelectOptions = Field(default_factory=InfluenceSelectOptions)
-    quad: QuadOptions = Field(default_factory=QuadOptions)
 
     @model_validator(mode="after")
     def _registered_options(self) -> SelectConfig:
@@ -358,18 +196,20 @@ class SelectConfig(_Strict):
             )
         return self
 
-    def options(self, method: str) -> BaseModel | None:
-        """The options of `method`: as given, else the defaults of its options class."""
+    def options(self, method: str) -> Any:
+        """The options of `method` (`select.<method>`, validated by the options class its module
+        registered): as given, else that class's defaults; None for a method without options."""
         from distsel.core import registry
 
-        given = getattr(self, method, None) if method in type(self).model_fields else None
-        given = given or (self.model_extra or {}).get(method)
+        given = (self.model_extra or {}).get(method)
         options = registry.selector_options(method)
         return given if given is not None or options is None else options()
 
     @model_validator(mode="after")
     def _budget_when_needed(self) -> SelectConfig:
-        if self.method not in ("all", "threshold") and self.budget is None:
+        from distsel.core import registry
+
+        if registry.needs_budget(self.method) and self.budget is None:
             raise ValueError(
                 f"select.method '{self.method}' needs select.budget "
                 "(docs:, tokens:, docs_share: or tokens_share:)"
@@ -377,7 +217,7 @@ class SelectConfig(_Strict):
         return self
 
 
-class StageConfig(_Strict):
+class StageConfig(StrictModel):
     """Resource overrides for one scoring stage, and the options of a stage that registers an
     options class (`Stage.options_class`), validated against it."""
 
@@ -404,7 +244,7 @@ def _registered(where: str, options: type[BaseModel] | None, value: Any) -> Base
         raise ValueError(problems) from None
 
 
-class RayConfig(_Strict):
+class RayConfig(StrictModel):
     address: str | None = None
 
 
@@ -467,7 +307,7 @@ def _move_old_options(data: Any) -> Any:
     return data
 
 
-class Config(_Strict):
+class Config(StrictModel):
     input: InputConfig
     target: TargetConfig = Field(default_factory=TargetConfig)
     output: OutputConfig

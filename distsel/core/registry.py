@@ -35,12 +35,14 @@ class Declared:
 
     module: str
     needs_target: bool = False
+    needs_budget: bool = True
 
 
 _stages: dict[str, type[Stage]] = {}
 _selectors: dict[str, Any] = {}
 _options: dict[str, type[BaseModel] | None] = {}
 _needs_target: dict[str, bool] = {}
+_needs_budget: dict[str, bool] = {}
 
 
 def register_stage(cls: type[T]) -> type[T]:
@@ -50,16 +52,22 @@ def register_stage(cls: type[T]) -> type[T]:
 
 
 def register_selector(
-    method: str, *, options: type[BaseModel] | None = None, needs_target: bool = False
+    method: str,
+    *,
+    options: type[BaseModel] | None = None,
+    needs_target: bool = False,
+    needs_budget: bool = True,
 ) -> Any:
     """Class decorator: `select.method: <method>` uses an instance of the class, and its options
-    (validated by `options`) are `select.<method>`. `needs_target` (a literal in the source: the
-    registry reads it without importing) makes target.paths required."""
+    (validated by `options`) are `select.<method>`. `needs_target` makes target.paths required,
+    `needs_budget` select.budget (literals in the source: the registry reads them without
+    importing the module)."""
 
     def register(cls: type[T]) -> type[T]:
         _selectors[method] = cls()
         _options[method] = options
         _needs_target[method] = needs_target
+        _needs_budget[method] = needs_budget
         return cls
 
     return register
@@ -93,7 +101,7 @@ def _add_plugin(module: str, stages: dict[str, Declared], selectors: dict[str, D
             stages[name] = Declared(module)
     for method, instance in _selectors.items():
         if type(instance).__module__ == imported.__name__:
-            selectors[method] = Declared(module, _needs_target[method])
+            selectors[method] = Declared(module, _needs_target[method], _needs_budget[method])
 
 
 def _read_class(
@@ -109,9 +117,20 @@ def _read_class(
             "register_selector"
         ):
             keywords = {k.arg: k.value for k in decorator.keywords}
-            target = keywords.get("needs_target")
-            needs = isinstance(target, ast.Constant) and target.value is True
-            selectors[ast.literal_eval(decorator.args[0])] = Declared(module, needs)
+            flags = {name: _literal_flag(keywords, name, default) for name, default in FLAGS}
+            selectors[ast.literal_eval(decorator.args[0])] = Declared(module, **flags)
+
+
+FLAGS = (("needs_target", False), ("needs_budget", True))
+
+
+def _literal_flag(keywords: dict[str, ast.expr], name: str, default: bool) -> bool:
+    value = keywords.get(name)
+    return (
+        value.value
+        if isinstance(value, ast.Constant) and isinstance(value.value, bool)
+        else default
+    )
 
 
 def _class_constant(node: ast.ClassDef, attribute: str) -> str:
@@ -134,6 +153,11 @@ def selector_names() -> list[str]:
 def needs_target(method: str) -> bool:
     entry = declared()[1].get(method)
     return entry is not None and entry.needs_target
+
+
+def needs_budget(method: str) -> bool:
+    entry = declared()[1].get(method)
+    return entry is None or entry.needs_budget
 
 
 def stage_class(name: str) -> type[Stage]:

@@ -17,9 +17,10 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+from pydantic import Field
 
 from distsel.algorithms.similarity import sparse_scores
-from distsel.core.config import ClassifierOptions, Config
+from distsel.core.config import Config, StrictModel
 from distsel.core.corpus import read_texts
 from distsel.core.errors import DistselError
 from distsel.core.pool import Pool
@@ -33,6 +34,17 @@ from distsel.methods.similarity import (
     ngram_features,
     sample_texts,
 )
+
+
+class ClassifierOptions(StrictModel):
+    """`stages.classifier`: target-vs-pool logistic regression on hashed n-grams: the target
+    examples (at most `max_positives`) against a seeded pool sample of `negatives` documents."""
+
+    negatives: int = Field(default=5_000, gt=0)
+    max_positives: int = Field(default=10_000, gt=0)
+    num_buckets: int = Field(default=1 << 18, gt=0)
+    ngrams: int = Field(default=2, ge=1, le=3)
+    c: float = Field(default=1.0, gt=0)
 
 
 def fit_target_classifier(

@@ -7,10 +7,11 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
+from pydantic import Field
 
 from distsel.algorithms.kmeans import (
     KMeansResult,
@@ -26,13 +27,23 @@ from distsel.algorithms.kmeans import (
     update_centroids,
 )
 from distsel.core import layout
-from distsel.core.config import ClusterOptions, Config
+from distsel.core.config import Config, StrictModel
 from distsel.core.errors import DistselError
 from distsel.core.executor import current
 from distsel.core.registry import register_stage
 from distsel.core.stage import Resources, Stage, StageContext
 from distsel.core.storage import Store
 from distsel.core.vectors import embedding_matrix
+
+
+class ClusterOptions(StrictModel):
+    """`stages.cluster`: k-means over the embeddings (k: by default min(round(√(N/2)), 10,000),
+    or mixture.clusters for a mixture search over clusters)."""
+
+    clusters: int | None = Field(default=None, ge=2)
+    metric: Literal["cosine", "l2"] = "cosine"
+    max_iter: int = Field(default=25, gt=0)
+
 
 log = logging.getLogger("distsel")
 

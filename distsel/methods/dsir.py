@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 
 from distsel.core import layout
-from distsel.core.config import Config, DsirOptions, DsirStageOptions
+from distsel.core.config import Config
 from distsel.core.corpus import read_texts
 from distsel.core.executor import current
 from distsel.core.pool import Pool
@@ -37,6 +37,10 @@ __all__ = [
     "topk",
     "total_ngram_counts",
 ]
+from typing import Literal
+
+from pydantic import Field
+
 from distsel.algorithms.dsir import (
     DEFAULT_NUM_BUCKETS,
     TOKEN_PATTERN,
@@ -54,6 +58,29 @@ from distsel.algorithms.dsir import (
     topk,
     total_ngram_counts,
 )
+from distsel.core.config import StrictModel
+
+
+class NgramOptions(StrictModel):
+    """Hashed n-gram features: `num_buckets` buckets of unigrams up to `ngrams`-grams."""
+
+    num_buckets: int = Field(default=10_000, gt=0)
+    ngrams: int = Field(default=2, ge=1, le=3)
+
+
+class DsirStageOptions(NgramOptions):
+    """`stages.dsir`: the hashed n-gram models of target and pool."""
+
+
+class DsirOptions(StrictModel):
+    """`select.dsir`: how the selector samples by the importance weights. By default the top-k of
+    the weight per n-gram: the plain weight grows with length (a token budget fills with short
+    off-target documents), and Gumbel noise drowns per-n-gram differences; chosen on the task
+    suite (benchmarks/suite.py)."""
+
+    length_normalize: bool = True
+    sampling: Literal["gumbel", "topk"] = "topk"
+
 
 # ---------------------------------------------------------------------------------------------
 # Pipeline stage: fit on the target and the whole pool, then score every part
@@ -176,7 +203,7 @@ class DsirSelector:
     def select(
         self, pool: Pool, config: Config, context: StageContext
     ) -> tuple[np.ndarray, dict[str, Any]]:
-        options = config.select.dsir
+        options = config.select.options("dsir")
         name = "dsir_log_weight_per_ngram" if options.length_normalize else "dsir_log_weight"
         weights = score_column(pool, name)
         if options.sampling == "gumbel":

@@ -6,14 +6,15 @@ normalised and contrastive scores) is `InfluenceScorer`, in distsel.algorithms.i
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
 import torch
+from pydantic import AliasChoices, Field
 
 from distsel.algorithms.influence import InfluenceScorer
-from distsel.core.config import Config, InfluenceOptions, InfluenceSelectOptions
+from distsel.core.config import Config, StrictModel
 from distsel.core.errors import DistselError
 from distsel.core.executor import current
 from distsel.core.pool import Pool
@@ -25,6 +26,40 @@ from distsel.methods.embed import with_cluster_gpus
 from distsel.methods.proxy import ensure_proxy, load_proxy
 from distsel.methods.similarity import sample_texts
 from distsel.methods.tokens import ids_or_texts
+
+
+class InfluenceOptions(StrictModel):
+    """`stages.influence`: I(z) = ∇L(R)ᵀ (G + λI)⁻¹ ∇L(z) over the chosen linear layers of the
+    proxy. `chunk_batch_size`: chunks per forward/backward (`batch_size` beside it is the
+    stage's rows per call, as for every stage)."""
+
+    layers: Literal["attention", "attention+mlp"] = "attention"
+    curvature: Literal["ekfac", "kfac", "identity"] = "ekfac"
+    damping: float = Field(default=0.1, gt=0)
+    projection_dim: int | None = Field(default=None, gt=0)
+    # `mean`: against the gradient of the whole target's mean loss; `max`: a document's best match
+    # over the target examples (LESS, RDS+), in a projected space of projection_dim (default
+    # MAX_AGGREGATION_DIM) dimensions.
+    target_aggregation: Literal["mean", "max"] = "mean"
+    target_examples: int = Field(default=1_000, gt=0)
+    # `pool`: contrastive influence, against ∇L(R) − ∇L(P) with ∇L(P) the gradient of the mean
+    # loss over a seeded sample of `contrast_docs` pool documents (cancels the direction shared by
+    # all text of the target's style; for topic-level targets). `none`: against ∇L(R).
+    contrast: Literal["none", "pool"] = "none"
+    # ∇L(P)'s shared direction is the largest part of every document's gradient, so a few hundred
+    # documents estimate it (its error falls as 1/√n); each costs a gradient
+    contrast_docs: int = Field(default=256, gt=0)
+    max_chunks: int = Field(default=4, gt=0)
+    chunk_batch_size: int = Field(
+        default=8, gt=0, validation_alias=AliasChoices("chunk_batch_size", "batch_size")
+    )
+
+
+class InfluenceSelectOptions(StrictModel):
+    """`select.influence` (and the column behind Quad's rewards): rank by I(z)/‖∇L(z)‖ (LESS)
+    rather than I(z); the influence stage writes both columns either way."""
+
+    normalize: bool = True
 
 
 @register_stage
@@ -164,7 +199,7 @@ class InfluenceSelector:
     def select(
         self, pool: Pool, config: Config, context: StageContext
     ) -> tuple[np.ndarray, dict[str, Any]]:
-        normalize = config.select.influence.normalize
+        normalize = config.select.options("influence").normalize
         column = "influence_normalized" if normalize else "influence"
         order = descending(score_column(pool, column), pool.random_key)
         chosen = fill_budget(order, pool.tokens, config.select.budget)

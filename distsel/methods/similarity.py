@@ -6,10 +6,11 @@ neighbour share are in distsel.algorithms.similarity.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
+from pydantic import Field
 
 from distsel.algorithms.similarity import (
     LinearScorer,
@@ -22,7 +23,7 @@ from distsel.algorithms.similarity import (
     round_robin,
 )
 from distsel.core import layout
-from distsel.core.config import BetrOptions, Config, SimilarityOptions, SimilarityStageOptions
+from distsel.core.config import Config, StrictModel
 from distsel.core.corpus import read_target_tasks
 from distsel.core.errors import DistselError
 from distsel.core.executor import current
@@ -34,8 +35,34 @@ from distsel.core.stage import Resources, Stage, StageContext
 from distsel.core.storage import Store
 from distsel.core.vectors import embedding_matrix
 from distsel.methods.cluster import sample_embedding_rows
-from distsel.methods.dsir import hashed_ngrams
+from distsel.methods.dsir import NgramOptions, hashed_ngrams
 from distsel.methods.embed import EmbedStage, embed_texts_on_cluster
+
+
+class SimilarityStageOptions(StrictModel):
+    """`stages.similarity`: with `contrast: pool`, the share of target examples among a
+    document's `neighbours` nearest rows of the targets and a pool sample of `reference`
+    documents; with `contrast: none`, its best (max) or mean cosine to a task's examples."""
+
+    contrast: Literal["pool", "none"] = "pool"
+    neighbours: int = Field(default=20, gt=0)
+    reference: int = Field(default=5_000, gt=0)
+    aggregate: Literal["max", "mean"] = "max"
+
+
+class BetrOptions(NgramOptions):
+    """`stages.betr`: embed `sample` documents, label their best-ranked `top_fraction`, and fit
+    the n-gram classifier that scores every document."""
+
+    sample: int = Field(default=5_000, gt=0)
+    top_fraction: float = Field(default=0.1, gt=0, lt=1)
+
+
+class SimilarityOptions(StrictModel):
+    """`select.similarity`: with `betr`, rank by the betr stage instead of embedding all."""
+
+    betr: bool = False
+
 
 # ---------------------------------------------------------------------------------------------
 # Pipeline stages
@@ -228,12 +255,12 @@ class SimilaritySelector:
     the order is walked, keeping each document that still fits."""
 
     def required_stages(self, config: Config) -> tuple[str, ...]:
-        return ("betr",) if config.select.similarity.betr else ("similarity",)
+        return ("betr",) if config.select.options("similarity").betr else ("similarity",)
 
     def select(
         self, pool: Pool, config: Config, context: StageContext
     ) -> tuple[np.ndarray, dict[str, Any]]:
-        options = config.select.similarity
+        options = config.select.options("similarity")
         if options.betr:
             columns = ["betr_score"]
         else:

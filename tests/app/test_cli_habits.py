@@ -87,7 +87,7 @@ def test_set_overrides_keys_with_yaml_values_before_validation(tmp_path, runs, c
     assert status == 0, capsys.readouterr().err
     (ran,) = runs
     assert ran.select.budget.docs == 7 and ran.seed == 3 and ran.input.strict is True
-    assert ran.select.dsir.sampling == "gumbel" and ran.input.group_field is None
+    assert ran.select.options("dsir").sampling == "gumbel" and ran.input.group_field is None
     assert ran.input.paths == [str(tmp_path / "corpus" / "a.jsonl")]
     assert ran.output.path == str(tmp_path / "out")
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())

@@ -261,7 +261,7 @@ def test_influence_topk_trains_a_proxy_and_matches_a_direct_scorer(
         expected = dict(zip(texts, values, strict=True))
         got = [expected[text_of[i]] for i in scores["id"].to_pylist()]
         assert np.allclose(scores[column].to_numpy(), got, rtol=1e-4, atol=1e-6)
-    assert config.select.influence.normalize, "the default ranks by normalised influence"
+    assert config.select.options("influence").normalize, "the default ranks by normalised influence"
     chosen = read_folder(output / "selected")["influence_normalized"].to_numpy()
     best = np.sort(scores["influence_normalized"].to_numpy())[-15:]
     assert np.allclose(np.sort(chosen), best)

@@ -14,8 +14,8 @@ from scipy.stats import spearmanr
 from distsel.algorithms.influence import InfluenceScorer
 from distsel.algorithms.kronecker import KroneckerProjection
 from distsel.algorithms.layer_gradients import chunk_documents
-from distsel.core.config import InfluenceOptions
 from distsel.core.errors import DistselError
+from distsel.methods.influence import InfluenceOptions
 
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")

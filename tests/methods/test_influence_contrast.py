@@ -13,12 +13,12 @@ from helpers import base_config, train_tiny_llama, write_jsonl
 from scipy.stats import rankdata
 
 from distsel.algorithms.influence import InfluenceScorer
-from distsel.core.config import InfluenceOptions, parse_config
+from distsel.core.config import parse_config
 from distsel.core.executor import LocalExecutor
 from distsel.core.stage import Resources, StageContext, prepare_stage
 from distsel.core.storage import Store
 from distsel.methods import influence
-from distsel.methods.influence import InfluenceStage
+from distsel.methods.influence import InfluenceOptions, InfluenceStage
 from distsel.methods.similarity import sample_texts
 
 transformers = pytest.importorskip("transformers")

@@ -9,9 +9,10 @@ import pytest
 
 from distsel.algorithms.bandit import neighbour_weights, ucb_scores
 from distsel.algorithms.influence_model import InfluenceModel, pool_features
-from distsel.core.config import Budget, QuadOptions
+from distsel.core.config import Budget
 from distsel.core.storage import Store
 from distsel.methods.quad import AUDIT_SHARE, PredictedQuadBandit, QuadBandit, make_bandit
+from distsel.methods.quad.options import QuadOptions
 
 ARMS, PER_ARM = 12, 40
 
@@ -556,9 +557,10 @@ def test_the_rounds_report_their_progress_every_few_rounds(caplog, monkeypatch):
 def test_a_saved_state_holds_only_for_the_same_pool(tmp_path):
     """A pool of other documents (other ids, so other random keys) of the same size and
     clusters does not resume the saved bandit."""
-    from distsel.core.config import Budget, QuadOptions
+    from distsel.core.config import Budget
     from distsel.core.storage import Store
     from distsel.methods.quad import make_bandit
+    from distsel.methods.quad.options import QuadOptions
 
     rng = np.random.default_rng(0)
     clusters = np.repeat(np.arange(4), 25)

@@ -33,9 +33,10 @@ from distsel.algorithms.bandit import (
     top_arms,
     ucb_scores,
 )
-from distsel.core.config import Budget, QuadOptions
+from distsel.core.config import Budget
 from distsel.core.samplers import random_order
 from distsel.core.storage import Store
+from distsel.methods.quad.options import QuadOptions
 from distsel.methods.quad.state import BanditState, fingerprint, load_state, save_state
 
 InfluenceFunction = Callable[[list[np.ndarray]], list[np.ndarray]]

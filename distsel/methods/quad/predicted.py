@@ -62,10 +62,11 @@ from distsel.algorithms.bandit import (
     ucb_scores,
 )
 from distsel.algorithms.influence_model import InfluenceModel
-from distsel.core.config import Budget, QuadOptions
+from distsel.core.config import Budget
 from distsel.core.samplers import descending
 from distsel.core.storage import Store
 from distsel.methods.quad.bandit import InfluenceFunction, QuadBandit
+from distsel.methods.quad.options import QuadOptions
 
 AUDIT_SHARE = 0.25  # of the evaluation allowance, kept for the audit of the fill
 FILL_CONFIDENCE = 0.0  # κ in the fill's ŷ − κ·sd(ŷ); 0: by ŷ

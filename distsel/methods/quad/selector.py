@@ -7,13 +7,14 @@ from typing import Any
 
 import numpy as np
 
-from distsel.core.config import Budget, Config, QuadOptions
+from distsel.core.config import Budget, Config
 from distsel.core.errors import DistselError
 from distsel.core.pool import Pool, fetch_texts
 from distsel.core.registry import register_selector, stage_class
 from distsel.core.selector import budget_section, score_column
 from distsel.core.stage import StageContext, prepare_stage
 from distsel.methods.quad.bandit import QuadBandit
+from distsel.methods.quad.options import QuadOptions
 from distsel.methods.quad.predicted import PredictedQuadBandit
 
 
@@ -45,7 +46,7 @@ class QuadSelector:
     only on a few draws per pull."""
 
     def required_stages(self, config: Config) -> tuple[str, ...]:
-        if config.select.quad.within_cluster == "predicted":
+        if config.select.options("quad").within_cluster == "predicted":
             return ("embed", "cluster", "classifier")
         return ("embed", "cluster")
 
@@ -57,7 +58,7 @@ class QuadSelector:
         from distsel.core.runner import StagePool
         from distsel.methods.cluster import load_centroid_distances
 
-        options = config.select.quad
+        options = config.select.options("quad")
         stage, column = _quad_scorer(config, context)
         features = classifier = None
         if options.within_cluster == "predicted":
@@ -107,13 +108,15 @@ def _target_cosine(config: Config, embeddings: np.ndarray) -> np.ndarray:
 
 def _quad_scorer(config: Config, context: StageContext) -> tuple[Any, str]:
     """The prepared stage behind Quad's rewards, and the column of its output they use."""
-    options = config.select.quad
+    options = config.select.options("quad")
     stage_type = stage_class(options.scorer)
     if tuple(stage_type.input_columns) != ("text",) and not stage_type.tokenizes_texts:
         raise DistselError(f"select.quad.scorer: stage '{options.scorer}' does not score text")
     column = options.score_column
     if column is None and options.scorer == "influence":
-        column = "influence_normalized" if config.select.influence.normalize else "influence"
+        column = (
+            "influence_normalized" if config.select.options("influence").normalize else "influence"
+        )
     column = column or stage_type.output_columns[0]
     if column not in stage_type.output_columns:
         known = ", ".join(stage_type.output_columns)

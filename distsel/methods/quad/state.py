@@ -12,8 +12,9 @@ from typing import Any
 import numpy as np
 
 from distsel.core import layout
-from distsel.core.config import Budget, QuadOptions
+from distsel.core.config import Budget
 from distsel.core.storage import Store
+from distsel.methods.quad.options import QuadOptions
 
 
 @dataclass
