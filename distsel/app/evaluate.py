@@ -23,9 +23,9 @@ import numpy as np
 
 from distsel.core import layout
 from distsel.core.config import Config
-from distsel.core.corpus import read_texts
 from distsel.core.executor import current
 from distsel.core.pool import Pool
+from distsel.core.records import read_texts
 from distsel.core.storage import Store
 from distsel.methods.dsir import (
     hashed_ngrams,

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from distsel.app import duplicates
-from distsel.core import corpus, layout
+from distsel.core import corpus, layout, records
 from distsel.core.config import Config
 from distsel.core.errors import ConfigError, DistselError, InputError
 from distsel.core.executor import current
@@ -93,10 +93,10 @@ def _ingest_item(batch: dict[str, np.ndarray], config_json: str, store: Store) -
     return {"shard": [shard.key], "error": [error]}
 
 
-def _ingest_retrying(shard: corpus.Shard, config: Config, store: Store) -> corpus.IngestResult:
+def _ingest_retrying(shard: corpus.Shard, config: Config, store: Store) -> records.IngestResult:
     """Ingest one shard; while its object store cannot be reached, the shard is read again
     from the start (its parts are rewritten under the same names)."""
-    action = functools.partial(corpus.ingest_shard, shard, config.input, store)
+    action = functools.partial(records.ingest_shard, shard, config.input, store)
     return _reading([shard.url], action, config.output.retry_seconds)
 
 
@@ -106,7 +106,7 @@ def ingest(
     store: Store,
     timings: dict[str, Any],
     require_done: bool = False,
-) -> list[corpus.IngestResult]:
+) -> list[records.IngestResult]:
     """Validate and split every shard not yet done; return every shard's result, in shard order."""
     began = time.perf_counter()
     pending = _shards_to_read(shards, store)
@@ -121,7 +121,7 @@ def ingest(
         for row in over_items(items, _ingest_item, "ingest", worker_kwargs=kwargs):
             if row["error"]:
                 raise InputError(row["error"])
-    results = [corpus.IngestResult(**store.read_json(_ingest_marker(s))) for s in shards]
+    results = [records.IngestResult(**store.read_json(_ingest_marker(s))) for s in shards]
     timings["ingest"] = {
         "rows": sum(r.docs_in for r in results),
         "parts": sum(len(r.parts) for r in results),
@@ -144,7 +144,7 @@ def _shards_to_read(shards: list[corpus.Shard], store: Store) -> list[corpus.Sha
         if not store.exists(_ingest_marker(shard)):
             pending.append(shard)
             continue
-        done = corpus.IngestResult(**store.read_json(_ingest_marker(shard)))
+        done = records.IngestResult(**store.read_json(_ingest_marker(shard)))
         if not done.version:  # written before versions were recorded: taken as it is
             continue
         if done.version != shard.version:
@@ -188,9 +188,9 @@ def quarantine_duplicate_ids(
     config: Config,
     store: Store,
     shards: list[corpus.Shard],
-    ingested: list[corpus.IngestResult],
+    ingested: list[records.IngestResult],
     require_done: bool = False,
-) -> tuple[list[corpus.IngestResult], dict[str, np.ndarray]]:
+) -> tuple[list[records.IngestResult], dict[str, np.ndarray]]:
     """With `input.id_field` set, every later copy of an id (in input order) is quarantined as
     `duplicate_id`: moved from accepted to rejected and listed in rejected/duplicate_id.parquet.
     The check runs once per part list (kept in _state/duplicates-<digest>.parquet). Returns the
@@ -256,13 +256,13 @@ def _rejections(
             ],
             "raw": [row["id"].encode() for row in rows],
         },
-        schema=corpus.REJECTED_SCHEMA,
+        schema=records.REJECTED_SCHEMA,
     )
 
 
 def _moved_to_rejected(
-    result: corpus.IngestResult, dropped: dict[str, np.ndarray]
-) -> corpus.IngestResult:
+    result: records.IngestResult, dropped: dict[str, np.ndarray]
+) -> records.IngestResult:
     count = sum(len(dropped.get(part, ())) for part in result.parts)
     if not count:
         return result

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from distsel.core import corpus, errors
+from distsel.core import errors, records
 from distsel.core.config import Config
 from distsel.core.pool import Pool
 
@@ -18,7 +18,7 @@ SECRET_WORDS = ("secret", "key", "token", "password", "credential", "session")
 
 def build_manifest(
     config: Config,
-    ingested: list[corpus.IngestResult],
+    ingested: list[records.IngestResult],
     pool: Pool,
     chosen: np.ndarray,
     timings: dict[str, Any],
@@ -40,7 +40,7 @@ def build_manifest(
     return manifest
 
 
-def counts(ingested: list[corpus.IngestResult]) -> dict[str, Any]:
+def counts(ingested: list[records.IngestResult]) -> dict[str, Any]:
     """Documents in, accepted and rejected (by reason), in all and per shard."""
     reasons: dict[str, int] = {}
     for result in ingested:

@@ -24,7 +24,7 @@ from distsel.app.ingest import (
 )
 from distsel.app.manifest import build_manifest, counts
 from distsel.app.output import write_selection
-from distsel.core import corpus, layout, registry
+from distsel.core import corpus, layout, records, registry
 from distsel.core.config import Budget, Config, Phase
 from distsel.core.errors import ConfigError
 from distsel.core.executor import Executor, RayExecutor, installed
@@ -44,7 +44,7 @@ class Scored:
     """What the scoring phase leaves for selection: the shards' ingest results, the document
     parts, the stages (prepared) and their timings."""
 
-    ingested: list[corpus.IngestResult]
+    ingested: list[records.IngestResult]
     parts: list[str]
     stages: list[Stage]
     timings: dict[str, Any]

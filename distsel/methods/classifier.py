@@ -21,9 +21,9 @@ from pydantic import Field
 
 from distsel.algorithms.similarity import sparse_scores
 from distsel.core.config import Config, StrictModel
-from distsel.core.corpus import read_texts
 from distsel.core.errors import DistselError
 from distsel.core.pool import Pool
+from distsel.core.records import read_texts
 from distsel.core.registry import register_selector, register_stage
 from distsel.core.samplers import descending, fill_budget
 from distsel.core.selector import budget_section, score_column

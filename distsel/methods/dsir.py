@@ -11,9 +11,9 @@ import pyarrow as pa
 
 from distsel.core import layout
 from distsel.core.config import Config
-from distsel.core.corpus import read_texts
 from distsel.core.executor import current
 from distsel.core.pool import Pool
+from distsel.core.records import read_texts
 from distsel.core.registry import register_selector, register_stage
 from distsel.core.samplers import descending, fill_budget
 from distsel.core.selector import budget_section, score_column

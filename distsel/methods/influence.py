@@ -121,7 +121,7 @@ class InfluenceStage(Stage):
         return {**fingerprint, "proxy": self.config.proxy.model_dump()}
 
     def prepare(self, context: StageContext) -> None:
-        from distsel.core.corpus import read_texts
+        from distsel.core.records import read_texts
 
         self.folder, self.proxy_info = ensure_proxy(context)
         target = self.config.target

@@ -24,10 +24,10 @@ from distsel.algorithms.similarity import (
 )
 from distsel.core import layout
 from distsel.core.config import Config, StrictModel
-from distsel.core.corpus import read_target_tasks
 from distsel.core.errors import DistselError
 from distsel.core.executor import current
 from distsel.core.pool import Pool, random_keys
+from distsel.core.records import read_target_tasks
 from distsel.core.registry import register_selector, register_stage
 from distsel.core.samplers import descending, fill_budget
 from distsel.core.selector import budget_section, score_column

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 from helpers import stdlib_paragraphs
 
-from distsel.core import corpus
+from distsel.core import corpus, records
 from distsel.core.config import InputConfig
 from distsel.core.errors import InputError
 from distsel.core.storage import Store
@@ -158,7 +158,7 @@ def rows_in(name: str, data: bytes) -> int | None:
         except (OSError, EOFError, zlib.error):
             return None
     data = data.removeprefix(corpus.UTF8_BOM)
-    return sum(1 for line in data.split(b"\n") if line.strip(corpus.JSON_WHITESPACE))
+    return sum(1 for line in data.split(b"\n") if line.strip(records.JSON_WHITESPACE))
 
 
 def problem_with(name: str, data: bytes, folder: Path) -> str | None:
@@ -170,7 +170,7 @@ def problem_with(name: str, data: bytes, folder: Path) -> str | None:
     (shard,) = corpus.list_shards(config)
     store = Store(str(folder / "out"))
     try:
-        result = corpus.ingest_shard(shard, config, store)
+        result = records.ingest_shard(shard, config, store)
     except InputError as exc:
         if name.endswith(".jsonl"):
             return f"an uncompressed JSON Lines file failed as a whole: {exc}"

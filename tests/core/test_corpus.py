@@ -14,7 +14,7 @@ import pytest
 from helpers import base_config, stdlib_paragraphs, write_jsonl
 
 from distsel.app import pipeline
-from distsel.core import corpus
+from distsel.core import corpus, records
 from distsel.core.config import InputConfig, parse_config
 from distsel.core.errors import InputError
 from distsel.core.storage import Store
@@ -37,7 +37,7 @@ def ingest(path, tmp_path, **options):
     config = InputConfig(paths=[str(path)], max_chars=100, **options)
     (shard,) = corpus.list_shards(config)
     store = Store(str(tmp_path / "out"))
-    return corpus.ingest_shard(shard, config, store), store, shard
+    return records.ingest_shard(shard, config, store), store, shard
 
 
 def test_each_bad_row_is_quarantined_with_line_and_reason(tmp_path):
@@ -266,7 +266,7 @@ def test_truncated_gzip_is_a_clear_error(tmp_path):
     config = InputConfig(paths=[str(path)])
     (shard,) = corpus.list_shards(config)
     with pytest.raises(InputError, match=r"cut\.jsonl\.gz: unreadable or corrupt after line \d+"):
-        corpus.ingest_shard(shard, config, Store(str(tmp_path / "out")))
+        records.ingest_shard(shard, config, Store(str(tmp_path / "out")))
 
 
 def test_corrupt_files_fail_the_early_check(tmp_path):

@@ -13,7 +13,7 @@ import pytest
 import torch
 from helpers import stdlib_paragraphs, write_jsonl
 
-from distsel.core import corpus
+from distsel.core import corpus, records
 from distsel.core.config import InputConfig, ProxyConfig, parse_config
 from distsel.core.errors import DistselError
 from distsel.core.stage import StageContext
@@ -283,7 +283,7 @@ def pool_context(tmp_path, texts):
         shard_path = write_jsonl(tmp_path / "pool.jsonl", [{"text": t} for t in texts])
         (shard,) = corpus.list_shards(InputConfig(paths=[str(shard_path)], rows_per_part=100))
         store = Store(str(tmp_path / "out"))
-        result = corpus.ingest_shard(
+        result = records.ingest_shard(
             shard, InputConfig(paths=[str(shard_path)], rows_per_part=100), store
         )
         config = parse_config(

@@ -125,7 +125,7 @@ def target_embeddings(
     options = target.get("storage_options") or {}
     if _has_redacted(options):
         options = storage_options or {}
-    from distsel.core.corpus import read_target_tasks
+    from distsel.core.records import read_target_tasks
 
     try:
         tasks = read_target_tasks(target["paths"], target.get("text_field", "text"), options)

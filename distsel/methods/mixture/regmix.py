@@ -21,10 +21,10 @@ import numpy as np
 
 from distsel.algorithms.simplex import uniform_weights
 from distsel.core.errors import DistselError
+from distsel.methods.mixture.experiment import experiment_for
 from distsel.methods.mixture.trials import MixtureData
 from distsel.methods.mixture.tune import (
     baselines,
-    experiment_for,
     run_grid,
     train_once,
     trial_table,

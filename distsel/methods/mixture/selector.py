@@ -184,7 +184,7 @@ def _tokenise(
     """Tokenise a seeded sample of each group (at most train_tokens tokens), the held-out slice
     and the target with one BPE tokenizer trained on a sample mixed equally over the groups;
     save each as int32 .npy under OUTPUT/mixture/tokens (meta.json, written last, names them)."""
-    from distsel.core.corpus import read_texts
+    from distsel.core.records import read_texts
     from distsel.methods.mixture.trials import eval_sequences
     from distsel.methods.proxy_model import make_tokenizer, token_stream
 

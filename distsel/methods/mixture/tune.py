@@ -14,34 +14,33 @@ Ray Tune — Liaw et al., "Tune: A Research Platform for Distributed Model Selec
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
 import re
 import shutil
 import tempfile
-import warnings
-from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import optuna
 from ray.tune import Callback
 
-from distsel.algorithms.simplex import (
-    LOGIT_BOUND,
-    U_HIGH,
-    U_LOW,
-    Parametrization,
-    from_simplex,
-    to_simplex,
-    uniform_weights,
-)
+from distsel.algorithms.simplex import LOGIT_BOUND, U_HIGH, U_LOW, Parametrization, from_simplex
 from distsel.core import layout
 from distsel.core.errors import DistselError, strip_credentials
 from distsel.core.executor import current
+from distsel.methods.mixture.experiment import (
+    LOSS_KEYS,
+    METRIC,
+    Experiment,
+    experiment_for,
+    load_trials,
+    malformed_trials,
+    save_trials,
+    trial_status,
+)
+from distsel.methods.mixture.seeded_tpe import TrialSeededTPE, seeded_points
 from distsel.methods.mixture.trials import MixtureData, param_names, train_trial, trial_weights
 
 if TYPE_CHECKING:
@@ -51,14 +50,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("distsel")
 
 # ASHA: first rung after this many reports; keep the best 1/REDUCTION at each rung.
-ASHA_GRACE_REPORTS = 3
-ASHA_REDUCTION = 3
-METRIC = "target_loss"
-# The trials file: its version, and what each finished trial keeps.
-TRIALS_VERSION = 1
-RECORD_KEYS = {"order", "trial_id", "config", "metrics", "status", "reports", "error"}
-LOSS_KEYS = ("target_loss", "heldout_loss", "train_loss")
-METRIC_KEYS = {*LOSS_KEYS, "tokens", "steps"}
 
 
 class MixtureInterrupted(DistselError):
@@ -120,174 +111,6 @@ def train_once(
 # Experiments: the trials distsel keeps (JSON), Tune's state kept private to the run
 
 
-@dataclass(frozen=True)
-class Experiment:
-    """A search's finished trials, in OUTPUT/mixture/trials/<name>.json. A rerun resumes from
-    that file alone: Tune's own experiment state (pickles) lives in a private temporary folder
-    for one run and is never read back."""
-
-    store: Store
-    name: str
-
-    @property
-    def trials(self) -> str:
-        """The trials file, relative to OUTPUT."""
-        return layout.mixture_trials(self.name)
-
-    @property
-    def path(self) -> str:
-        return f"{self.store.url}/{self.trials}"
-
-
-def experiment_for(config: Config, store: Store, data: MixtureData, mode: str) -> Experiment:
-    """A search's experiment, <mode>-<hash of settings>, so changed settings start a new
-    search instead of resuming an old one."""
-    settings = {
-        "mixture": config.mixture.model_dump(
-            exclude={"max_concurrent", "trial_cpus", "trial_gpus"}
-        ),
-        "proxy": config.proxy.model_dump(),
-        "seed": config.seed,
-        "groups": data.groups,
-        "streams": [int(len(s)) for s in data.streams],
-        "vocab_size": data.vocab_size,
-    }
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
-    return Experiment(store, f"{mode}-{digest}")
-
-
-def load_trials(
-    experiment: Experiment, data: MixtureData, expected: int, grid: bool = False
-) -> list[dict]:
-    """The finished trials of an earlier run of the search (none when it never ran), checked
-    (`grid`: trials of given mixtures, else of the search's parameters): a malformed file
-    raises a DistselError naming it."""
-    store = experiment.store
-    if not store.exists(experiment.trials):
-        return []
-    try:
-        saved = json.loads(store.read_bytes(experiment.trials), parse_constant=_no_constant)
-    except ValueError as exc:
-        _malformed(experiment, f"not valid JSON: {exc}")
-    problem = _trials_problem(saved, experiment.name, data, expected, grid)
-    if problem:
-        _malformed(experiment, problem)
-    return saved["trials"]
-
-
-def save_trials(experiment: Experiment, records: list[dict]) -> None:
-    """Write the finished trials (atomically: a reader sees the old file or the new one)."""
-    document = {"version": TRIALS_VERSION, "experiment": experiment.name, "trials": records}
-    experiment.store.write_json(experiment.trials, document)
-
-
-def _malformed(experiment: Experiment, problem: str) -> NoReturn:
-    raise DistselError(
-        f"{experiment.path}: malformed mixture trials file ({problem}); "
-        "delete it to run the search again from the start"
-    )
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a number")
-
-
-def _trials_problem(
-    saved: Any, name: str, data: MixtureData, expected: int, grid: bool
-) -> str | None:
-    """What is wrong with a trials file's content, or None."""
-    if not isinstance(saved, dict) or not isinstance(saved.get("trials"), list):
-        return "expected an object with a list of trials"
-    if saved.get("version") != TRIALS_VERSION:
-        return f"version {saved.get('version')!r}, expected {TRIALS_VERSION}"
-    if saved.get("experiment") != name:
-        return f"experiment {saved.get('experiment')!r}, expected {name!r}"
-    trials = saved["trials"]
-    if len(trials) > expected:
-        return f"{len(trials)} trials, the search has {expected}"
-    for index, record in enumerate(trials):
-        problem = _record_problem(record, data, grid)
-        if problem:
-            return f"trial {index}: {problem}"
-    orders = [tuple(r["order"]) for r in trials]
-    if len(set(orders)) < len(orders):
-        return "two trials share one order"
-    return None
-
-
-def _record_problem(record: Any, data: MixtureData, grid: bool) -> str | None:
-    if not isinstance(record, dict) or set(record) != RECORD_KEYS:
-        return f"expected an object with the keys {sorted(RECORD_KEYS)}"
-    order, config, metrics = record["order"], record["config"], record["metrics"]
-    if not (isinstance(order, list) and len(order) == 2 and all(_is_int(v, 0) for v in order)):
-        return "order is not two non-negative integers"
-    if not isinstance(record["trial_id"], str):
-        return "trial_id is not a string"
-    problem = _config_problem(config, data, grid)
-    if problem:
-        return problem
-    if not isinstance(metrics, dict) or set(metrics) != METRIC_KEYS:
-        return f"metrics should have the keys {sorted(METRIC_KEYS)}"
-    if not all(metrics[k] is None or _is_number(metrics[k]) for k in LOSS_KEYS):
-        return "a loss is not a finite number or null"
-    if not (_is_int(metrics["steps"], 0, data.steps) and _is_int(metrics["tokens"], 0)):
-        return f"steps not in [0, {data.steps}] or tokens negative"
-    reports = record["reports"]
-    if not isinstance(reports, list) or not all(
-        isinstance(r, list)
-        and len(r) == 2
-        and _is_int(r[0], 0)
-        and (r[1] is None or _is_number(r[1]))
-        for r in reports
-    ):
-        return "reports is not a list of [iteration, target loss]"
-    error = record["error"]
-    if error is not None and not isinstance(error, str):
-        return "error is not a string or null"
-    status = _status(metrics["steps"], data.steps, error)
-    if record["status"] != status:
-        return f"status {record['status']!r} does not match its steps and error ({status!r})"
-    return None
-
-
-def _config_problem(config: Any, data: MixtureData, grid: bool) -> str | None:
-    """A trial's config: a grid trial's {"weights": [w_g]} or a search trial's parameters."""
-    k = len(data.groups)
-    if not isinstance(config, dict):
-        return "config is not an object"
-    if grid:
-        weights = config.get("weights")
-        if set(config) != {"weights"} or not isinstance(weights, list) or len(weights) != k:
-            return f"config weights are not a list of {k} numbers"
-        if not all(_is_number(w) and w >= 0 for w in weights):
-            return "config weights are not non-negative numbers"
-        return None
-    low, high = (U_LOW, U_HIGH) if data.kind == "dirichlet" else (-LOGIT_BOUND, LOGIT_BOUND)
-    if set(config) != set(param_names(k)):
-        return f"config has not the parameters {param_names(k)}"
-    if not all(_is_number(v) and low <= v <= high for v in config.values()):
-        return f"a config parameter is not a number in [{low}, {high}]"
-    return None
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _is_int(value: Any, low: int, high: int | None = None) -> bool:
-    return (
-        isinstance(value, int)
-        and not isinstance(value, bool)
-        and value >= low
-        and (high is None or value <= high)
-    )
-
-
-def _status(steps: int, total: int, error: str | None) -> str:
-    """error when the trial failed, completed when it ran all `total` steps, else stopped."""
-    return "error" if error is not None else "completed" if steps == total else "stopped"
-
-
 class TrialRecorder(Callback):
     """Ray Tune callback: adds each trial that finishes (trained to the end, stopped early, or
     failed) to the experiment's trials file as it finishes, so an interrupted search loses
@@ -327,7 +150,7 @@ class TrialRecorder(Callback):
             "trial_id": str(trial.trial_id),
             "config": config,
             "metrics": metrics,
-            "status": _status(metrics["steps"], self.steps, error),
+            "status": trial_status(metrics["steps"], self.steps, error),
             "reports": self.reports.pop(trial.trial_id, []),
             "error": error,
         }
@@ -409,7 +232,7 @@ def run_grid(
     for record in records:
         position = record["order"][1]
         if position >= len(grid) or record["config"].get("weights") != grid[position]:
-            _malformed(experiment, f"trial {record['trial_id']} is not mixture {position}")
+            malformed_trials(experiment, f"trial {record['trial_id']} is not mixture {position}")
     done = {r["order"][1] for r in records}
     pending = [(i, w) for i, w in enumerate(grid) if i not in done]
     before = len(records)
@@ -509,58 +332,68 @@ def baselines(
 # Search (mode: tune)
 
 
+def tune_search(
+    data: MixtureData,
+    config: Config,
+    store: Store,
+    natural: np.ndarray,
+    callbacks: list | None = None,
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """mode tune: the best completed trial of a seeded TPE search with ASHA. A rerun reads the
+    finished trials from the experiment's trials file and runs only the missing ones."""
+    options = config.mixture
+    points = seeded_points(natural, data.kind)
+    names = param_names(len(data.groups))
+    seeds = [dict(zip(names, from_simplex(points["natural"], data.kind).tolist(), strict=True))]
+    if not np.allclose(points["natural"], points["uniform"], atol=1e-6):
+        seeds.append(
+            dict(zip(names, from_simplex(points["uniform"], data.kind).tolist(), strict=True))
+        )
+    experiment = experiment_for(config, store, data, "tune")
+    records = load_trials(experiment, data, options.trials)
+    before = len(records)
+    if before < options.trials:
+        settings = tune_config(options, data, config.seed, seeds[: options.trials], records)
+        records = run_experiment(
+            experiment,
+            data,
+            trainable(data, options),
+            None,
+            settings,
+            options.trials,
+            records,
+            callbacks,
+        )
+    rows = trial_table(records, data, points)
+    best = best_row(rows)
+    base, extra = baselines(rows, points, data, options, store, experiment)
+    section = {
+        "best_weights": best["weights"],
+        "best_loss": best["target_loss"],
+        "best_heldout_loss": best["heldout_loss"],
+        "best_trial": best["trial"],
+        "baseline_losses": base,
+        "trials": rows,
+        "proxy_steps": sum(r["steps"] for r in rows) + extra,
+        "experiment": experiment.path,
+        "resumed_trials": before,
+        "parametrization": data.kind,
+        "asha": options.asha,
+    }
+    return best["weights"], section
+
+
+ASHA_GRACE_REPORTS = 3
+
+
+ASHA_REDUCTION = 3
+
+
 def search_space(k: int, kind: Parametrization) -> dict[str, Any]:
     from ray import tune
 
     low, high = (U_LOW, U_HIGH) if kind == "dirichlet" else (-LOGIT_BOUND, LOGIT_BOUND)
     return {name: tune.uniform(low, high) for name in param_names(k)}
-
-
-def seeded_points(natural: np.ndarray, kind: Parametrization) -> dict[str, np.ndarray]:
-    """The natural and uniform mixtures, as the weights the trials will see (mapped to the
-    parameters and back, so clipping is accounted for)."""
-    k = len(natural)
-    return {
-        name: to_simplex(from_simplex(w, kind), kind)
-        for name, w in (("natural", natural), ("uniform", uniform_weights(k)))
-    }
-
-
-class TrialSeededTPE(optuna.samplers.BaseSampler):
-    """Optuna's multivariate TPE whose random draws for trial n depend on (seed, n) alone, not
-    on the draws made before: a fresh seeded TPESampler per trial. A search resumed by replaying
-    its finished trials into a new study then suggests what the uninterrupted search would
-    have, wherever the trials finished in the same order (one trial at a time, no ASHA)."""
-
-    def __init__(self, seed: int, n_startup_trials: int) -> None:
-        self.seed, self.n_startup_trials = seed, n_startup_trials
-        self._tpe = self._sampler(0)
-
-    def _sampler(self, number: int) -> optuna.samplers.TPESampler:
-        seed = int(np.random.SeedSequence([self.seed, number, 0x545045]).generate_state(1)[0])
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.samplers.TPESampler(
-                seed=seed, n_startup_trials=self.n_startup_trials, multivariate=True
-            )
-
-    def before_trial(self, study: Any, trial: Any) -> None:
-        self._tpe = self._sampler(trial.number)
-        self._tpe.before_trial(study, trial)
-
-    def infer_relative_search_space(self, study: Any, trial: Any) -> dict:
-        return self._tpe.infer_relative_search_space(study, trial)
-
-    def sample_relative(self, study: Any, trial: Any, search_space: dict) -> dict:
-        return self._tpe.sample_relative(study, trial, search_space)
-
-    def sample_independent(
-        self, study: Any, trial: Any, param_name: str, param_distribution: Any
-    ) -> Any:
-        return self._tpe.sample_independent(study, trial, param_name, param_distribution)
-
-    def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
-        self._tpe.after_trial(study, trial, state, values)
 
 
 def tune_config(
@@ -632,54 +465,3 @@ def replay_scheduler(scheduler: Any, records: list[dict]) -> None:
             scheduler.on_trial_complete(None, trial, results[-1])
         else:
             scheduler.on_trial_remove(None, trial)
-
-
-def tune_search(
-    data: MixtureData,
-    config: Config,
-    store: Store,
-    natural: np.ndarray,
-    callbacks: list | None = None,
-) -> tuple[dict[str, float], dict[str, Any]]:
-    """mode tune: the best completed trial of a seeded TPE search with ASHA. A rerun reads the
-    finished trials from the experiment's trials file and runs only the missing ones."""
-    options = config.mixture
-    points = seeded_points(natural, data.kind)
-    names = param_names(len(data.groups))
-    seeds = [dict(zip(names, from_simplex(points["natural"], data.kind).tolist(), strict=True))]
-    if not np.allclose(points["natural"], points["uniform"], atol=1e-6):
-        seeds.append(
-            dict(zip(names, from_simplex(points["uniform"], data.kind).tolist(), strict=True))
-        )
-    experiment = experiment_for(config, store, data, "tune")
-    records = load_trials(experiment, data, options.trials)
-    before = len(records)
-    if before < options.trials:
-        settings = tune_config(options, data, config.seed, seeds[: options.trials], records)
-        records = run_experiment(
-            experiment,
-            data,
-            trainable(data, options),
-            None,
-            settings,
-            options.trials,
-            records,
-            callbacks,
-        )
-    rows = trial_table(records, data, points)
-    best = best_row(rows)
-    base, extra = baselines(rows, points, data, options, store, experiment)
-    section = {
-        "best_weights": best["weights"],
-        "best_loss": best["target_loss"],
-        "best_heldout_loss": best["heldout_loss"],
-        "best_trial": best["trial"],
-        "baseline_losses": base,
-        "trials": rows,
-        "proxy_steps": sum(r["steps"] for r in rows) + extra,
-        "experiment": experiment.path,
-        "resumed_trials": before,
-        "parametrization": data.kind,
-        "asha": options.asha,
-    }
-    return best["weights"], section

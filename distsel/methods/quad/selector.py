@@ -95,7 +95,7 @@ class QuadSelector:
 def _target_cosine(config: Config, embeddings: np.ndarray) -> np.ndarray:
     """Each pool document's best cosine to the target examples (RDS+'s max), a covariate of
     Quad's influence model."""
-    from distsel.core.corpus import read_texts
+    from distsel.core.records import read_texts
     from distsel.methods.embed import EmbedStage, embed_texts_on_cluster
     from distsel.methods.similarity import cosine_scores
 
