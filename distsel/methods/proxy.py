@@ -16,7 +16,8 @@ import torch
 from distsel.algorithms.tokens import document_ids
 from distsel.core import layout
 from distsel.core.errors import DistselError
-from distsel.core.executor import Progress, current
+from distsel.core.executor import current
+from distsel.core.progress import Progress
 from distsel.core.registry import register_stage
 from distsel.core.stage import Resources, Stage, StageContext, digest
 from distsel.core.storage import Store

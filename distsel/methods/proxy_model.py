@@ -28,7 +28,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from distsel.algorithms.tokens import are_texts
 from distsel.core.errors import DistselError
-from distsel.core.executor import Progress
+from distsel.core.progress import Progress
 from distsel.core.storage import Store, open_fs
 from distsel.methods.embed import dtype_kwarg
 from distsel.methods.tokens import (

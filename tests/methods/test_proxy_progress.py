@@ -14,7 +14,8 @@ from helpers import stdlib_paragraphs
 
 from distsel.core import executor as executor_module
 from distsel.core.config import ProxyConfig
-from distsel.core.executor import LocalExecutor, Progress, RayExecutor
+from distsel.core.executor import LocalExecutor, RayExecutor
+from distsel.core.progress import Progress
 from distsel.core.storage import Store
 from distsel.methods import proxy, proxy_model
 from distsel.methods.proxy import PROGRESS_FILE, proxy_fingerprint, train_on_cluster, train_proxy
