@@ -445,7 +445,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--tokens-share", type=float, default=0.10)
     parser.add_argument("--proxy-train-tokens", type=positive, default=500_000)
     parser.add_argument("--eval-train-tokens", type=positive, default=50_000)
-    parser.add_argument("--eval-seeds", type=positive, default=3)
+    parser.add_argument("--eval-seeds", type=positive, default=5)
     parser.add_argument("--eval-vocab", type=positive, default=2048)
     parser.add_argument("--only", default="", help="run the rows on these tasks only (comma list)")
     parser.add_argument("--budgets", default="tokens,docs")
