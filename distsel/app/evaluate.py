@@ -21,18 +21,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from distsel.algorithms.dsir import hashed_ngrams, kl_divergence
 from distsel.core import layout
 from distsel.core.config import Config
 from distsel.core.executor import current
 from distsel.core.pool import Pool
 from distsel.core.records import read_texts
 from distsel.core.storage import Store
-from distsel.methods.dsir import (
-    hashed_ngrams,
-    kl_divergence,
-    pool_ngram_counts,
-    target_ngram_counts,
-)
+from distsel.methods.dsir import pool_ngram_counts, target_ngram_counts
 
 if TYPE_CHECKING:
     from distsel.core.stage import Stage

@@ -4,13 +4,20 @@ weights, resampling and KL reduction, with their formulas, are in distsel.algori
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
+from pydantic import Field
 
+from distsel.algorithms.dsir import (
+    fit_log_diff,
+    gumbel_noise_from_keys,
+    hashed_ngrams,
+    total_ngram_counts,
+)
 from distsel.core import layout
-from distsel.core.config import Config
+from distsel.core.config import Config, StrictModel
 from distsel.core.executor import current
 from distsel.core.pool import Pool
 from distsel.core.records import read_texts
@@ -19,46 +26,6 @@ from distsel.core.samplers import descending, fill_budget
 from distsel.core.selector import budget_section, score_column
 from distsel.core.stage import Resources, Stage, StageContext
 from distsel.core.storage import Store
-
-__all__ = [
-    "DEFAULT_NUM_BUCKETS",
-    "TOKEN_PATTERN",
-    "featurize",
-    "fit_log_diff",
-    "fit_ngram_model",
-    "gumbel_noise_from_keys",
-    "gumbel_topk",
-    "hashed_ngrams",
-    "kl_divergence",
-    "kl_reduction",
-    "log_importance_weights",
-    "ngram_hash",
-    "text_log_importance_weights",
-    "topk",
-    "total_ngram_counts",
-]
-from typing import Literal
-
-from pydantic import Field
-
-from distsel.algorithms.dsir import (
-    DEFAULT_NUM_BUCKETS,
-    TOKEN_PATTERN,
-    featurize,
-    fit_log_diff,
-    fit_ngram_model,
-    gumbel_noise_from_keys,
-    gumbel_topk,
-    hashed_ngrams,
-    kl_divergence,
-    kl_reduction,
-    log_importance_weights,
-    ngram_hash,
-    text_log_importance_weights,
-    topk,
-    total_ngram_counts,
-)
-from distsel.core.config import StrictModel
 
 
 class NgramOptions(StrictModel):

@@ -127,18 +127,28 @@ class SimilarityStage(Stage):
 
     def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
         documents = embedding_matrix(batch.column("embedding"))
+        exclude = None if self.options.contrast == "none" else self.own_reference_rows(batch)
         columns = {
-            f"similarity_task_{name}": self.score(documents, targets, batch)
+            f"similarity_task_{name}": self.score(documents, targets, exclude)
             for name, targets in self.targets.items()
         }
         return {"similarity": np.max(np.stack(list(columns.values())), axis=0), **columns}
 
-    def score(self, documents: np.ndarray, targets: np.ndarray, batch: pa.Table) -> np.ndarray:
-        if self.options.contrast == "none":
-            return cosine_scores(documents, targets, self.options.aggregate)
+    def own_reference_rows(self, batch: pa.Table) -> np.ndarray:
+        """Each document's row in the pool sample (matched by its random key), or −1."""
         keys = random_keys(batch.column("id").to_pylist(), self.seed)
-        position = {int(key): row for row, key in enumerate(self.reference_keys)}
-        exclude = np.array([position.get(int(key), -1) for key in keys], dtype=np.int64)
+        if not len(self.reference_keys):
+            return np.full(len(keys), -1, dtype=np.int64)
+        order = np.argsort(self.reference_keys)
+        at = np.searchsorted(self.reference_keys, keys, sorter=order).clip(max=len(order) - 1)
+        rows = order[at]
+        return np.where(self.reference_keys[rows] == keys, rows, -1).astype(np.int64)
+
+    def score(
+        self, documents: np.ndarray, targets: np.ndarray, exclude: np.ndarray | None
+    ) -> np.ndarray:
+        if exclude is None:
+            return cosine_scores(documents, targets, self.options.aggregate)
         return neighbour_target_share(
             documents, targets, self.reference, self.options.neighbours, exclude
         )

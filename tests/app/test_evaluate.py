@@ -16,6 +16,7 @@ import pyarrow as pa
 import pytest
 from helpers import base_config, stdlib_paragraphs, write_jsonl
 
+from distsel.algorithms.dsir import TOKEN_PATTERN, ngram_hash
 from distsel.app import evaluate, pipeline
 from distsel.app.cli import summary
 from distsel.app.evaluate import (
@@ -31,7 +32,6 @@ from distsel.core.config import parse_config
 from distsel.core.executor import LocalExecutor, RayExecutor
 from distsel.core.pool import Pool
 from distsel.core.storage import Store
-from distsel.methods.dsir import TOKEN_PATTERN, ngram_hash
 
 PROSE = stdlib_paragraphs(300)
 

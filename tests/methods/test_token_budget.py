@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from helpers import stdlib_paragraphs
 
+from distsel.algorithms import dsir as dsir_maths
 from distsel.core.config import parse_config
 from distsel.core.pool import Pool, random_keys
 from distsel.core.selector import with_resolved_budget
@@ -53,10 +54,10 @@ def short_share(chosen: np.ndarray) -> float:
 
 
 def dsir_scores(texts: list[str], pool: Pool) -> None:
-    counts, target = dsir.featurize(texts), dsir.featurize(TARGET)
+    counts, target = dsir_maths.featurize(texts), dsir_maths.featurize(TARGET)
     log_diff = dsir.fit_log_diff(target, counts)
-    pool.scores["dsir_log_weight"] = dsir.log_importance_weights(counts, log_diff)
-    pool.scores["dsir_log_weight_per_ngram"] = dsir.log_importance_weights(
+    pool.scores["dsir_log_weight"] = dsir_maths.log_importance_weights(counts, log_diff)
+    pool.scores["dsir_log_weight_per_ngram"] = dsir_maths.log_importance_weights(
         counts, log_diff, length_normalize=True
     )
 
