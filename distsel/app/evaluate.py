@@ -23,10 +23,12 @@ import numpy as np
 
 from distsel.algorithms.dsir import hashed_ngrams, kl_divergence
 from distsel.core import layout
-from distsel.core.config import Config
+from distsel.core.candidates import gather_ranked
+from distsel.core.config import Budget, Config
 from distsel.core.executor import current
 from distsel.core.pool import Pool
 from distsel.core.records import read_texts
+from distsel.core.samplers import random_order, random_ranking
 from distsel.core.storage import Store
 from distsel.methods.dsir import pool_ngram_counts, target_ngram_counts
 
@@ -94,7 +96,7 @@ def label_shares(config: Config, pool: Pool, chosen: np.ndarray) -> dict[str, An
     counts = pool.counts(config.input.label_field, chosen)
     if counts is None:
         return None
-    pool_total, chosen_total = max(len(pool), 1), max(len(chosen), 1)
+    pool_total, chosen_total = max(pool.totals.docs, 1), max(len(chosen), 1)
     return {
         "field": counts["field"],
         "pool": {k: round(v / pool_total, 6) for k, v in counts["pool"].items()},
@@ -303,17 +305,41 @@ def pool_bigram_counts(
 
 
 def rows_per_part(pool: Pool, indices: np.ndarray) -> list[np.ndarray]:
-    """The row numbers within each part of the pool documents `indices`."""
-    return [pool.row_index[indices][pool.part_index[indices] == i] for i in range(len(pool.parts))]
+    """The row numbers within each part of the pool documents `indices` (in the order given),
+    by one stable sort on the part, not one pass per part."""
+    indices = np.asarray(indices, dtype=np.int64)
+    parts = pool.part_index[indices]
+    order = np.argsort(parts, kind="stable")
+    bounds = np.searchsorted(parts[order], np.arange(len(pool.parts) + 1))
+    rows = pool.row_index[indices[order]]
+    return [rows[bounds[i] : bounds[i + 1]] for i in range(len(pool.parts))]
 
 
 def random_baseline(pool: Pool, chosen: np.ndarray) -> np.ndarray:
     """The pool documents a random selection of the same size as `chosen` takes: the longest
     prefix of the seeded random order (the `random` selector's, `pool.random_key`) whose
     tokens do not exceed the chosen documents' tokens."""
-    order = np.argsort(pool.random_key, kind="stable")
-    tokens = int(pool.tokens[chosen].sum())
+    return _random_prefix(pool, int(pool.tokens[chosen].sum()))
+
+
+def _random_prefix(pool: Pool, tokens: int) -> np.ndarray:
+    order = random_order(pool.random_key)
     return order[: int(np.searchsorted(np.cumsum(pool.tokens[order]), tokens, side="right"))]
+
+
+def random_baseline_rows(
+    config: Config, store: Store, pool: Pool, chosen: np.ndarray
+) -> list[np.ndarray]:
+    """`random_baseline`'s row numbers per part. When `pool` holds only a ranking selector's
+    candidates, the random order's own candidates are gathered from the parts instead: they
+    hold the prefix (distsel.core.candidates)."""
+    tokens = int(pool.tokens[chosen].sum())
+    if pool.complete or not tokens:
+        return rows_per_part(pool, _random_prefix(pool, tokens))
+    select = config.select.model_copy(update={"budget": Budget(tokens=tokens)})
+    config = config.model_copy(update={"select": select})
+    randoms = gather_ranked(store, pool.parts, [], config, random_ranking, pool.dropped)
+    return rows_per_part(randoms, _random_prefix(randoms, tokens))
 
 
 def ngram_lm_section(
@@ -341,10 +367,9 @@ def ngram_lm_section(
     target = config.target
     texts = read_texts(target.paths, target.text_field, target.storage_options)
     query = BigramQuery.of(texts, buckets)
-    every, sample, selected = (
-        rows_per_part(pool, rows)
-        for rows in (np.arange(len(pool)), random_baseline(pool, chosen), chosen)
-    )
+    every = pool.accepted_rows()
+    sample = random_baseline_rows(config, store, pool, chosen)
+    selected = rows_per_part(pool, chosen)
     whole, random, selection = pool_bigram_counts(
         store, pool.parts, query, row_sets=(every, sample, selected)
     )

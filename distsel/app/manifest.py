@@ -28,7 +28,7 @@ def build_manifest(
     manifest = {
         **counts(ingested),
         "selected_docs": int(len(chosen)),
-        "pool_tokens_approx": int(pool.tokens.sum()),
+        "pool_tokens_approx": pool.totals.tokens,
         "selected_tokens_approx": int(pool.tokens[chosen].sum()),
         "by_group": pool.counts(config.input.group_field, chosen),
         "config": redact(config.model_dump(mode="json")),

@@ -30,7 +30,7 @@ from distsel.core.errors import ConfigError
 from distsel.core.executor import Executor, RayExecutor, installed
 from distsel.core.pool import Pool, gather_pool
 from distsel.core.runner import build_stages, run_stage
-from distsel.core.selector import Selector, selector_for, with_resolved_budget
+from distsel.core.selector import Selector, selection_pool, selector_for
 from distsel.core.stage import Stage, StageContext
 from distsel.core.storage import Store
 
@@ -136,12 +136,16 @@ def select(config: Config, store: Store, scored: Scored) -> dict[str, Any]:
     parts, stages, timings = scored.parts, scored.stages, scored.timings
     selector = selector_for(config)
     began = time.perf_counter()
-    pool = gather_pool(store, parts, [s.name for s in stages], config, scored.dropped)
-    config = with_resolved_budget(config, pool)  # a share of the pool → documents or tokens
+    names = [s.name for s in stages]
+    pool, config = selection_pool(selector, store, parts, names, config, scored.dropped)
     over = budget_exceeds_pool(config.select.budget, pool)
     chosen, section = choose(selector, pool, config, StageContext(config, store, parts), over)
-    write_selection(store, pool, chosen, [s.name for s in stages], config.output)
-    timings["select"] = {"rows": int(len(chosen)), "seconds": round(time.perf_counter() - began, 3)}
+    write_selection(store, pool, chosen, names, config.output)
+    timings["select"] = {
+        "rows": int(len(chosen)),
+        "held_docs": len(pool),  # documents the selector was handed (distsel.core.candidates)
+        "seconds": round(time.perf_counter() - began, 3),
+    }
 
     began = time.perf_counter()
     evaluation = evaluate.evaluation(config, store, pool, chosen, stages)
@@ -161,8 +165,8 @@ def budget_exceeds_pool(budget: Budget | None, pool: Pool) -> bool:
     if budget is None or (budget.docs is None and budget.tokens is None):
         return False
     if budget.docs is not None:
-        return budget.docs > len(pool)
-    return budget.tokens > int(pool.tokens.sum())
+        return budget.docs > pool.totals.docs
+    return budget.tokens > pool.totals.tokens
 
 
 def choose(
@@ -175,9 +179,9 @@ def choose(
     budget = config.select.budget
     assert budget is not None
     if budget.docs is not None:
-        sizes = f"{budget.docs:,} documents", f"{len(pool):,} documents"
+        sizes = f"{budget.docs:,} documents", f"{pool.totals.docs:,} documents"
     else:
-        sizes = f"{budget.tokens:,} tokens", f"~{int(pool.tokens.sum()):,} tokens"
+        sizes = f"{budget.tokens:,} tokens", f"~{pool.totals.tokens:,} tokens"
     filters = getattr(selector, "filters", False)
     taken = "every document that passes the filter" if filters else "the whole pool"
     log.warning("select: the budget (%s) is larger than the pool (%s); selecting %s", *sizes, taken)

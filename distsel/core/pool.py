@@ -1,9 +1,15 @@
-"""The pool a selector chooses from: a few small columns per document, gathered part by part."""
+"""The pool a selector chooses from: a few small columns per document, gathered part by part.
+
+A selector that ranks (distsel.core.candidates) is handed only each part's best-ranked documents;
+every other selector gets every document. Either way `Pool.totals` describes the whole pool.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,8 +25,26 @@ MISSING_GROUP = "(none)"
 
 
 @dataclass
+class PoolTotals:
+    """The whole pool's size, whichever of its documents a `Pool` holds: accepted documents,
+    their approximate tokens, and documents per value of each passed-through field."""
+
+    docs: int = 0
+    tokens: int = 0
+    categories: dict[str, Counter] = field(default_factory=dict)
+
+    def add(self, other: PoolTotals) -> None:
+        self.docs += other.docs
+        self.tokens += other.tokens
+        for name, counts in other.categories.items():
+            self.categories.setdefault(name, Counter()).update(counts)
+
+
+@dataclass
 class Pool:
-    """Column arrays over every accepted document, in part order then row order.
+    """Column arrays over the accepted documents a selector is handed (every one, or each part's
+    best-ranked ones: distsel.core.candidates), in part order then row order; `totals` counts the
+    whole pool.
 
     Texts stay in the parts: a document is addressed by (`part_index`, `row_index`).
     """
@@ -34,19 +58,53 @@ class Pool:
     scores: dict[str, np.ndarray] = field(default_factory=dict)
     # the score columns the selector read (select.score_column), in the order it read them
     ranked_by: list[str] = field(default_factory=list)
+    # the whole pool; by default, the documents held
+    totals: PoolTotals | None = None
+    # per part: the rows quarantined after ingest (duplicate ids), which no selection sees
+    dropped: dict[str, np.ndarray] = field(default_factory=dict)
+    # per part: its accepted documents, held or not (None: as many as are held)
+    part_docs: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.totals is None:
+            self.totals = PoolTotals(
+                docs=len(self.tokens),
+                tokens=int(np.sum(self.tokens)),
+                categories={n: Counter(v.tolist()) for n, v in self.categories.items()},
+            )
 
     def __len__(self) -> int:
         return len(self.tokens)
+
+    def accepted_rows(self) -> list[np.ndarray | None]:
+        """Per part, the row numbers of its accepted documents, or None for every row (a part
+        without quarantined rows)."""
+        sizes = self.part_docs
+        if sizes is None:
+            sizes = np.bincount(self.part_index, minlength=len(self.parts))
+        rows: list[np.ndarray | None] = []
+        for index, part in enumerate(self.parts):
+            dropped = self.dropped.get(part)
+            if dropped is None or not len(dropped):
+                rows.append(None)
+                continue
+            every = np.arange(int(sizes[index]) + len(dropped), dtype=np.int64)
+            rows.append(np.setdiff1d(every, dropped))
+        return rows
+
+    @property
+    def complete(self) -> bool:
+        """Whether every document of the pool is held, not only a selector's candidates."""
+        return len(self) == self.totals.docs
 
     def counts(self, name: str | None, chosen: np.ndarray) -> dict[str, Any] | None:
         """Documents per value of the passed-through field `name`, in the pool and chosen."""
         if name is None or name not in self.categories:
             return None
-        values = self.categories[name]
         return {
             "field": name,
-            "pool": dict(sorted(Counter(values.tolist()).items())),
-            "selected": dict(sorted(Counter(values[chosen].tolist()).items())),
+            "pool": dict(sorted(self.totals.categories[name].items())),
+            "selected": dict(sorted(Counter(self.categories[name][chosen].tolist()).items())),
         }
 
 
@@ -62,27 +120,75 @@ def random_keys(ids: list[str], seed: int) -> np.ndarray:
     )
 
 
-def _part_columns(
-    store: Store, part: str, stages: list[str], fields: list[str], seed: int, dropped: np.ndarray
-) -> dict:
+# Which of a part's documents a selector is handed: the indices into that part's own Pool, or
+# None for every one (distsel.core.candidates).
+Keep = Callable[[Pool], "np.ndarray | None"]
+
+
+@dataclass
+class PartColumns:
+    """One part's gathered rows: `pool` holds the kept ones, `totals` counts all of them, and
+    `left_out_min_tokens` is the fewest tokens of a document left out (None: none was)."""
+
+    pool: Pool
+    totals: PoolTotals
+    left_out_min_tokens: int | None
+
+
+def part_columns(
+    store: Store,
+    part: str,
+    stages: list[str],
+    fields: list[str],
+    seed: int,
+    dropped: np.ndarray,
+    keep: Keep | None = None,
+) -> PartColumns:
+    """The selection columns of one part's accepted rows (all but `dropped`), then only the rows
+    `keep` picks from them."""
     present = [name for name in fields if name in store.read_schema(layout.docs(part)).names]
     docs = store.read_table(layout.docs(part), columns=["id", "tokens_approx", *present])
     rows = np.setdiff1d(np.arange(docs.num_rows, dtype=np.int64), dropped)
     docs = docs.take(rows)
-    columns: dict[str, Any] = {
-        "rows": rows,
-        "tokens": docs.column("tokens_approx").to_numpy(),
-        "random_key": random_keys(docs.column("id").to_pylist(), seed),
-        "categories": {name: _category(docs, name) for name in fields},
-    }
     scores = {}
     for stage in stages:
         table = store.read_table(layout.scores(stage, part)).take(rows)
         for name in table.column_names:
             if name != "id" and _is_numeric(table.schema.field(name).type):
                 scores[name] = table.column(name).to_numpy()
-    columns["scores"] = scores
-    return columns
+    categories = {name: _category(docs, name) for name in fields}
+    tokens = docs.column("tokens_approx").to_numpy().astype(np.int64)
+    pool = Pool(
+        parts=[part],
+        part_index=np.zeros(len(rows), dtype=np.int32),
+        row_index=rows,
+        tokens=tokens,
+        random_key=random_keys(docs.column("id").to_pylist(), seed),
+        categories=categories,
+        scores=scores,
+    )
+    kept = None if keep is None else keep(pool)
+    if kept is None or len(kept) == len(rows):
+        return PartColumns(pool, pool.totals, None)
+    kept = np.sort(np.asarray(kept, dtype=np.int64))
+    left_out = np.ones(len(rows), dtype=bool)
+    left_out[kept] = False
+    return PartColumns(take(pool, kept), pool.totals, int(tokens[left_out].min()))
+
+
+def take(pool: Pool, indices: np.ndarray) -> Pool:
+    """The pool documents `indices` (in that order), with the same parts and totals."""
+    return dataclasses.replace(
+        pool,
+        part_index=pool.part_index[indices],
+        row_index=pool.row_index[indices],
+        tokens=pool.tokens[indices],
+        random_key=pool.random_key[indices],
+        categories={name: values[indices] for name, values in pool.categories.items()},
+        scores={name: values[indices] for name, values in pool.scores.items()},
+        ranked_by=[],
+        totals=pool.totals,
+    )
 
 
 def _category(docs: pa.Table, name: str) -> np.ndarray:
@@ -94,44 +200,80 @@ def _is_numeric(arrow_type: pa.DataType) -> bool:
     return pa.types.is_integer(arrow_type) or pa.types.is_floating(arrow_type)
 
 
+def selection_fields(config: Config) -> list[str]:
+    """The passed-through fields a selection reads: groups, labels, mixture groups."""
+    wanted = (config.input.group_field, config.input.label_field, config.mixture.group_field)
+    return list(dict.fromkeys(f for f in wanted if f))
+
+
+def gather_parts(
+    store: Store,
+    parts: list[str],
+    stages: list[str],
+    config: Config,
+    dropped: dict[str, np.ndarray] | None = None,
+    keeps: list[Keep | None] | None = None,
+) -> list[PartColumns]:
+    """`part_columns` of every part (with its `keeps` entry), one task per part in parallel."""
+    none = np.zeros(0, dtype=np.int64)
+    fields = selection_fields(config)
+    keeps = keeps or [None] * len(parts)
+    calls = [
+        (store, part, stages, fields, config.seed, (dropped or {}).get(part, none), keep)
+        for part, keep in zip(parts, keeps, strict=True)
+    ]
+    return current().map(part_columns, calls)
+
+
+def stack(parts: list[str], gathered: list[PartColumns], fields: list[str]) -> Pool:
+    """One Pool of the parts' gathered rows, in part order, with the parts' totals summed."""
+    totals = PoolTotals(categories={name: Counter() for name in fields})
+    for columns in gathered:
+        totals.add(columns.totals)
+    pools = [columns.pool for columns in gathered]
+    sizes = [len(pool) for pool in pools]
+    score_names = sorted(set().union(*(pool.scores for pool in pools))) if pools else []
+    return Pool(
+        parts=list(parts),
+        part_index=np.repeat(np.arange(len(parts), dtype=np.int32), sizes),
+        row_index=_stack([p.row_index for p in pools], np.int64),
+        tokens=_stack([p.tokens for p in pools], np.int64),
+        random_key=_stack([p.random_key for p in pools], np.uint64),
+        categories={
+            name: np.concatenate([p.categories[name] for p in pools]).astype(object)
+            if pools
+            else np.zeros(0, dtype=object)
+            for name in fields
+        },
+        scores={name: np.concatenate([p.scores[name] for p in pools]) for name in score_names},
+        totals=totals,
+        part_docs=np.array([columns.totals.docs for columns in gathered], dtype=np.int64),
+    )
+
+
 def gather_pool(
     store: Store,
     parts: list[str],
     stages: list[str],
     config: Config,
     dropped: dict[str, np.ndarray] | None = None,
+    totals_only: bool = False,
 ) -> Pool:
-    """Read the selection columns of every part in parallel and stack them, leaving out the
-    `dropped` rows of each part (quarantined after ingest, such as duplicate ids)."""
-    wanted = (config.input.group_field, config.input.label_field, config.mixture.group_field)
-    fields = list(dict.fromkeys(f for f in wanted if f))
-    none = np.zeros(0, dtype=np.int64)
-    calls = [
-        (store, part, stages, fields, config.seed, (dropped or {}).get(part, none))
-        for part in parts
-    ]
-    gathered = current().map(_part_columns, calls)
-    sizes = [len(columns["tokens"]) for columns in gathered]
-    score_names = set().union(*(columns["scores"] for columns in gathered)) if gathered else set()
-    return Pool(
-        parts=list(parts),
-        part_index=np.repeat(np.arange(len(parts), dtype=np.int32), sizes),
-        row_index=_stack(gathered, "rows", np.int64),
-        tokens=_stack(gathered, "tokens", np.int64),
-        random_key=_stack(gathered, "random_key", np.uint64),
-        categories={
-            name: np.concatenate([columns["categories"][name] for columns in gathered])
-            for name in fields
-        },
-        scores={
-            name: np.concatenate([columns["scores"][name] for columns in gathered])
-            for name in sorted(score_names)
-        },
-    )
+    """Every accepted document's selection columns, read part by part in parallel, leaving out
+    the `dropped` rows of each part (quarantined after ingest, such as duplicate ids); with
+    `totals_only`, no document, only the pool's `totals`."""
+    keeps: list[Keep | None] = [_nothing if totals_only else None] * len(parts)
+    gathered = gather_parts(store, parts, stages, config, dropped, keeps)
+    pool = stack(parts, gathered, selection_fields(config))
+    pool.dropped = dict(dropped or {})
+    return pool
 
 
-def _stack(gathered: list[dict], name: str, dtype: Any) -> np.ndarray:
-    arrays = [columns[name] for columns in gathered]
+def _nothing(pool: Pool) -> np.ndarray:
+    return np.zeros(0, dtype=np.int64)
+
+
+def _stack(arrays: list[np.ndarray], dtype: Any) -> np.ndarray:
     return np.concatenate(arrays).astype(dtype) if arrays else np.zeros(0, dtype=dtype)
 
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from distsel.core.config import Budget
+from distsel.core.config import Budget, Config
+from distsel.core.pool import Pool
 
 
 def fill_budget(order: np.ndarray, tokens: np.ndarray, budget: Budget | None) -> np.ndarray:
@@ -49,6 +50,11 @@ def _fill(order: np.ndarray, tokens: np.ndarray, limit: int, by_tokens: bool) ->
 def random_order(random_key: np.ndarray) -> np.ndarray:
     """Documents in the seeded random order given by their keys (ties cannot change it)."""
     return np.argsort(random_key, kind="stable")
+
+
+def random_ranking(pool: Pool, config: Config) -> list[np.ndarray]:
+    """The `random` selector's ranking (distsel.core.candidates): the seeded random order."""
+    return [random_order(pool.random_key)]
 
 
 def descending(scores: np.ndarray, random_key: np.ndarray) -> np.ndarray:

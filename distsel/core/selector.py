@@ -8,10 +8,12 @@ from typing import Any, Protocol
 import numpy as np
 
 from distsel.core import registry
+from distsel.core.candidates import gather_ranked
 from distsel.core.config import Config
 from distsel.core.errors import DistselError
-from distsel.core.pool import Pool, gather_pool
+from distsel.core.pool import Pool, PoolTotals, gather_pool
 from distsel.core.stage import StageContext
+from distsel.core.storage import Store
 
 __all__ = [
     "Pool",
@@ -19,6 +21,7 @@ __all__ = [
     "budget_section",
     "gather_pool",
     "score_column",
+    "selection_pool",
     "selector_for",
     "with_resolved_budget",
 ]
@@ -33,7 +36,12 @@ class Selector(Protocol):
 
     A selector may also declare a phase of its method's name (`distsel run --phase <method>`),
     run after scoring in place of the selection: `search(pool, config, context)` returns the
-    summary that the driver writes to the output path `search_output`."""
+    summary that the driver writes to the output path `search_output`.
+
+    A selector that walks a ranking may declare `rankings(pool, config)`: its order of the
+    pool (or one per target task, taken round-robin), the same on any subset of the pool. Its
+    select must then be the walk of the one ranking (`fill_budget`), and it is handed only the
+    parts' heads of it (distsel.core.candidates)."""
 
     def required_stages(self, config: Config) -> tuple[str, ...]: ...
 
@@ -51,14 +59,16 @@ def budget_section(config: Config) -> dict[str, int | float] | None:
     return budget.model_dump(exclude_none=True) if budget else None
 
 
-def with_resolved_budget(config: Config, pool: Pool) -> Config:
+def with_resolved_budget(config: Config, pool: Pool | PoolTotals) -> Config:
     """`config` with a budget given as a share of the pool resolved against `pool` (the accepted
-    documents, after duplicates): ceil(share · documents) or ceil(share · tokens), tokens being
-    the pool's `tokens` column (ceil(chars / 4)). Unchanged for any other budget."""
+    documents, after duplicates, or their totals): ceil(share · documents) or
+    ceil(share · tokens), tokens being the pool's `tokens` column (ceil(chars / 4)). Unchanged
+    for any other budget."""
     budget = config.select.budget
     if budget is None or budget.share is None:
         return config
-    pool_docs, pool_tokens = len(pool), int(pool.tokens.sum())
+    totals = pool.totals if isinstance(pool, Pool) else pool
+    pool_docs, pool_tokens = totals.docs, totals.tokens
     resolved = budget.resolved(pool_docs, pool_tokens)
     if resolved.docs_share is not None:
         what = f"{resolved.docs:,} of the pool's {pool_docs:,} documents"
@@ -78,6 +88,26 @@ def score_column(pool: Pool, name: str) -> np.ndarray:
     if name not in pool.ranked_by:
         pool.ranked_by.append(name)
     return np.asarray(pool.scores[name], dtype=np.float64)
+
+
+def selection_pool(
+    selector: Selector,
+    store: Store,
+    parts: list[str],
+    stages: list[str],
+    config: Config,
+    dropped: dict[str, np.ndarray] | None = None,
+) -> tuple[Pool, Config]:
+    """The pool `selector` chooses from, and `config` with its budget resolved. A selector that
+    declares `rankings` under a budget gets only the parts' heads of its ranking
+    (distsel.core.candidates); any other gets every document."""
+    if config.select.budget is not None and config.select.budget.share is not None:
+        totals = gather_pool(store, parts, [], config, dropped, totals_only=True).totals
+        config = with_resolved_budget(config, totals)
+    rankings = getattr(selector, "rankings", None)
+    if rankings is None or config.select.budget is None:
+        return gather_pool(store, parts, stages, config, dropped), config
+    return gather_ranked(store, parts, stages, config, rankings, dropped), config
 
 
 def selector_for(config: Config) -> Selector:

@@ -11,7 +11,13 @@ from pydantic import Field
 from distsel.core.config import Config, StrictModel
 from distsel.core.pool import Pool
 from distsel.core.registry import register_selector, stage_for_column
-from distsel.core.samplers import ccs_stratified, descending, fill_budget, random_order
+from distsel.core.samplers import (
+    ccs_stratified,
+    descending,
+    fill_budget,
+    random_order,
+    random_ranking,
+)
 from distsel.core.selector import budget_section, score_column
 from distsel.core.stage import StageContext
 
@@ -59,6 +65,8 @@ class RandomSelector:
     def required_stages(self, config: Config) -> tuple[str, ...]:
         return ()
 
+    rankings = staticmethod(random_ranking)
+
     def select(
         self, pool: Pool, config: Config, context: StageContext
     ) -> tuple[np.ndarray, dict[str, Any]]:
@@ -73,13 +81,16 @@ class TopkSelector:
     def required_stages(self, config: Config) -> tuple[str, ...]:
         return (stage_for_column(config.select.options("topk").column),)
 
+    def rankings(self, pool: Pool, config: Config) -> list[np.ndarray]:
+        options = config.select.options("topk")
+        values = score_column(pool, options.column)
+        return [descending(values if options.descending else -values, pool.random_key)]
+
     def select(
         self, pool: Pool, config: Config, context: StageContext
     ) -> tuple[np.ndarray, dict[str, Any]]:
+        chosen = fill_budget(self.rankings(pool, config)[0], pool.tokens, config.select.budget)
         options = config.select.options("topk")
-        values = score_column(pool, options.column)
-        order = descending(values if options.descending else -values, pool.random_key)
-        chosen = fill_budget(order, pool.tokens, config.select.budget)
         return chosen, {"budget": budget_section(config), **options.model_dump()}
 
 

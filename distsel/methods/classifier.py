@@ -125,10 +125,12 @@ class ClassifierSelector:
     def required_stages(self, config: Config) -> tuple[str, ...]:
         return ("classifier",)
 
+    def rankings(self, pool: Pool, config: Config) -> list[np.ndarray]:
+        return [descending(score_column(pool, "classifier_score"), pool.random_key)]
+
     def select(
         self, pool: Pool, config: Config, context: StageContext
     ) -> tuple[np.ndarray, dict[str, Any]]:
-        order = descending(score_column(pool, "classifier_score"), pool.random_key)
-        chosen = fill_budget(order, pool.tokens, config.select.budget)
+        chosen = fill_budget(self.rankings(pool, config)[0], pool.tokens, config.select.budget)
         options = config.stage_options("classifier").model_dump()
         return chosen, {"budget": budget_section(config), **options}

@@ -48,6 +48,10 @@ class ClusterOptions(StrictModel):
 log = logging.getLogger("distsel")
 
 REDUCE_FANIN = 16  # partial sums added per task of the reduction tree
+# Tasks of one Lloyd iteration: each sums a run of consecutive parts, so the object store holds
+# at most this many (k, dim) arrays whatever the number of parts (30.7 MB each at k = 10,000,
+# dim = 384). Up to this many parts, one task per part.
+SUM_TASKS = 256
 
 
 def _embedding_path(part: str) -> str:
@@ -108,6 +112,11 @@ def _part_sums(store: Store, part: str, centroids: np.ndarray, metric: str) -> S
     return partial_sums(_read_embeddings(store, part), centroids, metric)
 
 
+def _run_sums(store: Store, parts: list[str], centroids: np.ndarray, metric: str) -> Stats:
+    """`partial_sums` of consecutive parts, read one at a time and added in part order."""
+    return _add([_part_sums(store, part, centroids, metric) for part in parts])
+
+
 def _add(stats: tuple[Stats, ...] | list[Stats]) -> Stats:
     """Σ of (sums, counts, inertia) over `stats`, in the order given."""
     sums = np.array(stats[0][0], dtype=np.float64)
@@ -124,13 +133,24 @@ def _add_all(*stats: Stats) -> Stats:
     return _add(stats)
 
 
+def sum_runs(parts: list[str], tasks: int = SUM_TASKS) -> list[list[str]]:
+    """`parts` cut into at most `tasks` runs of consecutive parts, of sizes differing by at most
+    one. It depends on the parts alone, never on the cluster, so every executor adds the same
+    numbers in the same order."""
+    runs = min(len(parts), tasks)
+    bounds = np.linspace(0, len(parts), runs + 1).round().astype(int)
+    return [parts[bounds[i] : bounds[i + 1]] for i in range(runs)]
+
+
 def _distributed_sums(store: Store, parts: list[str], centroids: np.ndarray, metric: str) -> Stats:
-    """`partial_sums` of every part (one task each), added in part order by a tree of tasks
-    REDUCE_FANIN wide, so the driver receives at most REDUCE_FANIN (k, dim) arrays."""
+    """`partial_sums` of every part, each task adding those of one run of consecutive parts
+    (`sum_runs`: at most SUM_TASKS), then added in order by a tree of tasks REDUCE_FANIN wide.
+    The object store holds at most SUM_TASKS (k, dim) float64 arrays per Lloyd iteration,
+    whatever the number of parts, and the driver receives at most REDUCE_FANIN."""
     executor = current()
     shared = executor.share(centroids)
-    calls = [(store, part, shared, metric) for part in parts]
-    return executor.map_reduce(_part_sums, calls, _add_all, fanin=REDUCE_FANIN)
+    calls = [(store, run, shared, metric) for run in sum_runs(parts)]
+    return executor.map_reduce(_run_sums, calls, _add_all, fanin=REDUCE_FANIN)
 
 
 def _converged(history: list[float], tol: float) -> bool:

@@ -167,15 +167,21 @@ class DsirSelector:
     def required_stages(self, config: Config) -> tuple[str, ...]:
         return ("dsir",)
 
+    def rankings(self, pool: Pool, config: Config) -> list[np.ndarray]:
+        options = config.select.options("dsir")
+        weights = score_column(pool, _weight_column(options))
+        if options.sampling == "gumbel":
+            weights = weights + gumbel_noise_from_keys(pool.random_key)
+        return [descending(weights, pool.random_key)]
+
     def select(
         self, pool: Pool, config: Config, context: StageContext
     ) -> tuple[np.ndarray, dict[str, Any]]:
+        chosen = fill_budget(self.rankings(pool, config)[0], pool.tokens, config.select.budget)
         options = config.select.options("dsir")
-        name = "dsir_log_weight_per_ngram" if options.length_normalize else "dsir_log_weight"
-        weights = score_column(pool, name)
-        if options.sampling == "gumbel":
-            weights = weights + gumbel_noise_from_keys(pool.random_key)
-        chosen = fill_budget(
-            descending(weights, pool.random_key), pool.tokens, config.select.budget
-        )
-        return chosen, {"budget": budget_section(config), "column": name, **options.model_dump()}
+        section = {"column": _weight_column(options), **options.model_dump()}
+        return chosen, {"budget": budget_section(config), **section}
+
+
+def _weight_column(options: DsirOptions) -> str:
+    return "dsir_log_weight_per_ngram" if options.length_normalize else "dsir_log_weight"

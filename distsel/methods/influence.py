@@ -196,12 +196,15 @@ class InfluenceSelector:
     def required_stages(self, config: Config) -> tuple[str, ...]:
         return ("influence",)
 
+    def rankings(self, pool: Pool, config: Config) -> list[np.ndarray]:
+        normalize = config.select.options("influence").normalize
+        column = "influence_normalized" if normalize else "influence"
+        return [descending(score_column(pool, column), pool.random_key)]
+
     def select(
         self, pool: Pool, config: Config, context: StageContext
     ) -> tuple[np.ndarray, dict[str, Any]]:
+        chosen = fill_budget(self.rankings(pool, config)[0], pool.tokens, config.select.budget)
         normalize = config.select.options("influence").normalize
-        column = "influence_normalized" if normalize else "influence"
-        order = descending(score_column(pool, column), pool.random_key)
-        chosen = fill_budget(order, pool.tokens, config.select.budget)
         options = {**config.stage_options("influence").model_dump(), "normalize": normalize}
         return chosen, {"budget": budget_section(config), **options}

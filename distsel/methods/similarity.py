@@ -267,22 +267,31 @@ class SimilaritySelector:
     def required_stages(self, config: Config) -> tuple[str, ...]:
         return ("betr",) if config.select.options("similarity").betr else ("similarity",)
 
+    def rankings(self, pool: Pool, config: Config) -> list[np.ndarray]:
+        """One ranking per target task; one task's is highest first, ties in seeded order."""
+        columns = _columns(pool, config)
+        if len(columns) == 1:
+            return [descending(score_column(pool, columns[0]), pool.random_key)]
+        return [np.argsort(-score_column(pool, c), kind="stable") for c in columns]
+
     def select(
         self, pool: Pool, config: Config, context: StageContext
     ) -> tuple[np.ndarray, dict[str, Any]]:
         options = config.select.options("similarity")
-        if options.betr:
-            columns = ["betr_score"]
-        else:
-            columns = sorted(c for c in pool.scores if c.startswith("similarity_task_"))
-        per_task = np.stack([score_column(pool, c) for c in columns])
+        columns = _columns(pool, config)
         if len(columns) == 1:
-            order = descending(per_task[0], pool.random_key)
+            order = self.rankings(pool, config)[0]
         else:
-            order = round_robin(per_task, len(pool))
+            order = round_robin(np.stack([score_column(pool, c) for c in columns]), len(pool))
         chosen = fill_budget(order, pool.tokens, config.select.budget)
         return chosen, {
             "budget": budget_section(config),
             "columns": columns,
             **options.model_dump(),
         }
+
+
+def _columns(pool: Pool, config: Config) -> list[str]:
+    if config.select.options("similarity").betr:
+        return ["betr_score"]
+    return sorted(c for c in pool.scores if c.startswith("similarity_task_"))

@@ -184,6 +184,22 @@ def test_random_baseline_is_the_random_selectors_prefix_of_the_same_tokens():
     assert evaluate.random_baseline(pool, np.arange(5)).tolist() == [2, 4, 1, 3, 0]
 
 
+def test_rows_per_part_equal_a_filter_per_part():
+    rng = np.random.default_rng(3)
+    parts = rng.integers(0, 7, 200).astype(np.int32)
+    pool = Pool(
+        parts=[f"p{i}" for i in range(7)],
+        part_index=np.sort(parts),
+        row_index=rng.integers(0, 1000, 200),
+        tokens=np.ones(200, dtype=np.int64),
+        random_key=np.arange(200, dtype=np.uint64),
+    )
+    chosen = rng.permutation(200)[:80]
+    expected = [pool.row_index[chosen][pool.part_index[chosen] == i] for i in range(7)]
+    got = evaluate.rows_per_part(pool, chosen)
+    assert [r.tolist() for r in got] == [r.tolist() for r in expected]
+
+
 def test_without_target_there_is_no_section(tmp_path):
     config = parse_config(base_config([tmp_path / "x.jsonl"], tmp_path / "out"))
     assert evaluate.ngram_lm_section(config, Store(str(tmp_path)), None, None, []) is None

@@ -244,6 +244,17 @@ def test_fit_equals_single_process_lloyd(ray_local, tmp_path: Path, metric: str,
     monkeypatch.setattr(clustering, "REDUCE_FANIN", 2)  # parts' sums added by a tree of tasks
     again = fit_kmeans(store, parts[::-1], k, metric, seed=seed, max_iter=6, tol=0)
     np.testing.assert_allclose(again.centroids, result.centroids, atol=1e-12)
+    monkeypatch.setattr(clustering, "SUM_TASKS", 2)  # a task sums two parts of the three
+    in_runs = fit_kmeans(store, parts, k, metric, seed=seed, max_iter=6, tol=0)
+    np.testing.assert_allclose(in_runs.centroids, result.centroids, atol=1e-12)
+    assert np.array_equal(in_runs.sizes, result.sizes)
+
+
+def test_sum_runs_cut_the_parts_in_order_into_at_most_the_tasks():
+    parts = [f"p{i}" for i in range(10)]
+    assert clustering.sum_runs(parts, 4) == [parts[0:2], parts[2:5], parts[5:8], parts[8:10]]
+    assert clustering.sum_runs(parts[:3], 4) == [["p0"], ["p1"], ["p2"]]
+    assert clustering.sum_runs([], 4) == []
 
 
 def test_fit_with_large_k_is_quick(ray_local, tmp_path: Path):

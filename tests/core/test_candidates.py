@@ -1,0 +1,121 @@
+"""Ranked selection from the parts' heads (distsel.core.candidates) against the walk over the
+whole pool, on real part files in a real Store, in-process."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from distsel.core import candidates, layout, registry
+from distsel.core.config import parse_config
+from distsel.core.executor import LocalExecutor
+from distsel.core.pool import gather_pool
+from distsel.core.samplers import fill_budget, random_ranking
+from distsel.core.selector import selection_pool
+from distsel.core.storage import Store
+
+
+def write_parts(root, rng, sizes, ties: bool) -> list[str]:
+    store = Store(str(root))
+    parts = []
+    for index, size in enumerate(sizes):
+        part = f"p{index:03d}{layout.PART_SUFFIX}"
+        ids = [f"d{index}-{row}" for row in range(size)]
+        tokens = np.maximum(1, rng.pareto(1.2, size) * 20).astype(np.int64)  # heavy-tailed
+        score = rng.integers(0, 5, size) if ties else rng.normal(size=size)
+        store.write_table(
+            layout.docs(part),
+            pa.table({"id": ids, "text": ["x"] * size, "tokens_approx": tokens}),
+        )
+        store.write_table(
+            layout.scores("s", part), pa.table({"id": ids, "similarity": score.astype(float)})
+        )
+        parts.append(part)
+    return parts
+
+
+def config(root, method: str, budget: dict):
+    raw = {"input": {"paths": ["corpus/"]}, "output": {"path": str(root)}}
+    raw["select"] = {"method": method, "budget": budget}
+    return parse_config(raw)
+
+
+def chosen_rows(pool, chosen) -> list[tuple[int, int]]:
+    pairs = zip(pool.part_index[chosen].tolist(), pool.row_index[chosen].tolist(), strict=True)
+    return sorted(pairs)
+
+
+@pytest.mark.parametrize("method", ["topk", "random"])
+@pytest.mark.parametrize("seed", range(12))
+def test_the_heads_select_what_the_whole_pool_selects(tmp_path, method, seed):
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(0, 80, rng.integers(1, 9)).tolist()
+    parts = write_parts(tmp_path, rng, sizes, ties=seed % 2 == 0)
+    total = sum(sizes)
+    budget = (
+        {"docs": int(rng.integers(1, total + 10))}
+        if seed % 3 == 0
+        else {"tokens": int(rng.integers(1, 40 * total + 50))}
+    )
+    cfg = config(tmp_path, method, budget)
+    selector = registry.selector(method)
+    store = Store(str(tmp_path))
+    with LocalExecutor().active():
+        whole = gather_pool(store, parts, ["s"], cfg)
+        heads, _ = selection_pool(selector, store, parts, ["s"], cfg)
+    expected = selector.select(whole, cfg, None)[0]
+    got = selector.select(heads, cfg, None)[0]
+    assert chosen_rows(heads, got) == chosen_rows(whole, expected)
+    assert heads.totals == whole.totals and heads.totals.docs == total
+
+
+def test_parts_send_heads_not_the_pool_and_a_short_head_grows(tmp_path):
+    rng = np.random.default_rng(7)
+    parts = write_parts(tmp_path, rng, [400] * 6, ties=False)
+    store = Store(str(tmp_path))
+    cfg = config(tmp_path, "topk", {"docs": 30})
+    with LocalExecutor().active():
+        heads, _ = selection_pool(registry.selector("topk"), store, parts, ["s"], cfg)
+    head = math.ceil(candidates.HEAD_MARGIN * 30 / 6) + candidates.MIN_HEAD
+    assert len(heads) == 6 * head and heads.totals.docs == 2400
+    assert not heads.complete
+
+    # One part holds every high score: the others' heads suffice, its own must grow.
+    table = store.read_table(layout.scores("s", parts[0]))
+    high = pa.table({"id": table["id"], "similarity": np.linspace(100, 200, 400)})
+    store.write_table(layout.scores("s", parts[0]), high)
+    with LocalExecutor().active():
+        heads, _ = selection_pool(registry.selector("topk"), store, parts, ["s"], cfg)
+    # its head grows twice: 23 documents, 29 (still short of the 30), 41
+    grown = math.ceil(candidates.HEAD_MARGIN * 30 / 6 * candidates.GROWTH**2) + candidates.MIN_HEAD
+    assert np.bincount(heads.part_index, minlength=6).tolist() == [grown] + [head] * 5
+    chosen = registry.selector("topk").select(heads, cfg, None)[0]
+    assert set(heads.part_index[chosen].tolist()) == {0}
+
+
+def test_a_short_part_is_one_whose_left_out_documents_could_still_fit():
+    """Walk by hand: budget 10 tokens, order a(6) b(5) c(4): a is taken (4 left), b skipped,
+    c taken (0 left). A part that left out a 1-token document after a is short (4 ≥ 1); after c
+    it is not (0 < 1)."""
+    from distsel.core.config import Budget
+    from distsel.core.pool import PartColumns, Pool, PoolTotals
+
+    pool = Pool(
+        parts=["x", "y"],
+        part_index=np.array([0, 1, 1]),
+        row_index=np.array([0, 0, 1]),
+        tokens=np.array([6, 5, 4]),
+        random_key=np.arange(3, dtype=np.uint64),
+    )
+    order = [np.array([0, 1, 2])]
+    assert fill_budget(order[0], pool.tokens, Budget(tokens=10)).tolist() == [0, 2]
+    x_cut = [PartColumns(pool, PoolTotals(), 1), PartColumns(pool, PoolTotals(), None)]
+    y_cut = [PartColumns(pool, PoolTotals(), None), PartColumns(pool, PoolTotals(), 1)]
+    assert candidates.short_parts(pool, x_cut, order, Budget(tokens=10)) == [0]
+    assert candidates.short_parts(pool, y_cut, order, Budget(tokens=10)) == []
+    assert candidates.short_parts(pool, x_cut, order, Budget(docs=1)) == []
+    assert candidates.short_parts(pool, x_cut, order, Budget(docs=2)) == [0]
+    assert random_ranking(pool, None)[0].tolist() == [0, 1, 2]
