@@ -204,7 +204,7 @@ def run_reference(
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = harness.new_parser(__doc__)
     helps = {"domain": "target domain (held out from the pool)"}
     harness.add_common_flags(
         parser, helps, corpus=harness.DEFAULT_CORPUS, domain="news", target_size=500

@@ -79,7 +79,7 @@ def padded_share(calls: list[np.ndarray], batch_size: int) -> float:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.new_parser(__doc__)
     harness.add_common_flags(parser, corpus=harness.DEFAULT_CORPUS)
     parser.add_argument("--limit", type=int, default=1000, help="documents (default 1000)")
     parser.add_argument("--batch-size", type=int, default=64)

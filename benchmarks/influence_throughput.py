@@ -48,7 +48,7 @@ def measure(scorer: InfluenceScorer, texts: list[str], device: str) -> dict[str,
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = harness.new_parser(__doc__, first_paragraph=False)
     harness.add_common_flags(parser, corpus=harness.DEFAULT_CORPUS)
     parser.add_argument("--docs", type=int, default=1000, help="pool documents to score")
     parser.add_argument("--targets", type=int, default=300, help="target documents to fit on")

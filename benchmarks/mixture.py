@@ -5,9 +5,9 @@ Data: ../shared/data/corpus/*.jsonl.gz (one domain per file, field `domain`); at
 documents per domain (seeded sample), so domains of short documents (news, reviews) hold few of
 the pool's tokens and the natural (token-share) mixture differs from the uniform one.
 
-Two scenarios, each a pool ingested by distsel and searched by
-distsel.methods.mixture.selector.run_mixture_search (groups = `domain`), every proxy trained on
-the same `--train-tokens` budget:
+Two scenarios, each a pool ingested once by distsel (`distsel.run(config, "score")`) and searched
+in copies of that output by `distsel.run(config, "mixture")` (groups = `domain`), every proxy
+trained on the same `--train-tokens` budget:
   targets   target = ../shared/data/targets/pubmedqa.jsonl + gsm8k.jsonl; searched three ways:
             tune + ASHA, tune without ASHA (same seed, same trials), and RegMix
   heldout   target = `--heldout-size` documents of `--heldout-domain` taken out of the pool
@@ -26,6 +26,7 @@ of the two searches' best losses.
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import sys
 import time
@@ -79,60 +80,50 @@ def write_pool(folder: Path, domains: dict[str, list[dict[str, Any]]]) -> Path:
 # --- runs -------------------------------------------------------------------------------------
 
 
-def make_config(args: argparse.Namespace, pool: Path, targets: list[Path], output: Path) -> Any:
-    from distsel.core.config import parse_config
-
-    return parse_config(
-        {
-            "input": {"paths": [str(pool)], "group_field": "domain", "rows_per_part": 2000},
-            "target": {"paths": [str(p) for p in targets]},
-            "output": {"path": str(output)},
-            "select": {"method": "mixture", "budget": {"tokens": args.train_tokens}},
-            "proxy": {
-                "layers": args.layers,
-                "hidden": args.hidden,
-                "heads": 4,
-                "vocab_size": args.vocab_size,
-                "max_length": args.max_length,
-                "batch_size": args.batch_size,
-                "learning_rate": args.learning_rate,
-                "sample_docs": args.sample_docs,
-            },
-            "mixture": {
-                "trials": args.trials,
-                "max_concurrent": args.max_concurrent,
-                "train_tokens": args.train_tokens,
-                "report_every": args.report_every,
-                "trial_cpus": 1,
-                "heldout_docs": args.heldout_docs,
-            },
-            "seed": args.seed,
-        }
-    )
+def make_config(
+    args: argparse.Namespace, pool: Path, targets: list[Path], output: Path
+) -> dict[str, Any]:
+    return {
+        "input": {"paths": [str(pool)], "group_field": "domain", "rows_per_part": 2000},
+        "target": {"paths": [str(p) for p in targets]},
+        "output": {"path": str(output)},
+        "select": {"method": "mixture", "budget": {"tokens": args.train_tokens}},
+        "proxy": {
+            "layers": args.layers,
+            "hidden": args.hidden,
+            "heads": 4,
+            "vocab_size": args.vocab_size,
+            "max_length": args.max_length,
+            "batch_size": args.batch_size,
+            "learning_rate": args.learning_rate,
+            "sample_docs": args.sample_docs,
+        },
+        "mixture": {
+            "trials": args.trials,
+            "max_concurrent": args.max_concurrent,
+            "train_tokens": args.train_tokens,
+            "report_every": args.report_every,
+            "trial_cpus": 1,
+            "heldout_docs": args.heldout_docs,
+        },
+        "seed": args.seed,
+    }
 
 
-def ingest(config: Any) -> tuple[Any, Any]:
-    """The gathered pool and the selector context of an ingested output (no scoring stages)."""
-    from distsel.app import pipeline
-    from distsel.core import corpus
-    from distsel.core.pool import gather_pool
-    from distsel.core.stage import StageContext
-    from distsel.core.storage import Store
+def search(raw: dict[str, Any], label: str, **mixture: Any) -> dict[str, Any]:
+    """The mixture search of `raw` with `mixture` settings changed, in a copy of its output
+    folder ingested once (so every search starts from the same parts)."""
+    import distsel
 
-    store = Store(config.output.path)
-    results = pipeline.ingest(corpus.list_shards(config.input), config, store, {})
-    parts = [part for result in results for part in result.parts]
-    return gather_pool(store, parts, [], config), StageContext(config, store, parts)
-
-
-def search(config: Any, pool: Any, context: Any, label: str, **mixture: Any) -> dict[str, Any]:
-    from distsel.methods.mixture.selector import run_mixture_search
-
-    config = config.model_copy(update={"mixture": config.mixture.model_copy(update=mixture)})
-    context = type(context)(config, context.store, context.parts)
+    ingested = Path(raw["output"]["path"])
+    if not (ingested / "scoring.json").exists():
+        distsel.run(raw, "score")
+    output = ingested.with_name(f"{ingested.name}-{re.sub(r'[^a-z0-9]+', '-', label.lower())}")
+    harness.copy_scored(ingested, output)
+    config = {**raw, "output": {"path": str(output)}, "mixture": {**raw["mixture"], **mixture}}
     print(f"[{label}] searching ...", file=sys.stderr, flush=True)
     began = time.perf_counter()
-    _, section = run_mixture_search(pool, config, context)
+    section = distsel.run(config, "mixture").manifest
     section["wall_seconds"] = round(time.perf_counter() - began, 1)
     print(f"[{label}] done in {section['wall_seconds']} s", file=sys.stderr, flush=True)
     return section
@@ -244,13 +235,12 @@ def run_targets(args: argparse.Namespace, domains: dict, workdir: Path) -> dict[
     config = make_config(
         args, write_pool(workdir / "pool-targets", domains), args.targets, workdir / "out-targets"
     )
-    pool, context = ingest(config)
     runs = {
-        "tune + ASHA": search(config, pool, context, "targets: tune + ASHA", asha=True),
-        "tune, no ASHA": search(config, pool, context, "targets: tune, no ASHA", asha=False),
+        "tune + ASHA": search(config, "targets: tune + ASHA", asha=True),
+        "tune, no ASHA": search(config, "targets: tune, no ASHA", asha=False),
     }
     if not args.no_regmix:
-        runs["RegMix"] = search(config, pool, context, "targets: RegMix", mode="regmix")
+        runs["RegMix"] = search(config, "targets: RegMix", mode="regmix")
     return runs
 
 
@@ -263,9 +253,8 @@ def run_heldout(args: argparse.Namespace, domains: dict, workdir: Path) -> dict[
         [workdir / "heldout-target.jsonl"],
         workdir / "out-heldout",
     )
-    pool, context = ingest(config)
     label = f"heldout {args.heldout_domain}: tune + ASHA"
-    return {"tune + ASHA": search(config, pool, context, label, asha=True)}
+    return {"tune + ASHA": search(config, label, asha=True)}
 
 
 def main() -> None:

@@ -34,7 +34,7 @@ def points(text: str) -> list[tuple[int, int]]:
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = harness.new_parser(__doc__)
     harness.add_common_flags(
         parser,
         corpus=harness.DEFAULT_CORPUS,

@@ -15,7 +15,6 @@ variants set PredictedQuadBandit's audit_share (the allowance kept to audit the 
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Any
 
@@ -120,7 +119,7 @@ def variant_row(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = harness.new_parser(__doc__)
     helps = {"workdir": "benchmarks/selection.py's", "domain": "the held-out domain"}
     harness.add_common_flags(parser, helps, workdir=harness.REQUIRED, domain="scientific")
     parser.add_argument("--column", default="influence", help="or influence_normalized")

@@ -141,7 +141,7 @@ def sweep(replay: Replay, options: QuadOptions, args: argparse.Namespace) -> lis
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = harness.new_parser(__doc__)
     helps = {"workdir": "benchmarks/quad.py's", "domain": "the held-out domain"}
     harness.add_common_flags(parser, helps, workdir=harness.REQUIRED, domain="scientific")
     parser.add_argument("--clusters", type=int, nargs="+", default=[25, 53, 100, 200, 400])

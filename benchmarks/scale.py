@@ -8,7 +8,8 @@ shards of 100,000 documents; a pool of N documents is the first N/100,000 shards
 
 Each (pool size, method) runs in a fresh process on a local Ray of this machine's cores:
 `distsel.run` on a config of select.method `--methods` (random; dsir; topk over dsir's
-`dsir_log_weight`) and a budget of `--budget` documents, into a fresh output. It prints:
+`dsir_log_weight`) and a budget of `--budget` documents, into a fresh output (removed afterwards
+unless `--keep`). It prints:
 
   wall s        the run's wall_seconds (ingest, scoring, selection, evaluation)
   docs/s        pool documents / wall s
@@ -36,6 +37,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -279,6 +281,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--kmeans-dim", type=positive, default=384)
     parser.add_argument("--kmeans-k", type=positive, default=1_000)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--keep", action="store_true", help="keep each run's output folder")
     args = parser.parse_args(argv)
     args.sizes = [int(s) for s in args.sizes.split(",")]
     args.methods = args.methods.split(",")
@@ -298,6 +301,8 @@ def main(argv: list[str] | None = None) -> int:
         for method in args.methods:
             config = run_config(work, shards[: size // SHARD_DOCS], method, args.budget)
             got = spawn(work, f"{method}-{size}", config, args.timeout)
+            if not args.keep:
+                shutil.rmtree(config["output"]["path"], ignore_errors=True)
             results.setdefault(method, {})[size] = got
             print(f"scale: {method} {size:,}: {json.dumps(got)}", flush=True)
     kmeans = None

@@ -177,15 +177,13 @@ def score_on(address: str, spec: dict[str, Any]) -> dict[str, Any]:
 
 def train_proxy(config: Any) -> dict[str, Any]:
     """The proxy of a scored output, trained (perplexity's runs then reuse it), timed."""
-    from distsel.app import pipeline
-    from distsel.core import corpus
+    from distsel.core import layout
     from distsel.core.stage import StageContext
     from distsel.core.storage import Store
     from distsel.methods.proxy import ensure_proxy
 
     store = Store(config.output.path)
-    shards = corpus.list_shards(config.input)
-    parts = pipeline.score(config, store, shards, require_done=True).parts
+    parts = sorted(store.list(layout.DOCS, layout.PART_SUFFIX))  # ingest's order: shard, number
     began = time.perf_counter()
     _, proxy = ensure_proxy(StageContext(config, store, parts))
     return {"proxy": proxy, "proxy_seconds": time.perf_counter() - began}

@@ -204,7 +204,7 @@ def table_row(row: str, result: dict[str, Any]) -> list[str]:
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = harness.new_parser(__doc__)
     harness.add_common_flags(
         parser,
         corpus=harness.DEFAULT_CORPUS,

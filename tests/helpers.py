@@ -85,15 +85,26 @@ def read_folder(folder: Path):
     return pa.concat_tables(tables, promote_options="permissive") if tables else pa.table({})
 
 
-def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600):
-    """`python -m distsel.app.cli ARGS` in a subprocess, on a Ray of its own, without instance
-    metadata; the completed process (text output captured)."""
-    env = {
+def cli_env(own_ray: bool = False) -> dict[str, str]:
+    """The environment of a CLI subprocess: without instance metadata, on the test process's Ray
+    when it has one (the `ray_local` fixture's: a run then starts no Ray, as on a cluster), else
+    or with `own_ray` on a Ray of its own."""
+    import ray
+
+    joins = ray.is_initialized() and not own_ray
+    address = ray.get_runtime_context().gcs_address if joins else ""
+    return {
         **os.environ,
-        "RAY_ADDRESS": "",
+        "RAY_ADDRESS": address,
         "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
         "AWS_EC2_METADATA_DISABLED": "true",
     }
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600, own_ray: bool = False):
+    """`python -m distsel.app.cli ARGS` in a subprocess (`cli_env`); the completed process
+    (text output captured)."""
+    env = cli_env(own_ray)
     command = [sys.executable, "-m", "distsel.app.cli", *args]
     return subprocess.run(
         command, capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout

@@ -12,7 +12,7 @@ from helpers import write_jsonl
 @pytest.mark.slow
 def test_demo_runs_end_to_end_on_standard_library_text(tmp_path):
     output = tmp_path / "demo"
-    result = distsel("demo", str(output))
+    result = distsel("demo", str(output), own_ray=True)  # as a new user runs it
     assert result.returncode == 0, result.stderr
     assert f"output in {output}" in result.stdout
     assert "documents in" in result.stdout and "selected" in result.stdout
@@ -49,7 +49,7 @@ def test_configuration_errors_name_the_key_without_a_traceback(tmp_path):
 
 
 @pytest.mark.slow
-def test_strict_mode_error_names_file_and_line(tmp_path):
+def test_strict_mode_error_names_file_and_line(ray_local, tmp_path):
     shard = write_jsonl(tmp_path / "c.jsonl", [{"text": "fine"}, b"{broken"])
     config = tmp_path / "run.yaml"
     config.write_text(

@@ -216,7 +216,7 @@ def test_readme_job_submit_stops_only_the_head_it_started():
 
 
 @pytest.mark.slow
-def test_distsel_run_then_status(tmp_path):
+def test_distsel_run_then_status(ray_local, tmp_path):
     """The whole command on Ray: the run, its report, its run record, and status after it."""
     config = write_small_run(tmp_path)
     result = run_cli("run", str(config), "--set", "select.budget.docs=9")

@@ -169,10 +169,11 @@ def test_similarity_matches_numpy_and_round_robins_over_tasks(
     raw = base_config([corpus], tmp_path / "sim", method="similarity", budget={"docs": 20})
     raw["input"].update(group_field="domain", rows_per_part=40)
     raw["target"] = {"paths": [str(target), str(second)]}
-    raw["embed"] = {"dtype": "float32"}  # to compare with the brute-force reference at 1e-5
+    # float32 to compare with the brute-force reference at 1e-5; 64 tokens: a quarter of the work
+    raw["embed"] = {"dtype": "float32", "max_length": 64}
     manifest = pipeline.run(parse_config(raw))
 
-    embedder = Embedder(num_threads=2, dtype="float32")
+    embedder = Embedder(num_threads=2, dtype="float32", max_length=64)
     texts = [d["text"] for d in pool]
     docs = embedder.embed(texts)
     expected = {  # the pool under 5,000 documents: the whole pool is the reference sample
@@ -208,6 +209,7 @@ def test_betr_scores_the_pool_from_an_embedded_sample(ray_local, tmp_path, corpu
     raw = base_config([corpus], tmp_path / "betr", method="similarity", budget={"docs": 15})
     raw["input"].update(group_field="domain")
     raw["target"] = {"paths": [str(target)]}
+    raw["embed"] = {"max_length": 64}
     raw["select"]["similarity"] = {"betr": True, "betr_sample": 100, "betr_top_fraction": 0.2}
     manifest = pipeline.run(parse_config(raw))
     assert not (tmp_path / "betr" / "scores" / "embed").exists(), "only the sample is embedded"
@@ -297,6 +299,7 @@ def test_quad_selects_with_influence_on_draws_only(tmp_path, corpus_and_target, 
     raw = base_config([corpus], tmp_path / "quad", method="quad", budget={"docs": 15})
     raw["input"].update(group_field="domain", rows_per_part=40)
     raw["target"] = {"paths": [str(target)]}
+    raw["embed"] = {"max_length": 64}
     raw["proxy"] = {**TINY_PROXY, "path": str(influence_run[2] / "proxy")}
     raw["select"]["quad"] = {
         "clusters": 6,
@@ -367,6 +370,7 @@ def test_quad_puts_any_costlier_text_stage_behind_its_rewards(
     raw = base_config([corpus], tmp_path / "quad-dsir", method="quad", budget={"docs": 15})
     raw["input"].update(group_field="domain", rows_per_part=40)
     raw["target"] = {"paths": [str(target)]}
+    raw["embed"] = {"max_length": 64}
     raw["select"]["quad"] = {
         "clusters": 6,
         "scorer": "dsir",

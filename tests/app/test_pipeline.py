@@ -11,7 +11,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers import base_config, read_folder, stdlib_paragraphs, write_jsonl
+from helpers import base_config, cli_env, read_folder, stdlib_paragraphs, write_jsonl
 
 from distsel.app import pipeline
 from distsel.core.config import parse_config
@@ -170,10 +170,9 @@ def test_credentials_never_reach_the_manifest(ray_local, tmp_path):
 
 
 def _cli_run(config_path: Path) -> subprocess.Popen:
-    env = {**os.environ, "RAY_ADDRESS": "", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
     return subprocess.Popen(
         [sys.executable, "-m", "distsel.app.cli", "run", str(config_path)],
-        env=env,
+        env=cli_env(),
         start_new_session=True,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -204,8 +203,8 @@ def _config_file(root: Path, corpus: Path, output: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def clean_cli_run(tmp_path_factory) -> tuple[Path, Path]:
-    """The corpus of the killed-run tests and its uninterrupted run, made once."""
+def clean_cli_run(ray_local, tmp_path_factory) -> tuple[Path, Path]:
+    """The corpus of the killed-run test and its uninterrupted run, made once."""
     root = tmp_path_factory.mktemp("clean-run")
     corpus = _big_corpus(root)
     clean = _cli_run(_config_file(root, corpus, root / "clean"))
@@ -213,14 +212,10 @@ def clean_cli_run(tmp_path_factory) -> tuple[Path, Path]:
     return corpus, root / "clean"
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("kill_when", ["ingest", "stats"])
-def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path, kill_when, clean_cli_run):
-    corpus, clean_output = clean_cli_run
-    killed_output = tmp_path / "killed"
-    config = _config_file(tmp_path, corpus, killed_output)
+def _kill_once_marked(config: Path, markers: Path) -> None:
+    """Start the run of `config`, and kill it (its process group) once `markers` holds a done
+    marker."""
     victim = _cli_run(config)
-    markers = killed_output / "_state" / kill_when
     deadline = time.monotonic() + 180
     while not (markers.exists() and any(markers.glob("*.json"))):
         assert victim.poll() is None, victim.stdout.read().decode()
@@ -228,7 +223,18 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path, kill_when, c
         time.sleep(0.02)
     os.killpg(victim.pid, signal.SIGKILL)
     victim.wait()
-    assert not (killed_output / "manifest.json").exists(), "the run was killed before it finished"
+
+
+@pytest.mark.slow
+def test_a_run_killed_in_ingest_then_in_scoring_resumes_to_the_uninterrupted_result(
+    tmp_path, clean_cli_run
+):
+    corpus, clean_output = clean_cli_run
+    killed_output = tmp_path / "killed"
+    config = _config_file(tmp_path, corpus, killed_output)
+    for kill_when in ("ingest", "stats"):
+        _kill_once_marked(config, killed_output / "_state" / kill_when)
+        assert not (killed_output / "manifest.json").exists(), f"killed in {kill_when}"
 
     resumed = _cli_run(config)
     assert resumed.wait(timeout=300) == 0, resumed.stdout.read().decode()

@@ -128,6 +128,7 @@ def write_run(root: Path, name: str, texts: list[str], stages: dict) -> Path:
         "select": {"method": "dsir", "budget": {"docs": 30}},
         "target": {"paths": [str(write_jsonl(root / "target.jsonl", [{"text": texts[0]}]))]},
         "stages": stages,
+        "embed": {"max_length": 64},  # a quarter of the default's work
     }
     config.write_text(json.dumps(raw))  # JSON is YAML
     return config
@@ -147,26 +148,11 @@ def test_a_client_without_the_token_is_refused(head, tmp_path):
     assert "auth" in (refused.stdout + refused.stderr).lower()
 
 
-def test_submitted_phases_equal_a_local_whole_run(head, tmp_path, ray_local):
+def test_a_killed_driver_resubmitted_by_phases_equals_a_local_whole_run(head, tmp_path, ray_local):
+    """The whole pipeline submitted and its driver killed mid-scoring; then the scoring phase
+    submitted (it resumes), then the selection phase; the result is a local whole run's."""
     address, env = head
-    config = write_run(tmp_path, "submitted", stdlib_paragraphs(100), {"stats": {}})
-    finish(submit(address, env, "scoring", config))
-    assert (tmp_path / "submitted" / "scoring.json").exists()
-    assert not (tmp_path / "submitted" / "selected").exists()
-    output = finish(submit(address, env, "selection", config))
-    assert "selected" in output and "manifest.json" in output
-
-    local = load_config(config, {"output.path": str(tmp_path / "local")})
-    manifest = pipeline.run(local)
-    submitted = json.loads((tmp_path / "submitted" / "manifest.json").read_text())
-    assert submitted["selected_docs"] == manifest["selected_docs"] == 30
-    assert selected_ids(tmp_path / "submitted") == selected_ids(tmp_path / "local")
-
-
-def test_a_killed_driver_resubmitted_gives_the_clean_result(head, tmp_path, ray_local):
-    address, env = head
-    texts = stdlib_paragraphs(100)
-    config = write_run(tmp_path, "crashed", texts, {"embed": {"batch_size": 10}})
+    config = write_run(tmp_path, "crashed", stdlib_paragraphs(100), {"embed": {"batch_size": 10}})
     job = submit(address, env, "pipeline", config)
     markers = tmp_path / "crashed" / "_state" / "embed"
     deadline = time.monotonic() + 300
@@ -183,11 +169,16 @@ def test_a_killed_driver_resubmitted_gives_the_clean_result(head, tmp_path, ray_
     assert job.returncode != 0, "the job failed with its driver"
     assert len(list(markers.glob("*.parquet.json"))) < 5, "killed mid-run"
 
-    finish(submit(address, env, "pipeline", config))
-    resumed = json.loads((tmp_path / "crashed" / "manifest.json").read_text())
-    assert resumed["stages"]["embed"]["resumed_parts"] >= 1
+    finish(submit(address, env, "scoring", config))
+    scoring = json.loads((tmp_path / "crashed" / "scoring.json").read_text())
+    assert scoring["stages"]["embed"]["resumed_parts"] >= 1
+    assert not (tmp_path / "crashed" / "selected").exists()
+    output = finish(submit(address, env, "selection", config))
+    assert "selected" in output and "manifest.json" in output
+
     clean = pipeline.run(load_config(config, {"output.path": str(tmp_path / "clean")}))
-    assert resumed["selected_docs"] == clean["selected_docs"]
+    submitted = json.loads((tmp_path / "crashed" / "manifest.json").read_text())
+    assert submitted["selected_docs"] == clean["selected_docs"] == 30
     assert selected_ids(tmp_path / "crashed") == selected_ids(tmp_path / "clean")
     for name in sorted(os.listdir(tmp_path / "clean" / "scores" / "embed")):
         first = pq.read_table(tmp_path / "crashed" / "scores" / "embed" / name)
