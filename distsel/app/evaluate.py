@@ -289,19 +289,24 @@ def pool_bigram_counts(
     row_sets: tuple[list[np.ndarray] | None, ...] = (None,),
 ) -> list[BigramCounts]:
     """`bigram_counts` of sets of documents, each summed over the parts, one task per part where
-    the part is read (and tokenised once); only fixed-size count vectors travel to the driver.
+    the part is read (and tokenised once), added by a tree of tasks: only one set of fixed-size
+    count vectors reaches the driver.
     Each of `row_sets` is None (every document) or one array of row numbers per part; one
     BigramCounts per set is returned."""
+    if not parts:
+        return [BigramCounts.zeros(query) for _ in row_sets]
     executor = current()
     shared = executor.share(query)
     calls = [
         (store, folder, part, shared, tuple(None if rows is None else rows[i] for rows in row_sets))
         for i, part in enumerate(parts)
     ]
-    totals = [BigramCounts.zeros(query) for _ in row_sets]
-    for counts in executor.as_completed(_part_bigram_counts, calls):
-        totals = [total + part_counts for total, part_counts in zip(totals, counts, strict=True)]
-    return totals
+    return executor.map_reduce(_part_bigram_counts, calls, _add_counts)
+
+
+def _add_counts(*per_part: list[BigramCounts]) -> list[BigramCounts]:
+    """Element-wise sum of the parts' counts (one BigramCounts per row set)."""
+    return [sum(counts[1:], counts[0]) for counts in zip(*per_part, strict=True)]
 
 
 def rows_per_part(pool: Pool, indices: np.ndarray) -> list[np.ndarray]:

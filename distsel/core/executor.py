@@ -334,12 +334,15 @@ class RayExecutor(Executor):
         *,
         fanin: int = 16,
     ) -> T:
-        # The partial results stay in the object store: the driver receives at most `fanin`.
+        # The partial results stay in the object store, and the last combine runs there too:
+        # the driver receives one result, whatever the number of calls. Same tree, same order.
         refs = [self._remote(fn, 1.0).remote(*args) for args in calls]
         remote_combine = self._remote(combine, 1.0)
-        while len(refs) > fanin:
+        if len(refs) <= 1:
+            return combine(*_get(refs))
+        while len(refs) > 1:
             refs = [remote_combine.remote(*refs[i : i + fanin]) for i in range(0, len(refs), fanin)]
-        return combine(*_get(refs))
+        return _get(refs)[0]
 
     def totals(self) -> dict[str, float]:
         import ray
