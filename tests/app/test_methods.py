@@ -242,6 +242,7 @@ def influence_run(ray_local, tmp_path_factory, corpus_and_target):
     return config, pipeline.run(config), output
 
 
+@pytest.mark.slow  # a proxy trained and influence scored in actor pools (the module fixture)
 def test_influence_topk_trains_a_proxy_and_matches_a_direct_scorer(
     corpus_and_target, influence_run
 ):
@@ -270,6 +271,7 @@ def test_influence_topk_trains_a_proxy_and_matches_a_direct_scorer(
     assert np.allclose(np.sort(chosen), best)
 
 
+@pytest.mark.slow
 def test_influence_pool_scores_groups_like_the_stage(corpus_and_target, influence_run):
     from distsel.core.runner import StagePool
     from distsel.core.stage import Resources, StageContext

@@ -197,6 +197,7 @@ def make_run(corpus: Path, out: Path, **mixture):
     return config, gather_pool(store, parts, [], config), StageContext(config, store, parts)
 
 
+@pytest.mark.slow  # a Ray Tune search
 def test_tune_search_end_to_end_with_optuna_and_asha(ray_local, corpus, tmp_path):
     from distsel.methods.mixture.selector import MixtureSelector, run_mixture_search
 
