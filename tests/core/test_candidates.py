@@ -8,11 +8,13 @@ import math
 import numpy as np
 import pyarrow as pa
 import pytest
+from helpers import base_config, read_folder, stdlib_paragraphs, write_jsonl
 
+from distsel.app import pipeline
 from distsel.core import candidates, layout, registry
-from distsel.core.config import parse_config
+from distsel.core.config import Budget, parse_config
 from distsel.core.executor import LocalExecutor
-from distsel.core.pool import gather_pool
+from distsel.core.pool import PartColumns, Pool, PoolTotals, gather_pool, random_keys
 from distsel.core.samplers import fill_budget, random_ranking
 from distsel.core.selector import selection_pool
 from distsel.core.storage import Store
@@ -100,9 +102,6 @@ def test_a_short_part_is_one_whose_left_out_documents_could_still_fit():
     """Walk by hand: budget 10 tokens, order a(6) b(5) c(4): a is taken (4 left), b skipped,
     c taken (0 left). A part that left out a 1-token document after a is short (4 ≥ 1); after c
     it is not (0 < 1)."""
-    from distsel.core.config import Budget
-    from distsel.core.pool import PartColumns, Pool, PoolTotals
-
     pool = Pool(
         parts=["x", "y"],
         part_index=np.array([0, 1, 1]),
@@ -119,3 +118,20 @@ def test_a_short_part_is_one_whose_left_out_documents_could_still_fit():
     assert candidates.short_parts(pool, x_cut, order, Budget(docs=1)) == []
     assert candidates.short_parts(pool, x_cut, order, Budget(docs=2)) == [0]
     assert random_ranking(pool, None)[0].tolist() == [0, 1, 2]
+
+
+def test_a_run_hands_the_selector_heads_and_selects_the_smallest_random_keys(tmp_path):
+    """The whole pipeline: a random selection of 10 of 400 documents in 4 parts holds 4 heads of
+    ⌈1.25 · 10 / 4⌉ + 16 documents, and takes the 10 smallest seeded keys of the whole pool."""
+    texts = [f"{p} ({i})" for i, p in enumerate(stdlib_paragraphs(100) * 4)]
+    write_jsonl(tmp_path / "corpus" / "a.jsonl", [{"text": t} for t in texts])
+    raw = base_config([tmp_path / "corpus"], tmp_path / "out", method="random", budget={"docs": 10})
+    raw["input"]["rows_per_part"] = 100
+    with LocalExecutor().active():
+        manifest = pipeline.run(parse_config(raw))
+    head = math.ceil(candidates.HEAD_MARGIN * 10 / 4) + candidates.MIN_HEAD
+    assert manifest["stages"]["select"]["held_docs"] == 4 * head < manifest["accepted_docs"] == 400
+    docs = read_folder(tmp_path / "out" / "docs")
+    keys = random_keys(docs["id"].to_pylist(), manifest["seed"])
+    smallest = {docs["id"][int(i)].as_py() for i in np.argsort(keys, kind="stable")[:10]}
+    assert set(read_folder(tmp_path / "out" / "selected")["id"].to_pylist()) == smallest
