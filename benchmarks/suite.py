@@ -537,9 +537,10 @@ def report(
         title="does the run's evaluation rank selections as the held-out loss does? (every table)",
     )
     tokens = {name: t for name, t in results.items() if name.endswith("/ tokens")}
-    print("\ngoals (token budget):")
-    for line in goal_lines(tokens, tasks):
-        print(f"  {line}")
+    if tokens:  # the goals are set under the token budget
+        print("\ngoals (token budget):")
+        for line in goal_lines(tokens, tasks):
+            print(f"  {line}")
     print(f"\ntotal {seconds:.0f} s")
     harness.write_json(args.json, {"args": vars(args), "results": compact(results)})
 
