@@ -82,8 +82,13 @@ def gather_ranked(
         short = short_parts(pool, gathered, rankings(pool, config), config.select.budget)
         for index in short:
             heads[index] *= GROWTH
-    if rounds > 1:
-        log.info("select: %d rounds of candidates from the parts", rounds)
+    log.info(
+        "select: the parts sent their best-ranked %s of the pool's %s documents (%d round%s)",
+        f"{len(pool):,}",
+        f"{pool.totals.docs:,}",
+        rounds,
+        "s" if rounds > 1 else "",
+    )
     pool.dropped = dict(dropped or {})
     return pool
 
