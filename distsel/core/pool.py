@@ -127,11 +127,10 @@ Keep = Callable[[Pool], "np.ndarray | None"]
 
 @dataclass
 class PartColumns:
-    """One part's gathered rows: `pool` holds the kept ones, `totals` counts all of them, and
-    `left_out_min_tokens` is the fewest tokens of a document left out (None: none was)."""
+    """One part's gathered rows: `pool` holds the kept ones (its `totals` count all of them),
+    and `left_out_min_tokens` is the fewest tokens of a document left out (None: none was)."""
 
     pool: Pool
-    totals: PoolTotals
     left_out_min_tokens: int | None
 
 
@@ -146,10 +145,7 @@ def part_columns(
 ) -> PartColumns:
     """The selection columns of one part's accepted rows (all but `dropped`), then only the rows
     `keep` picks from them."""
-    present = [name for name in fields if name in store.read_schema(layout.docs(part)).names]
-    docs = store.read_table(layout.docs(part), columns=["id", "tokens_approx", *present])
-    rows = np.setdiff1d(np.arange(docs.num_rows, dtype=np.int64), dropped)
-    docs = docs.take(rows)
+    rows, docs = _accepted_docs(store, part, ["id", "tokens_approx"], fields, dropped)
     scores = {}
     for stage in stages:
         table = store.read_table(layout.scores(stage, part)).take(rows)
@@ -169,11 +165,44 @@ def part_columns(
     )
     kept = None if keep is None else keep(pool)
     if kept is None or len(kept) == len(rows):
-        return PartColumns(pool, pool.totals, None)
+        return PartColumns(pool, None)
     kept = np.sort(np.asarray(kept, dtype=np.int64))
     left_out = np.ones(len(rows), dtype=bool)
     left_out[kept] = False
-    return PartColumns(take(pool, kept), pool.totals, int(tokens[left_out].min()))
+    return PartColumns(take(pool, kept), int(tokens[left_out].min()))
+
+
+def _accepted_docs(
+    store: Store, part: str, columns: list[str], fields: list[str], dropped: np.ndarray
+) -> tuple[np.ndarray, pa.Table]:
+    """The row numbers of a part's accepted documents (all but `dropped`) and their `columns`
+    and passed-through `fields` (those the part has)."""
+    present = [name for name in fields if name in store.read_schema(layout.docs(part)).names]
+    docs = store.read_table(layout.docs(part), columns=[*columns, *present])
+    rows = np.setdiff1d(np.arange(docs.num_rows, dtype=np.int64), dropped)
+    return rows, docs.take(rows)
+
+
+def _part_totals(store: Store, part: str, fields: list[str], dropped: np.ndarray) -> PoolTotals:
+    rows, docs = _accepted_docs(store, part, ["tokens_approx"], fields, dropped)
+    return PoolTotals(
+        docs=len(rows),
+        tokens=int(docs.column("tokens_approx").to_numpy().sum()),
+        categories={name: Counter(_category(docs, name).tolist()) for name in fields},
+    )
+
+
+def pool_totals(
+    store: Store, parts: list[str], config: Config, dropped: dict[str, np.ndarray] | None = None
+) -> PoolTotals:
+    """The whole pool's `PoolTotals`, counted part by part in parallel (no document gathered)."""
+    fields = selection_fields(config)
+    none = np.zeros(0, dtype=np.int64)
+    calls = [(store, part, fields, (dropped or {}).get(part, none)) for part in parts]
+    totals = PoolTotals(categories={name: Counter() for name in fields})
+    for part in current().map(_part_totals, calls):
+        totals.add(part)
+    return totals
 
 
 def take(pool: Pool, indices: np.ndarray) -> Pool:
@@ -229,7 +258,7 @@ def stack(parts: list[str], gathered: list[PartColumns], fields: list[str]) -> P
     """One Pool of the parts' gathered rows, in part order, with the parts' totals summed."""
     totals = PoolTotals(categories={name: Counter() for name in fields})
     for columns in gathered:
-        totals.add(columns.totals)
+        totals.add(columns.pool.totals)
     pools = [columns.pool for columns in gathered]
     sizes = [len(pool) for pool in pools]
     score_names = sorted(set().union(*(pool.scores for pool in pools))) if pools else []
@@ -247,7 +276,7 @@ def stack(parts: list[str], gathered: list[PartColumns], fields: list[str]) -> P
         },
         scores={name: np.concatenate([p.scores[name] for p in pools]) for name in score_names},
         totals=totals,
-        part_docs=np.array([columns.totals.docs for columns in gathered], dtype=np.int64),
+        part_docs=np.array([columns.pool.totals.docs for columns in gathered], dtype=np.int64),
     )
 
 
@@ -257,20 +286,13 @@ def gather_pool(
     stages: list[str],
     config: Config,
     dropped: dict[str, np.ndarray] | None = None,
-    totals_only: bool = False,
 ) -> Pool:
     """Every accepted document's selection columns, read part by part in parallel, leaving out
-    the `dropped` rows of each part (quarantined after ingest, such as duplicate ids); with
-    `totals_only`, no document, only the pool's `totals`."""
-    keeps: list[Keep | None] = [_nothing if totals_only else None] * len(parts)
-    gathered = gather_parts(store, parts, stages, config, dropped, keeps)
+    the `dropped` rows of each part (quarantined after ingest, such as duplicate ids)."""
+    gathered = gather_parts(store, parts, stages, config, dropped)
     pool = stack(parts, gathered, selection_fields(config))
     pool.dropped = dict(dropped or {})
     return pool
-
-
-def _nothing(pool: Pool) -> np.ndarray:
-    return np.zeros(0, dtype=np.int64)
 
 
 def _stack(arrays: list[np.ndarray], dtype: Any) -> np.ndarray:

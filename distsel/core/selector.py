@@ -11,7 +11,7 @@ from distsel.core import registry
 from distsel.core.candidates import gather_ranked
 from distsel.core.config import Config
 from distsel.core.errors import DistselError
-from distsel.core.pool import Pool, PoolTotals, gather_pool
+from distsel.core.pool import Pool, PoolTotals, gather_pool, pool_totals
 from distsel.core.stage import StageContext
 from distsel.core.storage import Store
 
@@ -102,8 +102,7 @@ def selection_pool(
     declares `rankings` under a budget gets only the parts' heads of its ranking
     (distsel.core.candidates); any other gets every document."""
     if config.select.budget is not None and config.select.budget.share is not None:
-        totals = gather_pool(store, parts, [], config, dropped, totals_only=True).totals
-        config = with_resolved_budget(config, totals)
+        config = with_resolved_budget(config, pool_totals(store, parts, config, dropped))
     rankings = getattr(selector, "rankings", None)
     if rankings is None or config.select.budget is None:
         return gather_pool(store, parts, stages, config, dropped), config

@@ -14,7 +14,7 @@ from distsel.app import pipeline
 from distsel.core import candidates, layout, registry
 from distsel.core.config import Budget, parse_config
 from distsel.core.executor import LocalExecutor
-from distsel.core.pool import PartColumns, Pool, PoolTotals, gather_pool, random_keys
+from distsel.core.pool import PartColumns, Pool, gather_pool, random_keys
 from distsel.core.samplers import fill_budget, random_ranking
 from distsel.core.selector import selection_pool
 from distsel.core.storage import Store
@@ -111,8 +111,8 @@ def test_a_short_part_is_one_whose_left_out_documents_could_still_fit():
     )
     order = [np.array([0, 1, 2])]
     assert fill_budget(order[0], pool.tokens, Budget(tokens=10)).tolist() == [0, 2]
-    x_cut = [PartColumns(pool, PoolTotals(), 1), PartColumns(pool, PoolTotals(), None)]
-    y_cut = [PartColumns(pool, PoolTotals(), None), PartColumns(pool, PoolTotals(), 1)]
+    x_cut = [PartColumns(pool, 1), PartColumns(pool, None)]
+    y_cut = [PartColumns(pool, None), PartColumns(pool, 1)]
     assert candidates.short_parts(pool, x_cut, order, Budget(tokens=10)) == [0]
     assert candidates.short_parts(pool, y_cut, order, Budget(tokens=10)) == []
     assert candidates.short_parts(pool, x_cut, order, Budget(docs=1)) == []
