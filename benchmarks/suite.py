@@ -73,6 +73,8 @@ ROWS: dict[str, tuple[str, dict[str, Any], str]] = {
     "similarity": ("similarity", {}, ""),
     "similarity-cosine": ("similarity", {}, "cosine"),
     "similarity-mean": ("similarity", {}, "mean"),
+    "similarity-k50": ("similarity", {}, "k50"),
+    "similarity-betr": ("similarity", {"similarity": {"betr": True}}, "betr"),
     "influence": ("influence", {}, "influence"),
     "influence-raw": ("influence", {"influence": {"normalize": False}}, "influence"),
     "quad": ("quad", {}, ""),
@@ -87,6 +89,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # RDS+'s plain cosine (the default before `contrast: pool`), max or mean over the examples
     "cosine": {"similarity": {"contrast": "none"}},
     "mean": {"similarity": {"contrast": "none", "aggregate": "mean"}},
+    "k50": {"similarity": {"neighbours": 50}},
+    "betr": {"betr": {}},  # BETR: an n-gram classifier on the embedding ranking of a sample
     "contrast": {"influence": {"contrast": "pool"}},  # options only: configures, does not add
     "influence": {"influence": {}},  # listed empty: the stage scores every document
 }
@@ -251,7 +255,7 @@ def score_task(
     """The task's scoring run (every target-dependent stage) on a copy of the shared one; a
     variant's (other settings of some stages) on a copy of the task's."""
     folder = scored_folder(root, task, variant)
-    row = next(r for r, (_, options, v) in ROWS.items() if v == variant and not options)
+    row = next(r for r, (_, _, v) in ROWS.items() if v == variant)
     raw = task_raw(args, root, task, row, {"docs": 10})
     raw["select"] = {"method": "random", "budget": {"docs": 10}}
     raw["output"] = {"path": str(folder)}
