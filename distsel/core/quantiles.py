@@ -19,6 +19,7 @@ import numpy as np
 
 from distsel.core import layout
 from distsel.core.executor import current
+from distsel.core.pool import Pool
 from distsel.core.registry import stage_for_column
 from distsel.core.storage import Store
 
@@ -27,31 +28,40 @@ DIGIT_BITS = 16
 SIGN = np.uint64(1 << 63)
 
 
-@dataclass(frozen=True)
-class ColumnParts:
-    """One numeric score column of the accepted documents of `parts` (each part's `dropped`
-    rows, quarantined after ingest, left out), read where the parts are."""
+class Column:
+    """One numeric score column, read one part at a time where the part is."""
 
-    store: Store
     parts: list[str]
-    stage: str
     column: str
-    dropped: dict[str, np.ndarray] = field(default_factory=dict)
-
-    @classmethod
-    def of(
-        cls, store: Store, parts: list[str], column: str, dropped: dict[str, np.ndarray]
-    ) -> ColumnParts:
-        """The score `column`, read from the stage that writes it."""
-        return cls(store, parts, stage_for_column(column), column, dropped)
 
     def values(self, index: int) -> np.ndarray:
         """Part `index`'s values, in row order, NaN included."""
-        path = layout.scores(self.stage, self.parts[index])
-        return self._accepted(index, path, self.column).astype(np.float64)
+        raise NotImplementedError
 
     def tokens(self, index: int) -> np.ndarray:
         """Part `index`'s documents' approximate tokens, in row order."""
+        raise NotImplementedError
+
+    def map(self, fn: Callable[..., T], *args: Any) -> list[T]:
+        """fn(self, part index, *args) for every part, in parallel."""
+        return current().map(fn, [(self, index, *args) for index in range(len(self.parts))])
+
+
+@dataclass(frozen=True)
+class ColumnParts(Column):
+    """A score column of the accepted documents of `parts` (each part's `dropped` rows,
+    quarantined after ingest, left out), as the stage that writes it stored it."""
+
+    store: Store
+    parts: list[str]
+    column: str
+    dropped: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def values(self, index: int) -> np.ndarray:
+        path = layout.scores(stage_for_column(self.column), self.parts[index])
+        return self._accepted(index, path, self.column).astype(np.float64)
+
+    def tokens(self, index: int) -> np.ndarray:
         path = layout.docs(self.parts[index])
         return self._accepted(index, path, "tokens_approx").astype(np.int64)
 
@@ -60,9 +70,24 @@ class ColumnParts:
         dropped = self.dropped.get(self.parts[index])
         return values if dropped is None or not len(dropped) else np.delete(values, dropped)
 
-    def map(self, fn: Callable[..., T], *args: Any) -> list[T]:
-        """fn(self, part index, *args) for every part, in parallel."""
-        return current().map(fn, [(self, index, *args) for index in range(len(self.parts))])
+
+@dataclass(frozen=True)
+class PoolColumn(Column):
+    """A score column of a pool held in memory, part by part."""
+
+    pool: Pool
+    column: str
+
+    @property
+    def parts(self) -> list[str]:  # type: ignore[override]
+        return self.pool.parts
+
+    def values(self, index: int) -> np.ndarray:
+        scores = np.asarray(self.pool.scores[self.column], dtype=np.float64)
+        return scores[self.pool.part_index == index]
+
+    def tokens(self, index: int) -> np.ndarray:
+        return self.pool.tokens[self.pool.part_index == index]
 
 
 @dataclass(frozen=True)
@@ -87,7 +112,7 @@ def unsortable(key: int) -> float:
     return float(np.array([bits], dtype=np.uint64).view(np.float64)[0])
 
 
-def _digit_counts(source: ColumnParts, index: int, prefixes: list[tuple[int, int]]) -> np.ndarray:
+def _digit_counts(source: Column, index: int, prefixes: list[tuple[int, int]]) -> np.ndarray:
     """Per (prefix, bits known): the part's count of non-NaN values under that prefix, by their
     next DIGIT_BITS bits."""
     values = source.values(index)
@@ -105,19 +130,19 @@ def _add(*counts: np.ndarray) -> np.ndarray:
     return np.sum(counts, axis=0)
 
 
-def value_count(source: ColumnParts) -> int:
+def value_count(source: Column) -> int:
     """How many non-NaN values the column holds."""
     return int(_counts_round(source, [(0, 0)])[0].sum())
 
 
-def _counts_round(source: ColumnParts, prefixes: list[tuple[int, int]]) -> np.ndarray:
+def _counts_round(source: Column, prefixes: list[tuple[int, int]]) -> np.ndarray:
     calls = [(source, index, prefixes) for index in range(len(source.parts))]
     if not calls:
         return np.zeros((len(prefixes), 1 << DIGIT_BITS), dtype=np.int64)
     return current().map_reduce(_digit_counts, calls, _add)
 
 
-def order_statistics(source: ColumnParts, ranks: list[int]) -> list[OrderStatistic]:
+def order_statistics(source: Column, ranks: list[int]) -> list[OrderStatistic]:
     """The values at 0-based `ranks` of the column's ascending non-NaN values (each rank below
     `value_count`), exactly."""
     state = {rank: (0, 0, 0) for rank in ranks}  # rank -> (prefix, bits known, values below)
@@ -139,7 +164,7 @@ def order_statistics(source: ColumnParts, ranks: list[int]) -> list[OrderStatist
     ]
 
 
-def median(source: ColumnParts) -> float:
+def median(source: Column) -> float:
     """numpy's nanmedian of the column (NaN for an empty or all-NaN column)."""
     count = value_count(source)
     if not count:
@@ -149,11 +174,11 @@ def median(source: ColumnParts) -> float:
     return float(np.mean(values))
 
 
-def _count_between(source: ColumnParts, index: int, low: float, high: float) -> int:
+def _count_between(source: Column, index: int, low: float, high: float) -> int:
     values = source.values(index)
     return int(np.count_nonzero((values >= low) & (values <= high)))
 
 
-def count_between(source: ColumnParts, low: float, high: float) -> int:
+def count_between(source: Column, low: float, high: float) -> int:
     """How many values lie in [low, high]."""
     return sum(source.map(_count_between, low, high))

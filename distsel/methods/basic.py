@@ -11,7 +11,7 @@ import numpy as np
 from distsel.core.candidates import HEAD_MARGIN, MIN_HEAD, Walk
 from distsel.core.config import Config, StrictModel
 from distsel.core.pool import Pool
-from distsel.core.quantiles import ColumnParts, count_between, median
+from distsel.core.quantiles import Column, ColumnParts, PoolColumn, count_between, median
 from distsel.core.registry import register_selector, stage_for_column
 from distsel.core.samplers import descending, fill_budget, random_order, random_ranking
 from distsel.core.selector import budget_section, score_column
@@ -122,22 +122,25 @@ class ThresholdSelector:
     def plan(
         self, store: Store, parts: list[str], config: Config, dropped: dict[str, np.ndarray]
     ) -> ThresholdPlan:
+        column = config.select.options("threshold").column
+        return self.plan_for(ColumnParts(store, parts, column, dropped), config)
+
+    def plan_for(self, column: Column, config: Config) -> ThresholdPlan:
         options = config.select.options("threshold")
-        column = ColumnParts.of(store, parts, options.column, dropped)
         low = median(column) if options.min is None else options.min
         high = np.inf if options.max is None else options.max
         budget = config.select.budget
         by_tokens = budget is not None and budget.tokens is not None
         limit = None if budget is None else budget.tokens if by_tokens else budget.docs
-        share = HEAD_MARGIN * (limit or 0) / max(len(parts), 1)
+        share = HEAD_MARGIN * (limit or 0) / max(len(column.parts), 1)
         passing = count_between(column, low, high)
         return ThresholdPlan(options.column, low, high, passing, limit, by_tokens, share)
 
     def select(
         self, pool: Pool, config: Config, context: StageContext
     ) -> tuple[np.ndarray, dict[str, Any]]:
-        plan = pool.plan
-        chosen = plan.walks(pool)[0].taken(pool.tokens)
         options = config.select.options("threshold")
+        plan = pool.plan or self.plan_for(PoolColumn(pool, options.column), config)
+        chosen = plan.walks(pool)[0].taken(pool.tokens)
         section = {"budget": budget_section(config), **options.model_dump(), "min_used": plan.low}
         return chosen, {**section, "passing_docs": plan.passing}

@@ -30,7 +30,13 @@ from distsel.core.candidates import HEAD_MARGIN, Walk
 from distsel.core.config import Config, StrictModel
 from distsel.core.executor import current
 from distsel.core.pool import Pool
-from distsel.core.quantiles import ColumnParts, order_statistics, value_count
+from distsel.core.quantiles import (
+    Column,
+    ColumnParts,
+    PoolColumn,
+    order_statistics,
+    value_count,
+)
 from distsel.core.registry import register_selector, stage_for_column
 from distsel.core.samplers import random_order
 from distsel.core.selector import budget_section, score_column
@@ -120,8 +126,11 @@ class StratifiedSelector:
     def plan(
         self, store: Store, parts: list[str], config: Config, dropped: dict[str, np.ndarray]
     ) -> StrataPlan:
+        column = config.select.options("stratified").column
+        return self.plan_for(ColumnParts(store, parts, column, dropped), config)
+
+    def plan_for(self, column: Column, config: Config) -> StrataPlan:
         options = config.select.options("stratified")
-        column = ColumnParts.of(store, parts, options.column, dropped)
         budget = config.select.budget
         by_tokens = budget.tokens is not None
         limit = budget.tokens if by_tokens else budget.docs
@@ -148,10 +157,10 @@ class StratifiedSelector:
     def select(
         self, pool: Pool, config: Config, context: StageContext
     ) -> tuple[np.ndarray, dict[str, Any]]:
-        walks = pool.plan.walks(pool)
-        chosen = [walk.taken(pool.tokens) for walk in walks]
-        chosen = np.concatenate(chosen) if chosen else np.zeros(0, dtype=np.int64)
         options = config.select.options("stratified")
+        plan = pool.plan or self.plan_for(PoolColumn(pool, options.column), config)
+        chosen = [walk.taken(pool.tokens) for walk in plan.walks(pool)]
+        chosen = np.concatenate(chosen) if chosen else np.zeros(0, dtype=np.int64)
         return chosen, {"budget": budget_section(config), **options.model_dump()}
 
 
@@ -160,9 +169,7 @@ def stratum_of(edges: np.ndarray, values: np.ndarray) -> np.ndarray:
     return np.clip(np.searchsorted(edges, values, side="right") - 1, 0, len(edges) - 2)
 
 
-def hard_cut(
-    column: ColumnParts, hard_fraction: float, hard_is_high: bool
-) -> tuple[Cut, float, float]:
+def hard_cut(column: Column, hard_fraction: float, hard_is_high: bool) -> tuple[Cut, float, float]:
     """The cut that drops the ⌊hard_fraction · n⌋ hardest of the column's n scores, and the
     kept scores' smallest and largest value (NaN, NaN when none is kept)."""
     count = value_count(column)
@@ -182,12 +189,12 @@ def hard_cut(
     return Cut(at.value, hard_is_high, ties), low.value, high.value
 
 
-def _count_equal(column: ColumnParts, index: int, value: float) -> int:
+def _count_equal(column: Column, index: int, value: float) -> int:
     return int(np.count_nonzero(column.values(index) == value))
 
 
 def _part_strata(
-    column: ColumnParts, index: int, cut: Cut, edges: np.ndarray
+    column: Column, index: int, cut: Cut, edges: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per stratum: the part's kept documents, their tokens, and the pool position of its first
     one (part index · 2⁴⁰ + row; the largest int64 where it has none)."""
@@ -203,7 +210,7 @@ def _part_strata(
 
 
 def _strata_totals(
-    column: ColumnParts, cut: Cut, edges: np.ndarray
+    column: Column, cut: Cut, edges: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     calls = [(column, index, cut, edges) for index in range(len(column.parts))]
     if not calls:

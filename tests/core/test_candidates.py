@@ -184,8 +184,9 @@ def threshold_reference(scores, random_key, tokens, budget, low, high):
 
 @pytest.mark.parametrize("seed", range(12))
 def test_threshold_and_ccs_from_the_parts_select_what_the_whole_pool_selects(tmp_path, seed):
-    """Median, cut, strata and walks computed part by part equal the in-memory selections, with
-    ties at the cut, quarantined rows and document or token budgets; the parts send heads."""
+    """Median, cut, strata and walks computed part by part (or from a pool in memory) equal the
+    whole-pool selections, with ties at the cut, quarantined rows and document or token budgets;
+    the parts send heads."""
     rng = np.random.default_rng(seed)
     sizes = rng.integers(0, 120, rng.integers(1, 7)).tolist()
     parts = write_parts(tmp_path, rng, sizes, ties=seed % 2 == 0, stage="similarity")
@@ -220,5 +221,7 @@ def test_threshold_and_ccs_from_the_parts_select_what_the_whole_pool_selects(tmp
         else:
             expected = threshold_reference(values, keys, tokens, resolved, low, None)
         assert chosen_rows(heads, got) == chosen_rows(whole, expected), method
+        in_memory = selector.select(whole, cfg, None)[0]  # no plan: computed from the pool
+        assert chosen_rows(whole, in_memory) == chosen_rows(whole, expected), method
         if method == "stratified" and total > 200:
             assert len(heads) < len(whole), "the parts sent heads, not the pool"

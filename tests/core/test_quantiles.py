@@ -26,9 +26,11 @@ def column_in_parts(root, chunks: list[np.ndarray], dropped=None) -> ColumnParts
     for index, values in enumerate(chunks):
         part = f"p{index:03d}{layout.PART_SUFFIX}"
         ids = [f"d{index}-{row}" for row in range(len(values))]
-        store.write_table(layout.scores("s", part), pa.table({"id": ids, "v": values}))
+        store.write_table(
+            layout.scores("similarity", part), pa.table({"id": ids, "similarity": values})
+        )
         parts.append(part)
-    return ColumnParts(store, parts, "s", "v", dropped or {})
+    return ColumnParts(store, parts, "similarity", dropped or {})
 
 
 def test_sortable_keys_keep_the_order_of_floats():
