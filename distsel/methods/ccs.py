@@ -29,7 +29,7 @@ from pydantic import Field
 from distsel.core.candidates import HEAD_MARGIN, Walk
 from distsel.core.config import Config, StrictModel
 from distsel.core.executor import current
-from distsel.core.pool import Pool
+from distsel.core.pool import Pool, take
 from distsel.core.quantiles import (
     Column,
     ColumnParts,
@@ -102,6 +102,20 @@ class StrataPlan:
             orders.append((members[random_order(part.random_key[members])], share))
         return orders
 
+    def kept_rows(self, pool: Pool) -> np.ndarray:
+        """The documents of a whole pool that the cut keeps."""
+        values = score_column(pool, self.column)
+        kept = np.zeros(len(pool), dtype=bool)
+        for index, part in enumerate(pool.parts):
+            rows = np.flatnonzero(pool.part_index == index)
+            kept[rows] = self.cut.kept(values[rows], part)
+        return np.flatnonzero(kept)
+
+    def chosen(self, pool: Pool) -> np.ndarray:
+        """The walks' documents, stratum after stratum."""
+        taken = [walk.taken(pool.tokens) for walk in self.walks(pool)]
+        return np.concatenate(taken) if taken else np.zeros(0, dtype=np.int64)
+
     def walks(self, pool: Pool) -> list[Walk]:
         """The visited strata's walks over the gathered documents (every one of them kept)."""
         stratum = stratum_of(self.edges, score_column(pool, self.column))
@@ -158,9 +172,12 @@ class StratifiedSelector:
         self, pool: Pool, config: Config, context: StageContext
     ) -> tuple[np.ndarray, dict[str, Any]]:
         options = config.select.options("stratified")
-        plan = pool.plan or self.plan_for(PoolColumn(pool, options.column), config)
-        chosen = [walk.taken(pool.tokens) for walk in plan.walks(pool)]
-        chosen = np.concatenate(chosen) if chosen else np.zeros(0, dtype=np.int64)
+        if pool.plan is None:  # the whole pool in memory: its hard documents are still there
+            plan = self.plan_for(PoolColumn(pool, options.column), config)
+            kept = plan.kept_rows(pool)
+            chosen = kept[plan.chosen(take(pool, kept))]
+        else:
+            chosen = pool.plan.chosen(pool)
         return chosen, {"budget": budget_section(config), **options.model_dump()}
 
 
