@@ -139,6 +139,8 @@ def select(config: Config, store: Store, scored: Scored) -> dict[str, Any]:
     names = [s.name for s in stages]
     pool, config = selection_pool(selector, store, parts, names, config, scored.dropped)
     over = budget_exceeds_pool(config.select.budget, pool)
+    if over and not pool.complete and not getattr(selector, "filters", False):
+        pool = gather_pool(store, parts, names, config, scored.dropped)  # the whole pool is chosen
     chosen, section = choose(selector, pool, config, StageContext(config, store, parts), over)
     write_selection(store, pool, chosen, names, config.output)
     timings["select"] = {

@@ -16,7 +16,11 @@ none fails: the selection is exact, and the driver holds about 1.25 B + 16 P doc
 documents) instead of the pool. A part holding more than its share of the best documents (a
 shard of the target's domain) costs a few more rounds, each reading only the parts still short.
 
-Several rankings (one per target task, taken round-robin) are not cut: every part sends every
+The same holds for several orders walked one after another, each under its own limit (CCS's
+strata: distsel.methods.ccs): a selector's HeadPlan says how each part orders its documents and
+how the driver walks the heads, and each (part, order) that fails the test sends twice as many.
+
+Several rankings taken round-robin (one per target task) are not cut: every part sends every
 document.
 """
 
@@ -25,12 +29,15 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
+from typing import Protocol
 
 import numpy as np
 
-from distsel.core.config import Budget, Config
+from distsel.core.config import Config
 from distsel.core.pool import (
+    Head,
     PartColumns,
     Pool,
     gather_parts,
@@ -38,7 +45,7 @@ from distsel.core.pool import (
     selection_fields,
     stack,
 )
-from distsel.core.samplers import fill_budget
+from distsel.core.samplers import fill_limit
 from distsel.core.storage import Store
 
 log = logging.getLogger("distsel")
@@ -51,6 +58,64 @@ Rankings = Callable[[Pool, Config], list[np.ndarray]]
 HEAD_MARGIN = 1.25
 MIN_HEAD = 16
 GROWTH = 2
+
+
+@dataclass(frozen=True)
+class Walk:
+    """An order of pool documents, walked by fill_budget's rule under `limit` documents (or
+    tokens, `by_tokens`); a limit of None takes the whole order."""
+
+    order: np.ndarray
+    limit: int | None
+    by_tokens: bool
+
+    def taken(self, tokens: np.ndarray) -> np.ndarray:
+        if self.limit is None:
+            return np.asarray(self.order, dtype=np.int64)
+        return fill_limit(self.order, tokens, self.limit, self.by_tokens)
+
+
+class HeadPlan(Protocol):
+    """How a selector's documents are gathered: each part's orders, and the driver's walks."""
+
+    by_tokens: bool
+    min_head: int
+
+    def part_orders(self, part: Pool) -> list[tuple[np.ndarray, float | None]] | None:
+        """Each order of the part's documents, best first, with the documents (or tokens) of it
+        the part expects to have taken (None: all); None: send every document."""
+
+    def walks(self, pool: Pool) -> list[Walk]:
+        """The walks over the gathered documents, one per order, in the same order."""
+
+
+@dataclass(frozen=True)
+class RankedPlan:
+    """A ranking selector's plan: one order, walked under the budget."""
+
+    rankings: Rankings
+    config: Config
+    parts: int
+
+    @property
+    def by_tokens(self) -> bool:
+        return self.config.select.budget.tokens is not None
+
+    @property
+    def min_head(self) -> int:
+        return MIN_HEAD
+
+    @property
+    def limit(self) -> int:
+        budget = self.config.select.budget
+        return budget.tokens if self.by_tokens else budget.docs
+
+    def part_orders(self, part: Pool) -> list[tuple[np.ndarray, float | None]] | None:
+        orders = self.rankings(part, self.config)
+        return [(orders[0], HEAD_MARGIN * self.limit / self.parts)] if len(orders) == 1 else None
+
+    def walks(self, pool: Pool) -> list[Walk]:
+        return [Walk(self.rankings(pool, self.config)[0], self.limit, self.by_tokens)]
 
 
 def gather_ranked(
@@ -66,22 +131,40 @@ def gather_ranked(
     documents or tokens)."""
     budget = config.select.budget
     assert budget is not None and (budget.docs or budget.tokens), "a resolved budget"
+    plan = RankedPlan(rankings, config, max(len(parts), 1))
+    return gather_heads(store, parts, stages, config, plan, dropped)
+
+
+def gather_heads(
+    store: Store,
+    parts: list[str],
+    stages: list[str],
+    config: Config,
+    plan: HeadPlan,
+    dropped: dict[str, np.ndarray] | None = None,
+) -> Pool:
+    """The pool `plan`'s walks need: each part's heads of its orders, each grown until the walks
+    over the heads are the walks over the whole pool."""
     if not parts:
-        return gather_pool(store, parts, stages, config, dropped)
-    limit = budget.tokens if budget.tokens is not None else budget.docs
-    heads = [HEAD_MARGIN * limit / len(parts)] * len(parts)
+        pool = gather_pool(store, parts, stages, config, dropped)
+        pool.plan = plan
+        return pool
+    scales: list[np.ndarray | None] = [None] * len(parts)
     gathered: list[PartColumns | None] = [None] * len(parts)
-    short, rounds, by_tokens = list(range(len(parts))), 0, budget.tokens is not None
+    short, rounds = list(range(len(parts))), 0
     while short:
         rounds += 1
-        keeps = [partial(_head, rankings, config, heads[i], by_tokens) for i in short]
+        keeps = [partial(_head, plan, scales[i]) for i in short]
         fetched = gather_parts(store, [parts[i] for i in short], stages, config, dropped, keeps)
         for index, columns in zip(short, fetched, strict=True):
             gathered[index] = columns
         pool = stack(parts, gathered, selection_fields(config))
-        short = short_parts(pool, gathered, rankings(pool, config), config.select.budget)
-        for index in short:
-            heads[index] *= GROWTH
+        pairs = short_parts(pool, gathered, plan)
+        for index, order in pairs:
+            if scales[index] is None:
+                scales[index] = np.ones(len(gathered[index].left_out_min_tokens))
+            scales[index][order] *= GROWTH
+        short = sorted({index for index, _ in pairs})
     log.info(
         "select: the parts sent their best-ranked %s of the pool's %s documents (%d round%s)",
         f"{len(pool):,}",
@@ -90,47 +173,65 @@ def gather_ranked(
         "s" if rounds > 1 else "",
     )
     pool.dropped = dict(dropped or {})
+    pool.plan = plan
     return pool
 
 
-def _head(
-    rankings: Rankings, config: Config, share: float, by_tokens: bool, pool: Pool
-) -> np.ndarray | None:
-    """The first `share` + MIN_HEAD documents of the part's ranking, or (`by_tokens`) its first
-    documents until their tokens exceed `share` + MIN_HEAD · its mean tokens per document;
-    None (every document) with several rankings."""
-    orders = rankings(pool, config)
-    if len(orders) != 1:
+def _head(plan: HeadPlan, scales: np.ndarray | None, pool: Pool) -> Head | None:
+    """Per order of the part, its first `share` · scale + min_head documents, or (by tokens)
+    its first documents until their tokens exceed `share` · scale + min_head · its mean tokens
+    per document; None (every document) when the plan cuts nothing."""
+    orders = plan.part_orders(pool)
+    if orders is None:
         return None
-    order = orders[0]
-    if not by_tokens:
-        return order[: math.ceil(share) + MIN_HEAD]
-    tokens = share + MIN_HEAD * float(pool.tokens.mean()) if len(pool) else 0
-    return order[: int(np.searchsorted(np.cumsum(pool.tokens[order]), tokens, side="right")) + 1]
+    rows, left_out = [], np.full(len(orders), np.inf)
+    for index, (order, share) in enumerate(orders):
+        scale = 1.0 if scales is None else scales[index]
+        count = len(order) if share is None else _head_length(plan, pool, order, share * scale)
+        rows.append(order[:count])
+        if count < len(order):
+            left_out[index] = pool.tokens[order[count:]].min()
+    return Head(np.unique(np.concatenate(rows)) if rows else np.zeros(0, np.int64), left_out)
 
 
-def short_parts(
-    pool: Pool, gathered: list[PartColumns], orders: list[np.ndarray], budget: Budget
-) -> list[int]:
-    """The parts whose left-out documents the walk of `orders[0]` over `pool` could have taken:
-    the budget left after the part's last document in the walk is at least the fewest tokens of a
-    document it left out (for a document budget, at least 1)."""
+def _head_length(plan: HeadPlan, pool: Pool, order: np.ndarray, share: float) -> int:
+    if not plan.by_tokens:
+        return min(len(order), math.ceil(share) + plan.min_head)
+    tokens = share + plan.min_head * float(pool.tokens.mean()) if len(pool) else 0
+    return int(np.searchsorted(np.cumsum(pool.tokens[order]), tokens, side="right")) + 1
+
+
+def short_parts(pool: Pool, gathered: list[PartColumns], plan: HeadPlan) -> list[tuple[int, int]]:
+    """The (part, order) pairs whose left-out documents the walk of that order over `pool`
+    could have taken: the limit left after the part's last document in the walk is at least the
+    fewest tokens of a document of the order it left out (for a document limit, at least 1)."""
     cut = [i for i, columns in enumerate(gathered) if columns.left_out_min_tokens is not None]
     if not cut:
         return []
-    order = orders[0]
-    by_tokens = budget.tokens is not None
-    sizes = pool.tokens[order] if by_tokens else np.ones(len(order), dtype=np.int64)
+    short = []
+    for index, walk in enumerate(plan.walks(pool)):
+        if walk.limit is None:
+            continue
+        left_after = _limit_left_after(pool, walk)
+        for part in cut:
+            smallest = gathered[part].left_out_min_tokens[index]
+            if not np.isfinite(smallest):
+                continue
+            if left_after[part] >= (smallest if walk.by_tokens else 1):
+                short.append((part, index))
+    return short
+
+
+def _limit_left_after(pool: Pool, walk: Walk) -> np.ndarray:
+    """Per part, the walk's limit left after that part's last document in the order (the whole
+    limit where it has none)."""
+    order = walk.order
+    sizes = pool.tokens[order] if walk.by_tokens else np.ones(len(order), dtype=np.int64)
     taken = np.zeros(len(pool), dtype=bool)
-    taken[fill_budget(order, pool.tokens, budget)] = True
-    limit = budget.tokens if by_tokens else budget.docs
-    left_after = limit - np.cumsum(np.where(taken[order], sizes, 0))
+    taken[walk.taken(pool.tokens)] = True
+    left_after = walk.limit - np.cumsum(np.where(taken[order], sizes, 0))
     last = np.full(len(pool.parts), -1, dtype=np.int64)
     np.maximum.at(last, pool.part_index[order], np.arange(len(order)))
-    short = []
-    for index in cut:
-        left = left_after[last[index]] if last[index] >= 0 else limit
-        smallest = gathered[index].left_out_min_tokens if by_tokens else 1
-        if left >= smallest:
-            short.append(index)
-    return short
+    left = np.full(len(pool.parts), walk.limit, dtype=np.int64)
+    left[last >= 0] = left_after[last[last >= 0]]
+    return left

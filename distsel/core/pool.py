@@ -64,6 +64,9 @@ class Pool:
     dropped: dict[str, np.ndarray] = field(default_factory=dict)
     # per part: its accepted documents, held or not (None: as many as are held)
     part_docs: np.ndarray | None = None
+    # the HeadPlan the documents were gathered by (distsel.core.candidates), with the pool-wide
+    # statistics its selector computed first; None: gathered without one
+    plan: Any = None
 
     def __post_init__(self) -> None:
         if self.totals is None:
@@ -120,18 +123,28 @@ def random_keys(ids: list[str], seed: int) -> np.ndarray:
     )
 
 
-# Which of a part's documents a selector is handed: the indices into that part's own Pool, or
-# None for every one (distsel.core.candidates).
-Keep = Callable[[Pool], "np.ndarray | None"]
+@dataclass
+class Head:
+    """The documents a part sends for a walk of one or more orders (distsel.core.candidates):
+    `rows` index the part's own Pool, and `left_out_min_tokens[j]` is the fewest tokens of a
+    document of order j left out (inf: none was)."""
+
+    rows: np.ndarray
+    left_out_min_tokens: np.ndarray
+
+
+# Which of a part's documents a selector is handed: a Head, or None for every one.
+Keep = Callable[[Pool], "Head | None"]
 
 
 @dataclass
 class PartColumns:
     """One part's gathered rows: `pool` holds the kept ones (its `totals` count all of them),
-    and `left_out_min_tokens` is the fewest tokens of a document left out (None: none was)."""
+    and `left_out_min_tokens`, per order walked, the fewest tokens of a document of that order
+    left out (None: the part sent every document)."""
 
     pool: Pool
-    left_out_min_tokens: int | None
+    left_out_min_tokens: np.ndarray | None
 
 
 def part_columns(
@@ -163,13 +176,11 @@ def part_columns(
         categories=categories,
         scores=scores,
     )
-    kept = None if keep is None else keep(pool)
-    if kept is None or len(kept) == len(rows):
+    head = None if keep is None else keep(pool)
+    if head is None:
         return PartColumns(pool, None)
-    kept = np.sort(np.asarray(kept, dtype=np.int64))
-    left_out = np.ones(len(rows), dtype=bool)
-    left_out[kept] = False
-    return PartColumns(take(pool, kept), int(tokens[left_out].min()))
+    kept = np.sort(np.asarray(head.rows, dtype=np.int64))
+    return PartColumns(take(pool, kept), head.left_out_min_tokens)
 
 
 def _accepted_docs(

@@ -1,8 +1,4 @@
-"""Budgeted samplers shared by the selectors.
-
-CCS stratified sampling follows Zheng et al., *Coverage-centric Coreset Selection for High Pruning
-Rates* (ICLR 2023).
-"""
+"""Budgeted samplers shared by the selectors."""
 
 from __future__ import annotations
 
@@ -22,11 +18,12 @@ def fill_budget(order: np.ndarray, tokens: np.ndarray, budget: Budget | None) ->
     if budget is None:
         return np.asarray(order, dtype=np.int64)
     if budget.docs is not None:
-        return _fill(order, tokens, budget.docs, by_tokens=False)
-    return _fill(order, tokens, budget.tokens, by_tokens=True)
+        return fill_limit(order, tokens, budget.docs, by_tokens=False)
+    return fill_limit(order, tokens, budget.tokens, by_tokens=True)
 
 
-def _fill(order: np.ndarray, tokens: np.ndarray, limit: int, by_tokens: bool) -> np.ndarray:
+def fill_limit(order: np.ndarray, tokens: np.ndarray, limit: int, by_tokens: bool) -> np.ndarray:
+    """fill_budget under `limit` documents, or tokens with `by_tokens` (a limit may be 0)."""
     order = np.asarray(order, dtype=np.int64)
     if not by_tokens:
         return order[: max(limit, 0)]
@@ -61,37 +58,3 @@ def descending(scores: np.ndarray, random_key: np.ndarray) -> np.ndarray:
     """Highest score first; equal scores in seeded random order; NaN scores last."""
     filled = np.where(np.isnan(scores), -np.inf, scores)
     return np.lexsort((random_key, -filled))
-
-
-def ccs_stratified(
-    scores: np.ndarray,
-    random_key: np.ndarray,
-    tokens: np.ndarray,
-    budget: Budget,
-    bins: int = 50,
-    hard_fraction: float = 0.0,
-    hard_is_high: bool = True,
-) -> np.ndarray:
-    """CCS: drop the hardest ⌊hard_fraction · N⌋ documents, cut the remaining score range
-    [min, max] into `bins` equal-width strata, then visit the non-empty strata from the smallest:
-    stratum j of the S left gets min(size_j, remaining budget // S) (documents or tokens), drawn
-    uniformly at random inside it.
-    """
-    hardness = scores if hard_is_high else -scores
-    kept = np.sort(np.argsort(-hardness, kind="stable")[int(hard_fraction * len(scores)) :])
-    if not len(kept):
-        return kept
-    values = scores[kept]
-    edges = np.linspace(values.min(), values.max(), bins + 1)
-    stratum = np.clip(np.searchsorted(edges, values, side="right") - 1, 0, bins - 1)
-    strata = sorted((kept[stratum == j] for j in np.unique(stratum)), key=lambda m: (len(m), m[0]))
-    by_tokens = budget.tokens is not None
-    remaining = budget.tokens if by_tokens else budget.docs
-    chosen = []
-    for visited, members in enumerate(strata):
-        share = remaining // (len(strata) - visited)
-        order = members[random_order(random_key[members])]
-        taken = _fill(order, tokens, share, by_tokens)
-        chosen.append(taken)
-        remaining -= int(tokens[taken].sum()) if by_tokens else len(taken)
-    return np.concatenate(chosen)

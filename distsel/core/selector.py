@@ -8,7 +8,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from distsel.core import registry
-from distsel.core.candidates import gather_ranked
+from distsel.core.candidates import gather_heads, gather_ranked
 from distsel.core.config import Config
 from distsel.core.errors import DistselError
 from distsel.core.pool import Pool, PoolTotals, gather_pool, pool_totals
@@ -41,7 +41,12 @@ class Selector(Protocol):
     A selector that walks a ranking may declare `rankings(pool, config)`: its order of the
     pool (or one per target task, taken round-robin), the same on any subset of the pool. Its
     select must then be the walk of the one ranking (`fill_budget`), and it is handed only the
-    parts' heads of it (distsel.core.candidates)."""
+    parts' heads of it (distsel.core.candidates).
+
+    A selector whose walks need pool-wide statistics first (a median, strata) may instead
+    declare `plan(store, parts, config, dropped)`: it computes them part by part and returns a
+    HeadPlan (distsel.core.candidates); its select is handed the heads, with the plan as
+    `pool.plan`."""
 
     def required_stages(self, config: Config) -> tuple[str, ...]: ...
 
@@ -100,9 +105,14 @@ def selection_pool(
 ) -> tuple[Pool, Config]:
     """The pool `selector` chooses from, and `config` with its budget resolved. A selector that
     declares `rankings` under a budget gets only the parts' heads of its ranking
-    (distsel.core.candidates); any other gets every document."""
+    (distsel.core.candidates), and one that declares `plan` the heads of its plan; any other
+    gets every document."""
     if config.select.budget is not None and config.select.budget.share is not None:
         config = with_resolved_budget(config, pool_totals(store, parts, config, dropped))
+    planner = getattr(selector, "plan", None)
+    if planner is not None:
+        plan = planner(store, parts, config, dict(dropped or {}))
+        return gather_heads(store, parts, stages, config, plan, dropped), config
     rankings = getattr(selector, "rankings", None)
     if rankings is None or config.select.budget is None:
         return gather_pool(store, parts, stages, config, dropped), config

@@ -20,7 +20,7 @@ from distsel.core.selector import selection_pool
 from distsel.core.storage import Store
 
 
-def write_parts(root, rng, sizes, ties: bool) -> list[str]:
+def write_parts(root, rng, sizes, ties: bool, stage: str = "s") -> list[str]:
     store = Store(str(root))
     parts = []
     for index, size in enumerate(sizes):
@@ -33,7 +33,7 @@ def write_parts(root, rng, sizes, ties: bool) -> list[str]:
             pa.table({"id": ids, "text": ["x"] * size, "tokens_approx": tokens}),
         )
         store.write_table(
-            layout.scores("s", part), pa.table({"id": ids, "similarity": score.astype(float)})
+            layout.scores(stage, part), pa.table({"id": ids, "similarity": score.astype(float)})
         )
         parts.append(part)
     return parts
@@ -109,14 +109,21 @@ def test_a_short_part_is_one_whose_left_out_documents_could_still_fit():
         tokens=np.array([6, 5, 4]),
         random_key=np.arange(3, dtype=np.uint64),
     )
-    order = [np.array([0, 1, 2])]
-    assert fill_budget(order[0], pool.tokens, Budget(tokens=10)).tolist() == [0, 2]
-    x_cut = [PartColumns(pool, 1), PartColumns(pool, None)]
-    y_cut = [PartColumns(pool, None), PartColumns(pool, 1)]
-    assert candidates.short_parts(pool, x_cut, order, Budget(tokens=10)) == [0]
-    assert candidates.short_parts(pool, y_cut, order, Budget(tokens=10)) == []
-    assert candidates.short_parts(pool, x_cut, order, Budget(docs=1)) == []
-    assert candidates.short_parts(pool, x_cut, order, Budget(docs=2)) == [0]
+    order = np.array([0, 1, 2])
+    assert fill_budget(order, pool.tokens, Budget(tokens=10)).tolist() == [0, 2]
+    one = np.array([1.0])
+    x_cut = [PartColumns(pool, one), PartColumns(pool, None)]
+    y_cut = [PartColumns(pool, None), PartColumns(pool, one)]
+
+    def short(gathered, budget):
+        cfg = config("/tmp", "random", budget)
+        plan = candidates.RankedPlan(lambda pool, config: [order], cfg, 2)
+        return candidates.short_parts(pool, gathered, plan)
+
+    assert short(x_cut, {"tokens": 10}) == [(0, 0)]
+    assert short(y_cut, {"tokens": 10}) == []
+    assert short(x_cut, {"docs": 1}) == []
+    assert short(x_cut, {"docs": 2}) == [(0, 0)]
     assert random_ranking(pool, None)[0].tolist() == [0, 1, 2]
 
 
@@ -135,3 +142,86 @@ def test_a_run_hands_the_selector_heads_and_selects_the_smallest_random_keys(tmp
     keys = random_keys(docs["id"].to_pylist(), manifest["seed"])
     smallest = {docs["id"][int(i)].as_py() for i in np.argsort(keys, kind="stable")[:10]}
     assert set(read_folder(tmp_path / "out" / "selected")["id"].to_pylist()) == smallest
+
+
+def ccs_reference(scores, random_key, tokens, budget, bins, hard_fraction, hard_is_high):
+    """CCS over the whole pool in memory (the selector's code before it went part by part)."""
+    hardness = scores if hard_is_high else -scores
+    kept = np.sort(np.argsort(-hardness, kind="stable")[int(hard_fraction * len(scores)) :])
+    if not len(kept):
+        return kept
+    values = scores[kept]
+    edges = np.linspace(values.min(), values.max(), bins + 1)
+    stratum = np.clip(np.searchsorted(edges, values, side="right") - 1, 0, bins - 1)
+    strata = sorted((kept[stratum == j] for j in np.unique(stratum)), key=lambda m: (len(m), m[0]))
+    by_tokens = budget.tokens is not None
+    remaining = budget.tokens if by_tokens else budget.docs
+    chosen = []
+    for visited, members in enumerate(strata):
+        order = members[np.argsort(random_key[members], kind="stable")]
+        share = remaining // (len(strata) - visited)
+        if by_tokens:
+            within = np.cumsum(tokens[order]) <= share
+            taken, left = list(order[within]), share - int(tokens[order[within]].sum())
+            for doc in order[~within]:
+                if tokens[doc] <= left:
+                    taken.append(doc)
+                    left -= int(tokens[doc])
+            taken = np.array(taken, dtype=np.int64)
+        else:
+            taken = order[:share]
+        chosen.append(taken)
+        remaining -= int(tokens[taken].sum()) if by_tokens else len(taken)
+    return np.concatenate(chosen)
+
+
+def threshold_reference(scores, random_key, tokens, budget, low, high):
+    low = float(np.nanmedian(scores)) if low is None else low
+    passing = np.flatnonzero((scores >= low) & (scores <= (np.inf if high is None else high)))
+    order = passing[np.argsort(random_key[passing], kind="stable")]
+    return fill_budget(order, tokens, budget) if budget else order
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_threshold_and_ccs_from_the_parts_select_what_the_whole_pool_selects(tmp_path, seed):
+    """Median, cut, strata and walks computed part by part (or from a pool in memory) equal the
+    whole-pool selections, with ties at the cut, quarantined rows and document or token budgets;
+    the parts send heads."""
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(0, 120, rng.integers(1, 7)).tolist()
+    parts = write_parts(tmp_path, rng, sizes, ties=seed % 2 == 0, stage="similarity")
+    store = Store(str(tmp_path))
+    dropped = {parts[0]: np.array([1, 3])} if sizes[0] > 3 else {}
+    total = sum(sizes)
+    budget = (
+        {"docs": int(rng.integers(1, total // 3 + 2))}
+        if seed % 3
+        else {"tokens": int(rng.integers(1, 10 * total + 50))}
+    )
+    ccs = {"bins": int(rng.integers(1, 12)), "hard_fraction": float(rng.choice([0, 0.1, 0.35]))}
+    ccs["hard_is_high"] = bool(seed % 4 < 2)
+    low = None if seed % 2 else 0.5
+    runs = {
+        "stratified": ({"stratified": ccs}, budget),
+        "threshold": ({"threshold": {"min": low}}, budget if seed % 5 else None),
+    }
+    for method, (options, method_budget) in runs.items():
+        raw = {"input": {"paths": ["corpus/"]}, "output": {"path": str(tmp_path)}}
+        raw["select"] = {"method": method, "budget": method_budget, **options}
+        cfg = parse_config(raw)
+        selector = registry.selector(method)
+        with LocalExecutor().active():
+            whole = gather_pool(store, parts, ["similarity"], cfg, dropped)
+            heads, _ = selection_pool(selector, store, parts, ["similarity"], cfg, dropped)
+        got = selector.select(heads, cfg, None)[0]
+        values, keys, tokens = whole.scores["similarity"], whole.random_key, whole.tokens
+        resolved = cfg.select.budget
+        if method == "stratified":
+            expected = ccs_reference(values, keys, tokens, resolved, **ccs)
+        else:
+            expected = threshold_reference(values, keys, tokens, resolved, low, None)
+        assert chosen_rows(heads, got) == chosen_rows(whole, expected), method
+        in_memory = selector.select(whole, cfg, None)[0]  # no plan: computed from the pool
+        assert chosen_rows(whole, in_memory) == chosen_rows(whole, expected), method
+        if method == "stratified" and total > 200:
+            assert len(heads) < len(whole), "the parts sent heads, not the pool"
