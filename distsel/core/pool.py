@@ -165,7 +165,7 @@ def part_columns(
         for name in table.column_names:
             if name != "id" and _is_numeric(table.schema.field(name).type):
                 scores[name] = table.column(name).to_numpy()
-    categories = {name: _category(docs, name) for name in fields}
+    categories = {name: category_values(docs, name) for name in fields}
     tokens = docs.column("tokens_approx").to_numpy().astype(np.int64)
     pool = Pool(
         parts=[part],
@@ -199,7 +199,7 @@ def _part_totals(store: Store, part: str, fields: list[str], dropped: np.ndarray
     return PoolTotals(
         docs=len(rows),
         tokens=int(docs.column("tokens_approx").to_numpy().sum()),
-        categories={name: Counter(_category(docs, name).tolist()) for name in fields},
+        categories={name: Counter(category_values(docs, name).tolist()) for name in fields},
     )
 
 
@@ -231,9 +231,21 @@ def take(pool: Pool, indices: np.ndarray) -> Pool:
     )
 
 
-def _category(docs: pa.Table, name: str) -> np.ndarray:
-    values = docs.column(name).to_pylist() if name in docs.column_names else [None] * len(docs)
-    return np.array([MISSING_GROUP if v is None else str(v) for v in values], dtype=object)
+def category_values(docs: pa.Table, name: str) -> np.ndarray:
+    """Field `name` of each document as a string (MISSING_GROUP where null or absent), every
+    equal value one shared object: dictionary-encoded, a document costs one 8-byte reference,
+    also on the driver (pickling keeps the sharing)."""
+    if name not in docs.column_names:
+        return np.full(len(docs), MISSING_GROUP, dtype=object)
+    column = docs.column(name).combine_chunks()
+    try:
+        encoded = column.dictionary_encode()
+    except pa.ArrowNotImplementedError:  # a nested type: one string per document
+        values = column.to_pylist()
+        return np.array([MISSING_GROUP if v is None else str(v) for v in values], dtype=object)
+    labels = [str(value) for value in encoded.dictionary.to_pylist()] + [MISSING_GROUP]
+    codes = encoded.indices.fill_null(len(labels) - 1).to_numpy(zero_copy_only=False)
+    return np.array(labels, dtype=object)[codes]
 
 
 def _is_numeric(arrow_type: pa.DataType) -> bool:

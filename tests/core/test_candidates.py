@@ -4,6 +4,8 @@ whole pool, on real part files in a real Store, in-process."""
 from __future__ import annotations
 
 import math
+import pickle
+import tracemalloc
 
 import numpy as np
 import pyarrow as pa
@@ -14,7 +16,7 @@ from distsel.app import pipeline
 from distsel.core import candidates, layout, registry
 from distsel.core.config import Budget, parse_config
 from distsel.core.executor import LocalExecutor
-from distsel.core.pool import PartColumns, Pool, gather_pool, random_keys
+from distsel.core.pool import PartColumns, Pool, category_values, gather_pool, random_keys
 from distsel.core.samplers import fill_budget, random_ranking
 from distsel.core.selector import selection_pool
 from distsel.core.storage import Store
@@ -225,3 +227,25 @@ def test_threshold_and_ccs_from_the_parts_select_what_the_whole_pool_selects(tmp
         assert chosen_rows(whole, in_memory) == chosen_rows(whole, expected), method
         if method == "stratified" and total > 200:
             assert len(heads) < len(whole), "the parts sent heads, not the pool"
+
+
+def test_group_values_are_dictionary_encoded_strings_shared_across_documents():
+    table = pa.table(
+        {
+            "g": pa.chunked_array([["a", None, "b"], ["a", "c"]]),
+            "n": [1, 2, None, 1, 2],
+            "nested": [[1], [2], None, [1], [3]],
+        }
+    )
+    assert category_values(table, "g").tolist() == ["a", "(none)", "b", "a", "c"]
+    assert category_values(table, "n").tolist() == ["1", "2", "(none)", "1", "2"]
+    assert category_values(table, "nested").tolist() == ["[1]", "[2]", "(none)", "[1]", "[3]"]
+    assert category_values(table, "absent").tolist() == ["(none)"] * 5
+
+    many = pa.table({"g": np.array(["news", "legal", "code"])[np.arange(300_000) % 3]})
+    tracemalloc.start()
+    values = pickle.loads(pickle.dumps(category_values(many, "g")))  # as the driver gets them
+    held = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    assert values[0] is values[3] and values.tolist()[:3] == ["news", "legal", "code"]
+    assert held < 9 * len(values), f"{held / len(values):.1f} B per document"
