@@ -7,10 +7,17 @@ basenames are unique across the folders (there are no __init__.py files).
 from __future__ import annotations
 
 import os
-from typing import Any
 
-import pytest
-from helpers import (
+# One OpenMP/BLAS thread in each test process (and the CLIs and Ray they start, which inherit it):
+# two test processes and Ray's workers share a small machine, and threads waiting for work spin
+# on its cores. distsel sizes the threads of its own actors from their CPUs.
+for _variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ.setdefault(_variable, "1")
+
+from typing import Any  # noqa: E402
+
+import pytest  # noqa: E402
+from helpers import (  # noqa: E402
     AWS_KEY,
     AWS_REGION,
     AWS_SECRET,

@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
-import torch
 
 from distsel.algorithms.tokens import are_texts
 from distsel.core.executor import cluster_gpus, current
@@ -34,12 +33,14 @@ from distsel.core.vectors import embedding_array
 from distsel.methods.tokens import default_model_path, encode, ids_or_texts, load_tokenizer
 
 if TYPE_CHECKING:
+    import torch
+
     from distsel.core.config import Config, EmbedConfig
 
 POOLINGS = ("mean", "position_weighted")
 # Threads of the one-off task that embeds target examples on CPUs.
 MAX_TASK_THREADS = 16
-GPU_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+GPU_DTYPES = ("bfloat16", "float16", "float32")
 
 
 @functools.cache
@@ -56,13 +57,17 @@ def cpu_has_native_bf16() -> bool:
 def model_dtype(device: torch.device, dtype: str) -> torch.dtype:
     """`dtype` on a GPU; on a CPU bfloat16 where asked and native, else float32 (half precision
     without native support runs slower than float32 there)."""
+    import torch
+
     if device.type == "cuda":
-        return GPU_DTYPES[dtype]
+        return getattr(torch, dtype)
     native = dtype == "bfloat16" and cpu_has_native_bf16()
     return torch.bfloat16 if native else torch.float32
 
 
 def _resolve_device(device: str | None) -> torch.device:
+    import torch
+
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     resolved = torch.device(device)
@@ -104,6 +109,7 @@ class Embedder:
         pooling: str = "mean",
         sort_window: int | None = None,
     ) -> None:
+        import torch
         from transformers import AutoModel
 
         if max_length < 2:
@@ -153,6 +159,8 @@ class Embedder:
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Unit-norm embeddings, float32 of shape (len(texts), dim), row i for texts[i]."""
+        import torch
+
         window = self._window()
         out = torch.empty((len(texts), self.dim), dtype=torch.float32, device=self.device)
         for start in range(0, len(texts), window):
@@ -162,6 +170,8 @@ class Embedder:
 
     def embed_tokens(self, ids: Sequence[Sequence[int]]) -> np.ndarray:
         """`embed` for texts already through `tokenize` (each row at most max_length ids)."""
+        import torch
+
         window = self._window()
         out = torch.empty((len(ids), self.dim), dtype=torch.float32, device=self.device)
         for start in range(0, len(ids), window):
@@ -173,6 +183,8 @@ class Embedder:
 
     def _run(self, ids: Sequence[Sequence[int]], out: torch.Tensor, offset: int) -> None:
         """Embed one window, longest texts first, into rows offset… of `out` (no sync)."""
+        import torch
+
         lengths = np.fromiter((len(row) for row in ids), dtype=np.int64, count=len(ids))
         if lengths.max() > self.max_length:
             raise ValueError(f"a row holds {lengths.max()} ids, over max_length {self.max_length}")
@@ -189,6 +201,8 @@ class Embedder:
     def _pad(self, rows: list[Sequence[int]], width: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The batch on the device. On a GPU it is copied from pinned memory without waiting,
         so the next batch is padded while the model still runs this one."""
+        import torch
+
         input_ids = np.full((len(rows), width), self._pad_id, dtype=np.int64)
         mask = np.zeros((len(rows), width), dtype=np.int64)
         for j, row in enumerate(rows):
@@ -200,6 +214,8 @@ class Embedder:
         return tuple(t.to(self.device, non_blocking=True) for t in tensors)
 
     def _pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        import torch
+
         weights = mask.to(hidden.dtype)
         if self.pooling == "position_weighted":
             weights = weights * torch.arange(1, mask.shape[1] + 1, device=hidden.device)

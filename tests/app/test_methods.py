@@ -1,4 +1,7 @@
-"""The target-aware selectors run end to end on a real local Ray and agree with direct math."""
+"""The target-aware selectors run end to end and agree with direct math: on a real local Ray where
+their stages pool actors or the driver sends them work (dsir, influence, Quad with influence), on
+the LocalExecutor in this process where the check is the maths alone (Local == Ray:
+tests/core/test_executor.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from helpers import base_config, read_folder, stdlib_paragraphs, torch_threads, 
 from distsel.algorithms import dsir as dsir_maths
 from distsel.app import pipeline
 from distsel.core.config import parse_config
+from distsel.core.executor import LocalExecutor
 from distsel.methods import dsir
 
 PARAGRAPHS = stdlib_paragraphs(160)
@@ -40,6 +44,11 @@ def method_config(output, corpus, target, method, **options):
     raw["target"] = {"paths": [str(target)]}
     raw["select"].update(options)
     return parse_config(raw)
+
+
+def local_run(config):
+    with LocalExecutor().active():
+        return pipeline.run(config)
 
 
 def run(tmp_path, corpus, target, method, **options):
@@ -159,9 +168,7 @@ def neighbour_share_by_sorting(docs: np.ndarray, targets: np.ndarray, k: int) ->
 
 
 @pytest.mark.slow
-def test_similarity_matches_numpy_and_round_robins_over_tasks(
-    ray_local, tmp_path, corpus_and_target
-):
+def test_similarity_matches_numpy_and_round_robins_over_tasks(tmp_path, corpus_and_target):
     from distsel.methods.embed import Embedder
 
     corpus, target, pool, target_texts = corpus_and_target
@@ -171,7 +178,7 @@ def test_similarity_matches_numpy_and_round_robins_over_tasks(
     raw["target"] = {"paths": [str(target), str(second)]}
     # float32 to compare with the brute-force reference at 1e-5; 64 tokens: a quarter of the work
     raw["embed"] = {"dtype": "float32", "max_length": 64}
-    manifest = pipeline.run(parse_config(raw))
+    manifest = local_run(parse_config(raw))
 
     embedder = Embedder(num_threads=2, dtype="float32", max_length=64)
     texts = [d["text"] for d in pool]
@@ -204,14 +211,14 @@ def test_similarity_matches_numpy_and_round_robins_over_tasks(
 
 
 @pytest.mark.slow
-def test_betr_scores_the_pool_from_an_embedded_sample(ray_local, tmp_path, corpus_and_target):
+def test_betr_scores_the_pool_from_an_embedded_sample(tmp_path, corpus_and_target):
     corpus, target, _, _ = corpus_and_target
     raw = base_config([corpus], tmp_path / "betr", method="similarity", budget={"docs": 15})
     raw["input"].update(group_field="domain")
     raw["target"] = {"paths": [str(target)]}
     raw["embed"] = {"max_length": 64}
     raw["select"]["similarity"] = {"betr": True, "betr_sample": 100, "betr_top_fraction": 0.2}
-    manifest = pipeline.run(parse_config(raw))
+    manifest = local_run(parse_config(raw))
     assert not (tmp_path / "betr" / "scores" / "embed").exists(), "only the sample is embedded"
     assert manifest["stages"]["betr"]["rows"] == 150
     assert manifest["by_group"]["selected"].get("recipes", 0) >= 12
@@ -363,9 +370,7 @@ def test_classifier_scores_match_a_single_process_fit(ray_local, tmp_path, corpu
 
 
 @pytest.mark.slow
-def test_quad_puts_any_costlier_text_stage_behind_its_rewards(
-    ray_local, tmp_path, corpus_and_target
-):
+def test_quad_puts_any_costlier_text_stage_behind_its_rewards(tmp_path, corpus_and_target):
     """`scorer: dsir`: the bandit computes the dsir column on its draws only, and its model and
     fill still find the target's documents."""
     corpus, target, _, _ = corpus_and_target
@@ -379,7 +384,7 @@ def test_quad_puts_any_costlier_text_stage_behind_its_rewards(
         "score_column": "dsir_log_weight_per_ngram",
         "max_evaluated": 0.2,
     }
-    manifest = pipeline.run(parse_config(raw))
+    manifest = local_run(parse_config(raw))
     quad = manifest["quad"]
     assert quad["score_column"] == "dsir_log_weight_per_ngram" and "dsir" in quad
     assert 0 < quad["influence_evaluated_docs"] <= quad["evaluation_allowance_docs"] == 30

@@ -125,21 +125,21 @@ def test_shards_without_accepted_rows_count_and_the_run_goes_on(ray_local, tmp_p
 # --- 2. a changed shard ----------------------------------------------------------------------
 
 
-@pytest.mark.slow  # on Ray
-def test_lines_appended_to_a_shard_are_read_on_rerun(ray_local, tmp_path):
+@pytest.mark.slow
+def test_lines_appended_to_a_shard_are_read_on_rerun(tmp_path):
     inputs, target = tmp_path / "in", target_file(tmp_path)
     paths = shards(inputs, 3)
     config = config_for(inputs, tmp_path / "out", target, "classifier", method="all")
-    first = pipeline.run(config)
+    first = local_run(config)
     added = [{"text": f"Appended paragraph {i}: " + PARAGRAPHS[150 + i]} for i in range(20)]
     with paths[1].open("a") as handle:
         handle.writelines(json.dumps(row) + "\n" for row in added)
-    second = pipeline.run(config)
+    second = local_run(config)
     assert second["accepted_docs"] == first["accepted_docs"] + 20
     assert second["selected_docs"] == first["selected_docs"] + 20
     texts = set(read_folder(tmp_path / "out" / "selected").column("text").to_pylist())
     assert {row["text"] for row in added} <= texts
-    clean = pipeline.run(config_for(inputs, tmp_path / "clean", target, "classifier", method="all"))
+    clean = local_run(config_for(inputs, tmp_path / "clean", target, "classifier", method="all"))
     assert clean["accepted_docs"] == second["accepted_docs"]
     assert_same_scores(
         scores_by_id(tmp_path / "out", "classifier"), scores_by_id(tmp_path / "clean", "classifier")
