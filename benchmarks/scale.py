@@ -7,8 +7,8 @@ shards of 100,000 documents; a pool of N documents is the first N/100,000 shards
 200 whole documents of the `scientific` file.
 
 Each (pool size, method) runs in a fresh process on a local Ray of this machine's cores:
-`distsel.run` on a config of select.method `--methods` (random; dsir; topk over dsir's
-`dsir_log_weight`) and a budget of `--budget` documents, into a fresh output (removed afterwards
+`distsel.run` on a config of select.method `--methods` (random; dsir; topk, threshold at its
+default median and stratified over dsir's `dsir_log_weight`) and a budget of `--budget` documents, into a fresh output (removed afterwards
 unless `--keep`). It prints:
 
   wall s        the run's wall_seconds (ingest, scoring, selection, evaluation)
@@ -54,7 +54,8 @@ SHARD_DOCS = 100_000
 TARGET_DOCS = 200
 CHILD_FLAG = "--_child"
 RESULT_PREFIX = "SCALE_RESULT "
-METHODS = ("random", "dsir", "topk")
+METHODS = ("random", "dsir", "topk", "threshold", "stratified")
+ON_DSIR_WEIGHT = ("topk", "threshold", "stratified")  # selectors of a score column: dsir's
 
 
 # --- pools --------------------------------------------------------------------------------------
@@ -106,8 +107,8 @@ def run_config(work: Path, shards: list[Path], method: str, budget: int) -> dict
     }
     if method != "random":
         raw["target"] = {"paths": [str(work / "target.jsonl")]}
-    if method == "topk":
-        raw["select"]["topk"] = {"column": "dsir_log_weight"}
+    if method in ON_DSIR_WEIGHT:
+        raw["select"][method] = {"column": "dsir_log_weight"}
     return raw
 
 

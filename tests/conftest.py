@@ -33,6 +33,7 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 OWN_CLUSTERS = {"test_multinode", "test_job_submit", "test_pipeline"}
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """With pytest-xdist's `--dist loadgroup`, a module's tests stay on one test process (its
     module fixtures are made once), and the modules in OWN_CLUSTERS share one. Groups are named
