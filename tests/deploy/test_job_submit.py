@@ -152,7 +152,9 @@ def test_a_killed_driver_resubmitted_by_phases_equals_a_local_whole_run(head, tm
     """The whole pipeline submitted and its driver killed mid-scoring; then the scoring phase
     submitted (it resumes), then the selection phase; the result is a local whole run's."""
     address, env = head
-    config = write_run(tmp_path, "crashed", stdlib_paragraphs(100), {"embed": {"batch_size": 10}})
+    # one embedding actor: one model load per job, and a run long enough to stop mid-way
+    embed = {"embed": {"batch_size": 10, "pool_size": 1}}
+    config = write_run(tmp_path, "crashed", stdlib_paragraphs(100), embed)
     job = submit(address, env, "pipeline", config)
     markers = tmp_path / "crashed" / "_state" / "embed"
     deadline = time.monotonic() + 300
