@@ -249,3 +249,19 @@ def test_group_values_are_dictionary_encoded_strings_shared_across_documents():
     tracemalloc.stop()
     assert values[0] is values[3] and values.tolist()[:3] == ["news", "legal", "code"]
     assert held < 9 * len(values), f"{held / len(values):.1f} B per document"
+
+
+def test_a_budget_over_the_pool_selects_every_document_though_ccs_sent_only_kept_ones(tmp_path):
+    """CCS drops its hardest 30 % before the parts send heads; a budget larger than the pool still
+    selects the whole pool (every document, one warning), as for any selector that does not
+    filter."""
+    texts = [f"{p} ({i})" for i, p in enumerate(stdlib_paragraphs(60))]
+    write_jsonl(tmp_path / "corpus" / "a.jsonl", [{"text": t} for t in texts])
+    raw = base_config(
+        [tmp_path / "corpus"], tmp_path / "out", method="stratified", budget={"docs": 1000}
+    )
+    raw["input"]["rows_per_part"] = 20
+    raw["select"]["stratified"] = {"column": "n_words", "hard_fraction": 0.3, "bins": 4}
+    with LocalExecutor().active():
+        manifest = pipeline.run(parse_config(raw))
+    assert manifest["budget_exceeds_pool"] and manifest["selected_docs"] == 60
