@@ -416,7 +416,7 @@ def evaluate_selection(
 ) -> dict[str, Any]:
     """A fresh proxy trained on `texts`: its mean loss (nats/token) on the target and on the
     control texts."""
-    from distsel.methods.proxy import document_losses, train_proxy
+    from distsel.methods.proxy_model import document_losses, train_proxy
 
     model, tokenizer, info = train_proxy(texts, config, seed, "cpu")
     began = time.perf_counter()

@@ -24,7 +24,7 @@ import torch
 from distsel.algorithms.influence import InfluenceScorer
 from distsel.core.config import ProxyConfig
 from distsel.methods.influence import InfluenceOptions
-from distsel.methods.proxy import train_proxy
+from distsel.methods.proxy_model import train_proxy
 
 
 def load_texts(corpus: Path, count: int, seed: int) -> list[str]:

@@ -8,8 +8,8 @@ shards of 100,000 documents; a pool of N documents is the first N/100,000 shards
 
 Each (pool size, method) runs in a fresh process on a local Ray of this machine's cores:
 `distsel.run` on a config of select.method `--methods` (random; dsir; topk, threshold at its
-default median and stratified over dsir's `dsir_log_weight`) and a budget of `--budget` documents, into a fresh output (removed afterwards
-unless `--keep`). It prints:
+default median and stratified over dsir's `dsir_log_weight`) and a budget of `--budget`
+documents, into a fresh output (removed afterwards unless `--keep`). It prints:
 
   wall s        the run's wall_seconds (ingest, scoring, selection, evaluation)
   docs/s        pool documents / wall s

@@ -315,7 +315,7 @@ class Evaluator:
         return self.cache[key]
 
     def train_and_measure(self, texts: list[str], heldout: list[str], seed: int) -> float:
-        from distsel.methods.proxy import document_losses, train_proxy
+        from distsel.methods.proxy_model import document_losses, train_proxy
 
         order = list(texts)
         random.Random(seed).shuffle(order)

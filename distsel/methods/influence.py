@@ -6,14 +6,12 @@ normalised and contrastive scores) is `InfluenceScorer`, in distsel.algorithms.i
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pyarrow as pa
-import torch
 from pydantic import AliasChoices, Field
 
-from distsel.algorithms.influence import InfluenceScorer
 from distsel.core.config import Config, StrictModel
 from distsel.core.errors import DistselError
 from distsel.core.executor import current
@@ -23,9 +21,11 @@ from distsel.core.samplers import descending, fill_budget
 from distsel.core.selector import budget_section, score_column
 from distsel.core.stage import Resources, Stage, StageContext
 from distsel.methods.embed import with_cluster_gpus
-from distsel.methods.proxy import ensure_proxy, load_proxy
 from distsel.methods.similarity import sample_texts
 from distsel.methods.tokens import ids_or_texts
+
+if TYPE_CHECKING:  # torch, the proxy and the scorer load where a stage scores, not to validate
+    from distsel.algorithms.influence import InfluenceScorer
 
 
 class InfluenceOptions(StrictModel):
@@ -122,6 +122,7 @@ class InfluenceStage(Stage):
 
     def prepare(self, context: StageContext) -> None:
         from distsel.core.records import read_texts
+        from distsel.methods.proxy import ensure_proxy
 
         self.folder, self.proxy_info = ensure_proxy(context)
         target = self.config.target
@@ -165,6 +166,11 @@ class InfluenceStage(Stage):
         self.scorer = self._scorer(self.arrays)
 
     def _scorer(self, arrays: dict[str, np.ndarray] | None) -> InfluenceScorer:
+        import torch
+
+        from distsel.algorithms.influence import InfluenceScorer
+        from distsel.methods.proxy_model import load_proxy
+
         torch.set_num_threads(max(1, int(self.resources.num_cpus)))
         device = "cuda" if self.resources.num_gpus else "cpu"
         model, tokenizer = load_proxy(self.folder, device, self.config.output.storage_options)

@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
-import torch
 
 from distsel.algorithms.tokens import document_ids
 from distsel.core import layout
@@ -32,17 +31,6 @@ if TYPE_CHECKING:
 
     from distsel.core.config import Config, ProxyConfig
 
-from distsel.methods.proxy_model import (
-    INFO_FILE,
-    MAX_TRAINING_CPUS,
-    PROGRESS_FILE,
-    document_losses,
-    load_proxy,
-    local_folder,
-    safetensors_parameters,
-    save_proxy,
-    train_proxy,
-)
 
 log = logging.getLogger("distsel")
 
@@ -56,6 +44,8 @@ def ensure_proxy(context: StageContext) -> tuple[str, dict[str, Any]]:
     """The proxy folder for a run and its info: `proxy.path` when given; else OUTPUT/proxy when
     it holds a proxy trained under the same fingerprint; else one trained now on a seeded sample
     of `proxy.sample_docs` pool documents, in one Ray task (a GPU when the cluster has one)."""
+    from distsel.methods.proxy_model import INFO_FILE
+
     config, store = context.config, context.store
     if config.proxy.path:
         return config.proxy.path, user_proxy_info(config.proxy.path, store.storage_options)
@@ -80,6 +70,8 @@ def ensure_proxy(context: StageContext) -> tuple[str, dict[str, Any]]:
 def user_proxy_info(path: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """A given proxy's `distsel_proxy.json` when it has one; else its path and parameter count
     (from local safetensors headers; None for a remote folder)."""
+    from distsel.methods.proxy_model import INFO_FILE, safetensors_parameters
+
     store = Store(path, storage_options)
     if store.exists(INFO_FILE):
         return {**store.read_json(INFO_FILE), "path": path}
@@ -90,6 +82,8 @@ def user_proxy_info(path: str, storage_options: dict[str, Any] | None = None) ->
 def training_resources() -> tuple[int, int]:
     """(CPUs, GPUs) for the training task: one GPU when the cluster has one; the CPUs of the
     largest eligible node, at most MAX_TRAINING_CPUS."""
+    from distsel.methods.proxy_model import MAX_TRAINING_CPUS
+
     executor = current()
     wants_gpu = executor.totals().get("GPU", 0) >= 1
     nodes = executor.nodes()
@@ -108,6 +102,8 @@ def train_on_cluster(
 ) -> dict[str, Any]:
     """Train a proxy in one task and save it to `folder`; return the info saved with it
     (its `fingerprint`: the one given, else proxy_fingerprint's for `config` and `seed`)."""
+    from distsel.methods.proxy_model import PROGRESS_FILE
+
     cpus, gpus = training_resources()
     fingerprint = fingerprint or proxy_fingerprint(config, seed)
     log.info("proxy: training on %d documents (%d CPUs, %d GPUs)", len(texts), cpus, gpus)
@@ -129,6 +125,10 @@ def _train_and_save(
     log_level: int,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
+    import torch
+
+    from distsel.methods.proxy_model import save_proxy, train_proxy
+
     if not log.handlers:
         log.addHandler(logging.StreamHandler())
     log.setLevel(log_level)
@@ -182,6 +182,10 @@ class PerplexityStage(Stage):
         self.summary = {"proxy": self.info}
 
     def setup(self) -> None:
+        import torch
+
+        from distsel.methods.proxy_model import load_proxy
+
         if self.folder is None:
             raise DistselError("the perplexity stage was not prepared (no proxy folder)")
         torch.set_num_threads(max(1, int(self.resources.num_cpus)))
@@ -189,6 +193,8 @@ class PerplexityStage(Stage):
         self.model, self.tokenizer = load_proxy(self.folder, device, self.storage_options)
 
     def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
+        from distsel.methods.proxy_model import document_losses
+
         losses = document_losses(
             self.model,
             self.tokenizer,
@@ -234,6 +240,8 @@ class ProxyTokensStage(Stage):
 
     def setup(self) -> None:
         from transformers import AutoTokenizer
+
+        from distsel.methods.proxy_model import local_folder
 
         if self.folder is None:
             raise DistselError("the proxy_tokens stage was not prepared (no proxy folder)")

@@ -254,7 +254,7 @@ def test_influence_topk_trains_a_proxy_and_matches_a_direct_scorer(
     corpus_and_target, influence_run
 ):
     from distsel.algorithms.influence import InfluenceScorer
-    from distsel.methods.proxy import load_proxy
+    from distsel.methods.proxy_model import load_proxy
 
     _, _, pool, target_texts = corpus_and_target
     config, manifest, output = influence_run

@@ -1,6 +1,10 @@
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
+from helpers import REPO
 
 from distsel.core.config import load_config, parse_config
 from distsel.core.errors import ConfigError
@@ -114,3 +118,27 @@ def test_credentials_in_a_url_are_refused_without_repeating_them(key):
     message = str(caught.value)
     assert f"{key}" in message and "s3://***@bucket/data: credentials in a URL" in message
     assert "AKIAKEY" not in message and "s3cr3t" not in message
+
+
+def test_validating_every_stage_and_selector_imports_neither_torch_nor_transformers():
+    """A config is checked without the model libraries: a method's module imports them only
+    where a stage scores or trains."""
+    script = """
+import sys
+from distsel.core import registry
+from distsel.core.config import parse_config
+raw = {"input": {"paths": ["x"]}, "output": {"path": "o"}, "target": {"paths": ["t"]},
+       "select": {"method": "quad", "budget": {"docs": 3}},
+       "stages": {name: {} for name in registry.stage_names()}}
+config = parse_config(raw)
+for name in registry.stage_names():
+    config.stage_options(name)
+for name in registry.selector_names():
+    config.select.options(name)
+print(sorted(m for m in ("torch", "transformers") if m in sys.modules))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"

@@ -20,17 +20,21 @@ from distsel.core.stage import StageContext
 from distsel.core.storage import Store
 from distsel.methods import proxy
 from distsel.methods.proxy import (
-    INFO_FILE,
     PerplexityStage,
     ProxyTokensStage,
-    document_losses,
     ensure_proxy,
-    load_proxy,
-    save_proxy,
-    train_proxy,
     training_resources,
 )
-from distsel.methods.proxy_model import BOS, EOS, make_tokenizer
+from distsel.methods.proxy_model import (
+    BOS,
+    EOS,
+    INFO_FILE,
+    document_losses,
+    load_proxy,
+    make_tokenizer,
+    save_proxy,
+    train_proxy,
+)
 from distsel.methods.tokens import encode
 from distsel.methods.training import build_proxy, default_intermediate, learning_rate_factor
 

@@ -18,8 +18,8 @@ from distsel.core.executor import LocalExecutor, RayExecutor
 from distsel.core.progress import Progress
 from distsel.core.storage import Store
 from distsel.methods import proxy, proxy_model
-from distsel.methods.proxy import PROGRESS_FILE, proxy_fingerprint, train_on_cluster, train_proxy
-from distsel.methods.proxy_model import training_steps
+from distsel.methods.proxy import proxy_fingerprint, train_on_cluster
+from distsel.methods.proxy_model import INFO_FILE, PROGRESS_FILE, train_proxy, training_steps
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -213,4 +213,4 @@ def test_proxy_training_on_ray_shows_its_progress_on_the_driver(
     assert len([m for m in messages(caplog) if LIMIT_LINE.match(m)]) == 1
     assert info["limited_by_max_passes"] is True
     assert not (tmp_path / "proxy" / PROGRESS_FILE).exists()
-    assert (tmp_path / "proxy" / proxy.INFO_FILE).exists()
+    assert (tmp_path / "proxy" / INFO_FILE).exists()
