@@ -17,7 +17,8 @@ from distsel.core.config import parse_config
 from distsel.core.executor import LocalExecutor
 from distsel.core.stage import Resources, StageContext, prepare_stage
 from distsel.core.storage import Store
-from distsel.methods import influence
+from distsel.methods import proxy as proxy_stage
+from distsel.methods import proxy_model
 from distsel.methods.influence import InfluenceOptions, InfluenceStage
 from distsel.methods.similarity import sample_texts
 
@@ -138,9 +139,10 @@ def run(tmp_path: Path, proxy: dict, monkeypatch: pytest.MonkeyPatch) -> dict:
         texts = pool[start : start + 40]
         ids = [f"doc-{start + i}" for i in range(len(texts))]
         store.write_table(f"docs/part-{index:05d}.parquet", pa.table({"id": ids, "text": texts}))
-    monkeypatch.setattr(influence, "ensure_proxy", lambda context: ("stub", {"params": 1}))
+    # where the stage imports them from when it prepares and scores
+    monkeypatch.setattr(proxy_stage, "ensure_proxy", lambda context: ("stub", {"params": 1}))
     monkeypatch.setattr(
-        influence, "load_proxy", lambda *args, **kwargs: (proxy["model"], proxy["tokenizer"])
+        proxy_model, "load_proxy", lambda *args, **kwargs: (proxy["model"], proxy["tokenizer"])
     )
 
     def config(**options: object):
