@@ -191,12 +191,23 @@ def round_robin(scores_per_task: Sequence[np.ndarray] | np.ndarray, k: int) -> n
     k = min(k, n_docs)
     # A task's pointer passes only documents picked by someone, so k candidates suffice.
     queues = [_ranked(matrix[t].astype(np.float64), k) for t in range(n_tasks)]
-    pointers = [0] * n_tasks
+    return round_robin_queues(queues, n_docs, k)[0]
+
+
+def round_robin_queues(
+    queues: Sequence[np.ndarray], n_docs: int, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """`round_robin` over each task's documents best first (`queues`, indices below n_docs):
+    the first min(k, n_docs) picks, and per task how many entries of its queue it looked at
+    (picked, or passed as taken by another task); one more than its queue's length when the
+    queue ran out."""
+    k = min(k, n_docs)
+    pointers = [0] * len(queues)
     taken = np.zeros(n_docs, dtype=bool)
     picked: list[int] = []
     while len(picked) < k:
-        for t in range(n_tasks):
-            queue, p = queues[t], pointers[t]
+        for t, queue in enumerate(queues):
+            p = pointers[t]
             while p < len(queue) and taken[queue[p]]:
                 p += 1
             pointers[t] = p + 1
@@ -205,7 +216,13 @@ def round_robin(scores_per_task: Sequence[np.ndarray] | np.ndarray, k: int) -> n
                 picked.append(int(queue[p]))
                 if len(picked) == k:
                     break
-    return np.asarray(picked, dtype=np.int64)
+    return np.asarray(picked, dtype=np.int64), np.asarray(pointers, dtype=np.int64)
+
+
+def task_order(scores: np.ndarray) -> np.ndarray:
+    """A task's whole queue for `round_robin`: best first, ties by lower index, NaN last."""
+    values = np.asarray(scores, dtype=np.float64)
+    return _ranked(values, len(values))
 
 
 def best_rank_scores(

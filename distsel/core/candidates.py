@@ -16,12 +16,12 @@ none fails: the selection is exact, and the driver holds about 1.25 B + 16 P doc
 documents) instead of the pool. A part holding more than its share of the best documents (a
 shard of the target's domain) costs a few more rounds, each reading only the parts still short.
 
-The same holds for several orders walked one after another, each under its own limit (CCS's
-strata: distsel.methods.ccs): a selector's HeadPlan says how each part orders its documents and
-how the driver walks the heads, and each (part, order) that fails the test sends twice as many.
-
-Several rankings taken round-robin (one per target task) are not cut: every part sends every
-document.
+The same holds for several orders, each walked under its own limit: CCS's strata
+(distsel.methods.ccs), or several target tasks' rankings taken round-robin, where a task's walk is
+the part of its ranking the round-robin looked at (distsel.methods.similarity; under a token
+budget every part sends every document). A selector's HeadPlan says how each part orders its
+documents and how the driver walks the heads; a part's last document in an order is the last it
+sent for that order, and each (part, order) that fails the test sends twice as many.
 """
 
 from __future__ import annotations
@@ -184,14 +184,16 @@ def _head(plan: HeadPlan, scales: np.ndarray | None, pool: Pool) -> Head | None:
     orders = plan.part_orders(pool)
     if orders is None:
         return None
-    rows, left_out = [], np.full(len(orders), np.inf)
+    rows, lengths, left_out = [], np.zeros(len(orders), np.int64), np.full(len(orders), np.inf)
     for index, (order, share) in enumerate(orders):
         scale = 1.0 if scales is None else scales[index]
         count = len(order) if share is None else _head_length(plan, pool, order, share * scale)
         rows.append(order[:count])
+        lengths[index] = min(count, len(order))
         if count < len(order):
             left_out[index] = pool.tokens[order[count:]].min()
-    return Head(np.unique(np.concatenate(rows)) if rows else np.zeros(0, np.int64), left_out)
+    kept = np.unique(np.concatenate(rows)) if rows else np.zeros(0, np.int64)
+    return Head(kept, lengths, left_out)
 
 
 def _head_length(plan: HeadPlan, pool: Pool, order: np.ndarray, share: float) -> int:
@@ -212,7 +214,7 @@ def short_parts(pool: Pool, gathered: list[PartColumns], plan: HeadPlan) -> list
     for index, walk in enumerate(plan.walks(pool)):
         if walk.limit is None:
             continue
-        left_after = _limit_left_after(pool, walk)
+        left_after = _limit_left_after(pool, walk, _sent(gathered, index))
         for part in cut:
             smallest = gathered[part].left_out_min_tokens[index]
             if not np.isfinite(smallest):
@@ -222,16 +224,29 @@ def short_parts(pool: Pool, gathered: list[PartColumns], plan: HeadPlan) -> list
     return short
 
 
-def _limit_left_after(pool: Pool, walk: Walk) -> np.ndarray:
-    """Per part, the walk's limit left after that part's last document in the order (the whole
-    limit where it has none)."""
+def _sent(gathered: list[PartColumns], order: int) -> np.ndarray:
+    """Per part, how many of the order's first documents it sent (−1: all it has in it)."""
+    return np.array(
+        [-1 if c.head_lengths is None else int(c.head_lengths[order]) for c in gathered],
+        dtype=np.int64,
+    )
+
+
+def _limit_left_after(pool: Pool, walk: Walk, sent: np.ndarray) -> np.ndarray:
+    """Per part, the walk's limit left after the last document the part sent for this order
+    (the `sent[part]`-th of its documents in the order: others it sent for other orders rank
+    after them); the whole limit where it sent none."""
     order = walk.order
     sizes = pool.tokens[order] if walk.by_tokens else np.ones(len(order), dtype=np.int64)
     taken = np.zeros(len(pool), dtype=bool)
     taken[walk.taken(pool.tokens)] = True
     left_after = walk.limit - np.cumsum(np.where(taken[order], sizes, 0))
-    last = np.full(len(pool.parts), -1, dtype=np.int64)
-    np.maximum.at(last, pool.part_index[order], np.arange(len(order)))
+    part_of = pool.part_index[order]
+    by_part = np.argsort(part_of, kind="stable")  # positions, grouped by part, in walk order
+    counts = np.bincount(part_of, minlength=len(pool.parts))
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    head = np.where(sent < 0, counts, np.minimum(sent, counts))
     left = np.full(len(pool.parts), walk.limit, dtype=np.int64)
-    left[last >= 0] = left_after[last[last >= 0]]
+    has = head > 0
+    left[has] = left_after[by_part[starts[has] + head[has] - 1]]
     return left

@@ -126,10 +126,11 @@ def random_keys(ids: list[str], seed: int) -> np.ndarray:
 @dataclass
 class Head:
     """The documents a part sends for a walk of one or more orders (distsel.core.candidates):
-    `rows` index the part's own Pool, and `left_out_min_tokens[j]` is the fewest tokens of a
-    document of order j left out (inf: none was)."""
+    `rows` index the part's own Pool, `lengths[j]` is how many of order j's first documents it
+    sends, and `left_out_min_tokens[j]` the fewest tokens of one of the others (inf: none)."""
 
     rows: np.ndarray
+    lengths: np.ndarray
     left_out_min_tokens: np.ndarray
 
 
@@ -140,11 +141,13 @@ Keep = Callable[[Pool], "Head | None"]
 @dataclass
 class PartColumns:
     """One part's gathered rows: `pool` holds the kept ones (its `totals` count all of them),
-    and `left_out_min_tokens`, per order walked, the fewest tokens of a document of that order
-    left out (None: the part sent every document)."""
+    and per order walked, `left_out_min_tokens`, the fewest tokens of a document of that order
+    left out (None: the part sent every document), and `head_lengths`, how many of the order's
+    first documents it sent (None: every one of its documents in the order)."""
 
     pool: Pool
     left_out_min_tokens: np.ndarray | None
+    head_lengths: np.ndarray | None = None
 
 
 def part_columns(
@@ -180,7 +183,7 @@ def part_columns(
     if head is None:
         return PartColumns(pool, None)
     kept = np.sort(np.asarray(head.rows, dtype=np.int64))
-    return PartColumns(take(pool, kept), head.left_out_min_tokens)
+    return PartColumns(take(pool, kept), head.left_out_min_tokens, head.lengths)
 
 
 def _accepted_docs(

@@ -43,10 +43,10 @@ class Selector(Protocol):
     select must then be the walk of the one ranking (`fill_budget`), and it is handed only the
     parts' heads of it (distsel.core.candidates).
 
-    A selector whose walks need pool-wide statistics first (a median, strata) may instead
-    declare `plan(store, parts, config, dropped)`: it computes them part by part and returns a
-    HeadPlan (distsel.core.candidates); its select is handed the heads, with the plan as
-    `pool.plan`."""
+    A selector whose walks need pool-wide statistics first (a median, strata) or are not one
+    ranking's (round-robin over target tasks) may instead declare
+    `plan(store, parts, config, dropped)`: it returns a HeadPlan (distsel.core.candidates); its
+    select is handed the heads, with the plan as `pool.plan`."""
 
     def required_stages(self, config: Config) -> tuple[str, ...]: ...
 

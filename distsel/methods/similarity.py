@@ -6,6 +6,7 @@ neighbour share are in distsel.algorithms.similarity.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -21,8 +22,11 @@ from distsel.algorithms.similarity import (
     neighbour_target_share,
     predict_scores,
     round_robin,
+    round_robin_queues,
+    task_order,
 )
 from distsel.core import layout
+from distsel.core.candidates import HEAD_MARGIN, RankedPlan, Walk
 from distsel.core.config import Config, StrictModel
 from distsel.core.errors import DistselError
 from distsel.core.executor import current
@@ -268,11 +272,17 @@ class SimilaritySelector:
         return ("betr",) if config.select.options("similarity").betr else ("similarity",)
 
     def rankings(self, pool: Pool, config: Config) -> list[np.ndarray]:
-        """One ranking per target task; one task's is highest first, ties in seeded order."""
+        """One ranking per target task; one task's is highest first, ties in seeded order;
+        several tasks' are round_robin's queues (ties by pool order)."""
         columns = _columns(pool, config)
         if len(columns) == 1:
             return [descending(score_column(pool, columns[0]), pool.random_key)]
-        return [np.argsort(-score_column(pool, c), kind="stable") for c in columns]
+        return [task_order(score_column(pool, c)) for c in columns]
+
+    def plan(
+        self, store: Store, parts: list[str], config: Config, dropped: dict[str, np.ndarray]
+    ) -> RoundRobinPlan:
+        return RoundRobinPlan(self.rankings, config, max(len(parts), 1))
 
     def select(
         self, pool: Pool, config: Config, context: StageContext
@@ -289,6 +299,27 @@ class SimilaritySelector:
             "columns": columns,
             **options.model_dump(),
         }
+
+
+@dataclass(frozen=True)
+class RoundRobinPlan(RankedPlan):
+    """Heads for several target tasks under a document budget: each part sends the head of
+    every task's ranking, and task t's walk is the part of its ranking that round-robin looked
+    at (picked, or passed as taken), so a part is short for t when the round-robin looked past
+    the last document it sent. Under a token budget every part sends every document."""
+
+    def part_orders(self, part: Pool) -> list[tuple[np.ndarray, float | None]] | None:
+        orders = self.rankings(part, self.config)
+        if len(orders) == 1 or self.by_tokens:
+            return super().part_orders(part)
+        return [(order, HEAD_MARGIN * self.limit / self.parts) for order in orders]
+
+    def walks(self, pool: Pool) -> list[Walk]:
+        orders = self.rankings(pool, self.config)
+        if len(orders) == 1 or self.by_tokens:
+            return super().walks(pool)
+        _, looked_at = round_robin_queues(orders, len(pool), self.limit)
+        return [Walk(o, int(n), by_tokens=False) for o, n in zip(orders, looked_at, strict=True)]
 
 
 def _columns(pool: Pool, config: Config) -> list[str]:
