@@ -99,7 +99,7 @@ class RankedPlan:
 
     @property
     def by_tokens(self) -> bool:
-        return self.config.select.budget.tokens is not None
+        return self.config.select.budget.by_tokens
 
     @property
     def min_head(self) -> int:
@@ -107,12 +107,16 @@ class RankedPlan:
 
     @property
     def limit(self) -> int:
-        budget = self.config.select.budget
-        return budget.tokens if self.by_tokens else budget.docs
+        return self.config.select.budget.limit
+
+    @property
+    def share(self) -> float:
+        """A part's expected take of the budget, HEAD_MARGIN times over."""
+        return HEAD_MARGIN * self.limit / self.parts
 
     def part_orders(self, part: Pool) -> list[tuple[np.ndarray, float | None]] | None:
         orders = self.rankings(part, self.config)
-        return [(orders[0], HEAD_MARGIN * self.limit / self.parts)] if len(orders) == 1 else None
+        return [(orders[0], self.share)] if len(orders) == 1 else None
 
     def walks(self, pool: Pool) -> list[Walk]:
         return [Walk(self.rankings(pool, self.config)[0], self.limit, self.by_tokens)]

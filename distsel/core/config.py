@@ -95,6 +95,16 @@ class Budget(StrictModel):
         """The share of the pool asked for, if the budget was given as one."""
         return self.docs_share if self.docs_share is not None else self.tokens_share
 
+    @property
+    def by_tokens(self) -> bool:
+        """Whether the resolved budget counts tokens (else documents)."""
+        return self.tokens is not None
+
+    @property
+    def limit(self) -> int | None:
+        """The resolved budget: its tokens, or its documents (None for an unresolved share)."""
+        return self.tokens if self.by_tokens else self.docs
+
     def resolved(self, pool_docs: int, pool_tokens: int) -> Budget:
         """This budget in documents or tokens: a share becomes ceil(share · pool documents) or
         ceil(share · pool tokens) (at least 1), kept beside the share it came from (the copy is

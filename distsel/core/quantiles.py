@@ -44,7 +44,15 @@ class Column:
 
     def map(self, fn: Callable[..., T], *args: Any) -> list[T]:
         """fn(self, part index, *args) for every part, in parallel."""
-        return current().map(fn, [(self, index, *args) for index in range(len(self.parts))])
+        return current().map(fn, self._calls(args))
+
+    def map_reduce(self, fn: Callable[..., T], combine: Callable[..., T], *args: Any) -> T:
+        """combine over fn(self, part index, *args) for every part (one part at least), added
+        where the results are made."""
+        return current().map_reduce(fn, self._calls(args), combine)
+
+    def _calls(self, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        return [(self, index, *args) for index in range(len(self.parts))]
 
 
 @dataclass(frozen=True)
@@ -130,26 +138,32 @@ def _add(*counts: np.ndarray) -> np.ndarray:
     return np.sum(counts, axis=0)
 
 
-def value_count(source: Column) -> int:
-    """How many non-NaN values the column holds."""
-    return int(_counts_round(source, [(0, 0)])[0].sum())
+def leading_digit_counts(source: Column) -> np.ndarray:
+    """The first round's counts: the non-NaN values by their leading DIGIT_BITS bits (their sum
+    is how many the column holds)."""
+    return _counts_round(source, [(0, 0)])[0]
 
 
 def _counts_round(source: Column, prefixes: list[tuple[int, int]]) -> np.ndarray:
-    calls = [(source, index, prefixes) for index in range(len(source.parts))]
-    if not calls:
+    if not source.parts:
         return np.zeros((len(prefixes), 1 << DIGIT_BITS), dtype=np.int64)
-    return current().map_reduce(_digit_counts, calls, _add)
+    return source.map_reduce(_digit_counts, _add, prefixes)
 
 
-def order_statistics(source: Column, ranks: list[int]) -> list[OrderStatistic]:
+def order_statistics(
+    source: Column, ranks: list[int], leading_digits: np.ndarray | None = None
+) -> list[OrderStatistic]:
     """The values at 0-based `ranks` of the column's ascending non-NaN values (each rank below
-    `value_count`), exactly."""
+    their count), exactly; `leading_digits`, `leading_digit_counts` of the column when the
+    caller has them, saves the first round."""
     state = {rank: (0, 0, 0) for rank in ranks}  # rank -> (prefix, bits known, values below)
     equal: dict[int, int] = {}
-    for _ in range(64 // DIGIT_BITS):
+    for round_ in range(64 // DIGIT_BITS):
         prefixes = sorted({(prefix, known) for prefix, known, _ in state.values()})
-        counts = _counts_round(source, prefixes)
+        if round_ == 0 and leading_digits is not None:
+            counts = leading_digits[np.newaxis]  # every rank starts at the empty prefix
+        else:
+            counts = _counts_round(source, prefixes)
         for rank, (prefix, known, below) in state.items():
             row = counts[prefixes.index((prefix, known))]
             cumulative = np.cumsum(row)
@@ -166,11 +180,12 @@ def order_statistics(source: Column, ranks: list[int]) -> list[OrderStatistic]:
 
 def median(source: Column) -> float:
     """numpy's nanmedian of the column (NaN for an empty or all-NaN column)."""
-    count = value_count(source)
+    leading_digits = leading_digit_counts(source)
+    count = int(leading_digits.sum())
     if not count:
         return float("nan")
     middle = sorted({(count - 1) // 2, count // 2})
-    values = [s.value for s in order_statistics(source, middle)]
+    values = [s.value for s in order_statistics(source, middle, leading_digits)]
     return float(np.mean(values))
 
 

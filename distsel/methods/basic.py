@@ -130,8 +130,8 @@ class ThresholdSelector:
         low = median(column) if options.min is None else options.min
         high = np.inf if options.max is None else options.max
         budget = config.select.budget
-        by_tokens = budget is not None and budget.tokens is not None
-        limit = None if budget is None else budget.tokens if by_tokens else budget.docs
+        by_tokens = budget is not None and budget.by_tokens
+        limit = None if budget is None else budget.limit
         share = HEAD_MARGIN * (limit or 0) / max(len(column.parts), 1)
         passing = count_between(column, low, high)
         return ThresholdPlan(options.column, low, high, passing, limit, by_tokens, share)

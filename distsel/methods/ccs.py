@@ -28,14 +28,13 @@ from pydantic import Field
 
 from distsel.core.candidates import HEAD_MARGIN, Walk
 from distsel.core.config import Config, StrictModel
-from distsel.core.executor import current
 from distsel.core.pool import Pool, take
 from distsel.core.quantiles import (
     Column,
     ColumnParts,
     PoolColumn,
+    leading_digit_counts,
     order_statistics,
-    value_count,
 )
 from distsel.core.registry import register_selector, stage_for_column
 from distsel.core.samplers import random_order
@@ -145,9 +144,7 @@ class StratifiedSelector:
 
     def plan_for(self, column: Column, config: Config) -> StrataPlan:
         options = config.select.options("stratified")
-        budget = config.select.budget
-        by_tokens = budget.tokens is not None
-        limit = budget.tokens if by_tokens else budget.docs
+        by_tokens, limit = config.select.budget.by_tokens, config.select.budget.limit
         cut, low, high = hard_cut(column, options.hard_fraction, options.hard_is_high)
         edges = np.linspace(low, high, options.bins + 1)
         counts, tokens, first = _strata_totals(column, cut, edges)
@@ -189,16 +186,17 @@ def stratum_of(edges: np.ndarray, values: np.ndarray) -> np.ndarray:
 def hard_cut(column: Column, hard_fraction: float, hard_is_high: bool) -> tuple[Cut, float, float]:
     """The cut that drops the ⌊hard_fraction · n⌋ hardest of the column's n scores, and the
     kept scores' smallest and largest value (NaN, NaN when none is kept)."""
-    count = value_count(column)
+    first_digits = leading_digit_counts(column)
+    count = int(first_digits.sum())
     hard = int(hard_fraction * count)
     if count - hard <= 0:
         return Cut(None, hard_is_high, {}), float("nan"), float("nan")
     kept_ranks = [0, count - hard - 1] if hard_is_high else [hard, count - 1]
     if not hard:
-        low, high = order_statistics(column, kept_ranks)
+        low, high = order_statistics(column, kept_ranks, first_digits)
         return Cut(None, hard_is_high, {}), low.value, high.value
     cut_rank = count - hard if hard_is_high else hard - 1
-    low, high, at = order_statistics(column, [*kept_ranks, cut_rank])
+    low, high, at = order_statistics(column, [*kept_ranks, cut_rank], first_digits)
     beyond = count - at.below - at.equal if hard_is_high else at.below
     ties, left = {}, hard - beyond
     for part, tied in zip(column.parts, column.map(_count_equal, at.value), strict=True):
@@ -229,11 +227,10 @@ def _part_strata(
 def _strata_totals(
     column: Column, cut: Cut, edges: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    calls = [(column, index, cut, edges) for index in range(len(column.parts))]
-    if not calls:
+    if not column.parts:
         bins = len(edges) - 1
         return np.zeros(bins, np.int64), np.zeros(bins, np.int64), np.zeros(bins, np.int64)
-    return current().map_reduce(_part_strata, calls, _combine_strata)
+    return column.map_reduce(_part_strata, _combine_strata, cut, edges)
 
 
 def _combine_strata(*totals: tuple[np.ndarray, np.ndarray, np.ndarray]) -> tuple:

@@ -26,7 +26,7 @@ from distsel.algorithms.similarity import (
     task_order,
 )
 from distsel.core import layout
-from distsel.core.candidates import HEAD_MARGIN, RankedPlan, Walk
+from distsel.core.candidates import RankedPlan, Walk
 from distsel.core.config import Config, StrictModel
 from distsel.core.errors import DistselError
 from distsel.core.executor import current
@@ -310,14 +310,14 @@ class RoundRobinPlan(RankedPlan):
 
     def part_orders(self, part: Pool) -> list[tuple[np.ndarray, float | None]] | None:
         orders = self.rankings(part, self.config)
-        if len(orders) == 1 or self.by_tokens:
-            return super().part_orders(part)
-        return [(order, HEAD_MARGIN * self.limit / self.parts) for order in orders]
+        if len(orders) > 1 and self.by_tokens:
+            return None
+        return [(order, self.share) for order in orders]
 
     def walks(self, pool: Pool) -> list[Walk]:
         orders = self.rankings(pool, self.config)
         if len(orders) == 1 or self.by_tokens:
-            return super().walks(pool)
+            return [Walk(orders[0], self.limit, self.by_tokens)]
         _, looked_at = round_robin_queues(orders, len(pool), self.limit)
         return [Walk(o, int(n), by_tokens=False) for o, n in zip(orders, looked_at, strict=True)]
 

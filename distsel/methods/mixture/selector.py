@@ -81,8 +81,7 @@ def sample_by_weights(
     names = sorted(set(values.tolist()) | set(weights))
     orders = {g: _group_order(pool, values, g) for g in names}
     w = np.array([max(0.0, float(weights.get(g, 0.0))) for g in names])
-    by_tokens = budget.tokens is not None
-    limit = budget.tokens if by_tokens else budget.docs
+    by_tokens, limit = budget.by_tokens, budget.limit
     sizes = {g: (pool.tokens[o].sum() if by_tokens else len(o)) for g, o in orders.items()}
     shares = water_fill(limit, w, np.array([sizes[g] for g in names], dtype=np.int64))
     chosen = [
