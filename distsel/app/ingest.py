@@ -224,7 +224,7 @@ def quarantine_duplicate_ids(
     found = store.read_table(found_path)
     ranks, rows = found.column("rank").to_numpy(), found.column("row").to_numpy()
     dropped = {parts[rank]: np.sort(rows[ranks == rank]) for rank in np.unique(ranks)}
-    return [_moved_to_rejected(result, dropped) for result in ingested], dropped
+    return [moved_to_rejected(result, dropped, "duplicate_id") for result in ingested], dropped
 
 
 def _find_duplicate_ids(store: Store, parts: list[str], total_ids: int) -> pa.Table:
@@ -260,13 +260,14 @@ def _rejections(
     )
 
 
-def _moved_to_rejected(
-    result: records.IngestResult, dropped: dict[str, np.ndarray]
+def moved_to_rejected(
+    result: records.IngestResult, dropped: dict[str, np.ndarray], reason: str
 ) -> records.IngestResult:
+    """`result` with the `dropped` rows of its parts counted as rejected for `reason`."""
     count = sum(len(dropped.get(part, ())) for part in result.parts)
     if not count:
         return result
-    reasons = {**result.reasons, "duplicate_id": result.reasons.get("duplicate_id", 0) + count}
+    reasons = {**result.reasons, reason: result.reasons.get(reason, 0) + count}
     return dataclasses.replace(
         result,
         accepted=result.accepted - count,

@@ -23,6 +23,7 @@ from distsel.app.ingest import (
     quarantine_duplicate_ids,
 )
 from distsel.app.manifest import build_manifest, counts
+from distsel.app.near_duplicates import quarantine_near_duplicates
 from distsel.app.output import write_selection
 from distsel.core import corpus, layout, records, registry
 from distsel.core.config import Budget, Config, Phase
@@ -122,6 +123,9 @@ def score(
     timings: dict[str, dict[str, Any]] = {}
     ingested = ingest(shards, config, store, timings, require_done)
     ingested, dropped = quarantine_duplicate_ids(config, store, shards, ingested, require_done)
+    ingested, dropped = quarantine_near_duplicates(
+        config, store, shards, ingested, dropped, require_done
+    )
     parts = [part for result in ingested for part in result.parts]
     stages = build_stages(config)
     store.write_json(layout.STAGE_ORDER, {"stages": [stage.name for stage in stages]})

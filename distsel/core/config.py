@@ -118,6 +118,19 @@ class Budget(StrictModel):
         return self.model_copy(update={"docs" if by_docs else "tokens": count})
 
 
+class DedupConfig(StrictModel):
+    """Near-duplicate removal before any selector (distsel.app.near_duplicates): the later
+    documents of a cluster of near duplicates are quarantined as `near_duplicate`.
+
+    minhash: MinHash LSH over word n-gram shingles (distsel.algorithms.minhash); two documents
+    are near duplicates when their estimated Jaccard similarity is at least `threshold`."""
+
+    method: Literal["minhash"]
+    threshold: float = Field(default=0.8, gt=0, lt=1)
+    ngram: int = Field(default=2, ge=1, le=16)
+    num_perm: int = Field(default=112, ge=16, le=1024)
+
+
 class EmbedConfig(StrictModel):
     """The encoder for the embedding stage (default: the bundled all-MiniLM-L6-v2)."""
 
@@ -322,6 +335,7 @@ class Config(StrictModel):
     target: TargetConfig = Field(default_factory=TargetConfig)
     output: OutputConfig
     select: SelectConfig = Field(default_factory=SelectConfig)
+    dedup: DedupConfig | None = None
     stages: dict[str, StageConfig] = Field(default_factory=dict)
     embed: EmbedConfig = Field(default_factory=EmbedConfig)
     proxy: ProxyConfig = Field(default_factory=ProxyConfig)

@@ -8,6 +8,7 @@ names. Every path here is relative to OUTPUT (a local folder or an object-store 
       docs/<part>                   the accepted documents, a shard cut into Parquet parts
       rejected/<shard>.parquet      the rows a shard rejected, with their reasons
       rejected/duplicate_id.parquet the later copies of an id (input.id_field)
+      rejected/near_duplicate.parquet   the near duplicates that `dedup:` quarantined
       scores/<stage>/<part>         a stage's outputs for one part (id + its columns)
       selected/<part stem>.<format> the chosen rows of each part (parquet, jsonl[.gz|.zst])
       clusters/centroids.npy        the cluster stage's centroids, (k, dim)
@@ -28,6 +29,8 @@ names. Every path here is relative to OUTPUT (a local folder or an object-store 
         ingest/<shard>.json         a shard's done marker: its parts and counts
         ids/<part>                  a part's ids by group, for the duplicate-id check
         duplicates-<digest>.parquet the duplicate-id check of one part list
+        near-duplicates-<digest>.parquet  the near duplicates of one part list and dedup setting
+        minhash/<digest>/<part>.*   a part's MinHash signatures and band keys, while dedup runs
         <stage>/_fingerprint.json   a stage's settings, written when its scoring starts
         <stage>/<part>.json         a part's done marker (rows, bytes, version, seconds, node)
         <stage>/fitted.npz, fitted.json   a stage's fit: its arrays, then the rest
@@ -57,6 +60,7 @@ PART_SUFFIX = ".parquet"
 MARKER_SUFFIX = ".json"
 
 REJECTED_DUPLICATE_IDS = f"{REJECTED}/duplicate_id{PART_SUFFIX}"
+REJECTED_NEAR_DUPLICATES = f"{REJECTED}/near_duplicate{PART_SUFFIX}"
 CENTROIDS = f"{CLUSTERS}/centroids.npy"
 CENTROID_DISTANCES = f"{CLUSTERS}/centroid_distances.npy"
 MIXTURE_SEARCH = f"{MIXTURE}/search.json"
@@ -69,10 +73,12 @@ RUN_RECORD = f"{STATE}/run.json"
 PROGRESS = f"{STATE}/progress"
 INGEST = f"{STATE}/ingest"
 IDS = f"{STATE}/ids"
+MINHASH = f"{STATE}/minhash"
 QUAD_STATE = f"{STATE}/quad/state.json"
 QUAD_SELECTED = f"{STATE}/quad/selected.npy"
 
 DUPLICATES_PREFIX = "duplicates"
+NEAR_DUPLICATES_PREFIX = "near-duplicates"
 FINGERPRINT_NAME = "_fingerprint.json"
 
 
@@ -166,6 +172,26 @@ def duplicates(digest: str) -> str:
 def is_duplicates(name: str) -> bool:
     """Whether `name`, in _state/, is a duplicate-id check."""
     return name.startswith(DUPLICATES_PREFIX)
+
+
+def near_duplicates(digest: str) -> str:
+    """The near duplicates found in the part list and dedup setting with `digest`."""
+    return state(f"{NEAR_DUPLICATES_PREFIX}-{digest}{PART_SUFFIX}")
+
+
+def is_near_duplicates(name: str) -> bool:
+    """Whether `name`, in _state/, is a near-duplicate check."""
+    return name.startswith(NEAR_DUPLICATES_PREFIX)
+
+
+def minhash_signatures(digest: str, part: str) -> str:
+    """A part's MinHash signatures (.npy) for the near-duplicate check with `digest`."""
+    return f"{MINHASH}/{digest}/{part}.npy"
+
+
+def minhash_bands(digest: str, part: str) -> str:
+    """A part's band keys, one row group per bucket group, written after its signatures."""
+    return f"{MINHASH}/{digest}/{part}"
 
 
 def fingerprint(stage: str) -> str:

@@ -1,0 +1,284 @@
+"""Near-duplicate documents found by MinHash LSH (`dedup: {method: minhash}`), without a driver
+that holds every signature.
+
+A document is the node rank · 2^32 + row (part rank in input order, row in the part), so node
+order is input order. Four steps, each spread over the cluster:
+
+1. signatures, per part (`write_part_signatures`): the part's MinHash signatures, then its band
+   keys as (key, node) rows, one Parquet row group per bucket group g = key mod T;
+2. buckets, per group (`candidate_pairs`): row group g of every part, sorted by (key, node); each
+   run of equal keys pairs its first node with every other one;
+3. verification, per part of the later node (`verified_pairs`): a pair stays when the estimated
+   Jaccard of the two signatures reaches the threshold;
+4. clusters: the connected components of the verified pairs (on the driver, which holds only
+   pairs of near duplicates, 24 B each); every node but the first of its component is a near
+   duplicate of that first one.
+
+Memory per task is one part's signatures (P · 4 B per document) plus the parts its pairs reach,
+or one group's band rows. The rows that the duplicate-id check dropped take no part.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from distsel.algorithms import minhash
+from distsel.app.ingest import moved_to_rejected
+from distsel.core import corpus, layout, records
+from distsel.core.config import Config, DedupConfig
+from distsel.core.executor import current
+from distsel.core.runner import not_scored
+from distsel.core.stage import digest
+from distsel.core.storage import Store
+
+log = logging.getLogger("distsel")
+BAND_ROWS_PER_GROUP = 4_000_000
+MAX_GROUPS = 4096
+ROW_BITS = 32
+PAIRS_SCHEMA = pa.schema(
+    [("first", pa.int64()), ("second", pa.int64()), ("similarity", pa.float32())]
+)
+FOUND_SCHEMA = pa.schema(
+    [
+        ("rank", pa.int64()),
+        ("row", pa.int64()),
+        ("first_rank", pa.int64()),
+        ("first_row", pa.int64()),
+        ("similarity", pa.float32()),
+    ]
+)
+
+
+def quarantine_near_duplicates(
+    config: Config,
+    store: Store,
+    shards: list[corpus.Shard],
+    ingested: list[records.IngestResult],
+    dropped: dict[str, np.ndarray],
+    require_done: bool = False,
+) -> tuple[list[records.IngestResult], dict[str, np.ndarray]]:
+    """With `dedup:` set, every near duplicate but the first of its cluster (in input order) is
+    quarantined as `near_duplicate`: moved from accepted to rejected and listed in
+    rejected/near_duplicate.parquet. `dropped` (the duplicate ids) takes no part and is
+    returned with the near duplicates added. The check runs once per part list and setting."""
+    if config.dedup is None:
+        store.remove(layout.REJECTED_NEAR_DUPLICATES)
+        return ingested, dropped
+    parts = [part for result in ingested for part in result.parts]
+    check = check_digest(parts, config.dedup, config.seed)
+    found_path = layout.near_duplicates(check)
+    if not store.exists(found_path):
+        if require_done:
+            raise not_scored("the near-duplicate check", [found_path], 1)
+        total = sum(r.accepted for r in ingested)
+        found = find_near_duplicates(store, parts, config.dedup, dropped, total, config.seed)
+        shard_of = {part: result.shard for result in ingested for part in result.parts}
+        urls = {shard.key: shard.url for shard in shards}
+        if found.num_rows:
+            store.write_table(
+                layout.REJECTED_NEAR_DUPLICATES, _rejections(store, found, parts, shard_of, urls)
+            )
+        else:
+            store.remove(layout.REJECTED_NEAR_DUPLICATES)
+        for name in store.list(layout.STATE, layout.PART_SUFFIX):
+            if layout.is_near_duplicates(name):
+                store.remove(layout.state(name))
+        store.write_table(found_path, found)
+    found = store.read_table(found_path)
+    ranks, rows = found.column("rank").to_numpy(), found.column("row").to_numpy()
+    near = {parts[rank]: np.sort(rows[ranks == rank]) for rank in np.unique(ranks)}
+    log.info("dedup: %d near duplicates quarantined", found.num_rows)
+    merged = {
+        part: np.union1d(dropped.get(part, []), near.get(part, [])).astype(np.int64)
+        for part in {*dropped, *near}
+    }
+    return [moved_to_rejected(result, near, "near_duplicate") for result in ingested], merged
+
+
+def _rejections(
+    store: Store,
+    found: pa.Table,
+    parts: list[str],
+    shard_of: dict[str, str],
+    urls: dict[str, str],
+) -> pa.Table:
+    """rejected/near_duplicate.parquet: each near duplicate's shard, its id as `raw`, and where
+    it and the document it repeats lie."""
+    rows = found.to_pylist()
+    ids: dict[int, list[str]] = {}
+    for rank in sorted({row["rank"] for row in rows}):
+        table = store.read_table(layout.docs(parts[rank]), columns=["id"])
+        ids[rank] = table.column("id").cast(pa.string()).to_pylist()
+    shards = [shard_of[parts[row["rank"]]] for row in rows]
+    return pa.table(
+        {
+            "shard": shards,
+            "path": [urls[shard] for shard in shards],
+            "line": pa.nulls(len(rows), pa.int64()),
+            "row": pa.nulls(len(rows), pa.int64()),
+            "reason": ["near_duplicate"] * len(rows),
+            "detail": [
+                f"estimated Jaccard {row['similarity']:.2f} to "
+                f"{layout.docs(parts[row['first_rank']])} row {row['first_row']}; this copy: "
+                f"{layout.docs(parts[row['rank']])} row {row['row']}"
+                for row in rows
+            ],
+            "raw": [ids[row["rank"]][row["row"]].encode() for row in rows],
+        },
+        schema=records.REJECTED_SCHEMA,
+    )
+
+
+def check_digest(parts: list[str], options: DedupConfig, seed: int) -> str:
+    """Names one check: the part list and the settings that change its result."""
+    return digest([*parts, json.dumps({**options.model_dump(), "seed": seed}, sort_keys=True)])
+
+
+def find_near_duplicates(
+    store: Store,
+    parts: list[str],
+    options: DedupConfig,
+    dropped: dict[str, np.ndarray],
+    total_docs: int,
+    seed: int,
+) -> pa.Table:
+    """Every near duplicate that is not the first of its cluster, as FOUND_SCHEMA rows sorted
+    by (rank, row): its part rank and row, the first document's, and the largest estimated
+    Jaccard of its verified pairs."""
+    bands, rows = minhash.lsh_bands(options.threshold, options.num_perm)
+    groups = max(1, min(MAX_GROUPS, math.ceil(total_docs * bands / BAND_ROWS_PER_GROUP)))
+    check = check_digest(parts, options, seed)
+    log.info(
+        "dedup: MinHash of %d parts (%d bands of %d rows, %d bucket groups)",
+        len(parts),
+        bands,
+        rows,
+        groups,
+    )
+    executor = current()
+    settings = (options.num_perm, options.ngram, seed, bands, rows, groups)
+    calls = [
+        (store, check, part, rank, dropped.get(part), settings) for rank, part in enumerate(parts)
+    ]
+    executor.map(write_part_signatures, calls)
+    found = executor.map(candidate_pairs, [(store, check, parts, g) for g in range(groups)])
+    pairs = np.unique(np.concatenate([np.zeros((0, 2), np.int64), *found]), axis=0)
+    later_rank = pairs[:, 1] >> ROW_BITS
+    calls = [
+        (store, check, parts, int(rank), pairs[later_rank == rank], options.threshold)
+        for rank in np.unique(later_rank)
+    ]
+    verified = pa.concat_tables([PAIRS_SCHEMA.empty_table(), *executor.map(verified_pairs, calls)])
+    for part in parts:
+        store.remove(layout.minhash_bands(check, part))
+        store.remove(layout.minhash_signatures(check, part))
+    log.info("dedup: %d candidate pairs, %d verified", len(pairs), verified.num_rows)
+    return _clusters(verified)
+
+
+def write_part_signatures(
+    store: Store,
+    check: str,
+    part: str,
+    rank: int,
+    dropped: np.ndarray | None,
+    settings: tuple[int, int, int, int, int, int],
+) -> None:
+    """Write part `rank`'s signatures, then its band rows (skipped when a killed run left
+    them)."""
+    num_perm, ngram, seed, bands, rows, groups = settings
+    bands_path = layout.minhash_bands(check, part)
+    if store.exists(bands_path):
+        return
+    texts = store.read_table(layout.docs(part), columns=["text"]).column("text").to_pylist()
+    signature = minhash.signatures(texts, num_perm, ngram, seed)
+    if dropped is not None and len(dropped):
+        signature[dropped] = minhash.NO_SHINGLES
+    buffer = io.BytesIO()
+    np.save(buffer, signature)
+    store.write_bytes(layout.minhash_signatures(check, part), buffer.getvalue())
+    taking = np.flatnonzero(signature[:, 0] != minhash.NO_SHINGLES)
+    keys = minhash.band_keys(signature[taking], bands, rows).ravel()
+    nodes = np.repeat((np.int64(rank) << ROW_BITS) + taking, bands)
+    group_of = keys % np.uint64(groups)
+    order = np.argsort(group_of, kind="stable")
+    bounds = np.searchsorted(group_of[order], np.arange(groups + 1, dtype=np.uint64))
+    with io.BytesIO() as out:
+        schema = pa.schema([("key", pa.uint64()), ("node", pa.int64())])
+        with pq.ParquetWriter(out, schema, compression="zstd") as writer:
+            for group in range(groups):
+                chosen = order[bounds[group] : bounds[group + 1]]
+                writer.write_table(pa.table({"key": keys[chosen], "node": nodes[chosen]}, schema))
+        store.write_bytes(bands_path, out.getvalue())
+
+
+def candidate_pairs(store: Store, check: str, parts: list[str], group: int) -> np.ndarray:
+    """(pairs, 2) int64 (first, later): in group `group`, every node that shares a band key
+    with a smaller node, paired with the smallest one."""
+    tables = [store.read_row_group(layout.minhash_bands(check, part), group) for part in parts]
+    rows = pa.concat_tables(tables)
+    keys = rows.column("key").to_numpy()
+    nodes = rows.column("node").to_numpy()
+    order = np.lexsort((nodes, keys))
+    keys, nodes = keys[order], nodes[order]
+    repeats = np.flatnonzero(keys[1:] == keys[:-1]) + 1
+    if not len(repeats):
+        return np.zeros((0, 2), dtype=np.int64)
+    run_start = np.maximum.accumulate(
+        np.where(np.concatenate([[True], keys[1:] != keys[:-1]]), np.arange(len(keys)), 0)
+    )
+    return np.stack([nodes[run_start[repeats]], nodes[repeats]], axis=1)
+
+
+def verified_pairs(
+    store: Store, check: str, parts: list[str], rank: int, pairs: np.ndarray, threshold: float
+) -> pa.Table:
+    """The pairs (first, later), every later node in part `rank`, whose estimated Jaccard
+    similarity is at least `threshold`."""
+    later = _signatures(store, check, parts[rank])[pairs[:, 1] & ((1 << ROW_BITS) - 1)]
+    first = np.empty_like(later)
+    first_rank = pairs[:, 0] >> ROW_BITS
+    for other in np.unique(first_rank):
+        at = first_rank == other
+        rows = pairs[at, 0] & ((1 << ROW_BITS) - 1)
+        first[at] = _signatures(store, check, parts[int(other)])[rows]
+    similarity = minhash.estimated_jaccard(first, later)
+    keep = similarity >= threshold
+    return pa.table(
+        {"first": pairs[keep, 0], "second": pairs[keep, 1], "similarity": similarity[keep]},
+        schema=PAIRS_SCHEMA,
+    )
+
+
+def _signatures(store: Store, check: str, part: str) -> np.ndarray:
+    return np.load(io.BytesIO(store.read_bytes(layout.minhash_signatures(check, part))))
+
+
+def _clusters(verified: pa.Table) -> pa.Table:
+    first = verified.column("first").to_numpy()
+    second = verified.column("second").to_numpy()
+    later, kept = minhash.components(first, second)
+    similarity = verified.column("similarity").to_numpy()
+    best = np.zeros(len(later), dtype=np.float32)
+    for end in (first, second):  # the closest pair each near duplicate takes part in
+        at = np.minimum(np.searchsorted(later, end), max(len(later) - 1, 0))
+        inside = later[at] == end if len(later) else np.zeros(len(end), dtype=bool)
+        np.maximum.at(best, at[inside], similarity[inside])
+    mask = (1 << ROW_BITS) - 1
+    return pa.table(
+        {
+            "rank": later >> ROW_BITS,
+            "row": later & mask,
+            "first_rank": kept >> ROW_BITS,
+            "first_row": kept & mask,
+            "similarity": best,
+        },
+        schema=FOUND_SCHEMA,
+    )

@@ -1,0 +1,145 @@
+"""MinHash near duplicates against references computed another way: exact shingle sets and
+all-pairs Jaccard, the LSH collision formula, and a brute-force union of pairs."""
+
+from __future__ import annotations
+
+import itertools
+import random
+import re
+
+import numpy as np
+import pytest
+from helpers import stdlib_paragraphs
+
+from distsel.algorithms import minhash
+
+
+def edited(text: str, share: float, rng: random.Random) -> str:
+    """`text` with about `share` of its words replaced."""
+    words = text.split()
+    for index in rng.sample(range(len(words)), max(1, round(share * len(words)))):
+        words[index] = f"edit{rng.randrange(10_000)}"
+    return " ".join(words)
+
+
+def test_hashed_shingles_are_the_shingle_sets():
+    texts = [*stdlib_paragraphs(40), "", "!!!", "one two", "Short. Sentences. Here!"]
+    for ngram in (1, 2, 5):
+        hashes, offsets = minhash.shingle_hashes(texts, ngram)
+        assert len(offsets) == len(texts) + 1
+        for index, text in enumerate(texts):
+            distinct = set(hashes[offsets[index] : offsets[index + 1]].tolist())
+            assert len(distinct) == len(minhash.shingles(text, ngram)), (ngram, text)
+
+
+def test_whitespace_case_and_sentence_order_leave_the_shingles_unchanged():
+    text = "The cat sat on the mat today. A dog ran in the park at noon! Birds sang all day."
+    sentences = re.split(r"(?<=[.!?])\s+", text)
+    variant = "\n\n".join(reversed(sentences)).upper().replace(" ", "  \t")
+    assert minhash.shingles(variant) == minhash.shingles(text)
+    signature = minhash.signatures([text, variant])
+    assert (signature[0] == signature[1]).all()
+
+
+def test_estimated_jaccard_is_close_to_the_exact_one():
+    rng = random.Random(3)
+    texts = stdlib_paragraphs(60)
+    pairs = [(t, edited(t, rng.choice([0.02, 0.1, 0.3]), rng)) for t in texts]
+    signature = minhash.signatures([t for pair in pairs for t in pair], num_perm=256, ngram=2)
+    estimate = minhash.estimated_jaccard(signature[0::2], signature[1::2])
+    exact = np.array(
+        [minhash.jaccard(minhash.shingles(a, 2), minhash.shingles(b, 2)) for a, b in pairs]
+    )
+    # 256 positions: the estimate's standard deviation is at most 0.5 / 16
+    assert np.abs(estimate - exact).max() < 0.12
+    assert abs(float(np.mean(estimate - exact))) < 0.02
+
+
+def test_a_text_without_words_takes_no_part():
+    signature = minhash.signatures(["...", "", "real words here"], num_perm=16)
+    assert (signature[:2] == minhash.NO_SHINGLES).all()
+    assert (signature[2] != minhash.NO_SHINGLES).all()
+
+
+@pytest.mark.parametrize("threshold", [0.5, 0.7, 0.8, 0.9])
+def test_lsh_bands_put_the_s_curve_at_the_threshold(threshold):
+    bands, rows = minhash.lsh_bands(threshold, 112)
+    assert bands * rows <= 112
+    collide = 1 - (1 - threshold**rows) ** bands
+    assert collide > 0.85, "a pair at the threshold is a candidate"
+    assert 1 - (1 - (threshold - 0.3) ** rows) ** bands < 0.25, "a pair far below is not"
+    # brute force over every (b, r): none has a smaller error
+    grid = np.linspace(0, 1, 1001)
+    weight = minhash.FALSE_POSITIVE_WEIGHT
+
+    def error(b: int, r: int) -> float:
+        p = 1 - (1 - grid**r) ** b
+        weighted = np.where(grid <= threshold, weight * p, (1 - weight) * (1 - p))
+        return float(np.trapezoid(weighted, grid))
+
+    best = min(error(b, r) for b in range(1, 113) for r in range(1, 112 // b + 1))
+    assert error(bands, rows) == pytest.approx(best, abs=1e-12)
+
+
+def test_band_collisions_follow_the_s_curve():
+    """Pairs at a fixed exact Jaccard share a band as often as 1 − (1 − J^r)^b says."""
+    rng = np.random.default_rng(0)
+    bands, rows = 10, 5
+    shared, size = 60, 100  # J = 60 / 140
+    texts = []
+    for pair in range(400):
+        common = [f"w{pair}x{i}" for i in range(shared)]
+        a = common + [f"a{pair}x{i}" for i in range(size - shared)]
+        b = common + [f"b{pair}x{i}" for i in range(size - shared)]
+        texts += [" ".join(rng.permutation(a)), " ".join(rng.permutation(b))]
+    keys = minhash.band_keys(minhash.signatures(texts, bands * rows, ngram=1), bands, rows)
+    collided = (keys[0::2] == keys[1::2]).any(axis=1).mean()
+    expected = 1 - (1 - (shared / (2 * size - shared)) ** rows) ** bands
+    assert abs(collided - expected) < 0.06
+
+
+def test_components_keep_the_smallest_node_of_each_cluster():
+    rng = np.random.default_rng(1)
+    edges = rng.integers(0, 60, size=(40, 2))
+    later, first = minhash.components(edges[:, 0], edges[:, 1])
+    # brute force: repeat min-label propagation until nothing changes
+    label = {int(n): int(n) for n in np.unique(edges)}
+    changed = True
+    while changed:
+        changed = False
+        for a, b in edges.tolist():
+            low = min(label[a], label[b])
+            if label[a] != low or label[b] != low:
+                label[a] = label[b] = low
+                changed = True
+    expected = {(n, m) for n, m in label.items() if n != m}
+    assert set(zip(later.tolist(), first.tolist(), strict=True)) == expected
+
+
+def test_lsh_finds_the_pairs_an_all_pairs_jaccard_finds():
+    """On a small corpus with edited copies: verified LSH pairs against exact all-pairs Jaccard."""
+    rng = random.Random(7)
+    base = stdlib_paragraphs(120)
+    texts = base + [edited(rng.choice(base), rng.choice([0.0, 0.03, 0.3]), rng) for _ in range(80)]
+    threshold, ngram = 0.7, 2
+    sets = [minhash.shingles(t, ngram) for t in texts]
+    exact = {
+        (a, b)
+        for a, b in itertools.combinations(range(len(texts)), 2)
+        if minhash.jaccard(sets[a], sets[b]) >= threshold
+    }
+    signature = minhash.signatures(texts, 112, ngram)
+    keys = minhash.band_keys(signature, *minhash.lsh_bands(threshold, 112))
+    candidates = {
+        (a, b)
+        for a, b in itertools.combinations(range(len(texts)), 2)
+        if (keys[a] == keys[b]).any()
+    }
+    found = {
+        (a, b)
+        for a, b in candidates
+        if minhash.estimated_jaccard(signature[a], signature[b])[0] >= threshold
+    }
+    assert len(exact) > 30
+    assert len(found & exact) / len(exact) >= 0.9
+    assert len(found & exact) / len(found) >= 0.9
