@@ -315,7 +315,7 @@ def summary(manifest: dict[str, Any], output: str, written: str = layout.MANIFES
         f"-> {layout.REJECTED}/",
     ]
     if "selected_docs" not in manifest:
-        stages = ", ".join(name for name in manifest["stages"] if name != "ingest")
+        stages = ", ".join(n for n in manifest["stages"] if n not in ("ingest", "dedup"))
         lines.append(f"  {'scored by':<14}{stages or '-':>12}   -> {layout.SCORES}/")
         return "\n".join(lines)
     lines.append(

@@ -24,6 +24,8 @@ import io
 import json
 import logging
 import math
+import time
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -62,22 +64,26 @@ def quarantine_near_duplicates(
     shards: list[corpus.Shard],
     ingested: list[records.IngestResult],
     dropped: dict[str, np.ndarray],
+    timings: dict[str, Any],
     require_done: bool = False,
 ) -> tuple[list[records.IngestResult], dict[str, np.ndarray]]:
     """With `dedup:` set, every near duplicate but the first of its cluster (in input order) is
     quarantined as `near_duplicate`: moved from accepted to rejected and listed in
     rejected/near_duplicate.parquet. `dropped` (the duplicate ids) takes no part and is
-    returned with the near duplicates added. The check runs once per part list and setting."""
+    returned with the near duplicates added. The check runs once per part list and setting;
+    timings["dedup"] says how long it took, or that it was reused."""
+    began = time.perf_counter()
     if config.dedup is None:
         store.remove(layout.REJECTED_NEAR_DUPLICATES)
         return ingested, dropped
     parts = [part for result in ingested for part in result.parts]
     check = check_digest(parts, config.dedup, config.seed)
     found_path = layout.near_duplicates(check)
-    if not store.exists(found_path):
+    total = sum(r.accepted for r in ingested)
+    reused = store.exists(found_path)
+    if not reused:
         if require_done:
             raise not_scored("the near-duplicate check", [found_path], 1)
-        total = sum(r.accepted for r in ingested)
         found = find_near_duplicates(store, parts, config.dedup, dropped, total, config.seed)
         shard_of = {part: result.shard for result in ingested for part in result.parts}
         urls = {shard.key: shard.url for shard in shards}
@@ -95,6 +101,12 @@ def quarantine_near_duplicates(
     ranks, rows = found.column("rank").to_numpy(), found.column("row").to_numpy()
     near = {parts[rank]: np.sort(rows[ranks == rank]) for rank in np.unique(ranks)}
     log.info("dedup: %d near duplicates quarantined", found.num_rows)
+    timings["dedup"] = {
+        "rows": total,
+        "near_duplicates": found.num_rows,
+        "seconds": round(time.perf_counter() - began, 3),
+        "reused": reused,
+    }
     merged = {
         part: np.union1d(dropped.get(part, []), near.get(part, [])).astype(np.int64)
         for part in {*dropped, *near}

@@ -124,7 +124,7 @@ def score(
     ingested = ingest(shards, config, store, timings, require_done)
     ingested, dropped = quarantine_duplicate_ids(config, store, shards, ingested, require_done)
     ingested, dropped = quarantine_near_duplicates(
-        config, store, shards, ingested, dropped, require_done
+        config, store, shards, ingested, dropped, timings, require_done
     )
     parts = [part for result in ingested for part in result.parts]
     stages = build_stages(config)

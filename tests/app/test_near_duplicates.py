@@ -14,6 +14,7 @@ from helpers import base_config, stdlib_paragraphs, write_jsonl
 
 from distsel.algorithms import minhash
 from distsel.app import near_duplicates, pipeline
+from distsel.app.report.gather import pool_parts
 from distsel.core import layout
 from distsel.core.config import DedupConfig, parse_config
 from distsel.core.executor import LocalExecutor
@@ -70,14 +71,19 @@ def test_planted_near_duplicates_are_quarantined_counted_and_kept_once(tmp_path)
         assert not selected & found
         assert {f"o{c[1:]}" for c in found & planted} <= selected, "the first copy is kept"
 
+        _, left_out = pool_parts(Store(str(tmp_path / "out")), manifest)
+        assert sum(len(rows) for rows in left_out.values()) == len(found), "the report's pool"
+
         again = pipeline.run(parse_config(raw))
         assert again["rejected_by_reason"] == manifest["rejected_by_reason"]
+        assert again["stages"]["dedup"]["reused"]
         assert not list((tmp_path / "out" / "_state" / "minhash").rglob("*.npy"))
 
         del raw["dedup"]
         plain = pipeline.run(parse_config(raw))
     assert plain["rejected_by_reason"] == {} and plain["selected_docs"] == len(docs)
     assert not (tmp_path / "out" / layout.REJECTED_NEAR_DUPLICATES).exists(), "no stale list"
+    assert pool_parts(Store(str(tmp_path / "out")), plain)[1] == {}
 
 
 def write_parts(store: Store, texts: list[list[str]]) -> list[str]:

@@ -21,6 +21,16 @@ def test_minimal_config_gets_defaults():
     assert config.seed == 0
 
 
+def test_dedup_is_off_unless_asked_and_its_settings_are_checked():
+    assert parse_config(MINIMAL).dedup is None
+    dedup = parse_config({**MINIMAL, "dedup": {"method": "minhash"}}).dedup
+    assert (dedup.threshold, dedup.num_perm) == (0.8, 112)
+    with pytest.raises(ConfigError, match=r"dedup\.threshold: .*less than 1"):
+        parse_config({**MINIMAL, "dedup": {"method": "minhash", "threshold": 1.5}})
+    with pytest.raises(ConfigError, match=r"dedup\.method: .*'minhash'"):
+        parse_config({**MINIMAL, "dedup": {"method": "fuzzy"}})
+
+
 def test_unknown_key_is_named():
     with pytest.raises(ConfigError, match=r"input\.text_feild: unknown key"):
         parse_config({**MINIMAL, "input": {"paths": ["x"], "text_feild": "body"}})

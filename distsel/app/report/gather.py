@@ -177,14 +177,13 @@ def parallel_map(function: Callable[..., T], calls: Iterable[tuple[Any, ...]]) -
 
 def pool_parts(store: Store, manifest: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
     """The pool's document parts (by name), and the rows of each that the pool leaves out as
-    duplicate ids (input.id_field). The listing of docs/ serves when it holds as many parts as
-    the run ingested and no duplicates were found; else the shards' ingest markers say which
-    parts, in the pool's order, which the duplicate check's ranks refer to."""
+    duplicate ids (input.id_field) or near duplicates (dedup:). The listing of docs/ serves
+    when it holds as many parts as the run ingested and nothing was left out; else the shards'
+    ingest markers say which parts, in the pool's order, which the checks' ranks refer to."""
     listed = store.list(layout.DOCS, layout.PART_SUFFIX)
-    checks = [n for n in store.list(layout.STATE, layout.PART_SUFFIX) if layout.is_duplicates(n)]
-    found = store.read_table(layout.state(checks[-1]), columns=["rank", "row"]) if checks else None
+    found = _left_out(store, manifest)
     ingested = (manifest["stages"].get("ingest") or {}).get("parts")
-    if (found is None or not found.num_rows) and ingested == len(listed):
+    if found is None and ingested == len(listed):
         return listed, {}
     from distsel.core.corpus import safe_name
 
@@ -193,11 +192,22 @@ def pool_parts(store: Store, manifest: dict[str, Any]) -> tuple[list[str], dict[
         ((layout.ingest_marker(safe_name(s["shard"])),) for s in manifest["shards"]),
     )
     parts = [part for marker in markers for part in marker["parts"]]
-    if found is None or not found.num_rows:
+    if found is None:
         return sorted(parts), {}
     ranks, rows = found.column("rank").to_numpy(), found.column("row").to_numpy()
-    dropped = {parts[rank]: np.sort(rows[ranks == rank]) for rank in np.unique(ranks)}
+    dropped = {parts[rank]: np.unique(rows[ranks == rank]) for rank in np.unique(ranks)}
     return sorted(parts), dropped
+
+
+def _left_out(store: Store, manifest: dict[str, Any]) -> pa.Table | None:
+    """(rank, row) of the documents the run's duplicate checks left out of the pool, or None."""
+    names = store.list(layout.STATE, layout.PART_SUFFIX)
+    checks = [n for n in names if layout.is_duplicates(n)][-1:]
+    if "dedup" in manifest["stages"]:
+        checks += [n for n in names if layout.is_near_duplicates(n)][-1:]
+    tables = [store.read_table(layout.state(n), columns=["rank", "row"]) for n in checks]
+    found = pa.concat_tables(tables) if tables else None
+    return found if found is not None and found.num_rows else None
 
 
 def _stage_columns(store: Store, manifest: dict[str, Any], part: str) -> dict[str, pa.Schema]:
