@@ -57,7 +57,8 @@ _SENTENCE = re.compile(r"(?<=[.!?])\s+")
 _WORD = re.compile(r"\w+")
 _TOKEN = re.compile(r"\w+|\0|(?<=[.!?])\s+")
 _BAND_MIX = np.uint64(0x9FB21C651E98DF25)
-_CHUNK = 1 << 15  # shingles hashed at once: CHUNK × P × 8 bytes of scratch
+_TEXTS_AT_ONCE = 500
+_CHUNK = 1 << 14  # shingles hashed at once: CHUNK × P × 8 bytes of scratch
 
 
 def shingles(text: str, ngram: int = 5) -> set[tuple[str, ...]]:
@@ -125,10 +126,22 @@ def signatures(
     texts: Iterable[str], num_perm: int = 112, ngram: int = 5, seed: int = 0
 ) -> np.ndarray:
     """(len(texts), num_perm) uint32: sig_p(d) = min over d's shingles x of h_p(x); a text
-    without a word gets NO_SHINGLES in every position."""
-    hashes, offsets = shingle_hashes(texts, ngram)
+    without a word gets NO_SHINGLES in every position. Computed `_TEXTS_AT_ONCE` texts at a
+    time, so the scratch arrays stay small."""
+    texts = list(texts)
     multipliers, increments = _permutations(num_perm, seed)
-    result = np.full((len(offsets) - 1, num_perm), NO_SHINGLES, dtype=np.uint32)
+    parts = [
+        _signatures(texts[start : start + _TEXTS_AT_ONCE], ngram, multipliers, increments)
+        for start in range(0, len(texts), _TEXTS_AT_ONCE)
+    ]
+    return np.concatenate(parts) if parts else np.zeros((0, num_perm), dtype=np.uint32)
+
+
+def _signatures(
+    texts: list[str], ngram: int, multipliers: np.ndarray, increments: np.ndarray
+) -> np.ndarray:
+    hashes, offsets = _distinct(*shingle_hashes(texts, ngram))
+    result = np.full((len(texts), len(multipliers)), NO_SHINGLES, dtype=np.uint32)
     has = np.flatnonzero(np.diff(offsets) > 0)
     if not len(has):
         return result
@@ -136,10 +149,22 @@ def signatures(
     for low, high in zip(bounds[:-1], bounds[1:], strict=True):
         docs = has[low:high]
         start, stop = offsets[docs[0]], offsets[docs[-1] + 1]
-        values = hashes[start:stop, None] * multipliers + increments
-        values >>= np.uint64(32)
-        result[docs] = np.minimum.reduceat(values, offsets[docs] - start, axis=0)
+        values = np.multiply.outer(multipliers, hashes[start:stop])  # (P, shingles): rows
+        values += increments[:, None]  # contiguous for reduceat
+        # x ↦ x >> 32 keeps order, so the minimum is shifted after it is taken
+        lowest = np.minimum.reduceat(values, offsets[docs] - start, axis=1)
+        result[docs] = (lowest >> np.uint64(32)).T
     return result
+
+
+def _distinct(hashes: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each text's shingle hashes without repeats (a repeat cannot change a minimum)."""
+    text_of = np.repeat(np.arange(len(offsets) - 1, dtype=np.uint64), np.diff(offsets))
+    keys = np.sort((text_of << np.uint64(32)) | hashes)
+    keys = keys[np.concatenate([keys[:1] == keys[:1], keys[1:] != keys[:-1]])]
+    texts = (keys >> np.uint64(32)).astype(np.int64)
+    starts = np.searchsorted(texts, np.arange(len(offsets), dtype=np.int64))
+    return keys & np.uint64(0xFFFFFFFF), starts.astype(np.int64)
 
 
 def estimated_jaccard(a: np.ndarray, b: np.ndarray) -> np.ndarray:

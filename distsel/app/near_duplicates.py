@@ -179,9 +179,12 @@ def find_near_duplicates(
     calls = [
         (store, check, part, rank, dropped.get(part), settings) for rank, part in enumerate(parts)
     ]
+    began = time.perf_counter()
     executor.map(write_part_signatures, calls)
+    log.info("dedup: signatures in %.1f s", time.perf_counter() - began)
     found = executor.map(candidate_pairs, [(store, check, parts, g) for g in range(groups)])
     pairs = np.unique(np.concatenate([np.zeros((0, 2), np.int64), *found]), axis=0)
+    log.info("dedup: %d candidate pairs in %.1f s", len(pairs), time.perf_counter() - began)
     later_rank = pairs[:, 1] >> ROW_BITS
     calls = [
         (store, check, parts, int(rank), pairs[later_rank == rank], options.threshold)
@@ -191,7 +194,7 @@ def find_near_duplicates(
     for part in parts:
         store.remove(layout.minhash_bands(check, part))
         store.remove(layout.minhash_signatures(check, part))
-    log.info("dedup: %d candidate pairs, %d verified", len(pairs), verified.num_rows)
+    log.info("dedup: %d verified in %.1f s", verified.num_rows, time.perf_counter() - began)
     return _clusters(verified)
 
 

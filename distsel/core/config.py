@@ -123,11 +123,14 @@ class DedupConfig(StrictModel):
     documents of a cluster of near duplicates are quarantined as `near_duplicate`.
 
     minhash: MinHash LSH over word n-gram shingles (distsel.algorithms.minhash); two documents
-    are near duplicates when their estimated Jaccard similarity is at least `threshold`."""
+    are near duplicates when their estimated Jaccard similarity is at least `threshold`.
+    ngram 1 (the default, the sets of a document's words) finds copies with a few per cent of
+    their words edited, which longer shingles miss: one edited word changes n of them
+    (benchmarks/dedup.py); ngram 5 is DataTrove's and NeMo Curator's setting."""
 
     method: Literal["minhash"]
     threshold: float = Field(default=0.8, gt=0, lt=1)
-    ngram: int = Field(default=2, ge=1, le=16)
+    ngram: int = Field(default=1, ge=1, le=16)
     num_perm: int = Field(default=112, ge=16, le=1024)
 
 
