@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from distsel.app import evaluate
+from distsel.app.dedup import before_scoring, quarantine_near_duplicates
 from distsel.app.ingest import (
     check_output_apart,
     check_same_input,
@@ -23,7 +24,6 @@ from distsel.app.ingest import (
     quarantine_duplicate_ids,
 )
 from distsel.app.manifest import build_manifest, counts
-from distsel.app.near_duplicates import quarantine_near_duplicates
 from distsel.app.output import write_selection
 from distsel.core import corpus, layout, records, registry
 from distsel.core.config import Budget, Config, Phase
@@ -123,15 +123,22 @@ def score(
     timings: dict[str, dict[str, Any]] = {}
     ingested = ingest(shards, config, store, timings, require_done)
     ingested, dropped = quarantine_duplicate_ids(config, store, shards, ingested, require_done)
-    ingested, dropped = quarantine_near_duplicates(
-        config, store, shards, ingested, dropped, timings, require_done
-    )
+
+    def deduplicated() -> tuple[list[records.IngestResult], dict[str, np.ndarray]]:
+        return quarantine_near_duplicates(
+            config, store, shards, ingested, dropped, timings, require_done
+        )
+
+    if before_scoring(config):
+        ingested, dropped = deduplicated()
     parts = [part for result in ingested for part in result.parts]
     stages = build_stages(config)
     store.write_json(layout.STAGE_ORDER, {"stages": [stage.name for stage in stages]})
     versions: dict[str, str] = {}
     for stage in stages:
         run_stage(stage, StageContext(config, store, parts), timings, require_done, versions)
+    if not before_scoring(config):
+        ingested, dropped = deduplicated()
     return Scored(ingested, parts, stages, timings, dropped)
 
 

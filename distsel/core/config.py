@@ -126,12 +126,35 @@ class DedupConfig(StrictModel):
     are near duplicates when their estimated Jaccard similarity is at least `threshold`.
     ngram 1 (the default, the sets of a document's words) finds copies with a few per cent of
     their words edited, which longer shingles miss: one edited word changes n of them
-    (benchmarks/dedup.py); ngram 5 is DataTrove's and NeMo Curator's setting."""
+    (benchmarks/dedup.py); ngram 5 is DataTrove's and NeMo Curator's setting.
 
-    method: Literal["minhash"]
+    semantic: SemDeDup (distsel.algorithms.semdedup) inside the cluster stage's k-means
+    clusters of the embeddings: a document whose cosine to a kept one exceeds 1 − `epsilon`."""
+
+    method: Literal["minhash", "semantic"]
     threshold: float = Field(default=0.8, gt=0, lt=1)
     ngram: int = Field(default=1, ge=1, le=16)
     num_perm: int = Field(default=112, ge=16, le=1024)
+    epsilon: float = Field(default=0.05, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _settings_of_the_method(self) -> DedupConfig:
+        others = {"minhash": {"epsilon"}, "semantic": {"threshold", "ngram", "num_perm"}}
+        fields = type(self).model_fields
+        given = sorted(n for n in others[self.method] if getattr(self, n) != fields[n].default)
+        if given:
+            raise ValueError(f"{', '.join(given)}: not a setting of method '{self.method}'")
+        return self
+
+    @property
+    def stages(self) -> tuple[str, ...]:
+        """The stages the check reads."""
+        return ("cluster",) if self.method == "semantic" else ()
+
+    def settings(self) -> dict[str, Any]:
+        """The settings that change the check's result."""
+        names = {"minhash": ("threshold", "ngram", "num_perm"), "semantic": ("epsilon",)}
+        return {"method": self.method, **{n: getattr(self, n) for n in names[self.method]}}
 
 
 class EmbedConfig(StrictModel):

@@ -31,6 +31,7 @@ names. Every path here is relative to OUTPUT (a local folder or an object-store 
         duplicates-<digest>.parquet the duplicate-id check of one part list
         near-duplicates-<digest>.parquet  the near duplicates of one part list and dedup setting
         minhash/<digest>/<part>.*   a part's MinHash signatures and band keys, while dedup runs
+        semdedup/<digest>/<part>    a part's cluster members and embeddings, while dedup runs
         <stage>/_fingerprint.json   a stage's settings, written when its scoring starts
         <stage>/<part>.json         a part's done marker (rows, bytes, version, seconds, node)
         <stage>/fitted.npz, fitted.json   a stage's fit: its arrays, then the rest
@@ -74,6 +75,7 @@ PROGRESS = f"{STATE}/progress"
 INGEST = f"{STATE}/ingest"
 IDS = f"{STATE}/ids"
 MINHASH = f"{STATE}/minhash"
+SEMDEDUP = f"{STATE}/semdedup"
 QUAD_STATE = f"{STATE}/quad/state.json"
 QUAD_SELECTED = f"{STATE}/quad/selected.npy"
 
@@ -192,6 +194,11 @@ def minhash_signatures(digest: str, part: str) -> str:
 def minhash_bands(digest: str, part: str) -> str:
     """A part's band keys, one row group per bucket group, written after its signatures."""
     return f"{MINHASH}/{digest}/{part}"
+
+
+def semdedup_members(digest: str, part: str) -> str:
+    """A part's cluster members (cluster, distance, node, embedding) for the semantic check."""
+    return f"{SEMDEDUP}/{digest}/{part}"
 
 
 def fingerprint(stage: str) -> str:

@@ -259,6 +259,7 @@ def stage_names(config: Config) -> list[str]:
     """The stages the configuration asks for, plus those its selector needs, in dependency
     order."""
     wanted = config.listed_stages() + list(selector_for(config).required_stages(config))
+    wanted += list(config.dedup.stages) if config.dedup else []
     return _with_requirements(wanted)
 
 

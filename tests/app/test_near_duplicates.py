@@ -13,7 +13,7 @@ import pytest
 from helpers import base_config, stdlib_paragraphs, write_jsonl
 
 from distsel.algorithms import minhash
-from distsel.app import near_duplicates, pipeline
+from distsel.app import minhash_duplicates, pipeline
 from distsel.app.report.gather import pool_parts
 from distsel.core import layout
 from distsel.core.config import DedupConfig, parse_config
@@ -100,7 +100,7 @@ def write_parts(store: Store, texts: list[list[str]]) -> list[str]:
 def test_distributed_steps_equal_one_pass_over_all_pairs(tmp_path, monkeypatch, groups_of):
     """Bucket groups, verification per part and the components equal the same LSH run over
     every pair of one signature matrix; dropped rows take no part."""
-    monkeypatch.setattr(near_duplicates, "BAND_ROWS_PER_GROUP", groups_of)
+    monkeypatch.setattr(minhash_duplicates, "BAND_ROWS_PER_GROUP", groups_of)
     rng = random.Random(2)
     base = stdlib_paragraphs(90)
     texts = base + [near_copy(rng.choice(base), rng) for _ in range(60)]
@@ -112,7 +112,7 @@ def test_distributed_steps_equal_one_pass_over_all_pairs(tmp_path, monkeypatch, 
     dropped = {parts[0]: np.array([3, 4])}
     options = DedupConfig(method="minhash", threshold=0.7)
     with LocalExecutor().active():
-        found = near_duplicates.find_near_duplicates(store, parts, options, dropped, len(texts), 0)
+        found = minhash_duplicates.find_near_duplicates(store, parts, options, dropped, "check", 0)
 
     signature = minhash.signatures(texts, options.num_perm, options.ngram, 0)
     signature[[3, 4]] = minhash.NO_SHINGLES
@@ -136,3 +136,30 @@ def test_distributed_steps_equal_one_pass_over_all_pairs(tmp_path, monkeypatch, 
     assert as_index == later.tolist()
     assert [int(position[r] + w) for r, w in firsts] == kept.tolist()
     assert (found["similarity"].to_numpy() >= options.threshold).all()
+
+
+@pytest.mark.slow
+def test_semantic_duplicates_are_quarantined_after_the_embedding(tmp_path):
+    """dedup semantic runs the embed and cluster stages and quarantines the copies whose
+    embedding is all but the original's (case and whitespace changed), keeping one of each."""
+    rng = random.Random(5)
+    texts = [t for t in stdlib_paragraphs(200) if len(t.split()) >= 20][:60]
+    copies = rng.sample(range(len(texts)), 15)
+    docs = [{"id": f"o{i}", "text": t} for i, t in enumerate(texts)]
+    docs += [{"id": f"c{i}", "text": "  ".join(texts[i].upper().split())} for i in copies]
+    write_jsonl(tmp_path / "corpus" / "a.jsonl", docs)
+    raw = base_config([tmp_path / "corpus"], tmp_path / "out", method="all")
+    raw["input"].update(id_field="id", rows_per_part=40)
+    raw["dedup"] = {"method": "semantic", "epsilon": 0.02}
+    raw["stages"] = {"cluster": {"clusters": 4}}
+    with LocalExecutor().active():
+        manifest = pipeline.run(parse_config(raw))
+    assert {"embed", "cluster", "dedup"} <= set(manifest["stages"])
+    rejected = pq.read_table(tmp_path / "out" / layout.REJECTED_NEAR_DUPLICATES).to_pylist()
+    found = [r["raw"].decode() for r in rejected]
+    pairs = {frozenset((f"o{i}", f"c{i}")) for i in copies}
+    assert len(found) == len(copies), "one of each pair, nothing else"
+    selected = set(pq.read_table(tmp_path / "out" / "selected")["id"].to_pylist())
+    assert all(len(pair & selected) == 1 for pair in pairs)
+    assert all("cosine" in r["detail"] for r in rejected)
+    assert manifest["rejected_by_reason"] == {"near_duplicate": len(copies)}

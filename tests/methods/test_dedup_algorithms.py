@@ -1,5 +1,6 @@
-"""MinHash near duplicates against references computed another way: exact shingle sets and
-all-pairs Jaccard, the LSH collision formula, and a brute-force union of pairs."""
+"""Near duplicates against references computed another way: MinHash against exact shingle sets
+and all-pairs Jaccard, the LSH collision formula and a brute-force union of pairs; SemDeDup
+against its greedy rule over the full cosine matrix."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 from helpers import stdlib_paragraphs
 
-from distsel.algorithms import minhash
+from distsel.algorithms import minhash, semdedup
 
 
 def edited(text: str, share: float, rng: random.Random) -> str:
@@ -143,3 +144,33 @@ def test_lsh_finds_the_pairs_an_all_pairs_jaccard_finds():
     assert len(exact) > 30
     assert len(found & exact) / len(exact) >= 0.9
     assert len(found & exact) / len(found) >= 0.9
+
+
+def brute_force_semdedup(embeddings: np.ndarray, epsilon: float) -> list[tuple[int, int]]:
+    """The greedy rule over the full cosine matrix: (duplicate, kept partner) in order."""
+    unit = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
+    cosine = unit @ unit.T
+    kept: list[int] = []
+    found = []
+    for i in range(len(unit)):
+        close = [j for j in kept if cosine[i, j] > 1 - epsilon]
+        if close:
+            found.append((i, max(close, key=lambda j: cosine[i, j])))
+        else:
+            kept.append(i)
+    return found
+
+
+@pytest.mark.parametrize("block", [7, 1024])
+def test_semdedup_equals_the_greedy_rule_over_all_cosines(monkeypatch, block):
+    monkeypatch.setattr(semdedup, "BLOCK", block)
+    rng = np.random.default_rng(4)
+    base = rng.normal(size=(40, 16))
+    copies = base[rng.integers(0, 40, size=30)] + rng.normal(scale=0.05, size=(30, 16))
+    embeddings = rng.permutation(np.concatenate([base, copies]))
+    later, kept, cosine = semdedup.cluster_duplicates(embeddings, epsilon=0.02)
+    expected = brute_force_semdedup(embeddings, 0.02)
+    assert len(expected) >= 20
+    assert list(zip(later.tolist(), kept.tolist(), strict=True)) == expected
+    unit = semdedup.unit_rows(embeddings)
+    assert np.allclose(cosine, np.sum(unit[later] * unit[kept], axis=1), atol=1e-5)

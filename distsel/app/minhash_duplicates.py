@@ -1,8 +1,8 @@
 """Near-duplicate documents found by MinHash LSH (`dedup: {method: minhash}`), without a driver
 that holds every signature.
 
-A document is the node rank · 2^32 + row (part rank in input order, row in the part), so node
-order is input order. Four steps, each spread over the cluster:
+A document is a node (distsel.app.dedup.node: part rank and row), so node order is input order.
+Four steps, each spread over the cluster:
 
 1. signatures, per part (`write_part_signatures`): the part's MinHash signatures, then its band
    keys as (key, node) rows, one Parquet row group per bucket group g = key mod T;
@@ -21,136 +21,26 @@ or one group's band rows. The rows that the duplicate-id check dropped take no p
 from __future__ import annotations
 
 import io
-import json
 import logging
 import math
 import time
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from distsel.algorithms import minhash
-from distsel.app.ingest import moved_to_rejected
-from distsel.core import corpus, layout, records
-from distsel.core.config import Config, DedupConfig
+from distsel.app.dedup import MAX_GROUPS, ROW_BITS, ROW_MASK, found_table
+from distsel.core import layout
+from distsel.core.config import DedupConfig
 from distsel.core.executor import current
-from distsel.core.runner import not_scored
-from distsel.core.stage import digest
 from distsel.core.storage import Store
 
 log = logging.getLogger("distsel")
 BAND_ROWS_PER_GROUP = 4_000_000
-MAX_GROUPS = 4096
-ROW_BITS = 32
 PAIRS_SCHEMA = pa.schema(
     [("first", pa.int64()), ("second", pa.int64()), ("similarity", pa.float32())]
 )
-FOUND_SCHEMA = pa.schema(
-    [
-        ("rank", pa.int64()),
-        ("row", pa.int64()),
-        ("first_rank", pa.int64()),
-        ("first_row", pa.int64()),
-        ("similarity", pa.float32()),
-    ]
-)
-
-
-def quarantine_near_duplicates(
-    config: Config,
-    store: Store,
-    shards: list[corpus.Shard],
-    ingested: list[records.IngestResult],
-    dropped: dict[str, np.ndarray],
-    timings: dict[str, Any],
-    require_done: bool = False,
-) -> tuple[list[records.IngestResult], dict[str, np.ndarray]]:
-    """With `dedup:` set, every near duplicate but the first of its cluster (in input order) is
-    quarantined as `near_duplicate`: moved from accepted to rejected and listed in
-    rejected/near_duplicate.parquet. `dropped` (the duplicate ids) takes no part and is
-    returned with the near duplicates added. The check runs once per part list and setting;
-    timings["dedup"] says how long it took, or that it was reused."""
-    began = time.perf_counter()
-    if config.dedup is None:
-        store.remove(layout.REJECTED_NEAR_DUPLICATES)
-        return ingested, dropped
-    parts = [part for result in ingested for part in result.parts]
-    check = check_digest(parts, config.dedup, config.seed)
-    found_path = layout.near_duplicates(check)
-    total = sum(r.accepted for r in ingested)
-    reused = store.exists(found_path)
-    if not reused:
-        if require_done:
-            raise not_scored("the near-duplicate check", [found_path], 1)
-        found = find_near_duplicates(store, parts, config.dedup, dropped, total, config.seed)
-        shard_of = {part: result.shard for result in ingested for part in result.parts}
-        urls = {shard.key: shard.url for shard in shards}
-        if found.num_rows:
-            store.write_table(
-                layout.REJECTED_NEAR_DUPLICATES, _rejections(store, found, parts, shard_of, urls)
-            )
-        else:
-            store.remove(layout.REJECTED_NEAR_DUPLICATES)
-        for name in store.list(layout.STATE, layout.PART_SUFFIX):
-            if layout.is_near_duplicates(name):
-                store.remove(layout.state(name))
-        store.write_table(found_path, found)
-    found = store.read_table(found_path)
-    ranks, rows = found.column("rank").to_numpy(), found.column("row").to_numpy()
-    near = {parts[rank]: np.sort(rows[ranks == rank]) for rank in np.unique(ranks)}
-    log.info("dedup: %d near duplicates quarantined", found.num_rows)
-    timings["dedup"] = {
-        "rows": total,
-        "near_duplicates": found.num_rows,
-        "seconds": round(time.perf_counter() - began, 3),
-        "reused": reused,
-    }
-    merged = {
-        part: np.union1d(dropped.get(part, []), near.get(part, [])).astype(np.int64)
-        for part in {*dropped, *near}
-    }
-    return [moved_to_rejected(result, near, "near_duplicate") for result in ingested], merged
-
-
-def _rejections(
-    store: Store,
-    found: pa.Table,
-    parts: list[str],
-    shard_of: dict[str, str],
-    urls: dict[str, str],
-) -> pa.Table:
-    """rejected/near_duplicate.parquet: each near duplicate's shard, its id as `raw`, and where
-    it and the document it repeats lie."""
-    rows = found.to_pylist()
-    ids: dict[int, list[str]] = {}
-    for rank in sorted({row["rank"] for row in rows}):
-        table = store.read_table(layout.docs(parts[rank]), columns=["id"])
-        ids[rank] = table.column("id").cast(pa.string()).to_pylist()
-    shards = [shard_of[parts[row["rank"]]] for row in rows]
-    return pa.table(
-        {
-            "shard": shards,
-            "path": [urls[shard] for shard in shards],
-            "line": pa.nulls(len(rows), pa.int64()),
-            "row": pa.nulls(len(rows), pa.int64()),
-            "reason": ["near_duplicate"] * len(rows),
-            "detail": [
-                f"estimated Jaccard {row['similarity']:.2f} to "
-                f"{layout.docs(parts[row['first_rank']])} row {row['first_row']}; this copy: "
-                f"{layout.docs(parts[row['rank']])} row {row['row']}"
-                for row in rows
-            ],
-            "raw": [ids[row["rank"]][row["row"]].encode() for row in rows],
-        },
-        schema=records.REJECTED_SCHEMA,
-    )
-
-
-def check_digest(parts: list[str], options: DedupConfig, seed: int) -> str:
-    """Names one check: the part list and the settings that change its result."""
-    return digest([*parts, json.dumps({**options.model_dump(), "seed": seed}, sort_keys=True)])
 
 
 def find_near_duplicates(
@@ -158,15 +48,15 @@ def find_near_duplicates(
     parts: list[str],
     options: DedupConfig,
     dropped: dict[str, np.ndarray],
-    total_docs: int,
+    check: str,
     seed: int,
 ) -> pa.Table:
     """Every near duplicate that is not the first of its cluster, as FOUND_SCHEMA rows sorted
     by (rank, row): its part rank and row, the first document's, and the largest estimated
     Jaccard of its verified pairs."""
     bands, rows = minhash.lsh_bands(options.threshold, options.num_perm)
+    total_docs = sum(store.read_metadata(layout.docs(part)).num_rows for part in parts)
     groups = max(1, min(MAX_GROUPS, math.ceil(total_docs * bands / BAND_ROWS_PER_GROUP)))
-    check = check_digest(parts, options, seed)
     log.info(
         "dedup: MinHash of %d parts (%d bands of %d rows, %d bucket groups)",
         len(parts),
@@ -257,12 +147,12 @@ def verified_pairs(
 ) -> pa.Table:
     """The pairs (first, later), every later node in part `rank`, whose estimated Jaccard
     similarity is at least `threshold`."""
-    later = _signatures(store, check, parts[rank])[pairs[:, 1] & ((1 << ROW_BITS) - 1)]
+    later = _signatures(store, check, parts[rank])[pairs[:, 1] & ROW_MASK]
     first = np.empty_like(later)
     first_rank = pairs[:, 0] >> ROW_BITS
     for other in np.unique(first_rank):
         at = first_rank == other
-        rows = pairs[at, 0] & ((1 << ROW_BITS) - 1)
+        rows = pairs[at, 0] & ROW_MASK
         first[at] = _signatures(store, check, parts[int(other)])[rows]
     similarity = minhash.estimated_jaccard(first, later)
     keep = similarity >= threshold
@@ -286,14 +176,4 @@ def _clusters(verified: pa.Table) -> pa.Table:
         at = np.minimum(np.searchsorted(later, end), max(len(later) - 1, 0))
         inside = later[at] == end if len(later) else np.zeros(len(end), dtype=bool)
         np.maximum.at(best, at[inside], similarity[inside])
-    mask = (1 << ROW_BITS) - 1
-    return pa.table(
-        {
-            "rank": later >> ROW_BITS,
-            "row": later & mask,
-            "first_rank": kept >> ROW_BITS,
-            "first_row": kept & mask,
-            "similarity": best,
-        },
-        schema=FOUND_SCHEMA,
-    )
+    return found_table(later, kept, best)

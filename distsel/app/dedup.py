@@ -1,0 +1,180 @@
+"""Near-duplicate removal before selection (`dedup:`): the check of one part list and setting,
+run once and kept, and its near duplicates quarantined as `near_duplicate`.
+
+A document is the node rank · 2^32 + row (its part's rank in input order, its row in the part),
+so node order is input order. A finder (distsel.app.minhash_duplicates, semantic_duplicates)
+returns FOUND_SCHEMA rows: each near duplicate, the document it repeats (kept) and their
+similarity.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from distsel.app.ingest import moved_to_rejected
+from distsel.core import corpus, layout, records
+from distsel.core.config import Config, DedupConfig
+from distsel.core.runner import not_scored
+from distsel.core.stage import digest
+from distsel.core.storage import Store
+
+log = logging.getLogger("distsel")
+MAX_GROUPS = 4096
+ROW_BITS = 32
+ROW_MASK = (1 << ROW_BITS) - 1
+FOUND_SCHEMA = pa.schema(
+    [
+        ("rank", pa.int64()),
+        ("row", pa.int64()),
+        ("first_rank", pa.int64()),
+        ("first_row", pa.int64()),
+        ("similarity", pa.float32()),
+    ]
+)
+MEASURE = {"minhash": "estimated Jaccard", "semantic": "cosine"}
+
+
+def before_scoring(config: Config) -> bool:
+    """Whether the check runs before the scoring stages (MinHash reads only the texts; the
+    semantic check reads the embed and cluster stages' output)."""
+    return config.dedup is None or config.dedup.method == "minhash"
+
+
+def found_table(later: np.ndarray, kept: np.ndarray, similarity: np.ndarray) -> pa.Table:
+    """FOUND_SCHEMA rows from nodes, sorted by the near duplicate's node."""
+    order = np.argsort(later, kind="stable")
+    later, kept = np.asarray(later)[order], np.asarray(kept)[order]
+    return pa.table(
+        {
+            "rank": later >> ROW_BITS,
+            "row": later & ROW_MASK,
+            "first_rank": kept >> ROW_BITS,
+            "first_row": kept & ROW_MASK,
+            "similarity": np.asarray(similarity, dtype=np.float32)[order],
+        },
+        schema=FOUND_SCHEMA,
+    )
+
+
+def quarantine_near_duplicates(
+    config: Config,
+    store: Store,
+    shards: list[corpus.Shard],
+    ingested: list[records.IngestResult],
+    dropped: dict[str, np.ndarray],
+    timings: dict[str, Any],
+    require_done: bool = False,
+) -> tuple[list[records.IngestResult], dict[str, np.ndarray]]:
+    """With `dedup:` set, every near duplicate but the first of its cluster (in input order) is
+    quarantined as `near_duplicate`: moved from accepted to rejected and listed in
+    rejected/near_duplicate.parquet. `dropped` (the duplicate ids) takes no part and is
+    returned with the near duplicates added. The check runs once per part list and setting;
+    timings["dedup"] says how long it took, or that it was reused."""
+    began = time.perf_counter()
+    if config.dedup is None:
+        store.remove(layout.REJECTED_NEAR_DUPLICATES)
+        return ingested, dropped
+    parts = [part for result in ingested for part in result.parts]
+    check = check_digest(parts, config.dedup, config.seed, _inputs(store, config.dedup))
+    found_path = layout.near_duplicates(check)
+    total = sum(r.accepted for r in ingested)
+    reused = store.exists(found_path)
+    if not reused:
+        if require_done:
+            raise not_scored("the near-duplicate check", [found_path], 1)
+        found = _finder(config.dedup)(store, parts, config.dedup, dropped, check, config.seed)
+        shard_of = {part: result.shard for result in ingested for part in result.parts}
+        urls = {shard.key: shard.url for shard in shards}
+        if found.num_rows:
+            store.write_table(
+                layout.REJECTED_NEAR_DUPLICATES,
+                _rejections(store, found, parts, shard_of, urls, MEASURE[config.dedup.method]),
+            )
+        else:
+            store.remove(layout.REJECTED_NEAR_DUPLICATES)
+        for name in store.list(layout.STATE, layout.PART_SUFFIX):
+            if layout.is_near_duplicates(name):
+                store.remove(layout.state(name))
+        store.write_table(found_path, found)
+    found = store.read_table(found_path)
+    ranks, rows = found.column("rank").to_numpy(), found.column("row").to_numpy()
+    near = {parts[rank]: np.sort(rows[ranks == rank]) for rank in np.unique(ranks)}
+    log.info("dedup: %d near duplicates quarantined", found.num_rows)
+    timings["dedup"] = {
+        "rows": total,
+        "near_duplicates": found.num_rows,
+        "seconds": round(time.perf_counter() - began, 3),
+        "reused": reused,
+    }
+    merged = {
+        part: np.union1d(dropped.get(part, []), near.get(part, [])).astype(np.int64)
+        for part in {*dropped, *near}
+    }
+    return [moved_to_rejected(result, near, "near_duplicate") for result in ingested], merged
+
+
+def _rejections(
+    store: Store,
+    found: pa.Table,
+    parts: list[str],
+    shard_of: dict[str, str],
+    urls: dict[str, str],
+    measure: str,
+) -> pa.Table:
+    """rejected/near_duplicate.parquet: each near duplicate's shard, its id as `raw`, and where
+    it and the document it repeats lie."""
+    rows = found.to_pylist()
+    ids: dict[int, list[str]] = {}
+    for rank in sorted({row["rank"] for row in rows}):
+        table = store.read_table(layout.docs(parts[rank]), columns=["id"])
+        ids[rank] = table.column("id").cast(pa.string()).to_pylist()
+    shards = [shard_of[parts[row["rank"]]] for row in rows]
+    return pa.table(
+        {
+            "shard": shards,
+            "path": [urls[shard] for shard in shards],
+            "line": pa.nulls(len(rows), pa.int64()),
+            "row": pa.nulls(len(rows), pa.int64()),
+            "reason": ["near_duplicate"] * len(rows),
+            "detail": [
+                f"{measure} {row['similarity']:.2f} to "
+                f"{layout.docs(parts[row['first_rank']])} row {row['first_row']}; this copy: "
+                f"{layout.docs(parts[row['rank']])} row {row['row']}"
+                for row in rows
+            ],
+            "raw": [ids[row["rank"]][row["row"]].encode() for row in rows],
+        },
+        schema=records.REJECTED_SCHEMA,
+    )
+
+
+def check_digest(parts: list[str], options: DedupConfig, seed: int, inputs: str = "") -> str:
+    """Names one check: the part list, the settings that change its result and what else it
+    reads (`inputs`)."""
+    settings = {**options.settings(), "seed": seed, "inputs": inputs}
+    return digest([*parts, json.dumps(settings, sort_keys=True)])
+
+
+def _inputs(store: Store, options: DedupConfig) -> str:
+    """What the check reads besides the documents: the semantic check, the cluster stage's
+    centroids (a new fit redoes it)."""
+    if options.method != "semantic":
+        return ""
+    return hashlib.sha256(store.read_bytes(layout.CENTROIDS)).hexdigest()
+
+
+def _finder(options: DedupConfig) -> Any:
+    if options.method == "minhash":
+        from distsel.app.minhash_duplicates import find_near_duplicates
+
+        return find_near_duplicates
+    from distsel.app.semantic_duplicates import find_semantic_duplicates
+
+    return find_semantic_duplicates
