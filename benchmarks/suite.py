@@ -83,6 +83,8 @@ ROWS: dict[str, tuple[str, dict[str, Any], str]] = {
     "quad-contrast": ("quad", {}, "contrast"),
     # a diagnostic: the bandit with the classifier's score as the reward instead of influence
     "quad-classifier": ("quad", {"quad": {"scorer": "classifier"}}, ""),
+    "mig": ("mig", {}, ""),
+    "diversify": ("diversify", {}, ""),
 }
 VARIANTS: dict[str, dict[str, Any]] = {
     "": {},
@@ -334,6 +336,8 @@ COLUMNS = [
     "kl red.",
     "xent red.",
     "scored",
+    "clusters",
+    "nn dist",
     "docs",
     "select s",
 ]
@@ -367,6 +371,7 @@ def evaluate_row(
     evaluation = json.loads((Path(result["output"]) / "manifest.json").read_text())["evaluation"]
     ngram = (evaluation or {}).get("ngram_lm") or {}
     return {
+        **coverage(Path(result["output"]), table["id"]),
         "loss": float(np.mean(losses)),
         "loss_sd": float(np.std(losses)),
         "losses": losses,
@@ -374,6 +379,31 @@ def evaluate_row(
         "short_share": short_share(task, table, short_below),
         "xent_reduction": ngram.get("xent_reduction"),
     }
+
+
+def coverage(output: Path, ids: list[str]) -> dict[str, Any]:
+    """The k-means clusters the selection covers, and the mean cosine distance from each chosen
+    document to its nearest other chosen one (from the run's scores/cluster and scores/embed)."""
+    import pyarrow.parquet as pq
+
+    from distsel.core.vectors import embedding_matrix
+
+    chosen = set(ids)
+    clusters, vectors = set(), []
+    for path in sorted((output / "scores" / "cluster").glob("*.parquet")):
+        table = pq.read_table(path, columns=["id", "cluster"]).to_pydict()
+        clusters |= {c for i, c in zip(table["id"], table["cluster"], strict=True) if i in chosen}
+        embedded = pq.read_table(
+            output / "scores" / "embed" / path.name, columns=["id", "embedding"]
+        )
+        rows = [n for n, i in enumerate(embedded.column("id").to_pylist()) if i in chosen]
+        vectors.append(embedding_matrix(embedded.column("embedding").take(rows)))
+    unit = np.concatenate(vectors) if vectors else np.zeros((0, 1))
+    unit = unit / np.maximum(np.linalg.norm(unit, axis=1, keepdims=True), 1e-12)
+    similar = unit @ unit.T
+    np.fill_diagonal(similar, -np.inf)
+    nearest = similar.max(axis=1) if len(unit) > 1 else np.ones(len(unit))
+    return {"clusters_covered": len(clusters), "nn_distance": float(np.mean(1 - nearest))}
 
 
 def table_row(row: str, r: dict[str, Any]) -> list[str]:
@@ -385,6 +415,8 @@ def table_row(row: str, r: dict[str, Any]) -> list[str]:
         fmt(r.get("kl_reduction"), "+.4f"),
         fmt(r.get("xent_reduction"), "+.4f"),
         fmt(r.get("evaluated_share"), ".3f"),
+        str(r.get("clusters_covered", "-")),
+        fmt(r.get("nn_distance"), ".3f"),
         str(r["selected_docs"]),
         fmt(r["wall_seconds"], ".1f"),
     ]
@@ -579,7 +611,7 @@ def metric_rows(results: dict[str, dict[str, dict[str, Any]]]) -> list[list[str]
 
 
 DEFAULT_ROW_OF = {"dsir": "dsir", "classifier": "classifier", "similarity": "similarity"}
-DEFAULT_ROW_OF.update(quad="quad", influence="influence")
+DEFAULT_ROW_OF.update(quad="quad", influence="influence", mig="mig", diversify="diversify")
 GOAL_RANDOM_SDS, GOAL_DEFAULT_GAP, GOAL_QUAD_GAP, GOAL_QUAD_SCORED, GOAL_PRECISION = (
     2,
     0.05,
@@ -598,6 +630,8 @@ KEPT = (
     "kl_reduction",
     "xent_reduction",
     "evaluated_share",
+    "clusters_covered",
+    "nn_distance",
     "selected_docs",
     "selected_tokens_approx",
     "selected_by_group",
@@ -611,6 +645,25 @@ def compact(results: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
         name: {row: {k: r.get(k) for k in KEPT} for row, r in table.items()}
         for name, table in results.items()
     }
+
+
+def diversity_goal(tables: dict[str, dict[str, dict[str, Any]]], row: str) -> str:
+    """Issue 26's goal for a diversity selector: a lower loss than random on the task-style
+    tasks, more clusters covered than the classifier's top-k everywhere."""
+    tasks = {n: t for n, t in tables.items() if n.startswith("task-")}
+    lower = [n for n, t in tasks.items() if t[row]["loss"] < t["random"]["loss"]]
+    clear = [n for n, t in tasks.items() if beats(t[row], t["random"]) == 1]
+    wider = [
+        n
+        for n, t in tables.items()
+        if (t[row].get("clusters_covered") or 0) > (t["classifier"].get("clusters_covered") or 0)
+    ]
+    return (
+        f"{row} below random's loss on the task-style tasks: "
+        f"{verdict(len(lower) == len(tasks))} ({len(lower)}/{len(tasks)}, by > "
+        f"{GOAL_RANDOM_SDS} sd on {len(clear)}); more clusters than the classifier's top-k: "
+        f"{verdict(len(wider) == len(tables))} ({len(wider)}/{len(tables)})"
+    )
 
 
 def verdict(ok: bool) -> str:
@@ -647,6 +700,9 @@ def goal_lines(tables: dict[str, dict[str, dict[str, Any]]], tasks: list[Task]) 
             f"{verdict(gap <= GOAL_DEFAULT_GAP)} (mean loss {mean[default]:.4f} vs "
             f"{mean[best]:.4f})"
         )
+    for row in ("mig", "diversify"):
+        if all(row in t and "classifier" in t for t in tables.values()):
+            lines.append(diversity_goal(tables, row))
     if all("quad" in t for t in tables.values()):
         for name, t in tables.items():
             best = min(t, key=lambda r: t[r]["loss"])

@@ -163,7 +163,8 @@ def verified_pairs(
 
 
 def _signatures(store: Store, check: str, part: str) -> np.ndarray:
-    return np.load(io.BytesIO(store.read_bytes(layout.minhash_signatures(check, part))))
+    data = store.read_bytes(layout.minhash_signatures(check, part))
+    return np.load(io.BytesIO(data), allow_pickle=False)
 
 
 def _clusters(verified: pa.Table) -> pa.Table:
