@@ -397,7 +397,9 @@ def coverage(output: Path, ids: list[str]) -> dict[str, Any]:
             output / "scores" / "embed" / path.name, columns=["id", "embedding"]
         )
         rows = [n for n, i in enumerate(embedded.column("id").to_pylist()) if i in chosen]
-        vectors.append(embedding_matrix(embedded.column("embedding").take(rows)))
+        vectors.append(
+            embedding_matrix(embedded.column("embedding").take(np.asarray(rows, dtype=np.int64)))
+        )
     unit = np.concatenate(vectors) if vectors else np.zeros((0, 1))
     unit = unit / np.maximum(np.linalg.norm(unit, axis=1, keepdims=True), 1e-12)
     similar = unit @ unit.T

@@ -2,7 +2,8 @@
 
 Each file holds, in this order: `id`, the input's own fields (`text` first), the score columns
 the selector ranked by, then the columns named in `output.columns` (distsel's internal ones,
-such as `tokens_approx`, `token_ids` or `embedding`; `all` for every one).
+such as `tokens_approx`, `token_ids` or `embedding`; `all` for every one), and last, with
+`output.weights`, each document's training `weight`.
 """
 
 from __future__ import annotations
@@ -90,18 +91,27 @@ def _json_value(value: Any) -> Any:
 
 
 def write_selection(
-    store: Store, pool: Pool, chosen: np.ndarray, stages: list[str], output: OutputConfig
+    store: Store,
+    pool: Pool,
+    chosen: np.ndarray,
+    stages: list[str],
+    output: OutputConfig,
+    weights: np.ndarray | None = None,
 ) -> list[str]:
-    """Write the chosen rows of each part to selected/; remove stale files. Returns the names
-    written."""
+    """Write the chosen rows of each part to selected/ (with `weights`, one per chosen
+    document, as the `weight` column); remove stale files. Returns the names written."""
     part_of = pool.part_index[chosen]
-    chosen = chosen[np.lexsort((chosen, part_of))]
+    order = np.lexsort((chosen, part_of))
+    chosen = chosen[order]
+    weights = None if weights is None else np.asarray(weights, dtype=np.float64)[order]
     bounds = np.searchsorted(np.sort(part_of), np.arange(len(pool.parts) + 1))
     calls = []
     for index, part in enumerate(pool.parts):
-        rows = pool.row_index[chosen[bounds[index] : bounds[index + 1]]]
+        span = slice(bounds[index], bounds[index + 1])
+        rows = pool.row_index[chosen[span]]
         if len(rows):
-            calls.append((store, part, rows, stages, tuple(pool.ranked_by), output))
+            weight = None if weights is None else weights[span]
+            calls.append((store, part, rows, stages, tuple(pool.ranked_by), output, weight))
     written = current().map(_write_selected_part, calls)
     remove_stale(store, set(written))
     return sorted(written)
@@ -114,10 +124,13 @@ def _write_selected_part(
     stages: list[str],
     ranked_by: tuple[str, ...],
     output: OutputConfig,
+    weights: np.ndarray | None,
 ) -> str:
     docs = store.read_table(layout.docs(part)).take(rows)
     scores = {stage: store.read_table(layout.scores(stage, part)).take(rows) for stage in stages}
     table = selected_table(docs, scores, ranked_by, output.columns)
+    if weights is not None:
+        table = table.append_column("weight", pa.array(weights, pa.float64()))
     return write_selected(store, part, table, output)
 
 

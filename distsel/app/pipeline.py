@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from distsel.algorithms.reweighting import loss_weights
 from distsel.app import evaluate
 from distsel.app.dedup import before_scoring, quarantine_near_duplicates
 from distsel.app.ingest import (
@@ -153,7 +154,8 @@ def select(config: Config, store: Store, scored: Scored) -> dict[str, Any]:
     if over and not pool.complete and not getattr(selector, "filters", False):
         pool = gather_pool(store, parts, names, config, scored.dropped)  # the whole pool is chosen
     chosen, section = choose(selector, pool, config, StageContext(config, store, parts), over)
-    write_selection(store, pool, chosen, names, config.output)
+    weights = training_weights(pool, chosen, config)
+    write_selection(store, pool, chosen, names, config.output, weights)
     timings["select"] = {
         "rows": int(len(chosen)),
         "held_docs": len(pool),  # documents the selector was handed (distsel.core.candidates)
@@ -170,6 +172,15 @@ def select(config: Config, store: Store, scored: Scored) -> dict[str, Any]:
     manifest["budget_exceeds_pool"] = over
     manifest["evaluation"] = evaluation
     return manifest
+
+
+def training_weights(pool: Pool, chosen: np.ndarray, config: Config) -> np.ndarray | None:
+    """With `output.weights: loss`, each chosen document's weight from its proxy loss (the
+    perplexity stage's `perplexity_loss`), normalised over the selection."""
+    if config.output.weights is None:
+        return None
+    losses = pool.scores["perplexity_loss"][chosen]
+    return loss_weights(losses, config.output.weight_temperature)
 
 
 def budget_exceeds_pool(budget: Budget | None, pool: Pool) -> bool:

@@ -70,6 +70,10 @@ class OutputConfig(StrictModel):
     #: distsel's own (tokens_approx, token_ids, embedding, any stage's output) or `all` of them
     columns: list[str] = Field(default_factory=list)
     format: Literal["parquet", "jsonl", "jsonl.gz", "jsonl.zst"] = "parquet"
+    #: `loss`: a `weight` column in selected/, from the proxy's loss of each chosen document
+    #: (distsel.algorithms.reweighting, temperature `weight_temperature`); runs `perplexity`
+    weights: Literal["loss"] | None = None
+    weight_temperature: float = Field(default=0.5, gt=0)
 
 
 class Budget(StrictModel):

@@ -260,6 +260,7 @@ def stage_names(config: Config) -> list[str]:
     order."""
     wanted = config.listed_stages() + list(selector_for(config).required_stages(config))
     wanted += list(config.dedup.stages) if config.dedup else []
+    wanted += ["perplexity"] if config.output.weights == "loss" else []
     return _with_requirements(wanted)
 
 
