@@ -205,7 +205,7 @@ class MixtureOptions(StrictModel):
     group_field: str | None = None
     # With group_field `cluster`: the groups are k-means clusters of the embeddings, this many.
     clusters: int = Field(default=8, ge=2)
-    mode: Literal["tune", "regmix"] = "tune"
+    mode: Literal["tune", "regmix", "doremi"] = "tune"
     trials: int = Field(default=16, gt=0)
     max_concurrent: int = Field(default=2, gt=0)
     train_tokens: int = Field(default=200_000, gt=0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -377,3 +378,46 @@ def test_cluster_groups_searched_in_the_mixture_phase_then_reused(ray_local, cor
     assert manifest["mixture"]["best_weights"] == search["best_weights"]
     assert manifest["selected_docs"] == 30
     assert manifest["stages"]["cluster"]["summary"]["clusters"] == 2
+
+
+def test_doremi_update_on_a_two_group_toy_by_hand():
+    """α = (½, ½), λ = (0.2, 0), η = 1, c = 1e-3: α' = (e^0.2, 1) / (e^0.2 + 1) =
+    (0.549834, 0.450166), α = 0.999 α' + 0.0005 = (0.549784, 0.450216)."""
+    from distsel.algorithms.doremi import update_domain_weights
+
+    new = update_domain_weights(np.array([0.5, 0.5]), np.array([0.2, 0.0]))
+    e = math.exp(0.2)
+    assert new == pytest.approx([0.999 * e / (e + 1) + 0.0005, 0.999 / (e + 1) + 0.0005])
+    # a group that keeps the larger excess loss takes the weight, the smoothing keeps c / k
+    weights = np.array([0.5, 0.5])
+    for _ in range(200):
+        weights = update_domain_weights(weights, np.array([0.5, 0.1]))
+    assert weights[0] > 0.99 and weights[1] >= 1e-3 / 2
+
+
+def test_doremi_excess_loss_is_per_token_and_clipped():
+    """Group 0's rows: (1 − 0.5) + (2 − 3 → 0) over 2 tokens, and 0.5 + 0.5 over 2 more: 0.375;
+    group 1: one row, 1 + 1 over 2 tokens = 1; group 2 has no row: 0."""
+    from distsel.algorithms.doremi import excess_losses
+
+    proxy = np.array([[1.0, 2.0], [3.0, 1.5], [2.0, 3.0]])
+    reference = np.array([[0.5, 3.0], [2.5, 1.0], [1.0, 2.0]])
+    excess = excess_losses(proxy, reference, np.array([0, 0, 1]), 3)
+    assert excess.tolist() == pytest.approx([0.375, 1.0, 0.0])
+
+
+@pytest.mark.slow
+def test_doremi_end_to_end(ray_local, corpus, tmp_path):
+    from distsel.methods.mixture.selector import run_mixture_search
+
+    config, pool, context = make_run(corpus, tmp_path / "out", mode="doremi", train_tokens=4096)
+    weights, section = run_mixture_search(pool, config, context)
+    assert section["mode"] == "doremi" and section["trials"] == []
+    assert sum(weights.values()) == pytest.approx(1.0, abs=1e-5)
+    assert all(w >= 1e-3 / 2 for w in weights.values())
+    steps = section["proxy"]["steps_per_trial"]
+    assert section["proxy_steps"] == 5 * steps, "reference, DRO proxy, check, two baselines"
+    assert np.isfinite(section["best_loss"])
+    assert set(section["baseline_losses"]) == {"uniform", "natural"}
+    again_weights, again = run_mixture_search(pool, config, context)
+    assert again_weights == weights and again["best_loss"] == section["best_loss"]

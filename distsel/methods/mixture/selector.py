@@ -278,13 +278,15 @@ def run_mixture_search(
     finished trials kept as JSON in OUTPUT/mixture/trials/ (nothing is unpickled).
     `callbacks`: extra Ray Tune callbacks for the trials this call runs (e.g. progress)."""
     # The search modules import torch and Ray Tune: loaded only when a search runs.
+    from distsel.methods.mixture.doremi import doremi_search
     from distsel.methods.mixture.regmix import regmix_search
     from distsel.methods.mixture.tune import tune_search
 
     began = time.perf_counter()
     data, summary = prepare_data(pool, config, context)
     natural = np.array([summary["groups"][g]["natural"] for g in data.groups])
-    search = regmix_search if config.mixture.mode == "regmix" else tune_search
+    searches = {"tune": tune_search, "regmix": regmix_search, "doremi": doremi_search}
+    search = searches[config.mixture.mode]
     weights, section = search(data, config, context.store, natural, callbacks)
     proxy = {
         "steps_per_trial": data.steps,

@@ -116,13 +116,13 @@ def train_mixture(
     `report_every` steps and after the last; return the last metrics."""
     proxy, steps = data.proxy, data.steps
     L, B = proxy.max_length, proxy.batch_size
-    streams = [_at_least(s, L) for s in data.streams]
+    streams = [at_least(s, L) for s in data.streams]
     groups, offsets = mixture_plan(weights, [len(s) for s in streams], steps * B, L, data.seed)
     torch.manual_seed(data.seed)
     model = build_proxy(proxy, data.vocab_size).to(device).train()
     target, heldout = (torch.from_numpy(x.astype(np.int64)) for x in (data.target, data.heldout))
     batches = (
-        _batch(streams, groups[step * B : (step + 1) * B], offsets[step * B : (step + 1) * B], L)
+        cut_batch(streams, groups[step * B : (step + 1) * B], offsets[step * B : (step + 1) * B], L)
         for step in range(steps)
     )
     metrics: dict[str, Any] = {}
@@ -146,14 +146,14 @@ def train_mixture(
     return metrics
 
 
-def _at_least(stream: np.ndarray, length: int) -> np.ndarray:
+def at_least(stream: np.ndarray, length: int) -> np.ndarray:
     stream = np.asarray(stream, dtype=np.int64)
     if len(stream) == 0:
         return np.zeros(length, dtype=np.int64)
     return np.tile(stream, math.ceil(length / len(stream))) if len(stream) < length else stream
 
 
-def _batch(
+def cut_batch(
     streams: list[np.ndarray], groups: np.ndarray, offsets: np.ndarray, length: int
 ) -> torch.Tensor:
     rows = [streams[g][o : o + length] for g, o in zip(groups, offsets, strict=True)]
