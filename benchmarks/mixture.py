@@ -8,8 +8,9 @@ the pool's tokens and the natural (token-share) mixture differs from the uniform
 Two scenarios, each a pool ingested once by distsel (`distsel.run(config, "score")`) and searched
 in copies of that output by `distsel.run(config, "mixture")` (groups = `domain`), every proxy
 trained on the same `--train-tokens` budget:
-  targets   target = ../shared/data/targets/pubmedqa.jsonl + gsm8k.jsonl; searched three ways:
-            tune + ASHA, tune without ASHA (same seed, same trials), and RegMix
+  targets   target = ../shared/data/targets/pubmedqa.jsonl + gsm8k.jsonl; searched four ways:
+            tune + ASHA, tune without ASHA (same seed, same trials), RegMix, and DoReMi (which
+            reads no target: its weights come from group DRO against a uniform-mixture proxy)
   heldout   target = `--heldout-size` documents of `--heldout-domain` taken out of the pool
             (the rest of that domain stays in it), so the right answer is known: weight on it
 target loss / held-out loss = mean token loss of the proxy trained on the mixture, on the fixed
@@ -211,6 +212,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--heldout-size", type=int, default=200)
     parser.add_argument("--limit", type=int, default=800, help="docs per domain; 0: all")
     parser.add_argument("--no-regmix", action="store_true", help="skip the RegMix search")
+    parser.add_argument("--no-doremi", action="store_true", help="skip the DoReMi search")
     harness.add_common_flags(parser, seed=0, num_cpus=2)
     group = parser.add_argument_group("search")
     group.add_argument("--trials", type=int, default=16)
@@ -241,6 +243,8 @@ def run_targets(args: argparse.Namespace, domains: dict, workdir: Path) -> dict[
     }
     if not args.no_regmix:
         runs["RegMix"] = search(config, "targets: RegMix", mode="regmix")
+    if not args.no_doremi:
+        runs["DoReMi"] = search(config, "targets: DoReMi", mode="doremi")
     return runs
 
 
@@ -299,6 +303,21 @@ def report(args: argparse.Namespace, results: dict, domains: dict, seconds: floa
             asha_rows(tuned),
             left=len(columns),
             title=f"ASHA vs none ({targets}; L* = {level:.4f})",
+        )
+        searches = [
+            [
+                label,
+                f"{section['best_loss']:.4f}",
+                str(section["proxy_steps"]),
+                f"{section['wall_seconds']:.0f}",
+            ]
+            for label, section in results["targets"].items()
+        ]
+        harness.print_table(
+            ["search", "target loss of its mixture", "proxy steps", "wall s"],
+            searches,
+            left=1,
+            title=f"every search ({targets})",
         )
     if "heldout" in results:
         domain = args.heldout_domain

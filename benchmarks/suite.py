@@ -84,7 +84,11 @@ ROWS: dict[str, tuple[str, dict[str, Any], str]] = {
     # a diagnostic: the bandit with the classifier's score as the reward instead of influence
     "quad-classifier": ("quad", {"quad": {"scorer": "classifier"}}, ""),
     "mig": ("mig", {}, ""),
+    "mig-a0.5": ("mig", {"mig": {"alpha": 0.5}}, ""),  # the first default
+    "mig-a0.8": ("mig", {"mig": {"alpha": 0.8}}, ""),
     "diversify": ("diversify", {}, ""),
+    "diversify-t0.5": ("diversify", {"diversify": {"temperature": 0.5}}, ""),  # the first default
+    "diversify-r8": ("diversify", {"diversify": {"rounds": 8, "temperature": 0.5}}, ""),
 }
 VARIANTS: dict[str, dict[str, Any]] = {
     "": {},

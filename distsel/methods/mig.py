@@ -25,7 +25,9 @@ class MigOptions(StrictModel):
     """`select.mig`: φ(x) = x^alpha, the graph's neighbours per cluster and its kernel's
     bandwidth, and the quality column (None: classifier_score with a target, else uniform)."""
 
-    alpha: float = Field(default=0.5, gt=0, lt=1)
+    # 0.95 on the task suite: mean rank of loss 4.4 (tokens) and 4.2 (documents) against 6.4 and
+    # 5.0 at 0.8 and 7.6 and 5.8 at 0.5, still covering more clusters than top-k everywhere
+    alpha: float = Field(default=0.95, gt=0, lt=1)
     neighbours: int = Field(default=8, ge=0)
     bandwidth: float = Field(default=0.1, gt=0)
     quality: str | None = None
