@@ -31,7 +31,7 @@ Dataset = Any  # a ray.data.Dataset (Ray is imported by distsel.core.executor al
 
 #: Keys of `select(**options)` that are sections of the configuration; any other key is an
 #: option of the method (select.<method>.<key>).
-SECTIONS = ("input", "output", "stages", "proxy", "embed", "mixture", "ray", "seed")
+SECTIONS = ("input", "output", "dedup", "stages", "proxy", "embed", "mixture", "ray", "seed")
 
 
 @dataclasses.dataclass

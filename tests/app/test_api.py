@@ -109,3 +109,14 @@ def test_long_target_texts_are_texts_not_paths(tmp_path):
     (staged,) = _target_paths([long_text, "short\0text"], str(tmp_path), "text")
     lines = Path(staged).read_text().splitlines()
     assert [json.loads(line)["text"] for line in lines] == [long_text, "short\0text"]
+
+
+def test_select_takes_a_dedup_section(ray_local):
+    """dedup= is a section: the case- and whitespace-changed copies are never selected, even
+    with a budget of every distinct document."""
+    docs = [{"text": p, "n": i} for i, p in enumerate(PROSE[:30])]
+    copies = [{"text": "  ".join(p.upper().split()), "n": 100 + i} for i, p in enumerate(PROSE[:5])]
+    chosen = distsel.select(
+        [*docs, *copies], method="random", budget={"docs": 30}, dedup={"method": "minhash"}
+    )
+    assert sorted(row["n"] for row in chosen.take_all()) == list(range(30))
