@@ -7,15 +7,17 @@ Four steps, each spread over the cluster:
 1. signatures, per part (`write_part_signatures`): the part's MinHash signatures, then its band
    keys as (key, node) rows, one Parquet row group per bucket group g = key mod T;
 2. buckets, per group (`candidate_pairs`): row group g of every part, sorted by (key, node); each
-   run of equal keys pairs its first node with every other one;
-3. verification, per part of the later node (`verified_pairs`): a pair stays when the estimated
-   Jaccard of the two signatures reaches the threshold;
+   run of equal keys pairs its first node with every other one; the pairs are written with one
+   row group per verification group v = (the later node's part rank) mod V;
+3. verification, per group v (`verified_pairs`): row group v of every bucket group's pairs; a
+   pair stays when the estimated Jaccard of the two signatures reaches the threshold;
 4. clusters: the connected components of the verified pairs (on the driver, which holds only
-   pairs of near duplicates, 24 B each); every node but the first of its component is a near
-   duplicate of that first one.
+   the verified pairs, 24 B each); every node but the first of its component is a near duplicate
+   of that first one.
 
-Memory per task is one part's signatures (P · 4 B per document) plus the parts its pairs reach,
-or one group's band rows. The rows that the duplicate-id check dropped take no part.
+Memory per task is one group's band rows, or one verification group's pairs and the signatures
+(P · 4 B per document) of the parts they reach. The rows that the duplicate-id check dropped
+take no part.
 """
 
 from __future__ import annotations
@@ -72,18 +74,17 @@ def find_near_duplicates(
     began = time.perf_counter()
     executor.map(write_part_signatures, calls)
     log.info("dedup: signatures in %.1f s", time.perf_counter() - began)
-    found = executor.map(candidate_pairs, [(store, check, parts, g) for g in range(groups)])
-    pairs = np.unique(np.concatenate([np.zeros((0, 2), np.int64), *found]), axis=0)
-    log.info("dedup: %d candidate pairs in %.1f s", len(pairs), time.perf_counter() - began)
-    later_rank = pairs[:, 1] >> ROW_BITS
-    calls = [
-        (store, check, parts, int(rank), pairs[later_rank == rank], options.threshold)
-        for rank in np.unique(later_rank)
-    ]
+    verifiers = max(1, min(MAX_GROUPS, len(parts)))
+    calls = [(store, check, parts, g, verifiers) for g in range(groups)]
+    candidates = sum(executor.map(candidate_pairs, calls))
+    log.info("dedup: %d candidate pairs in %.1f s", candidates, time.perf_counter() - began)
+    calls = [(store, check, parts, v, groups, options.threshold) for v in range(verifiers)]
     verified = pa.concat_tables([PAIRS_SCHEMA.empty_table(), *executor.map(verified_pairs, calls)])
     for part in parts:
         store.remove(layout.minhash_bands(check, part))
         store.remove(layout.minhash_signatures(check, part))
+    for group in range(groups):
+        store.remove(layout.minhash_pairs(check, group))
     log.info("dedup: %d verified in %.1f s", verified.num_rows, time.perf_counter() - began)
     return _clusters(verified)
 
@@ -124,9 +125,10 @@ def write_part_signatures(
         store.write_bytes(bands_path, out.getvalue())
 
 
-def candidate_pairs(store: Store, check: str, parts: list[str], group: int) -> np.ndarray:
-    """(pairs, 2) int64 (first, later): in group `group`, every node that shares a band key
-    with a smaller node, paired with the smallest one."""
+def candidate_pairs(store: Store, check: str, parts: list[str], group: int, verifiers: int) -> int:
+    """In group `group`, every node that shares a band key with a smaller node, paired with the
+    smallest one: (first, later) rows written with one row group per verification group
+    (the later node's part rank mod `verifiers`); returns how many."""
     tables = [store.read_row_group(layout.minhash_bands(check, part), group) for part in parts]
     rows = pa.concat_tables(tables)
     keys = rows.column("key").to_numpy()
@@ -134,32 +136,61 @@ def candidate_pairs(store: Store, check: str, parts: list[str], group: int) -> n
     order = np.lexsort((nodes, keys))
     keys, nodes = keys[order], nodes[order]
     repeats = np.flatnonzero(keys[1:] == keys[:-1]) + 1
-    if not len(repeats):
-        return np.zeros((0, 2), dtype=np.int64)
     run_start = np.maximum.accumulate(
         np.where(np.concatenate([[True], keys[1:] != keys[:-1]]), np.arange(len(keys)), 0)
     )
-    return np.stack([nodes[run_start[repeats]], nodes[repeats]], axis=1)
+    pairs = np.unique(np.stack([nodes[run_start[repeats]], nodes[repeats]], axis=1), axis=0)
+    verifier = (pairs[:, 1] >> ROW_BITS) % verifiers
+    schema = pa.schema([("first", pa.int64()), ("later", pa.int64())])
+    with io.BytesIO() as out:
+        with pq.ParquetWriter(out, schema, compression="zstd") as writer:
+            for index in range(verifiers):
+                chosen = pairs[verifier == index]
+                writer.write_table(pa.table({"first": chosen[:, 0], "later": chosen[:, 1]}, schema))
+        store.write_bytes(layout.minhash_pairs(check, group), out.getvalue())
+    return len(pairs)
 
 
 def verified_pairs(
-    store: Store, check: str, parts: list[str], rank: int, pairs: np.ndarray, threshold: float
+    store: Store, check: str, parts: list[str], verifier: int, groups: int, threshold: float
 ) -> pa.Table:
-    """The pairs (first, later), every later node in part `rank`, whose estimated Jaccard
-    similarity is at least `threshold`."""
-    later = _signatures(store, check, parts[rank])[pairs[:, 1] & ROW_MASK]
-    first = np.empty_like(later)
-    first_rank = pairs[:, 0] >> ROW_BITS
-    for other in np.unique(first_rank):
-        at = first_rank == other
-        rows = pairs[at, 0] & ROW_MASK
-        first[at] = _signatures(store, check, parts[int(other)])[rows]
-    similarity = minhash.estimated_jaccard(first, later)
+    """The candidate pairs (first, later) of verification group `verifier`, from every bucket
+    group, whose estimated Jaccard similarity is at least `threshold`."""
+    found = pa.concat_tables(
+        [store.read_row_group(layout.minhash_pairs(check, g), verifier) for g in range(groups)]
+    )
+    pairs = np.stack([found.column(n).to_numpy() for n in ("first", "later")], axis=1)
+    pairs = np.unique(pairs.reshape(-1, 2), axis=0)
+    similarity = np.zeros(len(pairs))
+    signatures = _Signatures(store, check, parts)
+    later_rank = pairs[:, 1] >> ROW_BITS
+    for rank in np.unique(later_rank):
+        at = np.flatnonzero(later_rank == rank)
+        later = signatures.rows(int(rank), pairs[at, 1] & ROW_MASK)
+        first = np.empty_like(later)
+        first_rank = pairs[at, 0] >> ROW_BITS
+        for other in np.unique(first_rank):
+            within = first_rank == other
+            first[within] = signatures.rows(int(other), pairs[at[within], 0] & ROW_MASK)
+        similarity[at] = minhash.estimated_jaccard(first, later)
     keep = similarity >= threshold
     return pa.table(
         {"first": pairs[keep, 0], "second": pairs[keep, 1], "similarity": similarity[keep]},
         schema=PAIRS_SCHEMA,
     )
+
+
+class _Signatures:
+    """Parts' signatures, each read once."""
+
+    def __init__(self, store: Store, check: str, parts: list[str]) -> None:
+        self.store, self.check, self.parts = store, check, parts
+        self.read: dict[int, np.ndarray] = {}
+
+    def rows(self, rank: int, rows: np.ndarray) -> np.ndarray:
+        if rank not in self.read:
+            self.read[rank] = _signatures(self.store, self.check, self.parts[rank])
+        return self.read[rank][rows]
 
 
 def _signatures(store: Store, check: str, part: str) -> np.ndarray:

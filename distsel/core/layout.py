@@ -201,6 +201,11 @@ def semdedup_members(digest: str, part: str) -> str:
     return f"{SEMDEDUP}/{digest}/{part}"
 
 
+def minhash_pairs(digest: str, group: int) -> str:
+    """A bucket group's candidate pairs, one row group per verification group."""
+    return f"{MINHASH}/{digest}/pairs/{group:05d}{PART_SUFFIX}"
+
+
 def fingerprint(stage: str) -> str:
     """A stage's settings, written when its scoring starts."""
     return state(stage, FINGERPRINT_NAME)
