@@ -123,7 +123,7 @@ class Budget(StrictModel):
 
 
 class DedupConfig(StrictModel):
-    """Near-duplicate removal before any selector (distsel.app.near_duplicates): the later
+    """Near-duplicate removal before any selector (distsel.app.dedup): the later
     documents of a cluster of near duplicates are quarantined as `near_duplicate`.
 
     minhash: MinHash LSH over word n-gram shingles (distsel.algorithms.minhash); two documents
