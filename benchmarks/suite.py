@@ -86,6 +86,8 @@ ROWS: dict[str, tuple[str, dict[str, Any], str]] = {
     "mig": ("mig", {}, ""),
     "mig-a0.5": ("mig", {"mig": {"alpha": 0.5}}, ""),  # the first default
     "mig-a0.8": ("mig", {"mig": {"alpha": 0.8}}, ""),
+    "mig-a0.9": ("mig", {"mig": {"alpha": 0.9}}, ""),
+    "mig-a0.98": ("mig", {"mig": {"alpha": 0.98}}, ""),
     "diversify": ("diversify", {}, ""),
     "diversify-t0.5": ("diversify", {"diversify": {"temperature": 0.5}}, ""),  # the first default
     "diversify-r8": ("diversify", {"diversify": {"rounds": 8, "temperature": 0.5}}, ""),
