@@ -72,8 +72,10 @@ def quarantine_near_duplicates(
     timings: dict[str, Any],
     require_done: bool = False,
 ) -> tuple[list[records.IngestResult], dict[str, np.ndarray]]:
-    """With `dedup:` set, every near duplicate but the first of its cluster (in input order) is
-    quarantined as `near_duplicate`: moved from accepted to rejected and listed in
+    """With `dedup:` set, every near duplicate but the one its cluster keeps (minhash: the first
+    in input order; semantic: the one nearest the k-means centroid, see
+    distsel.algorithms.semdedup) is quarantined as `near_duplicate`: moved from accepted to
+    rejected and listed in
     rejected/near_duplicate.parquet. `dropped` (the duplicate ids) takes no part and is
     returned with the near duplicates added. The check runs once per part list and setting;
     timings["dedup"] says how long it took, or that it was reused."""
