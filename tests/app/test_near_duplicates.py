@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers import base_config, stdlib_paragraphs, write_jsonl
+from helpers import base_config, s3_keys, stdlib_paragraphs, write_jsonl
 
 from distsel.algorithms import minhash
 from distsel.app import minhash_duplicates, pipeline
@@ -163,3 +163,26 @@ def test_semantic_duplicates_are_quarantined_after_the_embedding(tmp_path):
     assert all(len(pair & selected) == 1 for pair in pairs)
     assert all("cosine" in r["detail"] for r in rejected)
     assert manifest["rejected_by_reason"] == {"near_duplicate": len(copies)}
+
+
+def test_the_check_on_s3_finds_what_it_finds_locally(tmp_path, s3, endpoint_options):
+    """Signatures, bucket groups and pairs written to and read back from an S3 prefix (moto on
+    127.0.0.1) give the local check's result, and leave no intermediate file behind."""
+    rng = random.Random(3)
+    base = stdlib_paragraphs(60)
+    texts = base + [near_copy(rng.choice(base), rng) for _ in range(20)]
+    cuts = [texts[:40], texts[40:]]
+    s3.create_bucket(Bucket="dedup")
+    remote = Store("s3://dedup/out", endpoint_options)
+    local = Store(str(tmp_path / "out"))
+    options = DedupConfig(method="minhash")
+    with LocalExecutor().active():
+        found = [
+            minhash_duplicates.find_near_duplicates(
+                store, write_parts(store, cuts), options, {}, "c", 0
+            )
+            for store in (local, remote)
+        ]
+    assert found[0].num_rows >= 15
+    assert found[0].equals(found[1])
+    assert not [k for k in s3_keys(s3, "dedup", "out/_state/minhash")]
