@@ -21,6 +21,7 @@ import pyarrow as pa
 from distsel.app.ingest import moved_to_rejected
 from distsel.core import corpus, layout, records
 from distsel.core.config import Config, DedupConfig
+from distsel.core.executor import current
 from distsel.core.runner import not_scored
 from distsel.core.stage import digest
 from distsel.core.storage import Store
@@ -91,7 +92,8 @@ def quarantine_near_duplicates(
     if not reused:
         if require_done:
             raise not_scored("the near-duplicate check", [found_path], 1)
-        found = _finder(config.dedup)(store, parts, config.dedup, dropped, check, config.seed)
+        find = _finder(config.dedup)
+        found = find(store, parts, config.dedup, dropped, check, config.seed, total)
         shard_of = {part: result.shard for result in ingested for part in result.parts}
         urls = {shard.key: shard.url for shard in shards}
         if found.num_rows:
@@ -133,10 +135,10 @@ def _rejections(
     """rejected/near_duplicate.parquet: each near duplicate's shard, its id as `raw`, and where
     it and the document it repeats lie."""
     rows = found.to_pylist()
-    ids: dict[int, list[str]] = {}
-    for rank in sorted({row["rank"] for row in rows}):
-        table = store.read_table(layout.docs(parts[rank]), columns=["id"])
-        ids[rank] = table.column("id").cast(pa.string()).to_pylist()
+    ranks = sorted({row["rank"] for row in rows})
+    wanted = [[row["row"] for row in rows if row["rank"] == rank] for rank in ranks]
+    calls = [(store, parts[rank], rows_of) for rank, rows_of in zip(ranks, wanted, strict=True)]
+    ids = dict(zip(ranks, current().map(_part_ids, calls, num_cpus=0), strict=True))
     shards = [shard_of[parts[row["rank"]]] for row in rows]
     return pa.table(
         {
@@ -155,6 +157,12 @@ def _rejections(
         },
         schema=records.REJECTED_SCHEMA,
     )
+
+
+def _part_ids(store: Store, part: str, rows: list[int]) -> dict[int, str]:
+    """The ids of some rows of a part, by row."""
+    column = store.read_table(layout.docs(part), columns=["id"]).column("id").cast(pa.string())
+    return dict(zip(rows, column.take(pa.array(rows, pa.int64())).to_pylist(), strict=True))
 
 
 def check_digest(parts: list[str], options: DedupConfig, seed: int, inputs: str = "") -> str:

@@ -52,12 +52,12 @@ def find_near_duplicates(
     dropped: dict[str, np.ndarray],
     check: str,
     seed: int,
+    total_docs: int,
 ) -> pa.Table:
     """Every near duplicate that is not the first of its cluster, as FOUND_SCHEMA rows sorted
     by (rank, row): its part rank and row, the first document's, and the largest estimated
-    Jaccard of its verified pairs."""
+    Jaccard of its verified pairs. `total_docs` (of the parts) sizes the bucket groups."""
     bands, rows = minhash.lsh_bands(options.threshold, options.num_perm)
-    total_docs = sum(store.read_metadata(layout.docs(part)).num_rows for part in parts)
     groups = max(1, min(MAX_GROUPS, math.ceil(total_docs * bands / BAND_ROWS_PER_GROUP)))
     log.info(
         "dedup: MinHash of %d parts (%d bands of %d rows, %d bucket groups)",

@@ -38,12 +38,13 @@ def find_semantic_duplicates(
     dropped: dict[str, np.ndarray],
     check: str,
     seed: int,
+    total: int,
 ) -> pa.Table:
     """Every semantic duplicate, as FOUND_SCHEMA rows sorted by (rank, row): its part rank and
-    row, those of the kept document it is most similar to, and their cosine."""
+    row, those of the kept document it is most similar to, and their cosine. `total`
+    (documents of the parts) sizes the cluster groups."""
     schema = store.read_schema(layout.scores("embed", parts[0])) if parts else None
     dim = schema.field("embedding").type.list_size if schema else 0
-    total = sum(store.read_metadata(layout.scores("embed", part)).num_rows for part in parts)
     groups = max(1, min(MAX_GROUPS, math.ceil(total * (4 * max(dim, 1) + 16) / BYTES_PER_GROUP)))
     log.info("dedup: semantic duplicates in %d parts, %d cluster groups", len(parts), groups)
     executor = current()

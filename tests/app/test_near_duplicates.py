@@ -112,7 +112,9 @@ def test_distributed_steps_equal_one_pass_over_all_pairs(tmp_path, monkeypatch, 
     dropped = {parts[0]: np.array([3, 4])}
     options = DedupConfig(method="minhash", threshold=0.7)
     with LocalExecutor().active():
-        found = minhash_duplicates.find_near_duplicates(store, parts, options, dropped, "check", 0)
+        found = minhash_duplicates.find_near_duplicates(
+            store, parts, options, dropped, "check", 0, len(texts)
+        )
 
     signature = minhash.signatures(texts, options.num_perm, options.ngram, 0)
     signature[[3, 4]] = minhash.NO_SHINGLES
@@ -179,7 +181,7 @@ def test_the_check_on_s3_finds_what_it_finds_locally(tmp_path, s3, endpoint_opti
     with LocalExecutor().active():
         found = [
             minhash_duplicates.find_near_duplicates(
-                store, write_parts(store, cuts), options, {}, "c", 0
+                store, write_parts(store, cuts), options, {}, "c", 0, len(texts)
             )
             for store in (local, remote)
         ]
