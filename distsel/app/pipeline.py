@@ -137,7 +137,8 @@ def score(
     store.write_json(layout.STAGE_ORDER, {"stages": [stage.name for stage in stages]})
     versions: dict[str, str] = {}
     for stage in stages:
-        run_stage(stage, StageContext(config, store, parts), timings, require_done, versions)
+        context = StageContext(config, store, parts, dropped)
+        run_stage(stage, context, timings, require_done, versions)
     if not before_scoring(config):
         ingested, dropped = deduplicated()
     return Scored(ingested, parts, stages, timings, dropped)

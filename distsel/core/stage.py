@@ -8,7 +8,7 @@ import io
 import json
 import logging
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -43,11 +43,18 @@ class Resources:
 
 @dataclass
 class StageContext:
-    """What a stage's driver-side `prepare` may use."""
+    """What a stage's driver-side `prepare` may use. `left_out`: per part, the rows quarantined
+    after ingest (duplicate ids, MinHash near duplicates), which fits leave out as selections
+    do; they are still scored."""
 
     config: Config
     store: Store
     parts: list[str]
+    left_out: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def left_out_of(self, parts: list[str] | None = None) -> list[np.ndarray | None]:
+        """Per part (of `parts`, by default every one), its left-out rows or None."""
+        return [self.left_out.get(part) for part in (self.parts if parts is None else parts)]
 
 
 class Stage(ABC):
@@ -166,6 +173,11 @@ def fit_key(stage: Stage, context: StageContext) -> Any:
         required[name] = context.store.read_json(path) if context.store.exists(path) else None
     inputs = stage.fit_inputs(context)
     key = {"stage": inputs, "parts": context.parts, "requires": required}
+    if any(len(rows) for rows in context.left_out.values()):
+        rows = hashlib.blake2b(digest_size=8)
+        for part in sorted(context.left_out):
+            rows.update(part.encode() + np.asarray(context.left_out[part], np.int64).tobytes())
+        key["left_out"] = rows.hexdigest()
     if "target" in inputs and context.config.target.paths:
         from distsel.core.corpus import target_versions
 

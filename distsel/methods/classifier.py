@@ -62,7 +62,9 @@ def training_texts(config: Config, context: StageContext) -> tuple[list[str], li
     """Positives: the first `max_positives` target texts; negatives: a seeded pool sample."""
     target, options = config.target, config.stage_options("classifier")
     positives = read_texts(target.paths, target.text_field, target.storage_options)
-    negatives = sample_texts(context.store, context.parts, options.negatives, config.seed)
+    negatives = sample_texts(
+        context.store, context.parts, options.negatives, config.seed, context.left_out_of()
+    )
     return positives[: options.max_positives], negatives
 
 

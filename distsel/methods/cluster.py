@@ -45,6 +45,8 @@ class ClusterOptions(StrictModel):
     max_iter: int = Field(default=25, gt=0)
 
 
+# per part, the rows a fit leaves out (distsel.core.stage.StageContext.left_out_of), or None
+LeftOut = list[np.ndarray | None] | None
 log = logging.getLogger("distsel")
 
 REDUCE_FANIN = 16  # partial sums added per task of the reduction tree
@@ -63,13 +65,17 @@ def _read_embeddings(store: Store, part: str, rows: np.ndarray | None = None) ->
     return embedding_matrix(column if rows is None else column.take(rows))
 
 
-def _sample_part(store: Store, part: str, seed: int, below: int) -> tuple[np.ndarray, np.ndarray]:
+def _sample_part(
+    store: Store, part: str, seed: int, below: int, left_out: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     # Imported here: distsel.core.selector may one day import this module (Quad).
     from distsel.core.pool import random_keys
 
     ids = store.read_table(_embedding_path(part), columns=["id"]).column("id").to_pylist()
     keys = random_keys(ids, seed)
     rows = np.flatnonzero(keys < np.uint64(below))
+    if left_out is not None:
+        rows = np.setdiff1d(rows, left_out)
     return keys[rows], _read_embeddings(store, part, rows)
 
 
@@ -77,44 +83,62 @@ def _row_count(store: Store, parts: list[str]) -> int:
     return sum(store.read_metadata(_embedding_path(part)).num_rows for part in parts)
 
 
-def sample_embeddings(store: Store, parts: list[str], size: int, seed: int) -> np.ndarray:
+def sample_embeddings(
+    store: Store, parts: list[str], size: int, seed: int, left_out: LeftOut = None
+) -> np.ndarray:
     """A seeded uniform sample of `size` embeddings (all when fewer): `sample_embedding_rows`."""
-    return sample_embedding_rows(store, parts, size, seed)[1]
+    return sample_embedding_rows(store, parts, size, seed, left_out)[1]
 
 
 def sample_embedding_rows(
-    store: Store, parts: list[str], size: int, seed: int
+    store: Store, parts: list[str], size: int, seed: int, left_out: LeftOut = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """The random keys (`random_keys(id, seed)`, uint64) and embeddings of a seeded uniform
     sample of `size` rows (all when fewer): the rows with the smallest keys, each part sending
-    only the rows under a cut that keeps about 1.5 × size in all. The sample is the same
-    whatever the parts' order."""
+    only the rows under a cut that keeps about 1.5 × size in all, and none of its `left_out`
+    rows (StageContext.left_out_of). The sample is the same whatever the parts' order."""
     total = _row_count(store, parts)
     fraction = min(1.0, 1.5 * size / max(total, 1))
-    keys, vectors = _gather_sample(store, parts, seed, min(int(fraction * 2**64), 2**64 - 1))
+    cut = min(int(fraction * 2**64), 2**64 - 1)
+    keys, vectors = _gather_sample(store, parts, seed, cut, left_out)
     if len(keys) < min(size, total) and fraction < 1:  # unlucky draw: take every row
-        keys, vectors = _gather_sample(store, parts, seed, 2**64 - 1)
+        keys, vectors = _gather_sample(store, parts, seed, 2**64 - 1, left_out)
     order = np.argsort(keys, kind="stable")[:size]
     return keys[order], vectors[order]
 
 
 def _gather_sample(
-    store: Store, parts: list[str], seed: int, below: int
+    store: Store, parts: list[str], seed: int, below: int, left_out: LeftOut = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    found = current().map(_sample_part, [(store, part, seed, below) for part in parts])
+    left_out = left_out or [None] * len(parts)
+    calls = [(store, part, seed, below, rows) for part, rows in zip(parts, left_out, strict=True)]
+    found = current().map(_sample_part, calls)
     return np.concatenate([k for k, _ in found]), np.concatenate([v for _, v in found])
 
 
 Stats = tuple[np.ndarray, np.ndarray, float]
 
 
-def _part_sums(store: Store, part: str, centroids: np.ndarray, metric: str) -> Stats:
-    return partial_sums(_read_embeddings(store, part), centroids, metric)
+def _part_sums(
+    store: Store, part: str, centroids: np.ndarray, metric: str, left_out: np.ndarray | None
+) -> Stats:
+    embeddings = _read_embeddings(store, part)
+    if left_out is not None:
+        embeddings = np.delete(embeddings, left_out, axis=0)
+    return partial_sums(embeddings, centroids, metric)
 
 
-def _run_sums(store: Store, parts: list[str], centroids: np.ndarray, metric: str) -> Stats:
-    """`partial_sums` of consecutive parts, read one at a time and added in part order."""
-    return _add([_part_sums(store, part, centroids, metric) for part in parts])
+def _run_sums(
+    store: Store,
+    parts: list[str],
+    centroids: np.ndarray,
+    metric: str,
+    left_out: dict[str, np.ndarray] | None = None,
+) -> Stats:
+    """`partial_sums` of consecutive parts (less their `left_out` rows), read one at a time and
+    added in part order."""
+    left_out = left_out or {}
+    return _add([_part_sums(store, p, centroids, metric, left_out.get(p)) for p in parts])
 
 
 def _add(stats: tuple[Stats, ...] | list[Stats]) -> Stats:
@@ -142,14 +166,24 @@ def sum_runs(parts: list[str], tasks: int = SUM_TASKS) -> list[list[str]]:
     return [parts[bounds[i] : bounds[i + 1]] for i in range(runs)]
 
 
-def _distributed_sums(store: Store, parts: list[str], centroids: np.ndarray, metric: str) -> Stats:
+def _distributed_sums(
+    store: Store,
+    parts: list[str],
+    centroids: np.ndarray,
+    metric: str,
+    left_out: dict[str, np.ndarray] | None = None,
+) -> Stats:
     """`partial_sums` of every part, each task adding those of one run of consecutive parts
     (`sum_runs`: at most SUM_TASKS), then added in order by a tree of tasks REDUCE_FANIN wide.
     The object store holds at most SUM_TASKS (k, dim) float64 arrays per Lloyd iteration,
     whatever the number of parts, and the driver receives at most REDUCE_FANIN."""
     executor = current()
     shared = executor.share(centroids)
-    calls = [(store, run, shared, metric) for run in sum_runs(parts)]
+    left_out = left_out or {}
+    calls = [
+        (store, run, shared, metric, {p: left_out[p] for p in run if p in left_out})
+        for run in sum_runs(parts)
+    ]
     return executor.map_reduce(_run_sums, calls, _add_all, fanin=REDUCE_FANIN)
 
 
@@ -168,6 +202,7 @@ def fit_kmeans(
     max_iter: int = 25,
     tol: float = 1e-4,
     sample_size: int | None = None,
+    left_out: dict[str, np.ndarray] | None = None,
 ) -> KMeansResult:
     """k-means over the `embedding` column of scores/embed/<part> for every part, on Ray.
 
@@ -181,13 +216,14 @@ def fit_kmeans(
     if not 1 <= k <= total:
         raise ValueError(f"k must be between 1 and the number of embeddings ({total}), got {k}")
     size = max(sample_size or default_sample_size(k), k)
-    sample = metric_points(sample_embeddings(store, parts, size, seed), metric)
+    rows_left_out = [(left_out or {}).get(part) for part in parts]
+    sample = metric_points(sample_embeddings(store, parts, size, seed, rows_left_out), metric)
     centroids = sample[kmeans_plus_plus(sample, k, seed, metric)].astype(np.float64)
-    sums, counts, inertia = _distributed_sums(store, parts, centroids, metric)
+    sums, counts, inertia = _distributed_sums(store, parts, centroids, metric, left_out)
     history, iterations = [inertia], 0
     for iterations in range(1, max_iter + 1):  # noqa: B007 - the count is returned
         centroids = update_centroids(sums, counts, centroids, sample, metric)
-        sums, counts, inertia = _distributed_sums(store, parts, centroids, metric)
+        sums, counts, inertia = _distributed_sums(store, parts, centroids, metric, left_out)
         history.append(inertia)
         log.debug("k-means iteration %d: inertia %.6g", iterations, inertia)
         if _converged(history, tol):
@@ -285,7 +321,9 @@ class ClusterStage(Stage):
         wanted = self.requested_k or default_clusters(n_docs)
         self.k = min(wanted, n_docs)
         log.info("cluster: k-means, k=%d (%s) over %d documents", self.k, self.metric, n_docs)
-        result = fit_kmeans(store, parts, self.k, self.metric, self.seed, self.max_iter)
+        result = fit_kmeans(
+            store, parts, self.k, self.metric, self.seed, self.max_iter, left_out=context.left_out
+        )
         self.centroids = result.centroids.astype(np.float32)
         _save_array(store, layout.CENTROIDS, self.centroids)
         _save_array(

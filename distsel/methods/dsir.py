@@ -95,7 +95,11 @@ class DsirStage(Stage):
             context.config, options.num_buckets, options.ngrams
         )
         self.pool_counts = pool_ngram_counts(
-            context.store, context.parts, options.num_buckets, options.ngrams
+            context.store,
+            context.parts,
+            options.num_buckets,
+            options.ngrams,
+            left_out=context.left_out_of(),
         )
         self.log_diff = fit_log_diff(self.target_counts, self.pool_counts)
 
@@ -125,8 +129,11 @@ def _part_ngram_counts(
     num_buckets: int,
     ngrams: int,
     rows: np.ndarray | None = None,
+    left_out: np.ndarray | None = None,
 ) -> np.ndarray:
     texts = store.read_table(f"{folder}/{part}", columns=["text"]).column("text")
+    if rows is None and left_out is not None:
+        rows = np.setdiff1d(np.arange(len(texts)), left_out)
     texts = texts if rows is None else texts.take(rows)
     return total_ngram_counts(texts.to_pylist(), num_buckets, ngrams)
 
@@ -138,15 +145,24 @@ def pool_ngram_counts(
     ngrams: int,
     folder: str = layout.DOCS,
     rows: list[np.ndarray] | None = None,
+    left_out: list[np.ndarray | None] | None = None,
 ) -> np.ndarray:
-    """Σ over every document of every part (or its `rows`, one array per part) of its hashed
-    n-gram counts, one task per part.
+    """Σ over every document of every part (or its `rows`, one array per part; or all but its
+    `left_out` rows) of its hashed n-gram counts, one task per part.
 
     Only the B-bucket count vectors travel to the driver, never the texts or features.
     """
     total = np.zeros(num_buckets, dtype=np.int64)
     calls = [
-        (store, folder, part, num_buckets, ngrams, None if rows is None else rows[i])
+        (
+            store,
+            folder,
+            part,
+            num_buckets,
+            ngrams,
+            None if rows is None else rows[i],
+            None if left_out is None else left_out[i],
+        )
         for i, part in enumerate(parts)
     ]
     for counts in current().as_completed(_part_ngram_counts, calls):

@@ -154,7 +154,11 @@ class InfluenceStage(Stage):
         if self.options.contrast != "pool":
             return None
         pool = sample_texts(
-            context.store, context.parts, self.options.contrast_docs, self.config.seed
+            context.store,
+            context.parts,
+            self.options.contrast_docs,
+            self.config.seed,
+            context.left_out_of(),
         )
         digest = hashlib.sha256()
         for text in pool:

@@ -61,7 +61,9 @@ def ensure_proxy(context: StageContext) -> tuple[str, dict[str, Any]]:
         log.info("proxy: %s was trained with other settings; training again", folder)
     from distsel.methods.similarity import sample_texts
 
-    texts = sample_texts(store, context.parts, config.proxy.sample_docs, config.seed)
+    texts = sample_texts(
+        store, context.parts, config.proxy.sample_docs, config.seed, context.left_out_of()
+    )
     options = store.storage_options
     info = train_on_cluster(texts, config.proxy, config.seed, folder, options, fingerprint)
     return folder, {**info, "path": folder}

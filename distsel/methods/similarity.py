@@ -125,7 +125,11 @@ class SimilarityStage(Stage):
         self.targets = embed_texts_on_cluster(tasks, self.embed_options, self.embed_resources)
         if self.options.contrast == "pool":
             self.reference_keys, self.reference = sample_embedding_rows(
-                context.store, context.parts, self.options.reference, self.seed
+                context.store,
+                context.parts,
+                self.options.reference,
+                self.seed,
+                context.left_out_of(),
             )
             self.summary = {"reference_docs": len(self.reference_keys)}
 
@@ -203,7 +207,9 @@ class BetrStage(Stage):
 
     def prepare(self, context: StageContext) -> None:
         config, options = self.config, self.options
-        sample = sample_texts(context.store, context.parts, options.sample, config.seed)
+        sample = sample_texts(
+            context.store, context.parts, options.sample, config.seed, context.left_out_of()
+        )
         tasks = read_target_tasks(
             config.target.paths, config.target.text_field, config.target.storage_options
         )
@@ -240,21 +246,36 @@ def ngram_features(texts: list[str], buckets: int, ngrams: int) -> Any:
     return sparse.diags(1 / np.maximum(norms, 1e-12)) @ counts
 
 
-def _sample_part(store: Store, part: str, seed: int, below: int) -> list[tuple[int, str]]:
+def _sample_part(
+    store: Store, part: str, seed: int, below: int, left_out: np.ndarray | None
+) -> list[tuple[int, str]]:
     docs = store.read_table(layout.docs(part), columns=["id", "text"])
     keys = random_keys(docs.column("id").to_pylist(), seed)
-    rows = np.flatnonzero(keys < np.uint64(below))
+    rows = np.setdiff1d(np.flatnonzero(keys < np.uint64(below)), _none_empty(left_out))
     texts = docs.column("text").take(rows).to_pylist()
     return list(zip(keys[rows].tolist(), texts, strict=True))
 
 
-def sample_texts(store: Store, parts: list[str], size: int, seed: int) -> list[str]:
+def _none_empty(rows: np.ndarray | None) -> np.ndarray:
+    return np.zeros(0, dtype=np.int64) if rows is None else rows
+
+
+def sample_texts(
+    store: Store,
+    parts: list[str],
+    size: int,
+    seed: int,
+    left_out: list[np.ndarray | None] | None = None,
+) -> list[str]:
     """A seeded uniform sample of `size` documents' texts: the smallest random keys, each part
-    sending only the rows under a cut that keeps about 1.5 × `size` in all."""
+    sending only the rows under a cut that keeps about 1.5 × `size` in all; a part's
+    `left_out` rows (StageContext.left_out_of) never."""
     total = sum(store.read_metadata(layout.docs(part)).num_rows for part in parts)
     fraction = min(1.0, 1.5 * size / max(total, 1))
     below = min(int(fraction * 2**64), 2**64 - 1)
-    found = current().map(_sample_part, [(store, p, seed, below) for p in parts])
+    left_out = left_out or [None] * len(parts)
+    calls = [(store, p, seed, below, rows) for p, rows in zip(parts, left_out, strict=True)]
+    found = current().map(_sample_part, calls)
     candidates = [pair for pairs in found for pair in pairs]
     return [text for _, text in sorted(candidates)[:size]]
 

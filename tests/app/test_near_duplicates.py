@@ -3,6 +3,7 @@ in input order is kept, and the distributed steps agree with one pass over every
 
 from __future__ import annotations
 
+import json
 import random
 import re
 
@@ -188,3 +189,34 @@ def test_the_check_on_s3_finds_what_it_finds_locally(tmp_path, s3, endpoint_opti
     assert found[0].num_rows >= 15
     assert found[0].equals(found[1])
     assert not [k for k in s3_keys(s3, "dedup", "out/_state/minhash")]
+
+
+def test_fits_leave_the_near_duplicates_out(tmp_path):
+    """DSIR's pool counts (a fit) cover the documents the selection can take: with dedup, not
+    the quarantined copies; without it, every document, fitted again."""
+    from distsel.algorithms.dsir import total_ngram_counts
+
+    docs, planted = planted_corpus(tmp_path, originals=60, copies=20)
+    write_jsonl(tmp_path / "target.jsonl", [{"text": d["text"]} for d in docs[:5]])
+    raw = base_config([tmp_path / "corpus"], tmp_path / "out", method="all")
+    raw["input"].update(id_field="id")
+    raw["target"] = {"paths": [str(tmp_path / "target.jsonl")]}
+    raw["stages"] = {"dsir": {}}
+    raw["dedup"] = {"method": "minhash"}
+
+    def pool_counts() -> np.ndarray:
+        record = json.loads((tmp_path / "out" / layout.fit_record("dsir")).read_text())
+        with np.load(tmp_path / "out" / layout.fit_arrays("dsir")) as arrays:
+            return arrays[record["fitted"]["dict"]["pool_counts"]["array"]]
+
+    with LocalExecutor().active():
+        pipeline.run(parse_config(raw))
+        rejected = pq.read_table(tmp_path / "out" / layout.REJECTED_NEAR_DUPLICATES)
+        quarantined = {r.decode() for r in rejected["raw"].to_pylist()}
+        kept = [d["text"] for d in docs if d["id"] not in quarantined]
+        assert len(quarantined) >= 15
+        assert (pool_counts() == total_ngram_counts(kept, 10_000, 2)).all()
+        del raw["dedup"]
+        pipeline.run(parse_config(raw))
+    every = total_ngram_counts([d["text"] for d in docs], 10_000, 2)
+    assert (pool_counts() == every).all(), "fitted again on every document"
