@@ -38,7 +38,7 @@ from distsel.methods.proxy_model import (
     train_bpe_tokenizer,
     training_steps,
 )
-from distsel.methods.training import build_proxy, learning_rate_factor, make_optimizer
+from distsel.methods.training import build_proxy, make_optimizer, make_schedule, update
 
 TASKS = ("domain-scientific", "task-gsm8k", "task-pubmedqa", "topic-world", "topic-scitech")
 
@@ -73,22 +73,14 @@ def train(
     torch.manual_seed(seed)
     model = build_proxy(config, len(tokenizer)).train()
     optimizer = make_optimizer(model, config)
-    warmup = max(1, steps // 10)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: learning_rate_factor(step, warmup, steps)
-    )
+    schedule = make_schedule(optimizer, steps)
     for rows in batch_indices(len(sequences), config.batch_size, steps, seed):
         batch, weight = sequences[rows], token_weights[rows][:, 1:]
         logits = model(input_ids=batch).logits[:, :-1]
         token_loss = torch.nn.functional.cross_entropy(
             logits.transpose(1, 2), batch[:, 1:], reduction="none"
         )
-        loss = (token_loss * weight).sum() / weight.sum()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
+        update(model, (token_loss * weight).sum() / weight.sum(), optimizer, schedule)
     return model.eval()
 
 

@@ -18,7 +18,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from distsel.app.ingest import moved_to_rejected
+from distsel.app.ingest import (
+    moved_to_rejected,
+    rejected_after_ingest,
+    rows_by_part,
+    save_check,
+)
 from distsel.core import corpus, layout, records
 from distsel.core.config import Config, DedupConfig
 from distsel.core.executor import current
@@ -96,20 +101,14 @@ def quarantine_near_duplicates(
         found = find(store, parts, config.dedup, dropped, check, config.seed, total)
         shard_of = {part: result.shard for result in ingested for part in result.parts}
         urls = {shard.key: shard.url for shard in shards}
-        if found.num_rows:
-            store.write_table(
-                layout.REJECTED_NEAR_DUPLICATES,
-                _rejections(store, found, parts, shard_of, urls, MEASURE[config.dedup.method]),
-            )
-        else:
-            store.remove(layout.REJECTED_NEAR_DUPLICATES)
-        for name in store.list(layout.STATE, layout.PART_SUFFIX):
-            if layout.is_near_duplicates(name):
-                store.remove(layout.state(name))
-        store.write_table(found_path, found)
+        measure = MEASURE[config.dedup.method]
+        rejections = (
+            _rejections(store, found, parts, shard_of, urls, measure) if found.num_rows else None
+        )
+        rejected = layout.REJECTED_NEAR_DUPLICATES
+        save_check(store, found_path, found, rejected, rejections, layout.is_near_duplicates)
     found = store.read_table(found_path)
-    ranks, rows = found.column("rank").to_numpy(), found.column("row").to_numpy()
-    near = {parts[rank]: np.sort(rows[ranks == rank]) for rank in np.unique(ranks)}
+    near = rows_by_part(found, parts)
     log.info("dedup: %d near duplicates quarantined", found.num_rows)
     timings["dedup"] = {
         "rows": total,
@@ -139,24 +138,15 @@ def _rejections(
     wanted = [[row["row"] for row in rows if row["rank"] == rank] for rank in ranks]
     calls = [(store, parts[rank], rows_of) for rank, rows_of in zip(ranks, wanted, strict=True)]
     ids = dict(zip(ranks, current().map(_part_ids, calls, num_cpus=0), strict=True))
+    details = [
+        f"{measure} {row['similarity']:.2f} to "
+        f"{layout.docs(parts[row['first_rank']])} row {row['first_row']}; this copy: "
+        f"{layout.docs(parts[row['rank']])} row {row['row']}"
+        for row in rows
+    ]
     shards = [shard_of[parts[row["rank"]]] for row in rows]
-    return pa.table(
-        {
-            "shard": shards,
-            "path": [urls[shard] for shard in shards],
-            "line": pa.nulls(len(rows), pa.int64()),
-            "row": pa.nulls(len(rows), pa.int64()),
-            "reason": ["near_duplicate"] * len(rows),
-            "detail": [
-                f"{measure} {row['similarity']:.2f} to "
-                f"{layout.docs(parts[row['first_rank']])} row {row['first_row']}; this copy: "
-                f"{layout.docs(parts[row['rank']])} row {row['row']}"
-                for row in rows
-            ],
-            "raw": [ids[row["rank"]][row["row"]].encode() for row in rows],
-        },
-        schema=records.REJECTED_SCHEMA,
-    )
+    raw = [ids[row["rank"]][row["row"]].encode() for row in rows]
+    return rejected_after_ingest(shards, urls, "near_duplicate", details, raw)
 
 
 def _part_ids(store: Store, part: str, rows: list[int]) -> dict[int, str]:

@@ -212,19 +212,38 @@ def quarantine_duplicate_ids(
                 f"(first in {shard_of[parts[first['first_rank']]]}); input.strict is set"
             )
         urls = {shard.key: shard.url for shard in shards}
-        if found.num_rows:
-            rejections = _rejections(found, parts, shard_of, urls)
-            store.write_table(layout.REJECTED_DUPLICATE_IDS, rejections)
-        else:
-            store.remove(layout.REJECTED_DUPLICATE_IDS)
-        for name in store.list(layout.STATE, layout.PART_SUFFIX):
-            if layout.is_duplicates(name):
-                store.remove(layout.state(name))
-        store.write_table(found_path, found)
-    found = store.read_table(found_path)
-    ranks, rows = found.column("rank").to_numpy(), found.column("row").to_numpy()
-    dropped = {parts[rank]: np.sort(rows[ranks == rank]) for rank in np.unique(ranks)}
+        rejections = _rejections(found, parts, shard_of, urls) if found.num_rows else None
+        rejected = layout.REJECTED_DUPLICATE_IDS
+        save_check(store, found_path, found, rejected, rejections, layout.is_duplicates)
+    dropped = rows_by_part(store.read_table(found_path), parts)
     return [moved_to_rejected(result, dropped, "duplicate_id") for result in ingested], dropped
+
+
+def save_check(
+    store: Store,
+    path: str,
+    found: pa.Table,
+    rejected: str,
+    rejections: pa.Table | None,
+    is_check: Callable[[str], bool],
+) -> None:
+    """Keep a check of quarantined documents: its rejected/ list (a stale one removed when it
+    found none), no other check of its kind (`is_check`) in _state/, then the check itself
+    (written last: it marks the check done)."""
+    if rejections is not None:
+        store.write_table(rejected, rejections)
+    else:
+        store.remove(rejected)
+    for name in store.list(layout.STATE, layout.PART_SUFFIX):
+        if is_check(name):
+            store.remove(layout.state(name))
+    store.write_table(path, found)
+
+
+def rows_by_part(found: pa.Table, parts: list[str]) -> dict[str, np.ndarray]:
+    """A check's (rank, row) rows as sorted rows per part."""
+    ranks, rows = found.column("rank").to_numpy(), found.column("row").to_numpy()
+    return {parts[rank]: np.sort(rows[ranks == rank]) for rank in np.unique(ranks)}
 
 
 def _find_duplicate_ids(store: Store, parts: list[str], total_ids: int) -> pa.Table:
@@ -241,20 +260,30 @@ def _rejections(
     found: pa.Table, parts: list[str], shard_of: dict[str, str], urls: dict[str, str]
 ) -> pa.Table:
     rows = found.to_pylist()
+    details = [
+        f"id '{row['id']}' first in {shard_of[parts[row['first_rank']]]}; this copy: "
+        f"{layout.docs(parts[row['rank']])} row {row['row']}"
+        for row in rows
+    ]
     shards = [shard_of[parts[row["rank"]]] for row in rows]
+    raw = [row["id"].encode() for row in rows]
+    return rejected_after_ingest(shards, urls, "duplicate_id", details, raw)
+
+
+def rejected_after_ingest(
+    shards: list[str], urls: dict[str, str], reason: str, details: list[str], raw: list[bytes]
+) -> pa.Table:
+    """Rows of rejected/ for documents quarantined after ingest (no line or row of the input:
+    `details` says where they lie in docs/)."""
     return pa.table(
         {
             "shard": shards,
             "path": [urls[shard] for shard in shards],
-            "line": pa.nulls(len(rows), pa.int64()),
-            "row": pa.nulls(len(rows), pa.int64()),
-            "reason": ["duplicate_id"] * len(rows),
-            "detail": [
-                f"id '{row['id']}' first in {shard_of[parts[row['first_rank']]]}; this copy: "
-                f"{layout.docs(parts[row['rank']])} row {row['row']}"
-                for row in rows
-            ],
-            "raw": [row["id"].encode() for row in rows],
+            "line": pa.nulls(len(shards), pa.int64()),
+            "row": pa.nulls(len(shards), pa.int64()),
+            "reason": [reason] * len(shards),
+            "detail": details,
+            "raw": raw,
         },
         schema=records.REJECTED_SCHEMA,
     )

@@ -83,12 +83,33 @@ def training_step(
     clipped to norm 1; its loss (detached, on the batch's device)."""
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=batch.device.type == "cuda"):
         loss = model(input_ids=batch, labels=batch).loss
+    return update(model, loss, optimizer, schedule)
+
+
+def update(
+    model: torch.nn.Module,
+    loss: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler,
+) -> torch.Tensor:
+    """Back-propagate `loss`, clip the gradients to norm 1, step the optimizer and the schedule;
+    the loss, detached."""
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     optimizer.step()
     schedule.step()
     optimizer.zero_grad(set_to_none=True)
     return loss.detach()
+
+
+def make_schedule(
+    optimizer: torch.optim.Optimizer, steps: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """learning_rate_factor over S = `steps` steps, W = max(1, min(MAX_WARMUP, ⌊S/10⌋))."""
+    warmup = max(1, min(MAX_WARMUP, steps // 10))
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: learning_rate_factor(step, warmup, steps)
+    )
 
 
 def train_steps(
@@ -102,11 +123,8 @@ def train_steps(
     max(1, min(MAX_WARMUP, ⌊S/10⌋)) warm-up steps; after each, after_step(step, losses).
     Returns the S step losses (float32, on the model's device)."""
     device = next(model.parameters()).device
-    warmup = max(1, min(MAX_WARMUP, steps // 10))
     optimizer = make_optimizer(model, config)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: learning_rate_factor(step, warmup, steps)
-    )
+    schedule = make_schedule(optimizer, steps)
     losses = torch.zeros(steps, device=device)
     for step, batch in zip(range(steps), batches, strict=False):
         batch = batch.to(device, non_blocking=True)

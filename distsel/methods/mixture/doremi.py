@@ -23,12 +23,7 @@ from distsel.core.executor import current
 from distsel.methods.mixture.experiment import experiment_for
 from distsel.methods.mixture.trials import MixtureData, at_least, cut_batch, mixture_plan
 from distsel.methods.mixture.tune import baselines, train_once
-from distsel.methods.training import (
-    build_proxy,
-    learning_rate_factor,
-    make_optimizer,
-    train_steps,
-)
+from distsel.methods.training import build_proxy, make_optimizer, make_schedule, train_steps, update
 
 if TYPE_CHECKING:
     from distsel.core.config import Config
@@ -116,10 +111,7 @@ def _group_dro(
     torch.manual_seed(data.seed + 1)
     model = build_proxy(data.proxy, data.vocab_size).to(device).train()
     optimizer = make_optimizer(model, data.proxy)
-    warmup = max(1, steps // 10)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: learning_rate_factor(step, warmup, steps)
-    )
+    schedule = make_schedule(optimizer, steps)
     alpha, history = uniform_weights(k), []
     for groups, batch in _uniform_batches(data, streams, data.seed + 1):
         batch = batch.to(device)
@@ -134,11 +126,7 @@ def _group_dro(
         present = np.unique(groups)
         per_group = torch.stack([losses[torch.from_numpy(groups == g)].mean() for g in present])
         loss = (torch.as_tensor(alpha[present], dtype=per_group.dtype) * per_group).sum()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
+        update(model, loss, optimizer, schedule)
     return {"averaged": np.mean(history, axis=0).tolist(), "final": alpha.tolist()}
 
 
