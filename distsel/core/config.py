@@ -123,8 +123,8 @@ class Budget(StrictModel):
 
 
 class DedupConfig(StrictModel):
-    """Near-duplicate removal before any selector (distsel.app.dedup): the later
-    documents of a cluster of near duplicates are quarantined as `near_duplicate`.
+    """Near-duplicate removal before any selector (distsel.app.dedup): every document of a
+    cluster of near duplicates but the one it keeps is quarantined as `near_duplicate`.
 
     minhash: MinHash LSH over word n-gram shingles (distsel.algorithms.minhash); two documents
     are near duplicates when their estimated Jaccard similarity is at least `threshold`.
