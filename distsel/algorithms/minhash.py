@@ -185,13 +185,18 @@ def lsh_bands(threshold: float, num_perm: int) -> tuple[int, int]:
     for bands in range(1, num_perm + 1):
         for rows in range(1, num_perm // bands + 1):
             candidate = 1 - (1 - grid**rows) ** bands
-            error = np.trapezoid(np.where(below, FALSE_POSITIVE_WEIGHT * candidate, 0), grid)
-            error += np.trapezoid(
+            error = _integral(np.where(below, FALSE_POSITIVE_WEIGHT * candidate, 0), grid)
+            error += _integral(
                 np.where(below, 0, (1 - FALSE_POSITIVE_WEIGHT) * (1 - candidate)), grid
             )
             if error < best - 1e-12:
                 best, chosen = error, (bands, rows)
     return chosen
+
+
+def _integral(values: np.ndarray, grid: np.ndarray) -> float:
+    """The trapezoid rule (numpy's `trapezoid` needs numpy 2)."""
+    return float(np.sum((values[1:] + values[:-1]) / 2 * np.diff(grid)))
 
 
 def band_keys(signature: np.ndarray, bands: int, rows: int) -> np.ndarray:
