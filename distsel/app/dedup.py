@@ -94,7 +94,9 @@ def quarantine_near_duplicates(
     found_path = layout.near_duplicates(check)
     total = sum(r.accepted for r in ingested)
     reused = store.exists(found_path)
-    if not reused:
+    if reused:
+        found = store.read_table(found_path)
+    else:
         if require_done:
             raise not_scored("the near-duplicate check", [found_path], 1)
         find = _finder(config.dedup)
@@ -107,7 +109,6 @@ def quarantine_near_duplicates(
         )
         rejected = layout.REJECTED_NEAR_DUPLICATES
         save_check(store, found_path, found, rejected, rejections, layout.is_near_duplicates)
-    found = store.read_table(found_path)
     near = rows_by_part(found, parts)
     log.info("dedup: %d near duplicates quarantined", found.num_rows)
     timings["dedup"] = {

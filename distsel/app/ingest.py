@@ -200,7 +200,9 @@ def quarantine_duplicate_ids(
     parts = [part for result in ingested for part in result.parts]
     # the check's rows name parts by rank: a check of another part list does not apply
     found_path = layout.duplicates(digest(parts))
-    if not store.exists(found_path):
+    if store.exists(found_path):
+        found = store.read_table(found_path)
+    else:
         if require_done:
             raise not_scored("the duplicate-id check", [found_path], 1)
         found = _find_duplicate_ids(store, parts, sum(r.accepted for r in ingested))
@@ -215,7 +217,7 @@ def quarantine_duplicate_ids(
         rejections = _rejections(found, parts, shard_of, urls) if found.num_rows else None
         rejected = layout.REJECTED_DUPLICATE_IDS
         save_check(store, found_path, found, rejected, rejections, layout.is_duplicates)
-    dropped = rows_by_part(store.read_table(found_path), parts)
+    dropped = rows_by_part(found, parts)
     return [moved_to_rejected(result, dropped, "duplicate_id") for result in ingested], dropped
 
 
