@@ -252,15 +252,7 @@ def main() -> None:
     print_table(header, rows, left=0, title=f"{len(made):,} planted copies in {len(texts):,} docs")
 
     reference = datasketch_reference(docs, made, defaults)
-    at_default = next(
-        (
-            r
-            for r in results
-            if (r["ngram"], r["threshold"]) == (defaults.ngram, defaults.threshold)
-        ),
-        results[0],
-    )
-    per_core = at_default["docs"] / at_default["seconds"] / cpus
+    per_core = timed["docs"] / timed["seconds"] / cpus
     throughput = [
         ["minhash.signatures, one process", f"{one_process:,.0f}"],
         [f"distsel dedup, end to end, per core ({cpus:g} CPUs)", f"{per_core:,.0f}"],

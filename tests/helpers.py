@@ -246,3 +246,21 @@ def write_small_run(root: Path, output: Path | str | None = None) -> Path:
     path = root / "run.yaml"
     path.write_text(json.dumps(config))  # JSON is YAML
     return path
+
+
+def min_label_components(first: Any, second: Any) -> tuple[list[int], list[int]]:
+    """Reference connected components: min-label propagation over the edges until nothing
+    changes. Every node that is not the smallest of its component, with that smallest node,
+    sorted by node."""
+    edges = list(zip([int(a) for a in first], [int(b) for b in second], strict=True))
+    label = {node: node for edge in edges for node in edge}
+    changed = True
+    while changed:
+        changed = False
+        for a, b in edges:
+            low = min(label[a], label[b])
+            if label[a] != low or label[b] != low:
+                label[a] = label[b] = low
+                changed = True
+    later = sorted(node for node, first in label.items() if node != first)
+    return later, [label[node] for node in later]

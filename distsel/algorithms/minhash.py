@@ -26,8 +26,8 @@ when one band agrees in all r rows, which happens with probability 1 − (1 − 
 that `lsh_bands` places around the threshold t: it picks the (b, r) with the least weighted area
 of false positives (J < t) and false negatives (J ≥ t) under the curve. Candidates
 are verified: a pair is a near duplicate when its estimated Jaccard is at least t. Near
-duplicates form clusters, the connected components of the verified pairs; the first document of
-a component in input order is kept.
+duplicates form clusters, the connected components of the verified pairs
+(distsel.algorithms.components); the first document of a component in input order is kept.
 """
 
 from __future__ import annotations
@@ -41,7 +41,6 @@ import numpy as np
 __all__ = [
     "NO_SHINGLES",
     "band_keys",
-    "components",
     "estimated_jaccard",
     "jaccard",
     "lsh_bands",
@@ -208,31 +207,6 @@ def band_keys(signature: np.ndarray, bands: int, rows: int) -> np.ndarray:
     mixed = (cut * _MIX[:rows]).sum(axis=2, dtype=np.uint64)
     mixed += np.arange(bands, dtype=np.uint64) * _BAND_MIX
     return _splitmix64(mixed)
-
-
-def components(first: np.ndarray, second: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The connected components of the edges (first[i], second[i]) (int64 node ids): every node
-    that is not the smallest of its component, with that smallest node. Union–find with path
-    halving; the smaller root always wins, so a root is its component's minimum."""
-    nodes, inverse = np.unique(np.concatenate([first, second]), return_inverse=True)
-    parent = np.arange(len(nodes))
-    edges = inverse.reshape(2, -1).T.tolist()
-    parents = parent.tolist()
-    for a, b in edges:
-        root_a, root_b = _root(parents, a), _root(parents, b)
-        if root_a != root_b:
-            low, high = min(root_a, root_b), max(root_a, root_b)
-            parents[high] = low
-    roots = np.array([_root(parents, i) for i in range(len(nodes))], dtype=np.int64)
-    later = np.flatnonzero(roots != np.arange(len(nodes)))
-    return nodes[later], nodes[roots[later]]
-
-
-def _root(parents: list[int], node: int) -> int:
-    while parents[node] != node:
-        parents[node] = parents[parents[node]]
-        node = parents[node]
-    return node
 
 
 def _word_hashes(keys: list[str], is_word: np.ndarray) -> np.ndarray:

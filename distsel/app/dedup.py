@@ -133,27 +133,46 @@ def _rejections(
     measure: str,
 ) -> pa.Table:
     """rejected/near_duplicate.parquet: each near duplicate's shard, its id as `raw`, and where
-    it and the document it repeats lie."""
-    rows = found.to_pylist()
-    ranks = sorted({row["rank"] for row in rows})
-    wanted = [[row["row"] for row in rows if row["rank"] == rank] for rank in ranks]
-    calls = [(store, parts[rank], rows_of) for rank, rows_of in zip(ranks, wanted, strict=True)]
-    ids = dict(zip(ranks, current().map(_part_ids, calls, num_cpus=0), strict=True))
-    details = [
-        f"{measure} {row['similarity']:.2f} to "
-        f"{layout.docs(parts[row['first_rank']])} row {row['first_row']}; this copy: "
-        f"{layout.docs(parts[row['rank']])} row {row['row']}"
-        for row in rows
-    ]
-    shards = [shard_of[parts[row["rank"]]] for row in rows]
-    raw = [ids[row["rank"]][row["row"]].encode() for row in rows]
-    return rejected_after_ingest(shards, urls, "near_duplicate", details, raw)
+    it and the document it repeats lie; built by one task per part holding any (`found` is
+    sorted by rank, then row)."""
+    ranks = found.column("rank").to_numpy()
+    present = np.unique(ranks)
+    bounds = np.searchsorted(ranks, np.append(present, ranks[-1] + 1 if len(ranks) else 0))
+    calls = []
+    for rank, start, stop in zip(present.tolist(), bounds[:-1], bounds[1:], strict=True):
+        rows = found.slice(start, stop - start)
+        firsts = {r: parts[r] for r in set(rows.column("first_rank").to_pylist())}
+        shard = shard_of[parts[rank]]
+        calls.append((store, parts[rank], rows, firsts, (shard, urls[shard]), measure))
+    return pa.concat_tables(current().map(_part_rejections, calls, num_cpus=0))
 
 
-def _part_ids(store: Store, part: str, rows: list[int]) -> dict[int, str]:
-    """The ids of some rows of a part, by row."""
+def _part_rejections(
+    store: Store,
+    part: str,
+    rows: pa.Table,
+    firsts: dict[int, str],
+    shard: tuple[str, str],
+    measure: str,
+) -> pa.Table:
+    """The rejected/ rows of one part's near duplicates (FOUND_SCHEMA `rows`): `firsts` names
+    the parts of the documents they repeat, `shard` is the part's shard and its url."""
     column = store.read_table(layout.docs(part), columns=["id"]).column("id").cast(pa.string())
-    return dict(zip(rows, column.take(pa.array(rows, pa.int64())).to_pylist(), strict=True))
+    ids = column.take(rows.column("row")).to_pylist()
+    details = [
+        f"{measure} {similarity:.2f} to {layout.docs(firsts[first_rank])} row {first_row}; "
+        f"this copy: {layout.docs(part)} row {row}"
+        for similarity, first_rank, first_row, row in zip(
+            *(
+                rows.column(name).to_pylist()
+                for name in ("similarity", "first_rank", "first_row", "row")
+            ),
+            strict=True,
+        )
+    ]
+    shards = [shard[0]] * rows.num_rows
+    raw = [value.encode() for value in ids]
+    return rejected_after_ingest(shards, dict([shard]), "near_duplicate", details, raw)
 
 
 def check_digest(parts: list[str], options: DedupConfig, seed: int, inputs: str = "") -> str:

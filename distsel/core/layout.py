@@ -31,6 +31,7 @@ names. Every path here is relative to OUTPUT (a local folder or an object-store 
         duplicates-<digest>.parquet the duplicate-id check of one part list
         near-duplicates-<digest>.parquet  the near duplicates of one part list and dedup setting
         minhash/<digest>/<part>.*   a part's MinHash signatures and band keys, while dedup runs
+        minhash/<digest>/pairs|edges/  its candidate pairs and graph edges, while dedup runs
         semdedup/<digest>/<part>    a part's cluster members and embeddings, while dedup runs
         <stage>/_fingerprint.json   a stage's settings, written when its scoring starts
         <stage>/<part>.json         a part's done marker (rows, bytes, version, seconds, node)
@@ -204,6 +205,12 @@ def semdedup_members(digest: str, part: str) -> str:
 def minhash_pairs(digest: str, group: int) -> str:
     """A bucket group's candidate pairs, one row group per verification group."""
     return f"{MINHASH}/{digest}/pairs/{group:05d}{PART_SUFFIX}"
+
+
+def minhash_edges(digest: str, step: str, source: int) -> str:
+    """The edges that task `source` of a connected-components step wrote, one row group per
+    edge group."""
+    return f"{MINHASH}/{digest}/edges/{step}/{source:05d}{PART_SUFFIX}"
 
 
 def fingerprint(stage: str) -> str:

@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers import base_config, s3_keys, stdlib_paragraphs, write_jsonl
+from helpers import base_config, min_label_components, s3_keys, stdlib_paragraphs, write_jsonl
 
 from distsel.algorithms import minhash
 from distsel.app import minhash_duplicates, pipeline
@@ -99,9 +99,11 @@ def write_parts(store: Store, texts: list[list[str]]) -> list[str]:
 
 @pytest.mark.parametrize("groups_of", [10**9, 40])
 def test_distributed_steps_equal_one_pass_over_all_pairs(tmp_path, monkeypatch, groups_of):
-    """Bucket groups, verification per part and the components equal the same LSH run over
-    every pair of one signature matrix; dropped rows take no part."""
+    """Bucket groups, verification per part and the components (by edge group) equal the same
+    LSH run over every pair of one signature matrix, and leave no file behind; dropped rows
+    take no part."""
     monkeypatch.setattr(minhash_duplicates, "BAND_ROWS_PER_GROUP", groups_of)
+    monkeypatch.setattr(minhash_duplicates, "EDGE_ROWS_PER_GROUP", groups_of)
     rng = random.Random(2)
     base = stdlib_paragraphs(90)
     texts = base + [near_copy(rng.choice(base), rng) for _ in range(60)]
@@ -128,7 +130,7 @@ def test_distributed_steps_equal_one_pass_over_all_pairs(tmp_path, monkeypatch, 
             if taking and (keys[a] == keys[b]).any() and agree >= options.threshold:
                 first.append(a)
                 second.append(b)
-    later, kept = minhash.components(np.array(first), np.array(second))
+    later, kept = min_label_components(first, second)
     position = np.concatenate([[0], np.cumsum([len(p) for p in parts_texts])])
     nodes = [(int(r), int(w)) for r, w in zip(found["rank"], found["row"], strict=True)]
     firsts = [
@@ -136,8 +138,9 @@ def test_distributed_steps_equal_one_pass_over_all_pairs(tmp_path, monkeypatch, 
     ]
     as_index = [int(position[r] + w) for r, w in nodes]
     assert len(later) > 20
-    assert as_index == later.tolist()
-    assert [int(position[r] + w) for r, w in firsts] == kept.tolist()
+    assert as_index == later
+    assert not [p for p in (tmp_path / "_state").rglob("*") if p.is_file()]
+    assert [int(position[r] + w) for r, w in firsts] == kept
     assert (found["similarity"].to_numpy() >= options.threshold).all()
 
 

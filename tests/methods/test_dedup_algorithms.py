@@ -10,9 +10,9 @@ import re
 
 import numpy as np
 import pytest
-from helpers import stdlib_paragraphs
+from helpers import min_label_components, stdlib_paragraphs
 
-from distsel.algorithms import minhash, semdedup
+from distsel.algorithms import components, minhash, semdedup
 
 
 def edited(text: str, share: float, rng: random.Random) -> str:
@@ -99,22 +99,49 @@ def test_band_collisions_follow_the_s_curve():
     assert abs(collided - expected) < 0.06
 
 
-def test_components_keep_the_smallest_node_of_each_cluster():
-    rng = np.random.default_rng(1)
-    edges = rng.integers(0, 60, size=(40, 2))
-    later, first = minhash.components(edges[:, 0], edges[:, 1])
-    # brute force: repeat min-label propagation until nothing changes
-    label = {int(n): int(n) for n in np.unique(edges)}
-    changed = True
-    while changed:
-        changed = False
-        for a, b in edges.tolist():
-            low = min(label[a], label[b])
-            if label[a] != low or label[b] != low:
-                label[a] = label[b] = low
-                changed = True
-    expected = {(n, m) for n, m in label.items() if n != m}
-    assert set(zip(later.tolist(), first.tolist(), strict=True)) == expected
+def star_components(first: np.ndarray, second: np.ndarray, groups: int) -> tuple[list, list]:
+    """large-star and small-star steps as distsel runs them, with the edges cut into `groups`
+    groups by key and each group stepped on its own, until not_stars is zero everywhere."""
+
+    def by_group(keys, others, step):
+        cut = [(keys[keys % groups == g], others[keys % groups == g]) for g in range(groups)]
+        return [step(*edges) for edges in cut]
+
+    keys, others = components.both_ways(first, second)
+    while sum(by_group(keys, others, components.not_stars)):
+        larger = by_group(keys, others, components.large_star)
+        keys, others = (np.concatenate(column) for column in zip(*larger, strict=True))
+        smaller = by_group(keys, others, components.small_star)
+        keys, others = (np.concatenate(column) for column in zip(*smaller, strict=True))
+    leaves, centres = components.star_leaves(keys, others)
+    return leaves.tolist(), centres.tolist()
+
+
+@pytest.mark.parametrize("groups", [1, 3])
+def test_star_steps_find_the_components_min_label_propagation_finds(groups):
+    """Random graphs (with isolated pairs, repeated edges, big components) and paths whose
+    nodes are numbered at random: each node is mapped to its component's smallest node."""
+    rng = np.random.default_rng(groups)
+    for trial in range(60):
+        nodes = int(rng.integers(2, 200))
+        if trial % 3 == 0:
+            order = rng.permutation(nodes)
+            edges = np.stack([order[:-1], order[1:]], axis=1)
+        else:
+            edges = rng.integers(0, nodes, size=(int(rng.integers(1, 150)), 2))
+            edges = edges[edges[:, 0] != edges[:, 1]]
+        edges = (edges.astype(np.int64) << 32) + 7  # node ids as part rank << 32 + row
+        found = star_components(edges[:, 0], edges[:, 1], groups)
+        assert found == min_label_components(edges[:, 0], edges[:, 1]), trial
+
+
+def test_not_stars_is_zero_only_for_stars_around_the_smallest_node():
+    star = components.both_ways(np.array([1, 1, 1]), np.array([4, 5, 9]))
+    assert components.not_stars(*star) == 0
+    off_centre = components.both_ways(np.array([4, 4, 4]), np.array([1, 5, 9]))
+    assert components.not_stars(*off_centre) == 1, "node 4 has a smaller neighbour and others"
+    path = components.both_ways(np.array([1, 2]), np.array([2, 3]))
+    assert components.not_stars(*path) == 1
 
 
 def test_lsh_finds_the_pairs_an_all_pairs_jaccard_finds():
