@@ -104,9 +104,8 @@ def _search(
     """A search phase: the `search` of the selector named `phase` on the scored pool, written
     to its `search_output` (see distsel.core.selector.Selector)."""
     searcher = registry.selector(phase)
-    stages = [s.name for s in scored.stages]
-    pool = gather_pool(store, scored.parts, stages, config, scored.dropped)
-    section = searcher.search(pool, config, StageContext(config, store, scored.parts))
+    context = StageContext(config, store, scored.parts, scored.dropped)
+    section = searcher.search(config, context)
     return _finish(store, searcher.search_output, {**section, "phase": phase}, started)
 
 
@@ -154,7 +153,8 @@ def select(config: Config, store: Store, scored: Scored) -> dict[str, Any]:
     over = budget_exceeds_pool(config.select.budget, pool)
     if over and not pool.complete and not getattr(selector, "filters", False):
         pool = gather_pool(store, parts, names, config, scored.dropped)  # the whole pool is chosen
-    chosen, section = choose(selector, pool, config, StageContext(config, store, parts), over)
+    context = StageContext(config, store, parts, scored.dropped)
+    chosen, section = choose(selector, pool, config, context, over)
     weights = training_weights(pool, chosen, config)
     write_selection(store, pool, chosen, names, config.output, weights)
     timings["select"] = {

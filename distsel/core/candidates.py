@@ -182,16 +182,16 @@ def gather_heads(
 
 
 def _head(plan: HeadPlan, scales: np.ndarray | None, pool: Pool) -> Head | None:
-    """Per order of the part, its first `share` · scale + min_head documents, or (by tokens)
-    its first documents until their tokens exceed `share` · scale + min_head · its mean tokens
-    per document; None (every document) when the plan cuts nothing."""
+    """Per order of the part, its first (`share` + min_head) · scale documents, or (by tokens)
+    its first documents until their tokens exceed (`share` + min_head · its mean tokens per
+    document) · scale; None (every document) when the plan cuts nothing."""
     orders = plan.part_orders(pool)
     if orders is None:
         return None
     rows, lengths, left_out = [], np.zeros(len(orders), np.int64), np.full(len(orders), np.inf)
     for index, (order, share) in enumerate(orders):
         scale = 1.0 if scales is None else scales[index]
-        count = len(order) if share is None else _head_length(plan, pool, order, share * scale)
+        count = len(order) if share is None else _head_length(plan, pool, order, share, scale)
         rows.append(order[:count])
         lengths[index] = min(count, len(order))
         if count < len(order):
@@ -200,10 +200,12 @@ def _head(plan: HeadPlan, scales: np.ndarray | None, pool: Pool) -> Head | None:
     return Head(kept, lengths, left_out)
 
 
-def _head_length(plan: HeadPlan, pool: Pool, order: np.ndarray, share: float) -> int:
+def _head_length(plan: HeadPlan, pool: Pool, order: np.ndarray, share: float, scale: float) -> int:
+    """The head's length: its share and min_head documents, both `scale` times over (so a head
+    grows even when the part expects to fill none of the limit)."""
     if not plan.by_tokens:
-        return min(len(order), math.ceil(share) + plan.min_head)
-    tokens = share + plan.min_head * float(pool.tokens.mean()) if len(pool) else 0
+        return min(len(order), math.ceil(scale * (share + plan.min_head)))
+    tokens = scale * (share + plan.min_head * float(pool.tokens.mean())) if len(pool) else 0
     return int(np.searchsorted(np.cumsum(pool.tokens[order]), tokens, side="right")) + 1
 
 

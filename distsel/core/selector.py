@@ -35,8 +35,9 @@ class Selector(Protocol):
     instead of the whole pool (see distsel.app.pipeline.choose).
 
     A selector may also declare a phase of its method's name (`distsel run --phase <method>`),
-    run after scoring in place of the selection: `search(pool, config, context)` returns the
-    summary that the driver writes to the output path `search_output`.
+    run after scoring in place of the selection: `search(config, context)` returns the summary
+    that the driver writes to the output path `search_output` (it reads the pool from the
+    context's parts itself).
 
     A selector that walks a ranking may declare `rankings(pool, config)`: its order of the
     pool (or one per target task, taken round-robin), the same on any subset of the pool. Its

@@ -93,8 +93,8 @@ def test_parts_send_heads_not_the_pool_and_a_short_head_grows(tmp_path):
     store.write_table(layout.scores("s", parts[0]), high)
     with LocalExecutor().active():
         heads, _ = selection_pool(registry.selector("topk"), store, parts, ["s"], cfg)
-    # its head grows twice: 23 documents, 29 (still short of the 30), 41
-    grown = math.ceil(candidates.HEAD_MARGIN * 30 / 6 * candidates.GROWTH**2) + candidates.MIN_HEAD
+    # its head grows once: 23 documents (short of the 30), then 45 (share and MIN_HEAD doubled)
+    grown = math.ceil((candidates.HEAD_MARGIN * 30 / 6 + candidates.MIN_HEAD) * candidates.GROWTH)
     assert np.bincount(heads.part_index, minlength=6).tolist() == [grown] + [head] * 5
     chosen = registry.selector("topk").select(heads, cfg, None)[0]
     assert set(heads.part_index[chosen].tolist()) == {0}

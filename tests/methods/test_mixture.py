@@ -28,7 +28,7 @@ from distsel.algorithms.simplex import (
 from distsel.app.report import write_report
 from distsel.core.config import Budget, parse_config
 from distsel.core.pool import Pool
-from distsel.methods.mixture.selector import sample_by_weights
+from distsel.methods.mixture.sampling import sample_by_weights
 
 PROSE = stdlib_paragraphs(260)
 TINY_PROXY = {
@@ -227,7 +227,7 @@ def test_tune_search_end_to_end_with_optuna_and_asha(ray_local, corpus, tmp_path
     assert sorted(p.name for p in tokens.glob("*.npy")) == ["code.npy", "prose.npy"]
     assert np.load(tokens / "code.npy").dtype == np.int32
 
-    weights, again = run_mixture_search(pool, config, context)  # a finished search is reused
+    weights, again = run_mixture_search(config, context)  # a finished search is reused
     assert again["resumed_trials"] == 4 and again["trials"] == rows
     assert weights == section["best_weights"] and again["proxy_steps"] == section["proxy_steps"]
 
@@ -237,7 +237,7 @@ def test_the_proxy_trainable_is_deterministic(corpus, tmp_path, ray_local):
     from distsel.methods.mixture.trials import train_mixture
 
     config, pool, context = make_run(corpus, tmp_path / "out", train_tokens=2048, report_every=2)
-    data, _ = prepare_data(pool, config, context)
+    data, _ = prepare_data(config, context)
     reports: list[dict] = []
     with torch_threads(1):  # as in a one-CPU trial
         first = train_mixture(np.array([0.8, 0.2]), data, reports.append)
@@ -281,12 +281,12 @@ def test_an_interrupted_search_resumes_without_rerunning_finished_trials(
     steps = 16
     interrupt = InterruptOnce(2, tmp_path / "interrupted")
     with pytest.raises(MixtureInterrupted, match="run again to resume"):
-        run_mixture_search(pool, config, context, callbacks=[interrupt])
+        run_mixture_search(config, context, callbacks=[interrupt])
     earlier = finished_trials(out)
     assert 2 <= len(earlier) < 6
     assert all(t["metrics"]["steps"] == steps for t in earlier.values())
 
-    _, section = run_mixture_search(pool, config, context)
+    _, section = run_mixture_search(config, context)
     rows = section["trials"]
     assert section["proxy"]["steps_per_trial"] == steps
     assert len(rows) == 6 and all(r["status"] == "completed" for r in rows)
@@ -306,7 +306,7 @@ def test_regmix_end_to_end(ray_local, corpus, tmp_path):
     config, pool, context = make_run(
         corpus, tmp_path / "out", mode="regmix", trials=3, regmix_samples=2000, regmix_top=20
     )
-    weights, section = run_mixture_search(pool, config, context)
+    weights, section = run_mixture_search(config, context)
 
     assert section["mode"] == "regmix"
     rows = section["trials"]
@@ -335,6 +335,8 @@ def test_distsel_run_with_the_mixture_selector(ray_local, corpus, tmp_path):
     manifest = pipeline.run(parse_config(raw))
     section = manifest["mixture"]
     assert manifest["selected_docs"] == 40
+    held = manifest["stages"]["select"]["held_docs"]
+    assert held < manifest["accepted_docs"], "the driver holds the groups' heads, not the pool"
     assert set(section["best_weights"]) == {"code", "prose"}
     assert sum(section["best_weights"].values()) == pytest.approx(1.0)
     assert set(section["baseline_losses"]) == {"uniform", "natural"}
@@ -411,7 +413,7 @@ def test_doremi_end_to_end(ray_local, corpus, tmp_path):
     from distsel.methods.mixture.selector import run_mixture_search
 
     config, pool, context = make_run(corpus, tmp_path / "out", mode="doremi", train_tokens=4096)
-    weights, section = run_mixture_search(pool, config, context)
+    weights, section = run_mixture_search(config, context)
     assert section["mode"] == "doremi" and section["trials"] == []
     assert sum(weights.values()) == pytest.approx(1.0, abs=1e-5)
     assert all(w >= 1e-3 / 2 for w in weights.values())
@@ -419,5 +421,5 @@ def test_doremi_end_to_end(ray_local, corpus, tmp_path):
     assert section["proxy_steps"] == 5 * steps, "reference, DRO proxy, check, two baselines"
     assert np.isfinite(section["best_loss"])
     assert set(section["baseline_losses"]) == {"uniform", "natural"}
-    again_weights, again = run_mixture_search(pool, config, context)
+    again_weights, again = run_mixture_search(config, context)
     assert again_weights == weights and again["best_loss"] == section["best_loss"]

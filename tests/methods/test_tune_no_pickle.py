@@ -42,7 +42,7 @@ def experiment_name(config, pool, context) -> tuple[str, str]:
     from distsel.methods.mixture.selector import prepare_data
     from distsel.methods.mixture.tune import experiment_for
 
-    data, _ = prepare_data(pool, config, context)
+    data, _ = prepare_data(config, context)
     experiment = experiment_for(config, context.store, data, config.mixture.mode)
     return experiment.name, getattr(experiment, "trials", None)
 
@@ -101,15 +101,13 @@ def test_pickles_in_the_output_are_never_unpickled_on_resume(
     out, marker = tmp_path / "out", tmp_path / "payload-ran"
     config, pool, context = make_run(corpus, out, mode=mode, max_concurrent=1, **options)
     with pytest.raises(MixtureInterrupted, match="run again to resume"):
-        run_mixture_search(
-            pool, config, context, callbacks=[InterruptOnce(1, tmp_path / "interrupted")]
-        )
+        run_mixture_search(config, context, callbacks=[InterruptOnce(1, tmp_path / "interrupted")])
     name, _ = experiment_name(config, pool, context)
     planted = plant(out, name, marker)
     assert len(planted) >= 2
 
     try:
-        _, section = run_mixture_search(pool, config, context)
+        _, section = run_mixture_search(config, context)
     finally:
         assert not marker.exists(), "a pickle from the output folder was unpickled"
     trials = section["trials"]
@@ -128,14 +126,12 @@ def test_a_resumed_search_trains_only_the_unfinished_trials(ray_local, corpus, t
     out = tmp_path / "out"
     config, pool, context = make_run(corpus, out, **options)
     with pytest.raises(MixtureInterrupted, match="run again to resume"):
-        run_mixture_search(
-            pool, config, context, callbacks=[InterruptOnce(2, tmp_path / "interrupted")]
-        )
+        run_mixture_search(config, context, callbacks=[InterruptOnce(2, tmp_path / "interrupted")])
     saved = json.loads(trials_file(out).read_text())["trials"]
     assert 2 <= len(saved) < 4
 
     counter = CountStarts()
-    _, section = run_mixture_search(pool, config, context, callbacks=[counter])
+    _, section = run_mixture_search(config, context, callbacks=[counter])
     rows = section["trials"]
     assert counter.started == 4 - len(saved), "a finished trial was trained again"
     assert section["resumed_trials"] == len(saved)
@@ -145,12 +141,12 @@ def test_a_resumed_search_trains_only_the_unfinished_trials(ray_local, corpus, t
 
     # The same trials (mixtures and losses) as a search that was never interrupted.
     config, pool, context = make_run(corpus, tmp_path / "whole", **options)
-    _, whole = run_mixture_search(pool, config, context)
+    _, whole = run_mixture_search(config, context)
     assert comparable(rows) == comparable(whole["trials"])
     assert section["best_weights"] == whole["best_weights"]
 
     again = CountStarts()  # a finished search trains nothing
-    _, last = run_mixture_search(pool, config, context, callbacks=[again])
+    _, last = run_mixture_search(config, context, callbacks=[again])
     assert again.started == 0 and last["trials"] == whole["trials"]
 
 
@@ -174,5 +170,5 @@ def test_a_corrupted_trials_file_is_named_in_the_error(ray_local, corpus, tmp_pa
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     with pytest.raises(DistselError, match=re.escape(str(path))) as raised:
-        run_mixture_search(pool, config, context)
+        run_mixture_search(config, context)
     assert "malformed" in str(raised.value)

@@ -5,6 +5,7 @@
     tune      the Ray Tune search (mode tune) and what every search runs on Tune
     regmix    RegMix: regression of the loss on the weights (mode regmix)
 
-The pool side (group token streams, the entry point, sampling the selection by the weights)
-is distsel.methods.mixture.selector.
+The pool side: distsel.methods.mixture.sampling reads the groups part by part (their sizes, the
+search's samples, the selection by the weights); distsel.methods.mixture.selector makes the
+group token streams and is the entry point.
 """

@@ -13,127 +13,57 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from distsel.algorithms.simplex import natural_weights, water_fill
 from distsel.core import layout
-from distsel.core.config import Budget
 from distsel.core.errors import DistselError
-from distsel.core.pool import Pool, fetch_texts
+from distsel.core.pool import fetch_texts
 from distsel.core.registry import register_selector
-from distsel.core.samplers import fill_budget, random_order
+from distsel.methods.mixture.sampling import (
+    CLUSTER_GROUPS,
+    PoolParts,
+    group_field,
+    group_samples,
+    heldout_sample,
+    mixture_plan,
+    sample_by_weights,
+)
 
 if TYPE_CHECKING:
-    from distsel.core.config import Config, ProxyConfig
+    from distsel.core.config import Config
+    from distsel.core.pool import Pool
     from distsel.core.stage import StageContext
     from distsel.core.storage import Store
+    from distsel.methods.mixture.sampling import GroupSizes, MixturePlan
     from distsel.methods.mixture.trials import MixtureData
 
 log = logging.getLogger("distsel")
 
-# mixture.group_field naming the k-means clusters as groups.
-CLUSTER_GROUPS = "cluster"
 # A group's sample is read until its approximate tokens (chars / 4) reach this many times the
 # stream cap, since a small BPE vocabulary cuts text finer than 4 characters a token.
 SAMPLE_MARGIN = 2.0
 
 
 # ---------------------------------------------------------------------------------------------
-# Groups
-
-
-def group_field(config: Config) -> str:
-    """The pool field holding each document's group: mixture.group_field, else input.group_field."""
-    name = config.mixture.group_field or config.input.group_field
-    if not name:
-        raise DistselError("select.method 'mixture' needs mixture.group_field or input.group_field")
-    return name
-
-
-def group_values(pool: Pool, field: str) -> np.ndarray:
-    """Each document's group: the passed-through field's value, or for `cluster` its k-means
-    cluster (as "cluster-<id>")."""
-    if field == CLUSTER_GROUPS and CLUSTER_GROUPS in pool.scores:
-        ids = pool.scores[CLUSTER_GROUPS].astype(np.int64).astype(str)
-        return np.char.add("cluster-", ids).astype(object)
-    if field in pool.categories:
-        return pool.categories[field]
-    known = [*pool.categories, CLUSTER_GROUPS]
-    raise DistselError(f"the pool has no group field '{field}' (known: {known})")
-
-
-# ---------------------------------------------------------------------------------------------
-# Sampling the selection by the weights
-
-
-def sample_by_weights(
-    pool: Pool, groups_field: str, weights: dict[str, float], budget: Budget, seed: int = 0
-) -> np.ndarray:
-    """Pool indices sampled from the groups in proportion to `weights`, to the exact budget.
-
-    Each group is read in its seeded random order (`pool.random_key`). docs: group g gets
-    apportion(docs, w)_g documents; tokens: group g is filled (keep each document that still
-    fits) up to its apportioned share of the tokens, then the tokens left over go to the
-    remaining documents in random order, so the total never exceeds the budget. A group that
-    runs out gives everything it has and the rest is shared again over the groups left, in
-    proportion to their weights (groups of weight 0 only once all others are exhausted).
-    `seed` mixes the key order of the leftover pass.
-    """
-    values = group_values(pool, groups_field)
-    names = sorted(set(values.tolist()) | set(weights))
-    orders = {g: _group_order(pool, values, g) for g in names}
-    w = np.array([max(0.0, float(weights.get(g, 0.0))) for g in names])
-    by_tokens, limit = budget.by_tokens, budget.limit
-    sizes = {g: (pool.tokens[o].sum() if by_tokens else len(o)) for g, o in orders.items()}
-    shares = water_fill(limit, w, np.array([sizes[g] for g in names], dtype=np.int64))
-    chosen = [
-        _take(orders[g], pool.tokens, int(s), by_tokens) for g, s in zip(names, shares, strict=True)
-    ]
-    picked = np.concatenate(chosen) if chosen else np.zeros(0, np.int64)
-    if by_tokens:
-        picked = _top_up(pool, picked, limit, seed)
-    return picked
-
-
-def _group_order(pool: Pool, values: np.ndarray, group: str) -> np.ndarray:
-    members = np.flatnonzero(values == group)
-    return members[random_order(pool.random_key[members])]
-
-
-def _take(order: np.ndarray, tokens: np.ndarray, share: int, by_tokens: bool) -> np.ndarray:
-    if share <= 0:
-        return np.zeros(0, np.int64)
-    budget = Budget(tokens=share) if by_tokens else Budget(docs=share)
-    return fill_budget(order, tokens, budget)
-
-
-def _top_up(pool: Pool, picked: np.ndarray, limit: int, seed: int) -> np.ndarray:
-    left = limit - int(pool.tokens[picked].sum())
-    if left <= 0:
-        return picked
-    rest = np.setdiff1d(np.arange(len(pool)), picked)
-    keys = pool.random_key[rest] ^ np.uint64(seed & 0xFFFFFFFFFFFFFFFF)
-    extra = _take(rest[random_order(keys)], pool.tokens, left, by_tokens=True)
-    return np.concatenate([picked, extra])
-
-
-# ---------------------------------------------------------------------------------------------
 # The trials' data
 
 
-def prepare_data(pool: Pool, config: Config, context: StageContext) -> tuple[MixtureData, dict]:
+def prepare_data(config: Config, context: StageContext) -> tuple[MixtureData, dict]:
     """The trials' data, from OUTPUT/mixture/tokens when it was made under the same settings,
-    else tokenised now; and a summary of the groups."""
+    else tokenised now; and a summary of the groups. The pool is read part by part
+    (distsel.methods.mixture.sampling)."""
     from distsel.methods.mixture.trials import MixtureData
 
-    store, field = context.store, group_field(config)
-    values = group_values(pool, field)
-    groups = sorted(set(values.tolist()))
+    store, source = context.store, pool_parts(config, context)
+    sizes = source.sizes()
+    groups = sizes.groups
     if len(groups) < 2:
-        raise DistselError(f"mixture search needs at least 2 groups in '{field}', found {groups}")
-    fingerprint = _tokens_fingerprint(pool, config, field, groups)
+        raise DistselError(
+            f"mixture search needs at least 2 groups in '{source.field}', found {groups}"
+        )
+    fingerprint = _tokens_fingerprint(int(sizes.docs.sum()), config, source.field, groups)
     meta_path = layout.MIXTURE_TOKENS_META
     meta = store.read_json(meta_path) if store.exists(meta_path) else None
     if meta is None or meta.get("fingerprint") != fingerprint:
-        meta = _tokenise(pool, config, context, groups, fingerprint)
+        meta = _tokenise(source, sizes, fingerprint)
     streams = [_load(store, meta["files"][g]) for g in groups]
     L = config.proxy.max_length
     data = MixtureData(
@@ -149,25 +79,31 @@ def prepare_data(pool: Pool, config: Config, context: StageContext) -> tuple[Mix
         threads=max(1, int(config.mixture.trial_cpus)),
         use_gpu=config.mixture.trial_gpus > 0,
     )
-    natural = natural_weights(values, pool.tokens, groups)
+    natural = sizes.natural()
     summary = {
         g: {
-            "pool_docs": int(np.count_nonzero(values == g)),
-            "pool_tokens": int(pool.tokens[values == g].sum()),
+            "pool_docs": int(sizes.docs[i]),
+            "pool_tokens": int(sizes.tokens[i]),
             "natural": float(natural[i]),
             "stream_tokens": int(len(streams[i])),
         }
         for i, g in enumerate(groups)
     }
-    return data, {"field": field, "groups": summary, "vocab_size": data.vocab_size}
+    section = {"field": source.field, "groups": summary, "vocab_size": data.vocab_size}
+    return data, section
 
 
-def _tokens_fingerprint(pool: Pool, config: Config, field: str, groups: list[str]) -> dict:
+def pool_parts(config: Config, context: StageContext) -> PoolParts:
+    """The pool the selection reads, part by part: the context's parts less its left-out rows."""
+    return PoolParts(context.store, context.parts, config, dict(context.left_out))
+
+
+def _tokens_fingerprint(pool_docs: int, config: Config, field: str, groups: list[str]) -> dict:
     proxy = config.proxy
     settings = {
         "field": field,
         "groups": groups,
-        "pool_docs": len(pool),
+        "pool_docs": pool_docs,
         "seed": config.seed,
         "tokenizer": [proxy.tokenizer, proxy.vocab_size, proxy.max_length, proxy.sample_docs],
         "cap": config.mixture.train_tokens,
@@ -177,22 +113,24 @@ def _tokens_fingerprint(pool: Pool, config: Config, field: str, groups: list[str
     return json.loads(json.dumps(settings))
 
 
-def _tokenise(
-    pool: Pool, config: Config, context: StageContext, groups: list[str], fingerprint: dict
-) -> dict:
+def _tokenise(source: PoolParts, sizes: GroupSizes, fingerprint: dict) -> dict:
     """Tokenise a seeded sample of each group (at most train_tokens tokens), the held-out slice
     and the target with one BPE tokenizer trained on a sample mixed equally over the groups;
-    save each as int32 .npy under OUTPUT/mixture/tokens (meta.json, written last, names them)."""
+    save each as int32 .npy under OUTPUT/mixture/tokens (meta.json, written last, names them).
+    The held-out slice is the first heldout_docs of the pool's random order (at most half the
+    pool); a group's sample, its documents after them in that order until their approximate
+    tokens reach SAMPLE_MARGIN · train_tokens (at most sample_docs)."""
     from distsel.core.records import read_texts
     from distsel.methods.mixture.trials import eval_sequences
     from distsel.methods.proxy_model import make_tokenizer, token_stream
 
     began = time.perf_counter()
-    store, options, proxy = context.store, config.mixture, config.proxy
-    values = group_values(pool, fingerprint["field"])
-    heldout = random_order(pool.random_key)[: min(options.heldout_docs, len(pool) // 2)]
-    samples = [_group_sample(pool, values, g, heldout, options.train_tokens, proxy) for g in groups]
-    texts = fetch_texts(store, pool, [*samples, heldout])
+    config, store, groups = source.config, source.store, sizes.groups
+    options, proxy = config.mixture, config.proxy
+    heldout = heldout_sample(source, min(options.heldout_docs, int(sizes.docs.sum()) // 2))
+    floor = SAMPLE_MARGIN * options.train_tokens
+    sampled, samples = group_samples(source, sizes, heldout, floor, proxy.sample_docs)
+    texts = fetch_texts(store, sampled, samples) + fetch_texts(store, heldout[0], [heldout[1]])
     per_group = max(1, proxy.sample_docs // len(groups))
     tokenizer = make_tokenizer(proxy, [t for group in texts[:-1] for t in group[:per_group]])
     target = read_texts(
@@ -225,20 +163,6 @@ def _tokenise(
     return meta
 
 
-def _group_sample(
-    pool: Pool, values: np.ndarray, group: str, heldout: np.ndarray, cap: int, proxy: ProxyConfig
-) -> np.ndarray:
-    """The group's documents in seeded random order, held-out ones left out (unless that leaves
-    none), until their approximate tokens reach SAMPLE_MARGIN · cap or sample_docs documents."""
-    members = np.flatnonzero(values == group)
-    kept = np.setdiff1d(members, heldout)
-    members = kept if len(kept) else members
-    order = members[random_order(pool.random_key[members])]
-    enough = np.cumsum(pool.tokens[order]) >= SAMPLE_MARGIN * cap
-    count = int(np.argmax(enough)) + 1 if enough.any() else len(order)
-    return order[: min(count, proxy.sample_docs)]
-
-
 def _file_names(names: list[str]) -> dict[str, str]:
     """OUTPUT-relative .npy paths: groups under tokens/, the evaluation sets under eval/."""
     files, used = {}, set()
@@ -269,9 +193,9 @@ def _load(store: Store, path: str) -> np.ndarray:
 
 
 def run_mixture_search(
-    pool: Pool, config: Config, context: StageContext, callbacks: list | None = None
+    config: Config, context: StageContext, callbacks: list | None = None
 ) -> tuple[dict[str, float], dict[str, Any]]:
-    """Search the group mixture (`mixture.mode`: tune or regmix) with proxies trained on
+    """Search the group mixture (`mixture.mode`: tune, regmix or doremi) with proxies trained on
     `mixture.train_tokens` tokens each; return the best weights and the manifest section
     (best_weights, best_loss, baseline_losses {uniform, natural}, trials, mode, proxy_steps,
     groups, ...). An interrupted search raises MixtureInterrupted; a rerun resumes it from the
@@ -283,7 +207,7 @@ def run_mixture_search(
     from distsel.methods.mixture.tune import tune_search
 
     began = time.perf_counter()
-    data, summary = prepare_data(pool, config, context)
+    data, summary = prepare_data(config, context)
     natural = np.array([summary["groups"][g]["natural"] for g in data.groups])
     searches = {"tune": tune_search, "regmix": regmix_search, "doremi": doremi_search}
     search = searches[config.mixture.mode]
@@ -302,22 +226,40 @@ def run_mixture_search(
 @register_selector("mixture", needs_target=True)
 class MixtureSelector:
     """Search the group mixture with proxy LMs, then sample the budget by the best weights.
-    The mixture phase (`distsel run --phase mixture`) runs only its `search`."""
+    The mixture phase (`distsel run --phase mixture`) runs only its `search`. Neither gathers
+    the pool: the search reads the groups' sizes and samples part by part, and the selection
+    is each part's heads of its groups' random orders (distsel.methods.mixture.sampling)."""
 
     search_output = layout.MIXTURE_SEARCH
 
     def required_stages(self, config: Config) -> tuple[str, ...]:
         return ("embed", "cluster") if group_field(config) == CLUSTER_GROUPS else ()
 
+    def plan(
+        self, store: Store, parts: list[str], config: Config, dropped: dict[str, np.ndarray]
+    ) -> MixturePlan:
+        """The search's weights (run now, or its finished trials reused), as each group's share
+        of the budget."""
+        from distsel.core.stage import StageContext
+
+        context = StageContext(config, store, parts, dropped)
+        weights, section = run_mixture_search(config, context)
+        sizes = pool_parts(config, context).sizes()
+        budget = config.select.budget
+        return mixture_plan(sizes, group_field(config), weights, budget, config.seed, section)
+
     def select(
         self, pool: Pool, config: Config, context: StageContext
     ) -> tuple[np.ndarray, dict[str, Any]]:
-        weights, section = run_mixture_search(pool, config, context)
         budget = config.select.budget
-        chosen = sample_by_weights(pool, group_field(config), weights, budget, config.seed)
+        if pool.plan is not None:
+            chosen, section = pool.plan.chosen(pool), dict(pool.plan.search)
+        else:  # the whole pool, when the budget covers it
+            weights, section = run_mixture_search(config, context)
+            chosen = sample_by_weights(pool, group_field(config), weights, budget, config.seed)
         section["budget"] = budget.model_dump(exclude_none=True) if budget else None
         return chosen, section
 
-    def search(self, pool: Pool, config: Config, context: StageContext) -> dict[str, Any]:
+    def search(self, config: Config, context: StageContext) -> dict[str, Any]:
         """The search alone (`run_mixture_search`): its manifest section."""
-        return run_mixture_search(pool, config, context)[1]
+        return run_mixture_search(config, context)[1]

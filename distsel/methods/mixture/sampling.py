@@ -1,0 +1,353 @@
+"""The pool's groups for the mixture, read part by part: their sizes, the search's samples and
+the selection sampled by the weights, without the pool on the driver (distsel.core.candidates).
+
+- Sizes: each part counts its documents and tokens per group; the driver adds them.
+- Held-out documents: the first `heldout_docs` of the pool's seeded random order, gathered as the
+  `random` selector's heads.
+- A group's sample: its documents after the held-out ones in the random order (every document
+  of the group when the held-out ones are all it has), taken until their tokens reach a floor or
+  a count is reached. A part's documents in that walk are a prefix of its own walk to the same
+  floor and count, so each part sends that prefix once and the walk is exact.
+- The selection (`MixturePlan`): each group in its random order under its water-filled share
+  (documents or tokens), then for a token budget the tokens left go to the documents not taken,
+  in another seeded order. Each part sends heads of these orders, grown until the walks over the
+  heads are the walks over the pool.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+
+from distsel.algorithms.simplex import water_fill
+from distsel.core.candidates import HEAD_MARGIN, MIN_HEAD, Walk, gather_ranked
+from distsel.core.config import Budget, Config
+from distsel.core.errors import DistselError
+from distsel.core.executor import current
+from distsel.core.pool import (
+    Head,
+    Pool,
+    gather_parts,
+    part_columns,
+    selection_fields,
+    stack,
+)
+from distsel.core.samplers import fill_budget, fill_limit, random_order, random_ranking
+from distsel.core.storage import Store
+
+# mixture.group_field naming the k-means clusters as groups.
+CLUSTER_GROUPS = "cluster"
+
+
+def group_field(config: Config) -> str:
+    """The pool field holding each document's group: mixture.group_field, else input.group_field."""
+    name = config.mixture.group_field or config.input.group_field
+    if not name:
+        raise DistselError("select.method 'mixture' needs mixture.group_field or input.group_field")
+    return name
+
+
+def group_stages(field: str) -> list[str]:
+    """The stages whose scores hold the groups: the cluster stage for `cluster`."""
+    return [CLUSTER_GROUPS] if field == CLUSTER_GROUPS else []
+
+
+def group_values(pool: Pool, field: str) -> np.ndarray:
+    """Each document's group: the passed-through field's value, or for `cluster` its k-means
+    cluster (as "cluster-<id>")."""
+    if field == CLUSTER_GROUPS and CLUSTER_GROUPS in pool.scores:
+        ids = pool.scores[CLUSTER_GROUPS].astype(np.int64).astype(str)
+        return np.char.add("cluster-", ids).astype(object)
+    if field in pool.categories:
+        return pool.categories[field]
+    known = [*pool.categories, CLUSTER_GROUPS]
+    raise DistselError(f"the pool has no group field '{field}' (known: {known})")
+
+
+@dataclass(frozen=True)
+class GroupSizes:
+    """The whole pool's documents and tokens per group, groups sorted."""
+
+    groups: list[str]
+    docs: np.ndarray
+    tokens: np.ndarray
+
+    def natural(self) -> np.ndarray:
+        """The pool's own mixture: each group's share of the tokens."""
+        return self.tokens / max(int(self.tokens.sum()), 1)
+
+
+@dataclass(frozen=True)
+class PoolParts:
+    """Where the pool lies: its parts, the rows left out of each, and the run's config."""
+
+    store: Store
+    parts: list[str]
+    config: Config
+    dropped: dict[str, np.ndarray]
+
+    @property
+    def field(self) -> str:
+        return group_field(self.config)
+
+    def gather(self, keep: object) -> Pool:
+        """Each part's rows that `keep` picks (a Keep, distsel.core.pool), stacked."""
+        stages = group_stages(self.field)
+        found = gather_parts(
+            self.store, self.parts, stages, self.config, self.dropped, [keep] * len(self.parts)
+        )
+        return stack(self.parts, found, selection_fields(self.config))
+
+    def sizes(self) -> GroupSizes:
+        calls = [
+            (
+                self.store,
+                part,
+                group_stages(self.field),
+                selection_fields(self.config),
+                self.dropped.get(part, np.zeros(0, np.int64)),
+                self.field,
+            )
+            for part in self.parts
+        ]
+        docs: Counter = Counter()
+        tokens: Counter = Counter()
+        for part_docs, part_tokens in current().map(_part_group_sizes, calls):
+            docs.update(part_docs)
+            tokens.update(part_tokens)
+        groups = sorted(docs)
+        return GroupSizes(
+            groups,
+            np.array([docs[g] for g in groups], dtype=np.int64),
+            np.array([tokens[g] for g in groups], dtype=np.int64),
+        )
+
+
+def _part_group_sizes(
+    store: Store, part: str, stages: list[str], fields: list[str], dropped: np.ndarray, field: str
+) -> tuple[Counter, Counter]:
+    pool = part_columns(store, part, stages, fields, 0, dropped).pool
+    values = group_values(pool, field)
+    docs, tokens = Counter(values.tolist()), Counter()
+    for value, count in zip(values.tolist(), pool.tokens.tolist(), strict=True):
+        tokens[value] += count
+    return docs, tokens
+
+
+# ---------------------------------------------------------------------------------------------
+# The search's samples
+
+
+def heldout_sample(source: PoolParts, count: int) -> tuple[Pool, np.ndarray]:
+    """The first `count` documents of the pool's random order: a pool holding them, and their
+    indices in it, in that order."""
+    if count <= 0:
+        return source.gather(_Nothing()), np.zeros(0, np.int64)
+    select = source.config.select.model_copy(update={"budget": Budget(docs=count)})
+    config = source.config.model_copy(update={"select": select})
+    stages = group_stages(source.field)
+    pool = gather_ranked(source.store, source.parts, stages, config, random_ranking, source.dropped)
+    return pool, random_order(pool.random_key)[:count]
+
+
+@dataclass(frozen=True)
+class GroupSamples:
+    """Per group, its documents in random order after `after_key` (all of them for the groups
+    in `whole`), until their tokens reach `tokens` or `docs` documents are taken. Called on a
+    part, its own such walks (a Keep); `take` walks a gathered pool."""
+
+    field: str
+    groups: tuple[str, ...]
+    after_key: int | None
+    whole: frozenset[str]
+    tokens: float
+    docs: int
+
+    def __call__(self, part: Pool) -> Head:
+        walks = self.take(part)
+        rows = np.unique(np.concatenate(walks)) if walks else np.zeros(0, np.int64)
+        lengths = np.array([len(w) for w in walks], dtype=np.int64)
+        return Head(rows, lengths, np.full(len(walks), np.inf))
+
+    def take(self, pool: Pool) -> list[np.ndarray]:
+        values = group_values(pool, self.field)
+        walks = []
+        for group in self.groups:
+            members = np.flatnonzero(values == group)
+            if group not in self.whole and self.after_key is not None:
+                members = members[pool.random_key[members] > np.uint64(self.after_key)]
+            order = members[random_order(pool.random_key[members])]
+            reached = np.cumsum(pool.tokens[order]) >= self.tokens
+            count = int(np.argmax(reached)) + 1 if reached.any() else len(order)
+            walks.append(order[: min(count, self.docs)])
+        return walks
+
+
+@dataclass(frozen=True)
+class _Nothing:
+    def __call__(self, part: Pool) -> Head:
+        return Head(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0))
+
+
+def group_samples(
+    source: PoolParts,
+    sizes: GroupSizes,
+    heldout: tuple[Pool, np.ndarray],
+    floor: float,
+    most: int,
+) -> tuple[Pool, list[np.ndarray]]:
+    """Each group's sample (see the module docstring): a pool holding them, and per group
+    (sizes.groups) their indices in it."""
+    pool, rows = heldout
+    values = group_values(pool, source.field)[rows]
+    held = Counter(values.tolist())
+    whole = frozenset(g for g, n in zip(sizes.groups, sizes.docs, strict=True) if held[g] >= n)
+    after = int(pool.random_key[rows].max()) if len(rows) else None
+    walker = GroupSamples(source.field, tuple(sizes.groups), after, whole, floor, most)
+    gathered = source.gather(walker)
+    return gathered, walker.take(gathered)
+
+
+# ---------------------------------------------------------------------------------------------
+# The selection
+
+
+@dataclass(frozen=True)
+class TopUpWalk(Walk):
+    """A walk that skips the documents `taken_before` (the groups' own walks)."""
+
+    taken_before: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
+
+    def taken(self, tokens: np.ndarray) -> np.ndarray:
+        order = np.asarray(self.order, dtype=np.int64)
+        order = order[~np.isin(order, self.taken_before)]
+        return fill_limit(order, tokens, self.limit or 0, self.by_tokens)
+
+
+@dataclass(frozen=True)
+class MixturePlan:
+    """The selection by mixture weights as a HeadPlan (distsel.core.candidates): one order per
+    group, walked under its share, and for a token budget the top-up order. `search` is the
+    mixture section the weights came from."""
+
+    field: str
+    sizes: GroupSizes
+    shares: tuple[int, ...]
+    limit: int
+    by_tokens: bool
+    seed: int
+    search: dict
+    min_head: int = MIN_HEAD
+
+    def part_orders(self, part: Pool) -> list[tuple[np.ndarray, float | None]]:
+        values = group_values(part, self.field)
+        totals = self.sizes.tokens if self.by_tokens else self.sizes.docs
+        orders = []
+        for group, share, total in zip(self.sizes.groups, self.shares, totals, strict=True):
+            members = np.flatnonzero(values == group)
+            held = int(part.tokens[members].sum()) if self.by_tokens else len(members)
+            expected = HEAD_MARGIN * share * held / total if total else 0.0
+            orders.append((members[random_order(part.random_key[members])], expected))
+        if self.by_tokens:
+            orders.append((top_up_order(part, self.seed), 0.0))
+        return orders
+
+    def walks(self, pool: Pool) -> list[Walk]:
+        values = group_values(pool, self.field)
+        walks: list[Walk] = []
+        for group, share in zip(self.sizes.groups, self.shares, strict=True):
+            members = np.flatnonzero(values == group)
+            order = members[random_order(pool.random_key[members])]
+            walks.append(Walk(order, share, self.by_tokens))
+        if self.by_tokens:
+            taken = np.concatenate([w.taken(pool.tokens) for w in walks])
+            left = max(self.limit - int(pool.tokens[taken].sum()), 0)
+            walks.append(TopUpWalk(top_up_order(pool, self.seed), left, True, taken))
+        return walks
+
+    def __reduce__(self) -> tuple:
+        """Sent to every part without the search section, which only the driver reads."""
+        fields = (self.field, self.sizes, self.shares, self.limit, self.by_tokens, self.seed)
+        return (MixturePlan, (*fields, {}, self.min_head))
+
+    def chosen(self, pool: Pool) -> np.ndarray:
+        """The selection over the gathered heads: each group's walk, then the top-up."""
+        taken = [walk.taken(pool.tokens) for walk in self.walks(pool)]
+        return np.concatenate(taken) if taken else np.zeros(0, np.int64)
+
+
+def mixture_plan(
+    sizes: GroupSizes,
+    field: str,
+    weights: dict[str, float],
+    budget: Budget,
+    seed: int,
+    search: dict,
+) -> MixturePlan:
+    """The plan for `weights`: each group's water-filled share of the budget (groups with no
+    document in the pool get none)."""
+    w = np.array([max(0.0, float(weights.get(g, 0.0))) for g in sizes.groups])
+    held = sizes.tokens if budget.by_tokens else sizes.docs
+    shares = water_fill(budget.limit, w, held.astype(np.int64)) if len(w) else []
+    shares_ = tuple(int(s) for s in shares)
+    return MixturePlan(field, sizes, shares_, budget.limit, budget.by_tokens, seed, search)
+
+
+def top_up_order(pool: Pool, seed: int) -> np.ndarray:
+    """Every document in the top-up's seeded order: random keys mixed with the seed."""
+    return random_order(pool.random_key ^ np.uint64(seed & 0xFFFFFFFFFFFFFFFF))
+
+
+def sample_by_weights(
+    pool: Pool, groups_field: str, weights: dict[str, float], budget: Budget, seed: int = 0
+) -> np.ndarray:
+    """Pool indices sampled from the groups in proportion to `weights`, to the exact budget, on
+    a pool held whole.
+
+    Each group is read in its seeded random order (`pool.random_key`). docs: group g gets
+    apportion(docs, w)_g documents; tokens: group g is filled (keep each document that still
+    fits) up to its apportioned share of the tokens, then the tokens left over go to the
+    remaining documents in random order, so the total never exceeds the budget. A group that
+    runs out gives everything it has and the rest is shared again over the groups left, in
+    proportion to their weights (groups of weight 0 only once all others are exhausted).
+    `seed` mixes the key order of the leftover pass.
+    """
+    values = group_values(pool, groups_field)
+    names = sorted(set(values.tolist()) | set(weights))
+    orders = {g: _group_order(pool, values, g) for g in names}
+    w = np.array([max(0.0, float(weights.get(g, 0.0))) for g in names])
+    by_tokens, limit = budget.by_tokens, budget.limit
+    sizes = {g: (pool.tokens[o].sum() if by_tokens else len(o)) for g, o in orders.items()}
+    shares = water_fill(limit, w, np.array([sizes[g] for g in names], dtype=np.int64))
+    chosen = [
+        _take(orders[g], pool.tokens, int(s), by_tokens) for g, s in zip(names, shares, strict=True)
+    ]
+    picked = np.concatenate(chosen) if chosen else np.zeros(0, np.int64)
+    if by_tokens:
+        picked = _top_up(pool, picked, limit, seed)
+    return picked
+
+
+def _group_order(pool: Pool, values: np.ndarray, group: str) -> np.ndarray:
+    members = np.flatnonzero(values == group)
+    return members[random_order(pool.random_key[members])]
+
+
+def _take(order: np.ndarray, tokens: np.ndarray, share: int, by_tokens: bool) -> np.ndarray:
+    if share <= 0:
+        return np.zeros(0, np.int64)
+    budget = Budget(tokens=share) if by_tokens else Budget(docs=share)
+    return fill_budget(order, tokens, budget)
+
+
+def _top_up(pool: Pool, picked: np.ndarray, limit: int, seed: int) -> np.ndarray:
+    left = limit - int(pool.tokens[picked].sum())
+    if left <= 0:
+        return picked
+    rest = np.setdiff1d(np.arange(len(pool)), picked)
+    keys = pool.random_key[rest] ^ np.uint64(seed & 0xFFFFFFFFFFFFFFFF)
+    extra = _take(rest[random_order(keys)], pool.tokens, left, by_tokens=True)
+    return np.concatenate([picked, extra])
