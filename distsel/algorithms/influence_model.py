@@ -27,9 +27,12 @@ the pool; a bandit's scored rows do not).
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import numpy as np
 
 RIDGE_GRID = np.logspace(-3, 3, 25)  # λ / mean(s²)
+BLOCK = 4096  # rows per block of a prediction
 
 
 def standardized(columns: np.ndarray) -> np.ndarray:
@@ -43,17 +46,90 @@ def pool_features(
     embeddings: np.ndarray, tokens: np.ndarray, *covariates: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """(penalised, free) features: the standardised embeddings, and the standardised covariates
-    log(1 + tokens) and any others given (one value per document each)."""
+    (covariate_features)."""
+    return standardized(embeddings), covariate_features(tokens, *covariates)
+
+
+def covariate_features(tokens: np.ndarray, *covariates: np.ndarray) -> np.ndarray:
+    """The free features: log(1 + tokens) and any other covariates given (one value per
+    document each), each standardised."""
     free = [np.log1p(np.asarray(tokens, dtype=np.float64))]
     free += [np.asarray(column, dtype=np.float64) for column in covariates]
-    return standardized(embeddings), standardized(np.column_stack(free))
+    return standardized(np.column_stack(free))
+
+
+class Embeddings(Protocol):
+    """The penalised features E of the pool's documents, wherever they are held: the model
+    reads the rows it fits on, and the products its predictions need for any rows (None:
+    every row, in pool order)."""
+
+    def __len__(self) -> int: ...
+
+    def rows(self, rows: np.ndarray) -> np.ndarray:
+        """E[rows], float64."""
+        ...
+
+    def dot(self, weights: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+        """E[rows] · weights."""
+        ...
+
+    def quadratic(
+        self, inner: np.ndarray, cross: np.ndarray, rows: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Per row e of E[rows]: eᵀ inner e, and e · cross (one value per column of cross)."""
+        ...
+
+
+class EmbeddingMatrix:
+    """Embeddings held in memory as one (documents, d) matrix."""
+
+    def __init__(self, matrix: np.ndarray) -> None:
+        self.matrix = matrix
+
+    def __len__(self) -> int:
+        return len(self.matrix)
+
+    def rows(self, rows: np.ndarray) -> np.ndarray:
+        return self.matrix[rows].astype(np.float64)
+
+    def dot(self, weights: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+        return embedding_dot(self.matrix if rows is None else self.matrix[rows], weights)
+
+    def quadratic(
+        self, inner: np.ndarray, cross: np.ndarray, rows: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        return embedding_quadratic(self.matrix if rows is None else self.matrix[rows], inner, cross)
+
+
+def embedding_dot(matrix: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """matrix · weights in float64, one row at a time in blocks (the same sums wherever the
+    rows are held)."""
+    return np.concatenate(
+        [matrix[i : i + BLOCK].astype(np.float64) @ weights for i in range(0, len(matrix), BLOCK)]
+        or [np.zeros(0)]
+    )
+
+
+def embedding_quadratic(
+    matrix: np.ndarray, inner: np.ndarray, cross: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per row e: eᵀ inner e, and e · cross, in float64 blocks."""
+    quadratic, crossed = [np.zeros(0)], [np.zeros((0, cross.shape[1]))]
+    for start in range(0, len(matrix), BLOCK):
+        e = matrix[start : start + BLOCK].astype(np.float64)
+        quadratic.append(np.einsum("ij,jk,ik->i", e, inner, e))
+        crossed.append(e @ cross)
+    return np.concatenate(quadratic), np.concatenate(crossed)
 
 
 class InfluenceModel:
     """Ridge regression of influence on pool features; `fit` on scored rows, `predict` all."""
 
-    def __init__(self, features: tuple[np.ndarray, np.ndarray]) -> None:
-        self.penalised, self.free = features
+    def __init__(self, features: tuple[Embeddings | np.ndarray, np.ndarray]) -> None:
+        penalised, self.free = features
+        if isinstance(penalised, np.ndarray):
+            penalised = EmbeddingMatrix(penalised)
+        self.penalised: Embeddings = penalised
         self.weights: np.ndarray | None = None
         self.coefficients = np.zeros(self.free.shape[1] + 1)
         self.ridge = float("nan")
@@ -66,7 +142,7 @@ class InfluenceModel:
 
     def fit(self, rows: np.ndarray, values: np.ndarray) -> InfluenceModel:
         """Refit on pool rows `rows` with influences `values` (two or more rows)."""
-        e = self.penalised[rows].astype(np.float64)
+        e = self.penalised.rows(rows)
         z = self._with_intercept(rows)
         y = np.asarray(values, dtype=np.float64)
         projector = z @ np.linalg.pinv(z)
@@ -97,22 +173,24 @@ class InfluenceModel:
 
     def predict(self, rows: np.ndarray | None = None) -> np.ndarray:
         """ŷ for pool rows `rows` (every row by default); zeros before the first fit."""
-        rows = np.arange(len(self.penalised)) if rows is None else rows
         if self.weights is None:
-            return np.zeros(len(rows))
-        e = self.penalised[rows].astype(np.float64)
-        return self._with_intercept(rows) @ self.coefficients + e @ self.weights
+            return np.zeros(len(self.free) if rows is None else len(rows))
+        z = self._with_intercept(rows)
+        return z @ self.coefficients + self.penalised.dot(self.weights, rows)
 
     def predict_sd(self, rows: np.ndarray | None = None) -> np.ndarray:
-        """sd(ŷ) = σ̂ sqrt(xᵀA⁻¹x) for pool rows `rows` (every row by default); zeros before the
-        first fit."""
-        rows = np.arange(len(self.penalised)) if rows is None else rows
+        """sd(ŷ) = σ̂ sqrt(xᵀA⁻¹x) for pool rows `rows` (every row by default), x = [z, e]:
+        zᵀA⁻¹_zz z + 2 zᵀA⁻¹_ze e + eᵀA⁻¹_ee e; zeros before the first fit."""
         if self.covariance is None:
-            return np.zeros(len(rows))
-        x = np.column_stack([self._with_intercept(rows), self.penalised[rows].astype(np.float64)])
-        spread = np.einsum("ij,jk,ik->i", x, self.covariance, x)
+            return np.zeros(len(self.free) if rows is None else len(rows))
+        z = self._with_intercept(rows)
+        k = z.shape[1]
+        inner, cross = self.covariance[k:, k:], self.covariance[k:, :k]
+        quadratic, crossed = self.penalised.quadratic(inner, cross, rows)
+        zz = np.einsum("ij,jk,ik->i", z, self.covariance[:k, :k], z)
+        spread = zz + 2 * np.einsum("ij,ij->i", z, crossed) + quadratic
         return np.sqrt(self.noise * np.maximum(spread, 0.0))
 
-    def _with_intercept(self, rows: np.ndarray) -> np.ndarray:
-        free = self.free[rows].astype(np.float64)
+    def _with_intercept(self, rows: np.ndarray | None) -> np.ndarray:
+        free = (self.free if rows is None else self.free[rows]).astype(np.float64)
         return np.column_stack([np.ones(len(free)), free])

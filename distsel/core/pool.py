@@ -349,20 +349,9 @@ def fetch_texts(store: Store, pool: Pool, groups: list[np.ndarray]) -> list[list
     return [texts[bounds[i] : bounds[i + 1]] for i in range(len(groups))]
 
 
-def _part_embeddings(store: Store, part: str, rows: np.ndarray) -> np.ndarray:
+def part_embeddings(store: Store, part: str, rows: np.ndarray) -> np.ndarray:
     from distsel.core.vectors import embedding_matrix
 
     path = layout.scores("embed", part)
     column = store.read_table(path, columns=["embedding"]).column("embedding")
     return embedding_matrix(column.take(rows)).astype(np.float32)
-
-
-def gather_embeddings(store: Store, pool: Pool) -> np.ndarray:
-    """(len(pool), d) float32: each pool document's embedding from scores/embed, read part by part
-    in parallel."""
-    calls = [
-        (store, part, pool.row_index[pool.part_index == index])
-        for index, part in enumerate(pool.parts)
-    ]
-    found = current().map(_part_embeddings, calls, num_cpus=0)
-    return np.concatenate(found) if found else np.zeros((0, 0), np.float32)

@@ -53,20 +53,15 @@ class QuadSelector:
     def select(
         self, pool: Pool, config: Config, context: StageContext
     ) -> tuple[np.ndarray, dict[str, Any]]:
-        from distsel.algorithms.influence_model import pool_features
-        from distsel.core.pool import gather_embeddings
         from distsel.core.runner import StagePool
         from distsel.methods.cluster import load_centroid_distances
 
         options = config.select.options("quad")
         stage, column = _quad_scorer(config, context)
-        features = classifier = None
+        features = classifier = shards = None
         if options.within_cluster == "predicted":
-            embeddings = gather_embeddings(context.store, pool)
             classifier = score_column(pool, "classifier_score")
-            features = pool_features(
-                embeddings, pool.tokens, _target_cosine(config, embeddings), classifier
-            )
+            shards, features = _model_features(config, context, pool, classifier)
         clusters = score_column(pool, "cluster").astype(np.int64)
         bandit = make_bandit(
             clusters,
@@ -88,22 +83,41 @@ class QuadSelector:
             )
         finally:
             scorer.close()
+            if shards is not None:
+                shards.close()
         section = {"budget": budget_section(config), **options.model_dump(), "score_column": column}
         return chosen, {**section, **bandit.summary(clusters), stage.name: stage.summary}
 
 
-def _target_cosine(config: Config, embeddings: np.ndarray) -> np.ndarray:
-    """Each pool document's best cosine to the target examples (RDS+'s max), a covariate of
-    Quad's influence model."""
+def _model_features(
+    config: Config, context: StageContext, pool: Pool, classifier: np.ndarray
+) -> tuple[Any, tuple[Any, np.ndarray]]:
+    """The influence model's features (distsel.algorithms.influence_model.pool_features): the
+    shards' standardised embeddings (distsel.methods.quad.features), and on the driver the
+    covariates log(1 + tokens), the best cosine to the target examples (RDS+'s max) and the
+    classifier score."""
+    from distsel.algorithms.influence_model import covariate_features
+    from distsel.methods.quad.features import EmbeddingShards
+
+    shards = EmbeddingShards(context.store, pool)
+    try:
+        cosine = shards.target_cosine(_target_vectors(config))
+        shards.standardize()
+    except BaseException:
+        shards.close()
+        raise
+    return shards, (shards, covariate_features(pool.tokens, cosine, classifier))
+
+
+def _target_vectors(config: Config) -> np.ndarray:
+    """The target examples' embeddings."""
     from distsel.core.records import read_texts
     from distsel.methods.embed import EmbedStage, embed_texts_on_cluster
-    from distsel.methods.similarity import cosine_scores
 
     target = config.target
     texts = read_texts(target.paths, target.text_field, target.storage_options)
     resources = EmbedStage.from_config(config, EmbedStage.default_resources).resources
-    vectors = embed_texts_on_cluster({"target": texts}, config.embed, resources)["target"]
-    return cosine_scores(embeddings, vectors.astype(embeddings.dtype), "max")
+    return embed_texts_on_cluster({"target": texts}, config.embed, resources)["target"]
 
 
 def _quad_scorer(config: Config, context: StageContext) -> tuple[Any, str]:
