@@ -201,22 +201,47 @@ def round_robin_queues(
     the first min(k, n_docs) picks, and per task how many entries of its queue it looked at
     (picked, or passed as taken by another task); one more than its queue's length when the
     queue ran out."""
+    picked, pointers, _ = _round_robin(queues, n_docs, k)
+    return picked, pointers
+
+
+def round_robin_turns(
+    queues: Sequence[np.ndarray], n_docs: int
+) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
+    """`round_robin` over every document of the queues, and per task its turns: the number of
+    documents picked before each turn, and the queue position it picked (its queue's length
+    when the queue had run out), ending with a turn after the last pick at its queue's length
+    (the task would look past everything it was given)."""
+    picked, _, turns = _round_robin(queues, n_docs, n_docs)
+    for t, queue in enumerate(queues):
+        turns[t][0].append(len(picked))
+        turns[t][1].append(len(queue))
+    found = [(np.asarray(s, np.int64), np.asarray(p, np.int64)) for s, p in turns]
+    return picked, found
+
+
+def _round_robin(
+    queues: Sequence[np.ndarray], n_docs: int, k: int
+) -> tuple[np.ndarray, np.ndarray, list[tuple[list[int], list[int]]]]:
     k = min(k, n_docs)
     pointers = [0] * len(queues)
     taken = np.zeros(n_docs, dtype=bool)
     picked: list[int] = []
+    turns: list[tuple[list[int], list[int]]] = [([], []) for _ in queues]
     while len(picked) < k:
         for t, queue in enumerate(queues):
             p = pointers[t]
             while p < len(queue) and taken[queue[p]]:
                 p += 1
             pointers[t] = p + 1
+            turns[t][0].append(len(picked))
+            turns[t][1].append(min(p, len(queue)))
             if p < len(queue):
                 taken[queue[p]] = True
                 picked.append(int(queue[p]))
                 if len(picked) == k:
                     break
-    return np.asarray(picked, dtype=np.int64), np.asarray(pointers, dtype=np.int64)
+    return np.asarray(picked, dtype=np.int64), np.asarray(pointers, dtype=np.int64), turns
 
 
 def task_order(scores: np.ndarray) -> np.ndarray:

@@ -19,7 +19,8 @@ shard of the target's domain) costs a few more rounds, each reading only the par
 The same holds for several orders, each walked under its own limit: CCS's strata
 (distsel.methods.ccs), or several target tasks' rankings taken round-robin, where a task's walk is
 the part of its ranking the round-robin looked at (distsel.methods.similarity; under a token
-budget every part sends every document). A selector's HeadPlan says how each part orders its
+budget, a part is short for a task whose turn looked past its head while the fill could still take
+a document). A selector's HeadPlan says how each part orders its
 documents and how the driver walks the heads; a part's last document in an order is the last it
 sent for that order, and each (part, order) that fails the test sends twice as many.
 """
@@ -73,6 +74,14 @@ class Walk:
         if self.limit is None:
             return np.asarray(self.order, dtype=np.int64)
         return fill_limit(self.order, tokens, self.limit, self.by_tokens)
+
+    def left_after(self, pool: Pool, sent: np.ndarray, fewest_left_out: float) -> np.ndarray:
+        """Per part, the limit left after the last document the part sent for this order; a
+        part is short when that is at least the fewest tokens of a document it left out of the
+        order (for a document limit, at least 1). `fewest_left_out`: the fewest tokens of any
+        document any part left out of any order (a walk whose order depends on the others may
+        need it)."""
+        return _limit_left_after(pool, self, sent)
 
 
 class HeadPlan(Protocol):
@@ -216,11 +225,12 @@ def short_parts(pool: Pool, gathered: list[PartColumns], plan: HeadPlan) -> list
     cut = [i for i, columns in enumerate(gathered) if columns.left_out_min_tokens is not None]
     if not cut:
         return []
+    fewest = min(float(np.min(gathered[part].left_out_min_tokens, initial=np.inf)) for part in cut)
     short = []
     for index, walk in enumerate(plan.walks(pool)):
         if walk.limit is None:
             continue
-        left_after = _limit_left_after(pool, walk, _sent(gathered, index))
+        left_after = walk.left_after(pool, _sent(gathered, index), fewest)
         for part in cut:
             smallest = gathered[part].left_out_min_tokens[index]
             if not np.isfinite(smallest):

@@ -6,6 +6,7 @@ neighbour share are in distsel.algorithms.similarity.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -23,6 +24,7 @@ from distsel.algorithms.similarity import (
     predict_scores,
     round_robin,
     round_robin_queues,
+    round_robin_turns,
     task_order,
 )
 from distsel.core import layout
@@ -33,7 +35,7 @@ from distsel.core.executor import current
 from distsel.core.pool import Pool, random_keys
 from distsel.core.records import read_target_tasks
 from distsel.core.registry import register_selector, register_stage
-from distsel.core.samplers import descending, fill_budget
+from distsel.core.samplers import descending, fill_budget, fill_limit
 from distsel.core.selector import budget_section, score_column
 from distsel.core.stage import Resources, Stage, StageContext
 from distsel.core.storage import Store
@@ -324,23 +326,86 @@ class SimilaritySelector:
 
 @dataclass(frozen=True)
 class RoundRobinPlan(RankedPlan):
-    """Heads for several target tasks under a document budget: each part sends the head of
-    every task's ranking, and task t's walk is the part of its ranking that round-robin looked
-    at (picked, or passed as taken), so a part is short for t when the round-robin looked past
-    the last document it sent. Under a token budget every part sends every document."""
+    """Heads for several target tasks: each part sends the head of every task's ranking.
+
+    Documents: task t's walk is the part of its ranking that round-robin looked at (picked, or
+    passed as taken), so a part is short for t when the round-robin looked past the last
+    document it sent. Tokens: the budget is filled along the round-robin order of the heads
+    (RoundRobinFill), and a part is short for t when t looked past the last document the part
+    sent for it while the fill could still take a document."""
 
     def part_orders(self, part: Pool) -> list[tuple[np.ndarray, float | None]] | None:
-        orders = self.rankings(part, self.config)
-        if len(orders) > 1 and self.by_tokens:
-            return None
-        return [(order, self.share) for order in orders]
+        return [(order, self.share) for order in self.rankings(part, self.config)]
 
     def walks(self, pool: Pool) -> list[Walk]:
         orders = self.rankings(pool, self.config)
-        if len(orders) == 1 or self.by_tokens:
+        if len(orders) == 1:
             return [Walk(orders[0], self.limit, self.by_tokens)]
+        if self.by_tokens:
+            order, turns = round_robin_turns(orders, len(pool))
+            fill = TokenFill.along(order, pool.tokens, self.limit)
+            return [
+                RoundRobinFill(queue, self.limit, True, fill, steps, positions)
+                for queue, (steps, positions) in zip(orders, turns, strict=True)
+            ]
         _, looked_at = round_robin_queues(orders, len(pool), self.limit)
         return [Walk(o, int(n), by_tokens=False) for o, n in zip(orders, looked_at, strict=True)]
+
+
+@dataclass(frozen=True)
+class TokenFill:
+    """A token budget filled along an order (fill_limit): before each step s of the order, the
+    tokens left (`left[s]`) and the fewest tokens of a document at s or later (`fewest[s]`);
+    both have one more entry, for the end of the order."""
+
+    taken: np.ndarray
+    left: np.ndarray
+    fewest: np.ndarray
+
+    @classmethod
+    def along(cls, order: np.ndarray, tokens: np.ndarray, limit: int) -> TokenFill:
+        taken = fill_limit(order, tokens, limit, by_tokens=True)
+        chosen = np.zeros(len(tokens), dtype=bool)
+        chosen[taken] = True
+        spent = np.concatenate([[0], np.cumsum(np.where(chosen[order], tokens[order], 0))])
+        fewest = np.minimum.accumulate(np.append(tokens[order], np.inf)[::-1])[::-1]
+        return cls(taken, limit - spent, fewest)
+
+
+@dataclass(frozen=True)
+class RoundRobinFill(Walk):
+    """Task t's share of a token fill along the round-robin order of every task's queue: its
+    queue (`order`), and its turns (before each, the documents already picked, `steps`, and the
+    queue position it picked, `positions`).
+
+    Up to the first turn at which t picks past the last document a part sent for it, the
+    round-robin over the heads is the one over the pool. Past it the orders can differ, so the
+    fill over the heads is the fill over the pool only if it takes nothing more: the tokens left
+    then are below every document not yet ordered (the heads' from that step on, and those any
+    part left out). A part is short for t where that fails."""
+
+    fill: TokenFill | None = None
+    steps: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
+    positions: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
+
+    def taken(self, tokens: np.ndarray) -> np.ndarray:
+        return self.fill.taken
+
+    def left_after(self, pool: Pool, sent: np.ndarray, fewest_left_out: float) -> np.ndarray:
+        """+inf for a short part, −inf for the others (see the class docstring)."""
+        part_of = pool.part_index[self.order]
+        by_part = np.argsort(part_of, kind="stable")  # queue positions, grouped by part
+        counts = np.bincount(part_of, minlength=len(pool.parts))
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        head = np.where(sent < 0, counts, np.minimum(sent, counts))
+        last = np.full(len(pool.parts), -1, dtype=np.int64)
+        has = head > 0
+        last[has] = by_part[starts[has] + head[has] - 1]
+        turn = np.searchsorted(self.positions, last, side="right")  # the first turn past it
+        step = self.steps[np.minimum(turn, len(self.steps) - 1)]
+        fewest = np.minimum(self.fill.fewest[step], fewest_left_out)
+        short = (turn < len(self.steps)) & (self.fill.left[step] >= fewest)
+        return np.where(short, np.inf, -np.inf)
 
 
 def _columns(pool: Pool, config: Config) -> list[str]:

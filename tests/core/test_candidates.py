@@ -267,41 +267,60 @@ def test_a_budget_over_the_pool_selects_every_document_though_ccs_sent_only_kept
     assert manifest["budget_exceeds_pool"] and manifest["selected_docs"] == 60
 
 
-@pytest.mark.parametrize("seed", range(10))
-def test_round_robin_over_target_tasks_from_heads_selects_what_the_whole_pool_selects(
-    tmp_path, seed
-):
-    """Similarity with several target sets under a document budget: each part sends heads of
-    every task's ranking, grown where the round-robin looked past them; under a token budget
-    every document is sent. Ties, and one part holding a task's best documents, included."""
+def round_robin_case(root, seed: int, unit: str, budget_share: float | None = None):
+    """Similarity with 2–3 target sets on random parts (ties; part 0 holds the first task's
+    best documents): the selection from the heads and from the whole pool, as (part, row)
+    pairs, and how many documents the heads held of the pool's."""
     rng = np.random.default_rng(seed)
-    store, tasks = Store(str(tmp_path)), int(rng.integers(2, 4))
+    store, tasks = Store(str(root)), int(rng.integers(2, 4))
     sizes = rng.integers(0, 150, rng.integers(1, 7)).tolist()
-    parts = []
+    parts, pool_tokens = [], 0
     for index, size in enumerate(sizes):
         part = f"p{index:03d}{layout.PART_SUFFIX}"
         ids = [f"d{index}-{row}" for row in range(size)]
         tokens = np.maximum(1, rng.pareto(1.2, size) * 20).astype(np.int64)
+        pool_tokens += int(tokens.sum())
         docs = pa.table({"id": ids, "text": ["x"] * size, "tokens_approx": tokens})
         store.write_table(layout.docs(part), docs)
         scores = {f"similarity_task_t{t}": rng.integers(0, 6, size) * 1.0 for t in range(tasks)}
-        if index == 0:  # this part holds the first task's best documents
+        if index == 0:
             scores["similarity_task_t0"] = scores["similarity_task_t0"] + 10
         table = pa.table({"id": ids, "similarity": np.zeros(size), **scores})
         store.write_table(layout.scores("similarity", part), table)
         parts.append(part)
     total = sum(sizes)
-    budget = {"tokens": 40 * total + 1} if seed == 9 else {"docs": int(rng.integers(1, total + 5))}
-    raw = {"input": {"paths": ["corpus/"]}, "output": {"path": str(tmp_path)}}
+    size = pool_tokens if unit == "tokens" else total
+    limit = int(rng.integers(1, size + 5)) if budget_share is None else int(budget_share * size)
+    raw = {"input": {"paths": ["corpus/"]}, "output": {"path": str(root)}}
     raw["target"] = {"paths": ["t.jsonl"]}
-    raw["select"] = {"method": "similarity", "budget": budget}
+    raw["select"] = {"method": "similarity", "budget": {unit: max(limit, 1)}}
     cfg = parse_config(raw)
     selector = registry.selector("similarity")
     with LocalExecutor().active():
         whole = gather_pool(store, parts, ["similarity"], cfg)
         heads, _ = selection_pool(selector, store, parts, ["similarity"], cfg)
-    expected = selector.select(whole, cfg, None)[0]
-    got = selector.select(heads, cfg, None)[0]
-    assert chosen_rows(heads, got) == chosen_rows(whole, expected)
-    if "docs" in budget and budget["docs"] * 4 < total and len(sizes) > 1:
-        assert len(heads) < len(whole), "the parts sent heads"
+    expected = chosen_rows(whole, selector.select(whole, cfg, None)[0])
+    got = chosen_rows(heads, selector.select(heads, cfg, None)[0])
+    return expected, got, len(heads), len(whole)
+
+
+@pytest.mark.parametrize("unit", ["docs", "tokens"])
+@pytest.mark.parametrize("seed", range(10))
+def test_round_robin_over_target_tasks_from_heads_selects_what_the_whole_pool_selects(
+    tmp_path, seed, unit
+):
+    """Several target sets, under a document or a token budget: each part sends heads of
+    every task's ranking, grown where the round-robin looked past them (for tokens: while the
+    fill could still take a document); the selection is the whole pool's."""
+    expected, got, _, _ = round_robin_case(tmp_path, seed, unit)
+    assert got == expected
+
+
+@pytest.mark.parametrize("unit", ["docs", "tokens"])
+def test_round_robin_heads_hold_less_than_the_pool_under_a_small_budget(tmp_path, unit):
+    held = []
+    for seed in range(4):
+        expected, got, heads, whole = round_robin_case(tmp_path / str(seed), seed + 20, unit, 0.05)
+        assert got == expected
+        held.append((heads, whole))
+    assert sum(h for h, _ in held) < 0.8 * sum(w for _, w in held), held
