@@ -75,6 +75,14 @@ class GroupSizes:
     docs: np.ndarray
     tokens: np.ndarray
 
+    @classmethod
+    def of_summary(cls, summary: dict[str, dict[str, int]]) -> GroupSizes:
+        """The sizes a search's summary of the groups gives (pool_docs, pool_tokens)."""
+        groups = sorted(summary)
+        docs = [summary[g]["pool_docs"] for g in groups]
+        tokens = [summary[g]["pool_tokens"] for g in groups]
+        return cls(groups, np.array(docs, np.int64), np.array(tokens, np.int64))
+
     def natural(self) -> np.ndarray:
         """The pool's own mixture: each group's share of the tokens."""
         return self.tokens / max(int(self.tokens.sum()), 1)

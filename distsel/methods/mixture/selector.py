@@ -19,6 +19,7 @@ from distsel.core.pool import fetch_texts
 from distsel.core.registry import register_selector
 from distsel.methods.mixture.sampling import (
     CLUSTER_GROUPS,
+    GroupSizes,
     PoolParts,
     group_field,
     group_samples,
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
     from distsel.core.pool import Pool
     from distsel.core.stage import StageContext
     from distsel.core.storage import Store
-    from distsel.methods.mixture.sampling import GroupSizes, MixturePlan
+    from distsel.methods.mixture.sampling import MixturePlan
     from distsel.methods.mixture.trials import MixtureData
 
 log = logging.getLogger("distsel")
@@ -244,7 +245,7 @@ class MixtureSelector:
 
         context = StageContext(config, store, parts, dropped)
         weights, section = run_mixture_search(config, context)
-        sizes = pool_parts(config, context).sizes()
+        sizes = GroupSizes.of_summary(section["groups"])
         budget = config.select.budget
         return mixture_plan(sizes, group_field(config), weights, budget, config.seed, section)
 
