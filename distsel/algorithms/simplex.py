@@ -72,10 +72,10 @@ def uniform_weights(k: int) -> np.ndarray:
     return np.full(k, 1.0 / k)
 
 
-def natural_weights(values: np.ndarray, tokens: np.ndarray, groups: list[str]) -> np.ndarray:
+def natural_weights(group_tokens: np.ndarray) -> np.ndarray:
     """The pool's own mixture: w_g = (tokens of group g) / (tokens in the pool), since mixture
     weights are shares of the training tokens."""
-    totals = np.array([tokens[values == g].sum() for g in groups], dtype=np.float64)
+    totals = np.asarray(group_tokens, dtype=np.float64)
     return totals / totals.sum()
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from distsel.algorithms.simplex import water_fill
+from distsel.algorithms.simplex import natural_weights, water_fill
 from distsel.core.candidates import HEAD_MARGIN, MIN_HEAD, Walk, gather_ranked
 from distsel.core.config import Budget, Config
 from distsel.core.errors import DistselError
@@ -84,8 +84,8 @@ class GroupSizes:
         return cls(groups, np.array(docs, np.int64), np.array(tokens, np.int64))
 
     def natural(self) -> np.ndarray:
-        """The pool's own mixture: each group's share of the tokens."""
-        return self.tokens / max(int(self.tokens.sum()), 1)
+        """The pool's own mixture (natural_weights)."""
+        return natural_weights(self.tokens)
 
 
 @dataclass(frozen=True)
