@@ -103,7 +103,7 @@ def test_distributed_steps_equal_one_pass_over_all_pairs(tmp_path, monkeypatch, 
     LSH run over every pair of one signature matrix, and leave no file behind; dropped rows
     take no part."""
     monkeypatch.setattr(minhash_duplicates, "BAND_ROWS_PER_GROUP", groups_of)
-    monkeypatch.setattr(minhash_duplicates, "EDGE_ROWS_PER_GROUP", groups_of)
+    monkeypatch.setattr(minhash_duplicates, "EDGE_ROWS_PER_GROUP", groups_of * 5)
     rng = random.Random(2)
     base = stdlib_paragraphs(90)
     texts = base + [near_copy(rng.choice(base), rng) for _ in range(60)]

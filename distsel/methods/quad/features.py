@@ -1,8 +1,9 @@
 """Quad's influence-model features without the embeddings on the driver.
 
 The pool's embeddings stay on the cluster: the parts are cut into S shards of consecutive parts
-(so a shard's documents are a run of pool indices), and each shard is loaded once by an actor that
-holds it in memory for the whole bandit (float32, d · 4 B per document). The driver holds only
+(so a shard's documents are a run of pool indices; S = ceil(documents / SHARD_DOCS), at most one
+per CPU), and each shard is loaded once by an actor that holds it in memory for the whole bandit
+(float32, d · 4 B per document). The driver holds only
 per-document scalars and asks the shards for what the model needs (distsel.algorithms.
 influence_model.Embeddings): the rows it fits on, and for any set of rows the products e · w,
 eᵀ A e and e · C that its predictions and their uncertainty need.
@@ -16,6 +17,8 @@ covariate of the model) is computed on the shards before that.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from distsel.algorithms.influence_model import embedding_dot, embedding_quadratic
@@ -24,14 +27,17 @@ from distsel.core.executor import ActorGroup, current
 from distsel.core.pool import Pool, part_embeddings
 from distsel.core.storage import Store
 
+SHARD_DOCS = 500_000  # documents a shard holds at most, where the CPUs allow: 768 MB at d = 384
+
 
 class EmbeddingShards:
     """The Embeddings of a pool, held by shard actors (see the module docstring)."""
 
     def __init__(self, store: Store, pool: Pool, shards: int | None = None) -> None:
         executor = current()
-        if shards is None:
-            shards = int(executor.totals().get("CPU", 1))
+        if shards is None:  # one per SHARD_DOCS documents, at most one per CPU
+            cpus = int(executor.totals().get("CPU", 1))
+            shards = min(cpus, math.ceil(len(pool) / SHARD_DOCS))
         count = max(1, min(shards, len(pool.parts)))
         cuts = np.linspace(0, len(pool.parts), count + 1).round().astype(np.int64)
         self.bounds = np.searchsorted(pool.part_index, cuts, side="left")
