@@ -27,7 +27,7 @@ from distsel.core.executor import ActorGroup, current
 from distsel.core.pool import Pool, part_embeddings
 from distsel.core.storage import Store
 
-SHARD_DOCS = 500_000  # documents a shard holds at most, where the CPUs allow: 768 MB at d = 384
+SHARD_DOCS = 100_000  # documents a shard holds at most, where the CPUs allow: 154 MB at d = 384
 
 
 class EmbeddingShards:
