@@ -249,20 +249,29 @@ def _sent(gathered: list[PartColumns], order: int) -> np.ndarray:
 
 
 def _limit_left_after(pool: Pool, walk: Walk, sent: np.ndarray) -> np.ndarray:
-    """Per part, the walk's limit left after the last document the part sent for this order
-    (the `sent[part]`-th of its documents in the order: others it sent for other orders rank
-    after them); the whole limit where it sent none."""
+    """Per part, the walk's limit left after the last document the part sent for this order;
+    the whole limit where it sent none."""
     order = walk.order
     sizes = pool.tokens[order] if walk.by_tokens else np.ones(len(order), dtype=np.int64)
     taken = np.zeros(len(pool), dtype=bool)
     taken[walk.taken(pool.tokens)] = True
     left_after = walk.limit - np.cumsum(np.where(taken[order], sizes, 0))
+    last = last_sent(pool, order, sent)
+    left = np.full(len(pool.parts), walk.limit, dtype=np.int64)
+    left[last >= 0] = left_after[last[last >= 0]]
+    return left
+
+
+def last_sent(pool: Pool, order: np.ndarray, sent: np.ndarray) -> np.ndarray:
+    """Per part, the position in `order` (a walk's order of the gathered documents) of the last
+    document the part sent for it: its `sent[part]`-th document in the order (others it sent for
+    other orders rank after them); −1 where it sent none."""
     part_of = pool.part_index[order]
     by_part = np.argsort(part_of, kind="stable")  # positions, grouped by part, in walk order
     counts = np.bincount(part_of, minlength=len(pool.parts))
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     head = np.where(sent < 0, counts, np.minimum(sent, counts))
-    left = np.full(len(pool.parts), walk.limit, dtype=np.int64)
+    last = np.full(len(pool.parts), -1, dtype=np.int64)
     has = head > 0
-    left[has] = left_after[by_part[starts[has] + head[has] - 1]]
-    return left
+    last[has] = by_part[starts[has] + head[has] - 1]
+    return last

@@ -28,7 +28,7 @@ from distsel.algorithms.similarity import (
     task_order,
 )
 from distsel.core import layout
-from distsel.core.candidates import RankedPlan, Walk
+from distsel.core.candidates import RankedPlan, Walk, last_sent
 from distsel.core.config import Config, StrictModel
 from distsel.core.errors import DistselError
 from distsel.core.executor import current
@@ -393,14 +393,7 @@ class RoundRobinFill(Walk):
 
     def left_after(self, pool: Pool, sent: np.ndarray, fewest_left_out: float) -> np.ndarray:
         """+inf for a short part, −inf for the others (see the class docstring)."""
-        part_of = pool.part_index[self.order]
-        by_part = np.argsort(part_of, kind="stable")  # queue positions, grouped by part
-        counts = np.bincount(part_of, minlength=len(pool.parts))
-        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-        head = np.where(sent < 0, counts, np.minimum(sent, counts))
-        last = np.full(len(pool.parts), -1, dtype=np.int64)
-        has = head > 0
-        last[has] = by_part[starts[has] + head[has] - 1]
+        last = last_sent(pool, self.order, sent)
         turn = np.searchsorted(self.positions, last, side="right")  # the first turn past it
         step = self.steps[np.minimum(turn, len(self.steps) - 1)]
         fewest = np.minimum(self.fill.fewest[step], fewest_left_out)

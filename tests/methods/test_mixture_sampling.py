@@ -106,11 +106,12 @@ def test_the_selection_from_heads_is_the_selection_from_the_whole_pool(tmp_path,
     assert sizes.tokens.tolist() == [int(whole.tokens[values == g].sum()) for g in sizes.groups]
 
 
-@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("seed", [*range(8), 500, 545])  # 500, 545: groups that run out
 def test_the_search_samples_from_the_parts_are_the_ones_from_the_whole_pool(tmp_path, seed):
     """The held-out slice is the pool's first documents in random order; a group's sample, its
     documents after them, until their tokens reach the floor or the count is reached (every
-    document of a group the held-out slice took whole)."""
+    document of a group the held-out slice took whole). A group whose documents run out before
+    the floor takes every part's documents of it."""
     rng = np.random.default_rng(100 + seed)
     store = Store(str(tmp_path))
     parts = write_parts(store, rng)

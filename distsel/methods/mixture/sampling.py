@@ -6,24 +6,28 @@ the selection sampled by the weights, without the pool on the driver (distsel.co
   `random` selector's heads.
 - A group's sample: its documents after the held-out ones in the random order (every document
   of the group when the held-out ones are all it has), taken until their tokens reach a floor or
-  a count is reached. A part's documents in that walk are a prefix of its own walk to the same
-  floor and count, so each part sends that prefix once and the walk is exact.
+  a count is reached (`SamplePlan`, `ReachWalk`). Each part sends, per group, the head its share
+  of the group's tokens would fill, and more where the walk reached past it.
 - The selection (`MixturePlan`): each group in its random order under its water-filled share
   (documents or tokens), then for a token budget the tokens left go to the documents not taken,
   in another seeded order. Each part sends heads of these orders, grown until the walks over the
   heads are the walks over the pool.
+
+A part's head of one group's order starts at its expected take plus MIN_GROUP_HEAD documents,
+so the heads hold about 1.25 × what the walks take + 2 × (parts × groups they hold).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
 
 from distsel.algorithms.simplex import natural_weights, water_fill
-from distsel.core.candidates import HEAD_MARGIN, MIN_HEAD, Walk, gather_ranked
+from distsel.core.candidates import HEAD_MARGIN, Walk, gather_heads, gather_ranked, last_sent
 from distsel.core.config import Budget, Config
 from distsel.core.errors import DistselError
 from distsel.core.executor import current
@@ -40,6 +44,9 @@ from distsel.core.storage import Store
 
 # mixture.group_field naming the k-means clusters as groups.
 CLUSTER_GROUPS = "cluster"
+# A part's head of one group's order, beyond its expected take: CCS's floor per stratum, not
+# the 16 of one ranking, since a part sends one head per group.
+MIN_GROUP_HEAD = 2
 
 
 def group_field(config: Config) -> str:
@@ -109,6 +116,11 @@ class PoolParts:
         )
         return stack(self.parts, found, selection_fields(self.config))
 
+    def heads(self, plan: object) -> Pool:
+        """The heads of `plan` (a HeadPlan), grown until its walks are exact."""
+        stages = group_stages(self.field)
+        return gather_heads(self.store, self.parts, stages, self.config, plan, self.dropped)
+
     def sizes(self) -> GroupSizes:
         calls = [
             (
@@ -162,36 +174,69 @@ def heldout_sample(source: PoolParts, count: int) -> tuple[Pool, np.ndarray]:
 
 
 @dataclass(frozen=True)
-class GroupSamples:
-    """Per group, its documents in random order after `after_key` (all of them for the groups
-    in `whole`), until their tokens reach `tokens` or `docs` documents are taken. Called on a
-    part, its own such walks (a Keep); `take` walks a gathered pool."""
+class ReachWalk(Walk):
+    """A walk that takes its order's documents until their tokens reach `limit` or `most`
+    documents are taken (the last one may cross the limit)."""
+
+    most: int = 0
+
+    def taken(self, tokens: np.ndarray) -> np.ndarray:
+        order = np.asarray(self.order, dtype=np.int64)
+        reached = np.cumsum(tokens[order]) >= (self.limit or 0)
+        count = int(np.argmax(reached)) + 1 if reached.any() else len(order)
+        return order[: min(count, self.most)]
+
+    def left_after(self, pool: Pool, sent: np.ndarray, fewest_left_out: float) -> np.ndarray:
+        """+inf for a part whose left-out documents the walk reached (it took a document after
+        the last one the part sent, or ran out of documents before it stopped), −inf for the
+        others."""
+        taken = self.taken(pool.tokens)
+        stopped = len(taken) == self.most or (
+            len(taken) and int(pool.tokens[taken].sum()) >= (self.limit or 0)
+        )
+        reached = len(taken) - 1 if stopped else len(self.order)
+        return np.where(last_sent(pool, self.order, sent) < reached, np.inf, -np.inf)
+
+
+@dataclass(frozen=True)
+class SamplePlan:
+    """The search's group samples as a HeadPlan: per group, its documents in random order after
+    `after_key` (all of them for the groups in `whole`), walked until their tokens reach `floor`
+    or `most` documents are taken. A part sends, per group, the head its share of the group's
+    tokens (`group_tokens`) would fill, and more where the walk reached past it."""
 
     field: str
     groups: tuple[str, ...]
+    group_tokens: tuple[int, ...]
     after_key: int | None
     whole: frozenset[str]
-    tokens: float
-    docs: int
+    floor: int
+    most: int
+    by_tokens: bool = True
+    min_head: int = MIN_GROUP_HEAD
 
-    def __call__(self, part: Pool) -> Head:
-        walks = self.take(part)
-        rows = np.unique(np.concatenate(walks)) if walks else np.zeros(0, np.int64)
-        lengths = np.array([len(w) for w in walks], dtype=np.int64)
-        return Head(rows, lengths, np.full(len(walks), np.inf))
+    def part_orders(self, part: Pool) -> list[tuple[np.ndarray, float | None]]:
+        heads = []
+        for order, total in zip(self._orders(part), self.group_tokens, strict=True):
+            share = int(part.tokens[order].sum()) / total if total else 0.0
+            heads.append((order, HEAD_MARGIN * self.floor * share))
+        return heads
+
+    def walks(self, pool: Pool) -> list[Walk]:
+        return [ReachWalk(order, self.floor, True, self.most) for order in self._orders(pool)]
 
     def take(self, pool: Pool) -> list[np.ndarray]:
+        return [walk.taken(pool.tokens) for walk in self.walks(pool)]
+
+    def _orders(self, pool: Pool) -> list[np.ndarray]:
         values = group_values(pool, self.field)
-        walks = []
+        orders = []
         for group in self.groups:
             members = np.flatnonzero(values == group)
             if group not in self.whole and self.after_key is not None:
                 members = members[pool.random_key[members] > np.uint64(self.after_key)]
-            order = members[random_order(pool.random_key[members])]
-            reached = np.cumsum(pool.tokens[order]) >= self.tokens
-            count = int(np.argmax(reached)) + 1 if reached.any() else len(order)
-            walks.append(order[: min(count, self.docs)])
-        return walks
+            orders.append(members[random_order(pool.random_key[members])])
+        return orders
 
 
 @dataclass(frozen=True)
@@ -214,9 +259,12 @@ def group_samples(
     held = Counter(values.tolist())
     whole = frozenset(g for g, n in zip(sizes.groups, sizes.docs, strict=True) if held[g] >= n)
     after = int(pool.random_key[rows].max()) if len(rows) else None
-    walker = GroupSamples(source.field, tuple(sizes.groups), after, whole, floor, most)
-    gathered = source.gather(walker)
-    return gathered, walker.take(gathered)
+    totals = tuple(int(t) for t in sizes.tokens)
+    plan = SamplePlan(
+        source.field, tuple(sizes.groups), totals, after, whole, math.ceil(floor), most
+    )
+    gathered = source.heads(plan)
+    return gathered, plan.take(gathered)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -248,7 +296,7 @@ class MixturePlan:
     by_tokens: bool
     seed: int
     search: dict
-    min_head: int = MIN_HEAD
+    min_head: int = MIN_GROUP_HEAD
 
     def part_orders(self, part: Pool) -> list[tuple[np.ndarray, float | None]]:
         values = group_values(part, self.field)
