@@ -75,13 +75,16 @@ class Walk:
             return np.asarray(self.order, dtype=np.int64)
         return fill_limit(self.order, tokens, self.limit, self.by_tokens)
 
-    def left_after(self, pool: Pool, sent: np.ndarray, fewest_left_out: float) -> np.ndarray:
-        """Per part, the limit left after the last document the part sent for this order; a
-        part is short when that is at least the fewest tokens of a document it left out of the
-        order (for a document limit, at least 1). `fewest_left_out`: the fewest tokens of any
-        document any part left out of any order (a walk whose order depends on the others may
-        need it)."""
-        return _limit_left_after(pool, self, sent)
+    def short(
+        self, pool: Pool, sent: np.ndarray, left_out: np.ndarray, fewest_left_out: float
+    ) -> np.ndarray:
+        """Per part, whether the walk could have taken a document the part left out of this
+        order: the limit left after the last document it sent is at least the fewest tokens of
+        one it left out (`left_out`, inf where it left none; for a document limit, at least 1).
+        `fewest_left_out`: the fewest tokens of any document any part left out of any order (a
+        walk whose order depends on the others may need it)."""
+        left_after = _limit_left_after(pool, self, sent)
+        return left_after >= (left_out if self.by_tokens else 1)
 
 
 class HeadPlan(Protocol):
@@ -230,13 +233,10 @@ def short_parts(pool: Pool, gathered: list[PartColumns], plan: HeadPlan) -> list
     for index, walk in enumerate(plan.walks(pool)):
         if walk.limit is None:
             continue
-        left_after = walk.left_after(pool, _sent(gathered, index), fewest)
-        for part in cut:
-            smallest = gathered[part].left_out_min_tokens[index]
-            if not np.isfinite(smallest):
-                continue
-            if left_after[part] >= (smallest if walk.by_tokens else 1):
-                short.append((part, index))
+        left_out = np.full(len(gathered), np.inf)
+        left_out[cut] = [gathered[part].left_out_min_tokens[index] for part in cut]
+        flagged = walk.short(pool, _sent(gathered, index), left_out, fewest) & np.isfinite(left_out)
+        short += [(int(part), index) for part in np.flatnonzero(flagged)]
     return short
 
 

@@ -391,14 +391,15 @@ class RoundRobinFill(Walk):
     def taken(self, tokens: np.ndarray) -> np.ndarray:
         return self.fill.taken
 
-    def left_after(self, pool: Pool, sent: np.ndarray, fewest_left_out: float) -> np.ndarray:
-        """+inf for a short part, −inf for the others (see the class docstring)."""
+    def short(
+        self, pool: Pool, sent: np.ndarray, left_out: np.ndarray, fewest_left_out: float
+    ) -> np.ndarray:
+        """See the class docstring."""
         last = last_sent(pool, self.order, sent)
         turn = np.searchsorted(self.positions, last, side="right")  # the first turn past it
         step = self.steps[np.minimum(turn, len(self.steps) - 1)]
         fewest = np.minimum(self.fill.fewest[step], fewest_left_out)
-        short = (turn < len(self.steps)) & (self.fill.left[step] >= fewest)
-        return np.where(short, np.inf, -np.inf)
+        return (turn < len(self.steps)) & (self.fill.left[step] >= fewest)
 
 
 def _columns(pool: Pool, config: Config) -> list[str]:

@@ -186,16 +186,17 @@ class ReachWalk(Walk):
         count = int(np.argmax(reached)) + 1 if reached.any() else len(order)
         return order[: min(count, self.most)]
 
-    def left_after(self, pool: Pool, sent: np.ndarray, fewest_left_out: float) -> np.ndarray:
-        """+inf for a part whose left-out documents the walk reached (it took a document after
-        the last one the part sent, or ran out of documents before it stopped), −inf for the
-        others."""
+    def short(
+        self, pool: Pool, sent: np.ndarray, left_out: np.ndarray, fewest_left_out: float
+    ) -> np.ndarray:
+        """The parts whose left-out documents the walk reached: it took a document after the
+        last one the part sent, or ran out of documents before it stopped."""
         taken = self.taken(pool.tokens)
         stopped = len(taken) == self.most or (
             len(taken) and int(pool.tokens[taken].sum()) >= (self.limit or 0)
         )
         reached = len(taken) - 1 if stopped else len(self.order)
-        return np.where(last_sent(pool, self.order, sent) < reached, np.inf, -np.inf)
+        return last_sent(pool, self.order, sent) < reached
 
 
 @dataclass(frozen=True)

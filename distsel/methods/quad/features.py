@@ -75,25 +75,25 @@ class EmbeddingShards:
         self._each("standardize", mean, np.where(spread > 0, spread, 1.0))
 
     def rows(self, rows: np.ndarray) -> np.ndarray:
-        return self._by_shard("rows", rows)[0]
+        return self._by_shard("rows", rows)
 
     def dot(self, weights: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
-        return np.concatenate(self._by_shard("dot", rows, weights))
+        return self._by_shard("dot", rows, weights)
 
     def quadratic(
         self, inner: np.ndarray, cross: np.ndarray, rows: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         found = self._by_shard("quadratic", rows, inner, cross)
-        return np.concatenate([q for q, _ in found]), np.concatenate([c for _, c in found])
+        return found[:, 0], found[:, 1:]
 
     def _each(self, method: str, *args: object) -> list:
         return self.actors.call(method, [(shard, *args) for shard in range(len(self.bounds) - 1)])
 
-    def _by_shard(self, method: str, rows: np.ndarray | None, *args: object) -> list:
-        """`method` on each shard's share of `rows` (pool indices; None: every row), the
-        results in the order of `rows`."""
+    def _by_shard(self, method: str, rows: np.ndarray | None, *args: object) -> np.ndarray:
+        """`method` on each shard's share of `rows` (pool indices; None: every row), its
+        answers stacked in the order of `rows`."""
         if rows is None:
-            return self._each(method, None, *args)
+            return np.concatenate(self._each(method, None, *args))
         rows = np.asarray(rows, dtype=np.int64)
         order = np.argsort(rows, kind="stable")
         ordered = rows[order]
@@ -102,16 +102,10 @@ class EmbeddingShards:
             (shard, ordered[cuts[shard] : cuts[shard + 1]] - self.bounds[shard], *args)
             for shard in range(len(self.bounds) - 1)
         ]
-        answers = self.actors.call(method, calls)
-        found = [f for f, call in zip(answers, calls, strict=True) if len(call[1])]
+        stacked = np.concatenate(self.actors.call(method, calls))
         restore = np.empty_like(order)
         restore[order] = np.arange(len(order))
-        if not found:
-            return [self.actors.call(method, calls[:1])[0]]
-        if method == "quadratic":
-            quadratic = np.concatenate([q for q, _ in found])[restore]
-            return [(quadratic, np.concatenate([c for _, c in found])[restore])]
-        return [np.concatenate(found)[restore]]
+        return stacked[restore]
 
 
 class _Shard:
@@ -140,8 +134,6 @@ class _Shard:
         return len(matrix), mean, ((matrix - mean) ** 2).sum(axis=0)
 
     def standardize(self, shard: int, mean: np.ndarray, spread: np.ndarray) -> None:
-        if not len(self.held[shard]):
-            return
         matrix = self.held[shard].astype(np.float64)
         self.held[shard] = ((matrix - mean) / spread).astype(np.float32)
 
@@ -154,6 +146,8 @@ class _Shard:
 
     def quadratic(
         self, shard: int, rows: np.ndarray | None, inner: np.ndarray, cross: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
+    ) -> np.ndarray:
+        """Per row, eᵀ inner e, then e · cross, as the columns of one array."""
         matrix = self.held[shard] if rows is None else self.held[shard][rows]
-        return embedding_quadratic(matrix, inner, cross)
+        quadratic, crossed = embedding_quadratic(matrix, inner, cross)
+        return np.column_stack([quadratic, crossed])
