@@ -8,12 +8,13 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from distsel.algorithms.simplex import water_fill
 from distsel.core import layout
 from distsel.core.candidates import gather_heads
 from distsel.core.config import Budget, parse_config
 from distsel.core.executor import LocalExecutor
 from distsel.core.pool import gather_pool
-from distsel.core.samplers import random_order
+from distsel.core.samplers import fill_budget, random_order
 from distsel.core.storage import Store
 from distsel.methods.mixture.sampling import (
     PoolParts,
@@ -24,6 +25,35 @@ from distsel.methods.mixture.sampling import (
 )
 
 GROUPS = ["a", "b", "c", "d"]
+
+
+def reference_sample(pool, field: str, weights: dict, budget: Budget, seed: int) -> np.ndarray:
+    """The sampling by weights written out over a pool held whole (the code before the plan):
+    each group's random order filled to its water-filled share, then for tokens the documents
+    left in the seed-mixed key order, to the tokens left."""
+    values = pool.categories[field]
+    names = sorted(set(values.tolist()) | set(weights))
+    orders = {}
+    for group in names:
+        members = np.flatnonzero(values == group)
+        orders[group] = members[random_order(pool.random_key[members])]
+    w = np.array([max(0.0, float(weights.get(g, 0.0))) for g in names])
+    sizes = [pool.tokens[orders[g]].sum() if budget.by_tokens else len(orders[g]) for g in names]
+    shares = water_fill(budget.limit, w, np.array(sizes, dtype=np.int64))
+
+    def take(order, share):
+        if share <= 0:
+            return np.zeros(0, np.int64)
+        limit = Budget(tokens=int(share)) if budget.by_tokens else Budget(docs=int(share))
+        return fill_budget(order, pool.tokens, limit)
+
+    picked = np.concatenate([take(orders[g], s) for g, s in zip(names, shares, strict=True)])
+    left = budget.limit - int(pool.tokens[picked].sum())
+    if not budget.by_tokens or left <= 0:
+        return picked
+    rest = np.setdiff1d(np.arange(len(pool)), picked)
+    keys = pool.random_key[rest] ^ np.uint64(seed & 0xFFFFFFFFFFFFFFFF)
+    return np.concatenate([picked, take(rest[random_order(keys)], left)])
 
 
 def write_parts(store: Store, rng: np.random.Generator) -> list[str]:
@@ -76,7 +106,8 @@ def dropped_rows(store: Store, parts: list[str], rng) -> dict[str, np.ndarray]:
 @pytest.mark.parametrize("seed", range(10))
 def test_the_selection_from_heads_is_the_selection_from_the_whole_pool(tmp_path, seed):
     """Document and token budgets, weights with zeros and a group the pool lacks, groups that
-    run out: the plan's walks over the parts' heads equal sample_by_weights over the pool."""
+    run out: the plan's walks over the parts' heads, and sample_by_weights over the pool held
+    whole, equal the reference."""
     rng = np.random.default_rng(seed)
     store = Store(str(tmp_path))
     parts = write_parts(store, rng)
@@ -96,9 +127,9 @@ def test_the_selection_from_heads_is_the_selection_from_the_whole_pool(tmp_path,
         sizes = PoolParts(store, parts, config, dropped).sizes()
         plan = mixture_plan(sizes, "group", weights, resolved, seed, {"mode": "tune"})
         heads = gather_heads(store, parts, [], config, plan, dropped)
-    expected = sample_by_weights(whole, "group", weights, resolved, seed)
-    got = heads.plan.chosen(heads)
-    assert rows_of(heads, got) == rows_of(whole, expected)
+    expected = rows_of(whole, reference_sample(whole, "group", weights, resolved, seed))
+    assert rows_of(heads, heads.plan.chosen(heads)) == expected
+    assert rows_of(whole, sample_by_weights(whole, "group", weights, resolved, seed)) == expected
     assert heads.plan.search == {"mode": "tune"}
     values = whole.categories["group"]
     assert sizes.groups == sorted(set(values.tolist()))

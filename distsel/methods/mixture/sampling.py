@@ -32,14 +32,11 @@ from distsel.core.config import Budget, Config
 from distsel.core.errors import DistselError
 from distsel.core.executor import current
 from distsel.core.pool import (
-    Head,
     Pool,
-    gather_parts,
     part_columns,
     selection_fields,
-    stack,
 )
-from distsel.core.samplers import fill_budget, fill_limit, random_order, random_ranking
+from distsel.core.samplers import fill_limit, random_order, random_ranking
 from distsel.core.storage import Store
 
 # mixture.group_field naming the k-means clusters as groups.
@@ -90,6 +87,13 @@ class GroupSizes:
         tokens = [summary[g]["pool_tokens"] for g in groups]
         return cls(groups, np.array(docs, np.int64), np.array(tokens, np.int64))
 
+    @classmethod
+    def of_counts(cls, docs: Counter, tokens: Counter) -> GroupSizes:
+        """The sizes of documents and tokens counted per group."""
+        groups = sorted(docs)
+        sizes = [[counts[g] for g in groups] for counts in (docs, tokens)]
+        return cls(groups, np.array(sizes[0], np.int64), np.array(sizes[1], np.int64))
+
     def natural(self) -> np.ndarray:
         """The pool's own mixture (natural_weights)."""
         return natural_weights(self.tokens)
@@ -107,14 +111,6 @@ class PoolParts:
     @property
     def field(self) -> str:
         return group_field(self.config)
-
-    def gather(self, keep: object) -> Pool:
-        """Each part's rows that `keep` picks (a Keep, distsel.core.pool), stacked."""
-        stages = group_stages(self.field)
-        found = gather_parts(
-            self.store, self.parts, stages, self.config, self.dropped, [keep] * len(self.parts)
-        )
-        return stack(self.parts, found, selection_fields(self.config))
 
     def heads(self, plan: object) -> Pool:
         """The heads of `plan` (a HeadPlan), grown until its walks are exact."""
@@ -138,23 +134,27 @@ class PoolParts:
         for part_docs, part_tokens in current().map(_part_group_sizes, calls):
             docs.update(part_docs)
             tokens.update(part_tokens)
-        groups = sorted(docs)
-        return GroupSizes(
-            groups,
-            np.array([docs[g] for g in groups], dtype=np.int64),
-            np.array([tokens[g] for g in groups], dtype=np.int64),
-        )
+        return GroupSizes.of_counts(docs, tokens)
 
 
 def _part_group_sizes(
     store: Store, part: str, stages: list[str], fields: list[str], dropped: np.ndarray, field: str
 ) -> tuple[Counter, Counter]:
-    pool = part_columns(store, part, stages, fields, 0, dropped).pool
+    return group_counts(part_columns(store, part, stages, fields, 0, dropped).pool, field)
+
+
+def group_counts(pool: Pool, field: str) -> tuple[Counter, Counter]:
+    """The pool's documents and tokens per group."""
     values = group_values(pool, field)
     docs, tokens = Counter(values.tolist()), Counter()
     for value, count in zip(values.tolist(), pool.tokens.tolist(), strict=True):
         tokens[value] += count
     return docs, tokens
+
+
+def _empty_pool(parts: list[str]) -> Pool:
+    none = np.zeros(0, np.int64)
+    return Pool(parts, none.astype(np.int32), none, none, none.astype(np.uint64))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -165,7 +165,7 @@ def heldout_sample(source: PoolParts, count: int) -> tuple[Pool, np.ndarray]:
     """The first `count` documents of the pool's random order: a pool holding them, and their
     indices in it, in that order."""
     if count <= 0:
-        return source.gather(_Nothing()), np.zeros(0, np.int64)
+        return _empty_pool(source.parts), np.zeros(0, np.int64)
     select = source.config.select.model_copy(update={"budget": Budget(docs=count)})
     config = source.config.model_copy(update={"select": select})
     stages = group_stages(source.field)
@@ -240,12 +240,6 @@ class SamplePlan:
         return orders
 
 
-@dataclass(frozen=True)
-class _Nothing:
-    def __call__(self, part: Pool) -> Head:
-        return Head(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0))
-
-
 def group_samples(
     source: PoolParts,
     sizes: GroupSizes,
@@ -256,8 +250,7 @@ def group_samples(
     """Each group's sample (see the module docstring): a pool holding them, and per group
     (sizes.groups) their indices in it."""
     pool, rows = heldout
-    values = group_values(pool, source.field)[rows]
-    held = Counter(values.tolist())
+    held = Counter(group_values(pool, source.field)[rows].tolist()) if len(rows) else Counter()
     whole = frozenset(g for g, n in zip(sizes.groups, sizes.docs, strict=True) if held[g] >= n)
     after = int(pool.random_key[rows].max()) if len(rows) else None
     totals = tuple(int(t) for t in sizes.tokens)
@@ -362,7 +355,7 @@ def sample_by_weights(
     pool: Pool, groups_field: str, weights: dict[str, float], budget: Budget, seed: int = 0
 ) -> np.ndarray:
     """Pool indices sampled from the groups in proportion to `weights`, to the exact budget, on
-    a pool held whole.
+    a pool held whole: MixturePlan's walks.
 
     Each group is read in its seeded random order (`pool.random_key`). docs: group g gets
     apportion(docs, w)_g documents; tokens: group g is filled (keep each document that still
@@ -372,39 +365,5 @@ def sample_by_weights(
     proportion to their weights (groups of weight 0 only once all others are exhausted).
     `seed` mixes the key order of the leftover pass.
     """
-    values = group_values(pool, groups_field)
-    names = sorted(set(values.tolist()) | set(weights))
-    orders = {g: _group_order(pool, values, g) for g in names}
-    w = np.array([max(0.0, float(weights.get(g, 0.0))) for g in names])
-    by_tokens, limit = budget.by_tokens, budget.limit
-    sizes = {g: (pool.tokens[o].sum() if by_tokens else len(o)) for g, o in orders.items()}
-    shares = water_fill(limit, w, np.array([sizes[g] for g in names], dtype=np.int64))
-    chosen = [
-        _take(orders[g], pool.tokens, int(s), by_tokens) for g, s in zip(names, shares, strict=True)
-    ]
-    picked = np.concatenate(chosen) if chosen else np.zeros(0, np.int64)
-    if by_tokens:
-        picked = _top_up(pool, picked, limit, seed)
-    return picked
-
-
-def _group_order(pool: Pool, values: np.ndarray, group: str) -> np.ndarray:
-    members = np.flatnonzero(values == group)
-    return members[random_order(pool.random_key[members])]
-
-
-def _take(order: np.ndarray, tokens: np.ndarray, share: int, by_tokens: bool) -> np.ndarray:
-    if share <= 0:
-        return np.zeros(0, np.int64)
-    budget = Budget(tokens=share) if by_tokens else Budget(docs=share)
-    return fill_budget(order, tokens, budget)
-
-
-def _top_up(pool: Pool, picked: np.ndarray, limit: int, seed: int) -> np.ndarray:
-    left = limit - int(pool.tokens[picked].sum())
-    if left <= 0:
-        return picked
-    rest = np.setdiff1d(np.arange(len(pool)), picked)
-    keys = pool.random_key[rest] ^ np.uint64(seed & 0xFFFFFFFFFFFFFFFF)
-    extra = _take(rest[random_order(keys)], pool.tokens, left, by_tokens=True)
-    return np.concatenate([picked, extra])
+    sizes = GroupSizes.of_counts(*group_counts(pool, groups_field))
+    return mixture_plan(sizes, groups_field, weights, budget, seed, {}).chosen(pool)
