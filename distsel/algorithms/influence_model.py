@@ -27,7 +27,7 @@ the pool; a bandit's scored rows do not).
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -163,6 +163,18 @@ class InfluenceModel:
         self.weights = vt.T @ (s / (s**2 + self.ridge) * uty)
         self.coefficients = np.linalg.pinv(z) @ (y - e @ self.weights)
         self.covariance = self._posterior_covariance(z, e)
+        return self
+
+    def parameters(self) -> dict[str, Any]:
+        """What a fit found: enough for `with_parameters` to predict like this model elsewhere
+        (a model of the same features held in another process)."""
+        names = ("weights", "coefficients", "ridge", "noise", "covariance")
+        return {name: getattr(self, name) for name in names}
+
+    def with_parameters(self, parameters: dict[str, Any]) -> InfluenceModel:
+        """This model predicting as the one whose `parameters()` these are."""
+        for name, value in parameters.items():
+            setattr(self, name, value)
         return self
 
     def _posterior_covariance(self, z: np.ndarray, e: np.ndarray) -> np.ndarray:

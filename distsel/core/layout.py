@@ -37,6 +37,7 @@ names. Every path here is relative to OUTPUT (a local folder or an object-store 
         <stage>/<part>.json         a part's done marker (rows, bytes, version, seconds, node)
         <stage>/fitted.npz, fitted.json   a stage's fit: its arrays, then the rest
         quad/state.json, quad/selected.npy   QUAD's bandit state and selection so far
+        quad/chosen/<part>.npy               its finished selection's rows of each part
         .probe-<hex>                the writability probe, removed at once
 
 A part is named `<safe shard key>[-<version>]-NNNNN.parquet`.
@@ -79,6 +80,12 @@ MINHASH = f"{STATE}/minhash"
 SEMDEDUP = f"{STATE}/semdedup"
 QUAD_STATE = f"{STATE}/quad/state.json"
 QUAD_SELECTED = f"{STATE}/quad/selected.npy"
+
+
+def quad_chosen(part: str) -> str:
+    """The rows of `part` Quad's finished selection holds (.npy), written by its shards."""
+    return f"{STATE}/quad/chosen/{part}.npy"
+
 
 DUPLICATES_PREFIX = "duplicates"
 NEAR_DUPLICATES_PREFIX = "near-duplicates"

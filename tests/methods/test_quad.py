@@ -12,6 +12,7 @@ from distsel.algorithms.influence_model import InfluenceModel, pool_features
 from distsel.core.config import Budget
 from distsel.core.storage import Store
 from distsel.methods.quad import AUDIT_SHARE, PredictedQuadBandit, QuadBandit, make_bandit
+from distsel.methods.quad.documents import QuadDocuments
 from distsel.methods.quad.options import QuadOptions
 
 ARMS, PER_ARM = 12, 40
@@ -66,10 +67,16 @@ def make(budget=None, seed=0, **options):
         "rounds": 40,
         "within_cluster": "random",
     }
-    bandit = QuadBandit(
-        clusters, keys, tokens, distances, QuadOptions(**{**defaults, **options}), budget, seed
-    )
+    options = QuadOptions(**{**defaults, **options})
+    bandit = make_bandit(clusters, keys, tokens, distances, options, budget, seed, shards=3)
     return bandit, clusters, influence, tokens
+
+
+def arm_order(arm: int, seed: int = 0) -> np.ndarray:
+    """The arm's documents in their random order (by random key)."""
+    clusters, _, keys, _, _ = landscape(seed)
+    members = np.flatnonzero(clusters == arm)
+    return members[np.argsort(keys[members], kind="stable")]
 
 
 def test_ucb_score_is_shared_mean_plus_exploration_bonus():
@@ -117,7 +124,7 @@ def test_good_clusters_are_found_and_docs_budget_is_exact():
     assert bandit.state.evaluated < len(clusters) * 0.5, "influence only on draws"
     first_accept = next(h for h in bandit.state.history if h["accepted"])
     arm = first_accept["accepted"][0]
-    assert np.isin(bandit.orders[arm][:20], chosen).all(), "drawn docs count toward the m taken"
+    assert np.isin(arm_order(arm)[:20], chosen).all(), "drawn docs count toward the m taken"
 
 
 def test_token_budget_is_never_exceeded_and_cannot_take_more():
@@ -126,12 +133,9 @@ def test_token_budget_is_never_exceeded_and_cannot_take_more():
     used = int(tokens[chosen].sum())
     assert used <= 1500
     if bandit.state.done == "budget reached":
-        rest = np.setdiff1d(
-            np.arange(len(tokens)),
-            np.concatenate(
-                [order[:c] for order, c in zip(bandit.orders, bandit.state.cursors, strict=True)]
-            ),
-        )
+        drawn = np.concatenate([arm_order(arm)[:c] for arm, c in enumerate(bandit.state.cursors)])
+        assert set(drawn.tolist()) == set(np.flatnonzero(bandit.docs.column("taken")).tolist())
+        rest = np.setdiff1d(np.arange(len(tokens)), drawn)
         assert len(rest) == 0 or tokens[rest].min() > 1500 - used
 
 
@@ -231,16 +235,16 @@ def test_within_an_arm_documents_come_in_order_of_value(weight):
     bandit, influence, _ = make_predicted(classifier_weight=weight)
     assert isinstance(bandit, PredictedQuadBandit)
     rows = np.arange(0, 2000, 13)
-    bandit.state.scored_rows, bandit.state.scored_values = rows.tolist(), influence[rows].tolist()
-    bandit._refit()
-    predictions = bandit.model.predict()
+    bandit._record_scores([rows], [influence[rows]])
+    predictions, values = bandit.docs.predict(), bandit.docs.column("values")
+    clusters = smooth_landscape()[0]
     for arm in (0, 7, 19):
-        order = bandit.available(arm)
+        order = bandit.docs.best_of_arms(np.array([arm]), np.array([100]), "fresh")[0][0].rows
         assert not np.isin(order, rows).any(), "scored documents are not drawn again"
-        assert np.all(np.diff(bandit.values[order]) <= 0), "best value first"
+        assert np.all(np.diff(values[order]) <= 0), "best value first"
         if not weight:
             assert np.all(np.diff(predictions[order]) <= 0), "w = 0: best predicted first"
-        assert set(order) == set(bandit.orders[arm]) - set(rows)
+        assert set(order) == set(np.flatnonzero(clusters == arm)) - set(rows)
 
 
 def test_predicted_quad_nears_top_k_while_scoring_a_twentieth():
@@ -317,16 +321,9 @@ def test_with_no_classifier_weight_the_selection_is_the_influence_ranking(
 
     clusters, embeddings, _, keys, tokens, distances = smooth_landscape()
     defaults = {"arms_per_round": 4, "draws_per_arm": 5, "max_evaluated": 0.05}
-    old = InfluenceUnits(
-        clusters,
-        keys,
-        tokens,
-        distances,
-        QuadOptions(**{**defaults, **options}),
-        budget,
-        0,
-        pool_features(embeddings, tokens, relevance(influence)),
-    )
+    features = pool_features(embeddings, tokens, relevance(influence))
+    documents = QuadDocuments.from_arrays(clusters, keys, tokens, 20, features)
+    old = InfluenceUnits(documents, distances, QuadOptions(**{**defaults, **options}), budget, 0)
     old.audit_share = audit_share
     assert chosen.tolist() == old.run(scorer(influence)).tolist()
     assert bandit.state.filled == old.state.filled and bandit.state.round == old.state.round
@@ -334,11 +331,12 @@ def test_with_no_classifier_weight_the_selection_is_the_influence_ranking(
         assert {**new_round, "threshold": 0} == {**old_round, "threshold": 0}
     rows = np.asarray(bandit.state.scored_rows)
     values = np.asarray(bandit.state.scored_values)
-    estimates = bandit.model.predict()
+    estimates = bandit.docs.predict()
     estimates[rows] = values
-    assert bandit.estimates.tolist() == estimates.tolist() == old.values.tolist()
+    assert bandit.docs.column("estimates").tolist() == estimates.tolist()
+    assert estimates.tolist() == old.docs.column("values").tolist()
     center, spread = bandit._moments()
-    assert bandit.values.tolist() == ((estimates - center) / spread).tolist()
+    assert bandit.docs.column("values").tolist() == ((estimates - center) / spread).tolist()
 
 
 def test_the_value_is_the_standardised_influence_plus_the_weighted_classifier_score():
@@ -360,7 +358,7 @@ def test_the_value_is_the_standardised_influence_plus_the_weighted_classifier_sc
     s[rows] = scores
     z = (classifier - classifier.mean()) / classifier.std()
     v = (s - scores.mean()) / scores.std() + 1.5 * z
-    assert bandit.values == pytest.approx(v, rel=1e-9, abs=1e-9)
+    assert bandit.docs.column("values") == pytest.approx(v, rel=1e-9, abs=1e-9)
     last = state.history[-1]
     assert last["arms"] and len(groups[-1]) == len(last["arms"])
     expected = [float(v[g].mean()) - 0.1 for g in groups[-1]]
@@ -469,13 +467,13 @@ def test_the_prediction_sd_grows_where_the_model_extrapolates_and_covers_the_tru
 def test_the_fill_ranks_unscored_documents_by_a_lower_confidence_bound():
     bandit, influence, _ = make_predicted()
     rows = np.arange(0, 2000, 13)
-    bandit.state.scored_rows, bandit.state.scored_values = rows.tolist(), influence[rows].tolist()
-    bandit._refit()
+    bandit._record_scores([rows], [influence[rows]])
     bandit.fill_confidence = 1.0
     bandit._fill("test")
     chosen = np.asarray(bandit.selected)
-    bound = bandit.values - bandit.model.predict_sd() / bandit._moments()[1]
-    bound[rows] = bandit.values[rows]
+    values = bandit.docs.column("values")
+    bound = values - bandit.docs.predict(sd=True) / bandit._moments()[1]
+    bound[rows] = values[rows]
     rest = np.setdiff1d(np.arange(2000), chosen)
     assert len(chosen) == 100 and bound[chosen].min() >= bound[rest].max()
 
@@ -500,11 +498,10 @@ def test_the_audit_scores_the_documents_nearest_the_threshold_within_the_allowan
 def test_an_audit_round_picks_the_smallest_distance_to_the_threshold_in_sds():
     bandit, influence, _ = make_predicted(max_evaluated=0.1)
     rows = np.arange(0, 2000, 13)
-    bandit.state.scored_rows, bandit.state.scored_values = rows.tolist(), influence[rows].tolist()
+    bandit._record_scores([rows], [influence[rows]])
     bandit.state.evaluated, bandit.state.round, bandit.audit_share = len(rows), 1, 0.5
-    bandit._refit()
-    threshold, sd = bandit.threshold(), bandit.model.predict_sd()
-    ambiguity = np.abs(bandit.values - threshold) / sd
+    threshold, sd = bandit.threshold(), bandit.docs.predict(sd=True)
+    ambiguity = np.abs(bandit.docs.column("values") - threshold) / sd
     groups: list[np.ndarray] = []
     bandit.play_round(lambda g: groups.extend(g) or [influence[x] for x in g])
     picked = np.concatenate(groups)

@@ -5,7 +5,8 @@ Models*, ICLR 2025).
     state      the saved bandit state, its fingerprint, saving and resuming
     bandit     the paper's bandit (`within_cluster: random`): rounds, draws, acceptance, budget
     predicted  the bandit with an influence model (`within_cluster: predicted`, the default)
-    selector   the registered selector: the scorer, the bandit on the pool, the manifest section
+    documents  the pool's documents and the bandit's per-document state, on shard actors
+    selector   the registered selector: the scorer, the bandit on the shards, the manifest section
 
 The bandit's arithmetic (UCB scores, rewards, thresholds, counts) is distsel.algorithms.bandit.
 """

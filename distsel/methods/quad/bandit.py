@@ -23,7 +23,6 @@ from typing import Any
 import numpy as np
 
 from distsel.algorithms.bandit import (
-    arm_members,
     default_arms_per_round,
     default_docs_per_accept,
     group_means,
@@ -34,8 +33,8 @@ from distsel.algorithms.bandit import (
     ucb_scores,
 )
 from distsel.core.config import Budget
-from distsel.core.samplers import random_order
 from distsel.core.storage import Store
+from distsel.methods.quad.documents import Found, QuadDocuments
 from distsel.methods.quad.options import QuadOptions
 from distsel.methods.quad.state import BanditState, fingerprint, load_state, save_state
 
@@ -49,33 +48,32 @@ log = logging.getLogger("distsel")
 
 
 class QuadBandit:
-    """The bandit over clusters. Arms hold pool indices; `influence` scores groups of them."""
+    """The bandit over clusters. Its documents (distsel.methods.quad.documents) stay on the shards;
+    the driver holds per-arm counts, the draws, and the selection (pool indices); `influence`
+    scores groups of documents given as their texts' pool indices."""
+
+    # the documents a token budget may still take: those not yet drawn or taken
+    remaining = "fresh"
 
     def __init__(
         self,
-        clusters: np.ndarray,
-        random_key: np.ndarray,
-        tokens: np.ndarray,
+        documents: QuadDocuments,
         centroid_distances: np.ndarray,
         options: QuadOptions,
         budget: Budget,
         seed: int,
     ) -> None:
-        self.options, self.budget, self.seed, self.tokens = options, budget, seed, tokens
-        self.random_key = random_key
-        arms = int(centroid_distances.shape[0])
-        self.orders = [
-            members[random_order(random_key[members])] for members in arm_members(clusters, arms)
-        ]
-        self.sizes = np.array([len(order) for order in self.orders])
+        self.options, self.budget, self.seed, self.docs = options, budget, seed, documents
+        self.arms = int(centroid_distances.shape[0])
+        self.sizes = documents.arms()[: self.arms]
         self.weights = neighbour_weights(centroid_distances, options.gamma)
-        self.arms_per_round = options.arms_per_round or default_arms_per_round(arms)
+        self.arms_per_round = options.arms_per_round or default_arms_per_round(self.arms)
         self.docs_per_accept = options.docs_per_accept or self._default_docs_per_accept()
         self.state = BanditState(
-            fingerprint=fingerprint(options, budget, seed, clusters, random_key, arms),
-            pulls=[0] * arms,
-            reward_sums=[0.0] * arms,
-            cursors=[0] * arms,
+            fingerprint=fingerprint(options, budget, seed, documents, self.arms),
+            pulls=[0] * self.arms,
+            reward_sums=[0.0] * self.arms,
+            cursors=[0] * self.arms,
         )
         self.selected: list[int] = []
 
@@ -83,7 +81,8 @@ class QuadBandit:
         """m = max(b, ceil(budget in documents / 50)): about 50 acceptances fill the budget."""
         docs = self.budget.docs
         if docs is None:
-            docs = self.budget.tokens / max(float(np.mean(self.tokens)), 1.0)
+            count, tokens = self.docs.totals()
+            docs = self.budget.tokens / max(tokens / max(count, 1), 1.0)
         return default_docs_per_accept(self.options.draws_per_arm, docs)
 
     # -- the rounds -------------------------------------------------------------------------
@@ -95,7 +94,7 @@ class QuadBandit:
         log.info(
             "quad: up to %d rounds over %d clusters, %d arms a round",
             self.options.rounds,
-            len(self.orders),
+            self.arms,
             self.arms_per_round,
         )
         last = time.monotonic()
@@ -135,8 +134,8 @@ class QuadBandit:
         if not len(pulled):
             state.done = "every arm exhausted"
             return
-        draws = [self._take(arm, b) for arm in pulled]
-        scores = influence(draws)
+        draws = self._take(pulled, np.full(len(pulled), b))
+        scores = influence([drawn.rows for drawn in draws])
         rewards = self._rewards(scores)
         accepted = []
         for arm, drawn, reward in zip(pulled, draws, rewards, strict=True):
@@ -174,11 +173,16 @@ class QuadBandit:
         )
         return top_arms(scores, count)
 
-    def _take(self, arm: int, count: int) -> np.ndarray:
-        start = self.state.cursors[arm]
-        taken = self.orders[arm][start : start + count]
-        self.state.cursors[arm] = start + len(taken)
-        return taken
+    def _take(self, arms: np.ndarray, counts: np.ndarray) -> list[Found]:
+        """The next `counts` documents of each arm's random order, drawn (marked taken on the
+        shards: no longer fresh)."""
+        found = self.docs.best_of_arms(arms, counts, "fresh")[0]
+        for arm, taken in zip(arms, found, strict=True):
+            self.state.cursors[arm] += len(taken)
+        self.docs.mark(
+            np.concatenate([f.rows for f in found] or [np.zeros(0, np.int64)]), taken=True
+        )
+        return found
 
     def _rewards(self, scores: list[np.ndarray]) -> np.ndarray:
         """Mean influence of each arm's draws − τ (see _mean_scores)."""
@@ -205,36 +209,36 @@ class QuadBandit:
         state = self.state
         return running_moments(state.evaluated, state.influence_sum, state.influence_sq_sum)
 
-    def _accept(self, arm: int, drawn: np.ndarray) -> None:
+    def _accept(self, arm: int, drawn: Found) -> None:
         """Add the arm's drawn documents and the next m − b of its order, within the budget."""
         self.state.accepted.append(int(arm))
-        extra = self._take(arm, max(self.docs_per_accept - len(drawn), 0))
-        self._add_all(np.concatenate([drawn, extra]))
+        extra = max(self.docs_per_accept - len(drawn), 0)
+        self._add_all(drawn.joined(self._take(np.array([arm]), np.array([extra]))[0]))
 
-    def _add_all(self, indices: np.ndarray) -> int:
+    def _add_all(self, found: Found) -> int:
         """Add documents in order within the budget (a token budget skips those that do not
-        fit); returns how many were added."""
-        state, added = self.state, 0
-        for index in indices:
+        fit) and mark them taken; returns how many were added."""
+        state, added = self.state, []
+        for index, tokens in zip(found.rows.tolist(), found.tokens.tolist(), strict=True):
             if self.budget.docs is not None:
                 if len(self.selected) >= self.budget.docs:
                     break
-            elif state.selected_tokens + int(self.tokens[index]) > self.budget.tokens:
+            elif state.selected_tokens + tokens > self.budget.tokens:
                 continue
-            self.selected.append(int(index))
-            state.selected_tokens += int(self.tokens[index])
-            added += 1
+            self.selected.append(index)
+            state.selected_tokens += tokens
+            added.append(index)
+        self.docs.mark(np.asarray(added, dtype=np.int64), taken=True)
         if self._budget_met():
             state.done = "budget reached"
-        return added
+        return len(added)
 
     def _budget_met(self) -> bool:
+        """The budget is reached, or (tokens) no document it may still take fits."""
         if self.budget.docs is not None:
             return len(self.selected) >= self.budget.docs
         remaining = self.budget.tokens - self.state.selected_tokens
-        unconsumed = [order[c:] for order, c in zip(self.orders, self.state.cursors, strict=True)]
-        rest = np.concatenate(unconsumed) if unconsumed else np.zeros(0, dtype=np.int64)
-        return remaining <= 0 or not len(rest) or int(self.tokens[rest].min()) > remaining
+        return remaining <= 0 or self.docs.fewest_tokens(self.remaining) > remaining
 
     # -- checkpoints --------------------------------------------------------------------------
 
@@ -248,16 +252,27 @@ class QuadBandit:
         if saved is None:
             return False
         self.state, self.selected = saved
+        self._restore()
         return True
 
-    def summary(self, clusters: np.ndarray) -> dict[str, Any]:
+    def _restore(self) -> None:
+        """The shards' state after the saved rounds: each arm's first `cursors` documents of its
+        random order drawn."""
+        cursors = np.array(self.state.cursors, dtype=np.int64)
+        arms = np.flatnonzero(cursors)
+        found = self.docs.best_of_arms(arms, cursors[arms], "all")[0]
+        self.docs.mark(
+            np.concatenate([f.rows for f in found] or [np.zeros(0, np.int64)]), taken=True
+        )
+
+    def summary(self) -> dict[str, Any]:
         chosen = np.asarray(self.selected, dtype=np.int64)
-        counts = np.bincount(clusters[chosen], minlength=len(self.orders)) if len(chosen) else []
+        counts = self.docs.cluster_counts(chosen, self.arms)
         return {
             "influence_evaluated_docs": self.state.evaluated,
             "rounds": self.state.round,
             "stopped": self.state.done,
-            "clusters": len(self.orders),
+            "clusters": self.arms,
             "clusters_accepted": len(set(self.state.accepted)),
             "acceptances": len(self.state.accepted),
             "clusters_covered": int(np.count_nonzero(counts)),

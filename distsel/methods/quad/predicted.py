@@ -47,25 +47,18 @@ from typing import Any
 import numpy as np
 
 from distsel.algorithms.bandit import (
-    acceptance_threshold,
     audit_allowance,
-    document_values,
     evaluation_allowance,
-    fill_bound,
     group_means,
-    information_value,
-    pool_z,
     random_arms,
     seed_round_arms,
     seed_round_draws,
     top_arms,
     ucb_scores,
 )
-from distsel.algorithms.influence_model import InfluenceModel
 from distsel.core.config import Budget
-from distsel.core.samplers import descending
-from distsel.core.storage import Store
 from distsel.methods.quad.bandit import InfluenceFunction, QuadBandit
+from distsel.methods.quad.documents import Found, QuadDocuments
 from distsel.methods.quad.options import QuadOptions
 
 AUDIT_SHARE = 0.25  # of the evaluation allowance, kept for the audit of the fill
@@ -74,68 +67,61 @@ FILL_CONFIDENCE = 0.0  # κ in the fill's ŷ − κ·sd(ŷ); 0: by ŷ
 
 class PredictedQuadBandit(QuadBandit):
     """Quad with an influence model (`within_cluster: predicted`, see the module docstring).
-    `features` are the pool's model features (distsel.algorithms.influence_model.pool_features),
-    `classifier` each document's classifier score (needed when classifier_weight > 0).
+    Its documents carry the model's features and the classifier score
+    (distsel.methods.quad.documents).
 
-    `estimates` holds s(x), the influence where computed, else the model's prediction;
-    `values` the value v(x) = (s(x) − μ̂)/σ̂ + w · z(x), z the classifier score standardised
-    over the pool, μ̂ and σ̂ those of the state (every influence evaluated so far), so a
-    resumed run recomputes the same values. Both are zero before the model's first fit."""
+    Each shard holds, per document, s(x), the influence where computed, else the model's
+    prediction, and the value v(x) = (s(x) − μ̂)/σ̂ + w · z(x), z the classifier score
+    standardised over the pool, μ̂ and σ̂ those of the state (every influence evaluated so far),
+    so a resumed run recomputes the same values. Both are zero before the model's first fit;
+    the driver fits the model on the scored draws and hands the shards its parameters."""
 
     audit_share: float = AUDIT_SHARE
     fill_confidence: float = FILL_CONFIDENCE
+    remaining = "untaken"
 
     def __init__(
         self,
-        clusters: np.ndarray,
-        random_key: np.ndarray,
-        tokens: np.ndarray,
+        documents: QuadDocuments,
         centroid_distances: np.ndarray,
         options: QuadOptions,
         budget: Budget,
         seed: int,
-        features: tuple[np.ndarray, np.ndarray],
-        classifier: np.ndarray | None = None,
     ) -> None:
-        super().__init__(clusters, random_key, tokens, centroid_distances, options, budget, seed)
-        if classifier is None and options.classifier_weight > 0:
-            raise ValueError("quad with classifier_weight > 0 needs the pool's classifier scores")
-        self.model = InfluenceModel(features)
-        self.scored = np.zeros(len(clusters), dtype=bool)
-        self.taken = np.zeros(len(clusters), dtype=bool)
-        self.classifier = np.zeros(len(clusters)) if classifier is None else pool_z(classifier)
-        self.estimates = np.zeros(len(clusters))
-        self.values = np.zeros(len(clusters))
-        self.allowance = evaluation_allowance(options.max_evaluated, len(clusters))
+        super().__init__(documents, centroid_distances, options, budget, seed)
+        if not documents.with_model:
+            raise ValueError("quad with within_cluster: predicted needs the pool's features")
+        self.model = documents.model()
+        self.allowance = evaluation_allowance(options.max_evaluated, len(documents))
 
     @property
     def audit(self) -> int:
         """The part of the allowance kept for the audit of the fill."""
         return audit_allowance(self.audit_share, self.allowance)
 
-    def available(self, arm: int) -> np.ndarray:
-        """The arm's documents neither scored nor taken, highest value v first (the arm's random
-        order before the model's first fit, and among equal values)."""
-        members = self.orders[arm]
-        members = members[~self.scored[members] & ~self.taken[members]]
-        if not self.model.fitted:
-            return members
-        return members[np.argsort(-self.values[members], kind="stable")]
+    def fresh_heads(self) -> tuple[list[Found], np.ndarray]:
+        """Each arm's b documents neither scored nor taken, highest value v first (the arm's
+        random order before the model's first fit, and among equal values), and how many each
+        arm has."""
+        b = self.options.draws_per_arm
+        arms = np.arange(self.arms)
+        return self.docs.best_of_arms(arms, np.full(self.arms, b), "fresh")
 
-    def choose_arms(self) -> np.ndarray:
-        state, b = self.state, self.options.draws_per_arm
-        candidates = [self.available(arm) for arm in range(len(self.orders))]
-        live = np.array([len(c) > 0 for c in candidates])
+    def choose_arms(
+        self, heads: list[Found] | None = None, left: np.ndarray | None = None
+    ) -> np.ndarray:
+        state = self.state
+        if heads is None or left is None:
+            heads, left = self.fresh_heads()
+        live = left > 0
         count = min(self.arms_per_round, int(live.sum()))
         if state.round == 0 or not self.model.fitted:
             # The seed round: a few random draws from many arms, a sample the model can learn from.
             count = seed_round_arms(int(live.sum()), self.arms_per_round, self.allowance)
             return random_arms(live, count, self.seed + state.round)
         # an unpulled arm's prior: the reward its b best documents by v would bring
-        prior = np.array(
-            [self._standard(self.estimates[c[:b]].mean()) if len(c) else 0.0 for c in candidates]
-        )
-        prior += self._classifier_rewards([c[:b] for c in candidates])
+        prior = np.array([self._standard(h.estimates.mean()) if len(h) else 0.0 for h in heads])
+        prior += self._classifier_rewards(heads)
         scores = ucb_scores(
             np.array(state.reward_sums),
             np.array(state.pulls, dtype=np.float64),
@@ -151,28 +137,27 @@ class PredictedQuadBandit(QuadBandit):
         if self._auditing():
             self._audit_round(influence)
             return
-        pulled = self.choose_arms()
+        heads, left = self.fresh_heads()
+        pulled = self.choose_arms(heads, left)
         room = self.allowance - self.audit - state.evaluated
         per_arm = self.options.draws_per_arm
         if state.round == 0:
             per_arm = seed_round_draws(per_arm, self.allowance, len(pulled))
         draws = []
         for arm in pulled:
-            draws.append(self.available(arm)[: min(per_arm, room)])
+            draws.append(heads[arm].first(min(per_arm, room)))
             room -= len(draws[-1])
         kept = [i for i, drawn in enumerate(draws) if len(drawn)]
         pulled, draws = pulled[kept], [draws[i] for i in kept]
         if not len(pulled):
             self._fill("every arm exhausted" if room > 0 else "evaluation allowance spent")
             return
-        scores = influence(draws)
+        scores = influence([drawn.rows for drawn in draws])
         rewards = self._mean_scores(scores) + self._classifier_rewards(draws) - self.options.tau
-        for arm, drawn, values, reward in zip(pulled, draws, scores, rewards, strict=True):
+        for arm, reward in zip(pulled, rewards, strict=True):
             state.pulls[arm] += 1
             state.reward_sums[arm] += float(reward)
-            state.scored_rows.extend(int(i) for i in drawn)
-            state.scored_values.extend(float(v) for v in values)
-        self._refit()
+        self._record_scores([drawn.rows for drawn in draws], scores)
         accepted, threshold = self._accept_round(pulled, draws)
         state.round += 1
         state.history.append(
@@ -186,6 +171,15 @@ class PredictedQuadBandit(QuadBandit):
             }
         )
         self._after_round()
+
+    def _record_scores(self, groups: list[np.ndarray], scores: list[np.ndarray]) -> None:
+        """Keep the scores in the state and on the shards, then refit."""
+        rows = np.concatenate(groups) if groups else np.zeros(0, np.int64)
+        values = np.concatenate(scores) if scores else np.zeros(0)
+        self.state.scored_rows.extend(int(i) for i in rows)
+        self.state.scored_values.extend(float(v) for v in values)
+        self.docs.mark(rows, scores=values)
+        self._refit()
 
     def _after_round(self) -> None:
         state = self.state
@@ -207,23 +201,16 @@ class PredictedQuadBandit(QuadBandit):
         variance), those of v."""
         state, b = self.state, self.options.draws_per_arm
         threshold = self.threshold()
-        candidates = np.flatnonzero(~self.taken & ~self.scored)
         spread = self._value_moments()[1]
-        sd = self.model.predict_sd(candidates) / spread
-        noise = self.model.noise / spread**2
-        gain = information_value(self.values[candidates], sd, noise, threshold)
         width = min(self.allowance - state.evaluated, self.arms_per_round * b)
-        picked = candidates[np.argsort(-gain, kind="stable")[:width]]
+        picked = self.docs.best_for_audit(width, self.model.parameters(), threshold, spread).rows
         if not len(picked):
             self._fill("every document scored or taken")
             return
         groups = [picked[i : i + b] for i in range(0, len(picked), b)]
         scores = influence(groups)
         self._mean_scores(scores)
-        for drawn, values in zip(groups, scores, strict=True):
-            state.scored_rows.extend(int(i) for i in drawn)
-            state.scored_values.extend(float(v) for v in values)
-        self._refit()
+        self._record_scores(groups, scores)
         state.round += 1
         state.history.append(
             {
@@ -239,13 +226,13 @@ class PredictedQuadBandit(QuadBandit):
         self._after_round()
 
     def _accept_round(
-        self, pulled: np.ndarray, draws: list[np.ndarray]
+        self, pulled: np.ndarray, draws: list[Found]
     ) -> tuple[list[int], float | None]:
         """After the warm-up (half the allowance), accept the arms whose draws average ≥ θ."""
         if self.state.evaluated < self.allowance / 2:
             return [], None
         threshold = self.threshold()
-        means = [float(self.values[drawn].mean()) for drawn in draws]
+        means = [float(self.docs.values(drawn.rows).mean()) for drawn in draws]
         accepted = []
         for position in np.argsort(means, kind="stable")[::-1]:
             if self.state.done or means[position] < threshold:
@@ -253,49 +240,38 @@ class PredictedQuadBandit(QuadBandit):
             arm = int(pulled[position])
             accepted.append(arm)
             self.state.accepted.append(arm)
-            members = self.orders[arm][~self.taken[self.orders[arm]]]
-            block = members[descending(self.values[members], self.random_key[members])]
-            block = block[self.values[block] >= threshold][: self.docs_per_accept]
-            self._take_all(block)
+            block = self.docs.best_of_arms(
+                np.array([arm]), np.array([self.docs_per_accept]), "untaken", threshold
+            )[0][0]
+            self._add_all(block)
         return accepted, threshold
 
     def threshold(self) -> float:
         """θ: the value v of the untaken document that would complete the budget, taking
         untaken documents by v from the best down (−inf when they would not fill it)."""
-        untaken = np.flatnonzero(~self.taken)
-        order = untaken[descending(self.values[untaken], self.random_key[untaken])]
         if self.budget.docs is not None:
-            docs_left = self.budget.docs - len(self.selected)
-            return acceptance_threshold(self.values, order, docs_left=docs_left)
-        remaining = self.budget.tokens - self.state.selected_tokens
-        return acceptance_threshold(self.values, order, tokens=self.tokens, tokens_left=remaining)
-
-    def _take_all(self, indices: np.ndarray) -> None:
-        before = len(self.selected)
-        self._add_all(indices)
-        self.taken[np.asarray(self.selected[before:], dtype=np.int64)] = True
+            return self.docs.threshold(self.budget.docs - len(self.selected), 0)
+        return self.docs.threshold(None, self.budget.tokens - self.state.selected_tokens)
 
     def _fill(self, reason: str) -> None:
         """The rest of the budget: untaken documents of highest v (κ > 0: v − κ·sd(ŷ)/σ̂ for
         the unscored)."""
-        untaken = np.flatnonzero(~self.taken)
-        before = len(self.selected)
-        sd = self.model.predict_sd(untaken) / self._value_moments()[1]
-        bound = fill_bound(self.values[untaken], sd, self.scored[untaken], self.fill_confidence)
-        self._take_all(untaken[descending(bound, self.random_key[untaken])])
-        self.state.filled += len(self.selected) - before
+        parameters = self.model.parameters() if self.model.fitted else None
+        docs_left = None if self.budget.docs is None else self.budget.docs - len(self.selected)
+        tokens_left = 0 if self.budget.tokens is None else self.budget.tokens
+        tokens_left -= self.state.selected_tokens
+        spread = self._value_moments()[1]
+        found = self.docs.fill(parameters, spread, self.fill_confidence, docs_left, tokens_left)
+        self.state.filled += self._add_all(found)
         self.state.done = f"{reason}; the rest filled by the influence model"
 
     def _refit(self) -> None:
         rows = np.asarray(self.state.scored_rows, dtype=np.int64)
-        self.scored[rows] = True
         if len(rows) >= 3:
-            values = np.asarray(self.state.scored_values)
-            self.estimates = self.model.fit(rows, values).predict()
-            self.estimates[rows] = values
+            self.model.fit(rows, np.asarray(self.state.scored_values))
             center, spread = self._value_moments()
             weight = self.options.classifier_weight
-            self.values = document_values(self.estimates, center, spread, self.classifier, weight)
+            self.docs.refit(self.model.parameters(), center, spread, weight)
 
     def _value_moments(self) -> tuple[float, float]:
         """The μ̂, σ̂ that standardise the influence in v: the state's (_moments)."""
@@ -308,33 +284,27 @@ class PredictedQuadBandit(QuadBandit):
         center, spread = self._moments()
         return (value - center) / spread
 
-    def _classifier_rewards(self, groups: list[np.ndarray]) -> np.ndarray:
+    def _classifier_rewards(self, groups: list[Found]) -> np.ndarray:
         """Each group's share of the reward from the classifier: w × its mean standardised
         classifier score, in reward units (× σ̂ with scale: raw), so that a standardised
         reward is the draws' mean v − τ."""
         weight = self.options.classifier_weight
         if self.options.scale != "standardized":
             weight *= self._moments()[1]
-        return weight * group_means([self.classifier[g] for g in groups])
+        return weight * group_means(
+            [group.classifier[: self.options.draws_per_arm] for group in groups]
+        )
 
-    def _budget_met(self) -> bool:
-        if self.budget.docs is not None:
-            return len(self.selected) >= self.budget.docs
-        remaining = self.budget.tokens - self.state.selected_tokens
-        untaken = ~self.taken
-        untaken[np.asarray(self.selected, dtype=np.int64)] = False
-        return remaining <= 0 or not untaken.any() or int(self.tokens[untaken].min()) > remaining
-
-    def resume(self, store: Store) -> bool:
-        if not super().resume(store):
-            return False
-        self.taken[np.asarray(self.selected, dtype=np.int64)] = True
+    def _restore(self) -> None:
+        """The shards' state after the saved rounds: the selection taken, the scores known."""
+        self.docs.mark(np.asarray(self.selected, dtype=np.int64), taken=True)
+        rows = np.asarray(self.state.scored_rows, dtype=np.int64)
+        self.docs.mark(rows, scores=np.asarray(self.state.scored_values))
         self._refit()
-        return True
 
-    def summary(self, clusters: np.ndarray) -> dict[str, Any]:
+    def summary(self) -> dict[str, Any]:
         return {
-            **super().summary(clusters),
+            **super().summary(),
             "evaluation_allowance_docs": self.allowance,
             "filled_by_model": self.state.filled,
             "model_ridge": self.model.ridge,

@@ -1,19 +1,25 @@
 """Quad's selector: the registered entry point that clusters, prepares the costly scorer (the
-influence stage by default), builds the bandit and plays it on the pool."""
+influence stage by default), builds the bandit and plays it on the pool's shards."""
 
 from __future__ import annotations
 
+import io
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from distsel.core import layout
+from distsel.core.candidates import Walk
 from distsel.core.config import Budget, Config
 from distsel.core.errors import DistselError
-from distsel.core.pool import Pool, fetch_texts
+from distsel.core.pool import Pool
 from distsel.core.registry import register_selector, stage_class
 from distsel.core.selector import budget_section, score_column
 from distsel.core.stage import StageContext, prepare_stage
+from distsel.core.storage import Store
 from distsel.methods.quad.bandit import QuadBandit
+from distsel.methods.quad.documents import QuadDocuments
 from distsel.methods.quad.options import QuadOptions
 from distsel.methods.quad.predicted import PredictedQuadBandit
 
@@ -28,85 +34,120 @@ def make_bandit(
     seed: int,
     features: tuple[np.ndarray, np.ndarray] | None = None,
     classifier: np.ndarray | None = None,
+    shards: int = 1,
 ) -> QuadBandit:
-    """The paper's bandit, or with `within_cluster: predicted` the one with an influence model
-    (`features`) whose value adds the classifier score (`classifier`, one per document) with
-    weight classifier_weight."""
-    arguments = (clusters, random_key, tokens, centroid_distances, options, budget, seed)
+    """A bandit over documents given as arrays, held in this process in `shards` shards:
+    `features` the model's (distsel.algorithms.influence_model.pool_features), `classifier` one
+    score per document (needed when classifier_weight > 0)."""
+    predicted = options.within_cluster == "predicted"
+    if predicted and classifier is None and options.classifier_weight > 0:
+        raise ValueError("quad with classifier_weight > 0 needs the pool's classifier scores")
+    arms = int(centroid_distances.shape[0])
+    documents = QuadDocuments.from_arrays(
+        clusters, random_key, tokens, arms, features, classifier, shards
+    )
+    return bandit_for(documents, centroid_distances, options, budget, seed)
+
+
+def bandit_for(
+    documents: QuadDocuments,
+    centroid_distances: np.ndarray,
+    options: QuadOptions,
+    budget: Budget,
+    seed: int,
+) -> QuadBandit:
+    """The paper's bandit, or with `within_cluster: predicted` the one with an influence model."""
+    arguments = (documents, centroid_distances, options, budget, seed)
     if options.within_cluster == "random":
         return QuadBandit(*arguments)
-    if features is None:
-        raise ValueError("quad with within_cluster: predicted needs the pool's features")
-    return PredictedQuadBandit(*arguments, features, classifier)
+    return PredictedQuadBandit(*arguments)
+
+
+@dataclass(frozen=True)
+class ChosenPlan:
+    """Quad's finished selection as a HeadPlan (distsel.core.candidates): each part sends the
+    rows its shard wrote (layout.quad_chosen), and the selection is every document sent.
+    `section` is the manifest's quad section."""
+
+    store: Store
+    section: dict[str, Any]
+    by_tokens: bool
+    min_head: int = 0
+
+    def part_orders(self, part: Pool) -> list[tuple[np.ndarray, float | None]]:
+        data = self.store.read_bytes(layout.quad_chosen(part.parts[0]))
+        rows = np.load(io.BytesIO(data), allow_pickle=False)
+        return [(np.searchsorted(part.row_index, rows), None)]
+
+    def walks(self, pool: Pool) -> list[Walk]:
+        return [Walk(np.arange(len(pool)), None, self.by_tokens)]
 
 
 @register_selector("quad", options=QuadOptions, needs_target=True)
 class QuadSelector:
     """Quad: a bandit over k-means clusters that computes a costly score (influence by default)
-    only on a few draws per pull."""
+    only on a few draws per pull. The pool stays on the cluster: shard actors hold its
+    documents and the bandit's per-document state (distsel.methods.quad.documents), and the
+    selection is gathered as each part's chosen rows."""
 
     def required_stages(self, config: Config) -> tuple[str, ...]:
         if config.select.options("quad").within_cluster == "predicted":
             return ("embed", "cluster", "classifier")
         return ("embed", "cluster")
 
+    def plan(
+        self, store: Store, parts: list[str], config: Config, dropped: dict[str, np.ndarray]
+    ) -> ChosenPlan:
+        """Play the bandit (or resume it) over shards of the pool; its selection, by part."""
+        context = StageContext(config, store, parts, dropped)
+        section = run_quad(config, context)
+        return ChosenPlan(store, section, config.select.budget.by_tokens)
+
     def select(
         self, pool: Pool, config: Config, context: StageContext
     ) -> tuple[np.ndarray, dict[str, Any]]:
-        from distsel.core.runner import StagePool
-        from distsel.methods.cluster import load_centroid_distances
+        if pool.plan is None:  # no budget: the pool, whole
+            raise DistselError("select.quad needs a budget (select.budget)")
+        if config.select.options("quad").within_cluster == "predicted":
+            score_column(pool, "classifier_score")
+        return np.arange(len(pool), dtype=np.int64), dict(pool.plan.section)
 
-        options = config.select.options("quad")
-        stage, column = _quad_scorer(config, context)
-        features = classifier = shards = None
-        if options.within_cluster == "predicted":
-            classifier = score_column(pool, "classifier_score")
-            shards, features = _model_features(config, context, pool, classifier)
-        clusters = score_column(pool, "cluster").astype(np.int64)
-        bandit = make_bandit(
-            clusters,
-            pool.random_key,
-            pool.tokens,
-            load_centroid_distances(context.store),
-            options,
-            config.select.budget,
-            config.seed,
-            features,
-            classifier,
-        )
+
+def run_quad(config: Config, context: StageContext) -> dict[str, Any]:
+    """Prepare the scorer and the shards, play the bandit, write the chosen rows of each part
+    (layout.quad_chosen); the manifest section."""
+    from distsel.core.runner import StagePool
+    from distsel.methods.cluster import load_centroid_distances
+
+    options = config.select.options("quad")
+    stage, column = _quad_scorer(config, context)
+    distances = load_centroid_distances(context.store)
+    predicted = options.within_cluster == "predicted"
+    documents = QuadDocuments.from_store(
+        context.store,
+        context.parts,
+        dict(context.dropped or {}),
+        config.seed,
+        int(distances.shape[0]),
+        predicted,
+    )
+    scorer = None
+    try:
+        if predicted:
+            documents.prepare_features(_target_vectors(config))
+        bandit = bandit_for(documents, distances, options, config.select.budget, config.seed)
         # the scores in a saved state hold only under the scorer they came from
         bandit.state.fingerprint["scorer"] = stage.fingerprint()
         scorer = StagePool(stage, column)
-        try:
-            chosen = bandit.run(
-                lambda groups: scorer.score(fetch_texts(context.store, pool, groups)), context.store
-            )
-        finally:
+        chosen = bandit.run(lambda groups: scorer.score(documents.texts(groups)), context.store)
+        documents.write_chosen(chosen)
+        summary = bandit.summary()
+    finally:
+        if scorer is not None:
             scorer.close()
-            if shards is not None:
-                shards.close()
-        section = {"budget": budget_section(config), **options.model_dump(), "score_column": column}
-        return chosen, {**section, **bandit.summary(clusters), stage.name: stage.summary}
-
-
-def _model_features(
-    config: Config, context: StageContext, pool: Pool, classifier: np.ndarray
-) -> tuple[Any, tuple[Any, np.ndarray]]:
-    """The influence model's features (distsel.algorithms.influence_model.pool_features): the
-    shards' standardised embeddings (distsel.methods.quad.features), and on the driver the
-    covariates log(1 + tokens), the best cosine to the target examples (RDS+'s max) and the
-    classifier score."""
-    from distsel.algorithms.influence_model import covariate_features
-    from distsel.methods.quad.features import EmbeddingShards
-
-    shards = EmbeddingShards(context.store, pool)
-    try:
-        cosine = shards.target_cosine(_target_vectors(config))
-        shards.standardize()
-    except BaseException:
-        shards.close()
-        raise
-    return shards, (shards, covariate_features(pool.tokens, cosine, classifier))
+        documents.close()
+    section = {"budget": budget_section(config), **options.model_dump(), "score_column": column}
+    return {**section, **summary, stage.name: stage.summary}
 
 
 def _target_vectors(config: Config) -> np.ndarray:

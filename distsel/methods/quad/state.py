@@ -14,6 +14,7 @@ import numpy as np
 from distsel.core import layout
 from distsel.core.config import Budget
 from distsel.core.storage import Store
+from distsel.methods.quad.documents import QuadDocuments
 from distsel.methods.quad.options import QuadOptions
 
 
@@ -39,12 +40,7 @@ class BanditState:
 
 
 def fingerprint(
-    options: QuadOptions,
-    budget: Budget,
-    seed: int,
-    clusters: np.ndarray,
-    random_key: np.ndarray,
-    arms: int,
+    options: QuadOptions, budget: Budget, seed: int, documents: QuadDocuments, arms: int
 ) -> dict[str, Any]:
     """What a saved state must match to be resumed: the options, budget and seed, and the pool
     (its size, its clusters and its documents)."""
@@ -52,10 +48,10 @@ def fingerprint(
         "options": options.model_dump(),
         "budget": budget.model_dump(),
         "seed": seed,
-        "docs": int(len(clusters)),
-        "clusters_checksum": int(np.bincount(clusters).dot(np.arange(arms) + 1)),
+        "docs": len(documents),
+        "clusters_checksum": int(documents.arms()[:arms].dot(np.arange(arms) + 1)),
         # the pool's documents (their random keys follow from their ids), in any order
-        "pool": int(np.bitwise_xor.reduce(random_key)) if len(random_key) else 0,
+        "pool": documents.key_xor(),
     }
 
 
