@@ -35,6 +35,7 @@ from distsel.core.pool import random_keys
 from distsel.core.storage import Store
 from distsel.methods.cluster import assign, centroid_distances, fit_kmeans, load_centroid_distances
 from distsel.methods.quad import QuadBandit
+from distsel.methods.quad.documents import QuadDocuments
 from distsel.methods.quad.options import QuadOptions
 
 COLUMNS = [
@@ -83,9 +84,9 @@ class Replay:
         return labels.astype(np.int64), centroid_distances(result.centroids)
 
     def play(self, labels: np.ndarray, distances: np.ndarray, options: QuadOptions) -> np.ndarray:
-        bandit = QuadBandit(
-            labels, self.keys, self.tokens, distances, options, self.budget, self.seed
-        )
+        arms = int(distances.shape[0])
+        documents = QuadDocuments.from_arrays(labels, self.keys, self.tokens, arms)
+        bandit = QuadBandit(documents, distances, options, self.budget, self.seed)
         chosen = bandit.run(lambda groups: [self.influence[g] for g in groups])
         self.evaluated = bandit.state.evaluated
         return chosen

@@ -99,9 +99,9 @@ def test_the_sharded_paper_bandit_plays_the_bandit_held_whole(seed):
     assert sharded.run(scorer(influence)).tolist() == whole.run(scorer(influence)).tolist()
     assert sharded.state.history == whole.state.history
     assert sharded.state.cursors == whole.state.cursors
-    assert sharded.summary()["selected_per_cluster"] == whole.summary(clusters)[
-        "selected_per_cluster"
-    ]
+    assert (
+        sharded.summary()["selected_per_cluster"] == whole.summary(clusters)["selected_per_cluster"]
+    )
 
 
 @pytest.mark.parametrize("shards", [1, 4])

@@ -1,77 +1,113 @@
-"""Quad's influence-model features held by shard actors (distsel.methods.quad.features) against
-the same features as one matrix in memory (distsel.algorithms.influence_model.pool_features)."""
+"""Quad's documents read from the parts by shard actors (distsel.methods.quad.documents) against
+the same pool held whole: its columns, the influence model's features (distsel.algorithms.
+influence_model.pool_features), the model's predictions, the texts and the chosen rows."""
 
 from __future__ import annotations
+
+import io
 
 import numpy as np
 import pyarrow as pa
 import pytest
 
+from distsel.algorithms.bandit import pool_z
 from distsel.algorithms.influence_model import InfluenceModel, pool_features
 from distsel.algorithms.similarity import cosine_scores
 from distsel.core import layout
 from distsel.core.executor import LocalExecutor
-from distsel.core.pool import Pool
+from distsel.core.pool import random_keys
 from distsel.core.storage import Store
 from distsel.core.vectors import embedding_array
-from distsel.methods.quad.features import EmbeddingShards
+from distsel.methods.quad.documents import QuadDocuments
+
+ARMS = 4
 
 
-def sharded_pool(root, rng: np.random.Generator) -> tuple[Pool, np.ndarray]:
-    """Parts of embeddings (one empty, one with every row left out of the pool), and a pool of
-    some of their rows; the pool's embeddings as one matrix."""
-    store = Store(str(root))
-    names, part_index, row_index, held = [], [], [], []
+def write_parts(store: Store, rng: np.random.Generator) -> tuple[list[str], dict, dict]:
+    """Parts (one empty, one with every row dropped) with texts, clusters, classifier scores
+    and embeddings; the dropped rows; the accepted rows' columns in pool order."""
+    names, dropped, pool = [], {}, {k: [] for k in ("ids", "texts", "cluster", "score", "vec")}
     for index, size in enumerate([40, 0, 7, 25, 13, 60]):
         name = f"p{index:03d}{layout.PART_SUFFIX}"
+        ids = [f"{index}-{r}" for r in range(size)]
+        texts = [f"text {index} {r} " + "x" * int(rng.integers(1, 300)) for r in range(size)]
         vectors = (rng.standard_normal((size, 16)) + rng.normal(size=16)).astype(np.float32)
-        table = pa.table(
-            {"id": [f"{index}-{r}" for r in range(size)], "embedding": embedding_array(vectors)}
+        clusters = rng.integers(0, ARMS, size)
+        scores = rng.standard_normal(size)
+        tokens = [len(t) // 4 + 1 for t in texts]
+        store.write_table(
+            layout.docs(name), pa.table({"id": ids, "text": texts, "tokens_approx": tokens})
         )
-        store.write_table(layout.scores("embed", name), table)
-        rows = np.sort(rng.choice(size, size=size * 2 // 3, replace=False)) if index != 2 else []
-        rows = np.asarray(rows, dtype=np.int64)
+        store.write_table(
+            layout.scores("embed", name),
+            pa.table({"id": ids, "embedding": embedding_array(vectors)}),
+        )
+        store.write_table(
+            layout.scores("cluster", name), pa.table({"id": ids, "cluster": clusters})
+        )
+        store.write_table(
+            layout.scores("classifier", name), pa.table({"id": ids, "classifier_score": scores})
+        )
+        gone = (
+            np.arange(size) if index == 2 else np.sort(rng.choice(size, size // 3, replace=False))
+        )
+        kept = np.setdiff1d(np.arange(size), gone)
         names.append(name)
-        part_index += [index] * len(rows)
-        row_index.append(rows)
-        held.append(vectors[rows])
-    count = len(part_index)
-    pool = Pool(
-        parts=names,
-        part_index=np.array(part_index, dtype=np.int32),
-        row_index=np.concatenate(row_index),
-        tokens=rng.integers(5, 500, count),
-        random_key=rng.integers(0, 2**63, count, dtype=np.uint64),
-    )
-    return pool, np.concatenate(held)
+        dropped[name] = gone.astype(np.int64)
+        for key, column in zip(pool, [ids, texts, clusters, scores, vectors], strict=True):
+            pool[key] += [column[i] for i in kept]
+    return names, dropped, pool
 
 
 @pytest.mark.parametrize("shards", [1, 3, 6])
-def test_shards_answer_as_the_matrix_held_whole(tmp_path, shards):
+def test_shards_hold_the_pool_as_it_is_held_whole(tmp_path, shards):
     rng = np.random.default_rng(shards)
-    pool, embeddings = sharded_pool(tmp_path, rng)
+    store = Store(str(tmp_path))
+    names, dropped, pool = write_parts(store, rng)
     targets = rng.standard_normal((5, 16)).astype(np.float32)
     with LocalExecutor().active():
-        held = EmbeddingShards(Store(str(tmp_path)), pool, shards)
-        cosine = held.target_cosine(targets)
-        held.standardize()
-    whole, free = pool_features(embeddings, pool.tokens)
-    np.testing.assert_allclose(cosine, cosine_scores(embeddings, targets, "max"), rtol=1e-6)
-    rows = rng.permutation(len(pool))[:50]
-    np.testing.assert_allclose(held.rows(rows), whole[rows].astype(np.float64), atol=1e-5)
-    weights = rng.standard_normal(16)
-    np.testing.assert_allclose(held.dot(weights), whole.astype(np.float64) @ weights, atol=1e-4)
-    np.testing.assert_allclose(held.dot(weights, rows), whole[rows] @ weights, atol=1e-4)
+        documents = QuadDocuments.from_store(store, names, dropped, 7, ARMS, True, shards)
+        documents.prepare_features(targets)
+        size = len(pool["ids"])
+        assert len(documents) == size and documents.shards == min(shards, len(names))
+        assert documents.column("cluster").tolist() == pool["cluster"]
+        keys = random_keys(pool["ids"], 7)
+        assert documents.column("random_key").tolist() == keys.tolist()
+        assert documents.arms().tolist() == np.bincount(pool["cluster"], minlength=ARMS).tolist()
 
-    scored = rng.choice(len(pool), 30, replace=False)
-    values = rng.standard_normal(30)
-    sharded = InfluenceModel((held, free)).fit(scored, values)
-    in_memory = InfluenceModel((whole, free)).fit(scored, values)
-    np.testing.assert_allclose(sharded.predict(), in_memory.predict(), atol=1e-6)
-    np.testing.assert_allclose(sharded.predict(rows), in_memory.predict(rows), atol=1e-6)
-    x = np.column_stack([np.ones(len(rows)), free[rows], whole[rows]]).astype(np.float64)
-    exact = np.sqrt(
-        in_memory.noise * np.einsum("ij,jk,ik->i", x, in_memory.covariance, x).clip(min=0)
-    )
-    np.testing.assert_allclose(sharded.predict_sd(rows), exact, rtol=1e-6, atol=1e-9)
-    assert held.rows(np.zeros(0, np.int64)).shape[0] == 0
+        embeddings, tokens = (
+            np.array(pool["vec"]),
+            np.array([len(t) // 4 + 1 for t in pool["texts"]]),
+        )
+        cosine = cosine_scores(embeddings, targets, "max")
+        whole, free = pool_features(embeddings, tokens, cosine, np.array(pool["score"]))
+        every = np.arange(size)
+        np.testing.assert_allclose(documents.rows(every), whole.astype(np.float64), atol=1e-5)
+        np.testing.assert_allclose(documents.free_rows(every), free, atol=1e-5)
+        np.testing.assert_allclose(documents.column("classifier"), pool_z(pool["score"]), atol=1e-9)
+
+        scored = rng.choice(size, 30, replace=False)
+        values = rng.standard_normal(30)
+        fitted = documents.model().fit(scored, values)
+        in_memory = InfluenceModel((whole, free)).fit(scored, values)
+        documents.refit(fitted.parameters(), 0.0, 1.0, 0.0)
+        np.testing.assert_allclose(documents.predict(), in_memory.predict(), atol=1e-6)
+        np.testing.assert_allclose(documents.predict(sd=True), in_memory.predict_sd(), rtol=1e-6)
+
+        groups = [rng.choice(size, 4, replace=False), np.zeros(0, np.int64), np.array([size - 1])]
+        expected = [[pool["texts"][i] for i in group] for group in groups]
+        assert documents.texts(groups) == expected
+
+        chosen = rng.choice(size, 20, replace=False)
+        documents.write_chosen(chosen)
+        documents.close()
+    offsets = np.cumsum([0] + [len(documents_of(store, n)) - len(dropped[n]) for n in names])
+    for part, name in enumerate(names):
+        rows = np.load(io.BytesIO(store.read_bytes(layout.quad_chosen(name))))
+        kept = np.setdiff1d(np.arange(len(documents_of(store, name))), dropped[name])
+        inside = chosen[(chosen >= offsets[part]) & (chosen < offsets[part + 1])]
+        assert rows.tolist() == sorted(kept[inside - offsets[part]].tolist())
+
+
+def documents_of(store: Store, name: str) -> pa.Table:
+    return store.read_table(layout.docs(name), columns=["id"])

@@ -108,8 +108,9 @@ class QuadSelector:
     ) -> tuple[np.ndarray, dict[str, Any]]:
         if pool.plan is None:  # no budget: the pool, whole
             raise DistselError("select.quad needs a budget (select.budget)")
-        if config.select.options("quad").within_cluster == "predicted":
-            score_column(pool, "classifier_score")
+        for column in ("classifier_score", "cluster"):  # what selected/ carries
+            if column in pool.scores:
+                score_column(pool, column)
         return np.arange(len(pool), dtype=np.int64), dict(pool.plan.section)
 
 
@@ -126,7 +127,7 @@ def run_quad(config: Config, context: StageContext) -> dict[str, Any]:
     documents = QuadDocuments.from_store(
         context.store,
         context.parts,
-        dict(context.dropped or {}),
+        dict(context.left_out),
         config.seed,
         int(distances.shape[0]),
         predicted,
