@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+from array import array
 from collections.abc import Callable
 from typing import Any
 
@@ -75,7 +76,7 @@ class QuadBandit:
             reward_sums=[0.0] * self.arms,
             cursors=[0] * self.arms,
         )
-        self.selected: list[int] = []
+        self.selected = array("q")  # pool indices, 8 B each
 
     def _default_docs_per_accept(self) -> int:
         """m = max(b, ceil(budget in documents / 50)): about 50 acceptances fill the budget."""

@@ -76,8 +76,26 @@ class Found:
         return Found(*(column[:count] for column in self.columns()))
 
     def joined(self, other: Found) -> Found:
-        pairs = zip(self.columns(), other.columns(), strict=True)
-        return Found(*(np.concatenate(pair) for pair in pairs))
+        return Found.concatenated([self, other])
+
+    def take(self, positions: np.ndarray) -> Found:
+        return Found(*(column[positions] for column in self.columns()))
+
+    def split(self, bounds: np.ndarray) -> list[Found]:
+        """Consecutive pieces, the i-th from bounds[i] to bounds[i + 1]."""
+        cuts = [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        return [Found(*(column[cut] for column in self.columns())) for cut in cuts]
+
+    @staticmethod
+    def concatenated(pieces: list[Found]) -> Found:
+        if not pieces:
+            return Found(*(np.zeros(0, t) for t in (np.int64, float, float, float, np.int64)))
+        return Found(
+            *(
+                np.concatenate(columns)
+                for columns in zip(*(p.columns() for p in pieces), strict=True)
+            )
+        )
 
     def columns(self) -> tuple[np.ndarray, ...]:
         return (self.rows, self.values, self.estimates, self.classifier, self.tokens)
@@ -349,18 +367,20 @@ class QuadDocuments:
         lengths = np.ceil(HEAD_MARGIN * share * tokens_left / mean_tokens).astype(np.int64) + 1
         while True:
             answers = heads(lengths)
-            merged, owner, last = _merge(answers, 0)
-            fits = _fits(merged.tokens, tokens_left)
-            left = tokens_left - np.cumsum(np.where(fits, merged.tokens, 0))
-            short = np.zeros(self.shards, dtype=bool)
-            for shard, answer in enumerate(answers):
-                if answer.more[0] == 0:
-                    continue
-                position = last[shard]
-                left_after = tokens_left if position < 0 else left[position]
-                short[shard] = left_after >= answer.left_out_min[0]
+            merged = _Merged(answers, 1)
+            tokens = merged.found.tokens
+            fits = _fits(tokens, tokens_left)
+            left = tokens_left - np.cumsum(np.where(fits, tokens, 0))
+            last = np.full(len(answers), -1, dtype=np.int64)
+            np.maximum.at(last, merged.shard, np.arange(len(merged.shard)))
+            left_after = np.where(
+                last >= 0, left[np.maximum(last, 0)] if len(left) else 0, tokens_left
+            )
+            more = np.array([answer.more[0] for answer in answers])
+            fewest = np.array([answer.left_out_min[0] for answer in answers])
+            short = (more > 0) & (left_after >= fewest)
             if not short.any():
-                return Found(*(column[fits] for column in merged.columns()))
+                return merged.found.take(np.flatnonzero(fits))
             lengths[short] = lengths[short] * GROWTH + 1
 
     def threshold(self, docs_left: int | None, tokens_left: int) -> float:
@@ -400,20 +420,21 @@ class QuadDocuments:
         self, heads: Callable[[np.ndarray], list[_Heads]], share: np.ndarray, counts: np.ndarray
     ) -> tuple[list[Found], np.ndarray]:
         """Per group, the first `counts` documents of the merged heads, growing a shard's head
-        where the merge took all of it and the shard left some out."""
+        where the merge took all it sent and it left some out; each group's eligible documents
+        in all."""
         lengths = np.ceil(HEAD_MARGIN * share * counts[None, :]).astype(np.int64) + 1
         while True:
             answers = heads(lengths)
-            found, short = [], np.zeros(lengths.shape, dtype=bool)
-            for group in range(len(counts)):
-                merged, owner, last = _merge(answers, group)
-                found.append(merged.first(int(counts[group])))
-                for shard, answer in enumerate(answers):
-                    # the merge took all the shard sent, and it left some out
-                    short[shard, group] = answer.more[group] > 0 and last[shard] < counts[group]
+            merged = _Merged(answers, len(counts))
+            taken = merged.rank < counts[merged.group]
+            sent = np.array([np.diff(answer.starts) for answer in answers])
+            more = np.array([answer.more for answer in answers])
+            took = merged.per_shard_and_group(taken)
+            short = (more > 0) & (took == sent)
             if not short.any():
-                totals = sum(a.more + np.diff(a.starts) for a in answers)
-                return found, np.asarray(totals)
+                bounds = np.searchsorted(merged.group[taken], np.arange(len(counts) + 1))
+                chosen = merged.found.take(np.flatnonzero(taken))
+                return chosen.split(bounds), (sent + more).sum(axis=0)
             lengths[short] = lengths[short] * GROWTH + 1
 
     def _at_least(self, cuts: np.ndarray, by_tokens: bool) -> np.ndarray:
@@ -474,23 +495,34 @@ def _placed(
     return bounds, np.array([arm_sizes for arm_sizes, _ in loaded])
 
 
-def _merge(answers: list[_Heads], group: int) -> tuple[Found, np.ndarray, np.ndarray]:
-    """One group's heads from every shard merged into the ranking's order; each document's shard,
-    and each shard's position of its last document in the merge (−1: none sent)."""
-    pieces, primary, secondary, owner = [], [], [], []
-    for shard, answer in enumerate(answers):
-        cut = slice(int(answer.starts[group]), int(answer.starts[group + 1]))
-        pieces.append([column[cut] for column in answer.found.columns()])
-        primary.append(answer.primary[cut])
-        secondary.append(answer.secondary[cut])
-        owner.append(np.full(cut.stop - cut.start, shard, dtype=np.int64))
-    columns = [np.concatenate([piece[i] for piece in pieces]) for i in range(5)]
-    primary, secondary = np.concatenate(primary), np.concatenate(secondary)
-    order = np.lexsort((columns[0], secondary, -primary))
-    owner = np.concatenate(owner)[order]
-    last = np.full(len(answers), -1, dtype=np.int64)
-    last[owner] = np.arange(len(owner))  # the last assignment per shard wins
-    return Found(*(column[order] for column in columns)), owner, last
+class _Merged:
+    """The shards' heads of every group merged into one ranking's order per group: the documents
+    (`found`), and per document its group, its rank in the group and its shard."""
+
+    def __init__(self, answers: list[_Heads], groups: int) -> None:
+        self.groups, self.shards = groups, len(answers)
+        group = np.concatenate([_group_ids(a.starts) for a in answers] or [np.zeros(0, np.int64)])
+        shard = np.concatenate(
+            [np.full(len(a.primary), s, dtype=np.int64) for s, a in enumerate(answers)]
+            or [np.zeros(0, np.int64)]
+        )
+        found = Found.concatenated([a.found for a in answers])
+        primary = np.concatenate([a.primary for a in answers] or [np.zeros(0)])
+        secondary = np.concatenate([a.secondary for a in answers] or [np.zeros(0, np.uint64)])
+        order = np.lexsort((found.rows, secondary, -primary, group))
+        self.found, self.group, self.shard = found.take(order), group[order], shard[order]
+        starts = np.searchsorted(self.group, np.arange(groups + 1))
+        self.rank = np.arange(len(order)) - starts[self.group]
+
+    def per_shard_and_group(self, mask: np.ndarray) -> np.ndarray:
+        """How many documents of each (shard, group) `mask` marks."""
+        cells = self.shard[mask] * self.groups + self.group[mask]
+        counts = np.bincount(cells, minlength=self.shards * self.groups)
+        return counts.reshape(self.shards, self.groups)
+
+
+def _group_ids(starts: np.ndarray) -> np.ndarray:
+    return np.repeat(np.arange(len(starts) - 1, dtype=np.int64), np.diff(starts))
 
 
 def _fits(tokens: np.ndarray, budget: int) -> np.ndarray:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import io
 import json
+from array import array
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -55,7 +57,7 @@ def fingerprint(
     }
 
 
-def save_state(store: Store, state: BanditState, selected: list[int]) -> None:
+def save_state(store: Store, state: BanditState, selected: Sequence[int]) -> None:
     """Write the selection so far (.npy) and the state (JSON)."""
     buffer = io.BytesIO()
     np.save(buffer, np.asarray(selected, dtype=np.int64), allow_pickle=False)
@@ -63,7 +65,7 @@ def save_state(store: Store, state: BanditState, selected: list[int]) -> None:
     store.write_bytes(layout.QUAD_STATE, json.dumps(asdict(state)).encode())
 
 
-def load_state(store: Store, expected: dict[str, Any]) -> tuple[BanditState, list[int]] | None:
+def load_state(store: Store, expected: dict[str, Any]) -> tuple[BanditState, array] | None:
     """The saved state and selection when there is one whose fingerprint is `expected`."""
     if not store.exists(layout.QUAD_STATE):
         return None
@@ -72,4 +74,4 @@ def load_state(store: Store, expected: dict[str, Any]) -> tuple[BanditState, lis
         return None
     with store.fs.open(store.path(layout.QUAD_SELECTED), "rb") as handle:
         selected = np.load(io.BytesIO(handle.read()), allow_pickle=False)
-    return saved, selected.tolist()
+    return saved, array("q", selected.astype(np.int64).tobytes())
