@@ -122,6 +122,14 @@ def embedding_quadratic(
     return np.concatenate(quadratic), np.concatenate(crossed)
 
 
+def column_basis(matrix: np.ndarray) -> np.ndarray:
+    """An orthonormal basis of the columns of `matrix` (n × rank), by the SVD, dropping the
+    directions numpy's pinv would drop."""
+    u, s, _ = np.linalg.svd(matrix, full_matrices=False)
+    cutoff = max(matrix.shape) * np.finfo(np.float64).eps * (s[0] if len(s) else 0.0)
+    return u[:, s > cutoff]
+
+
 class InfluenceModel:
     """Ridge regression of influence on pool features; `fit` on scored rows, `predict` all."""
 
@@ -145,13 +153,13 @@ class InfluenceModel:
         e = self.penalised.rows(rows)
         z = self._with_intercept(rows)
         y = np.asarray(values, dtype=np.float64)
-        projector = z @ np.linalg.pinv(z)
-        e_rest, y_rest = e - projector @ e, y - projector @ y
+        basis = column_basis(z)  # Z(ZᵀZ)⁺Zᵀ = basis basisᵀ, never formed: it is n × n
+        e_rest, y_rest = e - basis @ (basis.T @ e), y - basis @ (basis.T @ y)
         u, s, vt = np.linalg.svd(e_rest, full_matrices=False)
         uty = u.T @ y_rest
         scale = float(np.mean(s**2)) if len(s) and np.any(s > 0) else 1.0
         grid = RIDGE_GRID if len(y) > e.shape[1] else RIDGE_GRID[RIDGE_GRID >= 1]
-        base_leverage, best = np.diag(projector), None
+        base_leverage, best = (basis**2).sum(axis=1), None
         for ridge in scale * grid:
             shrink = s**2 / (s**2 + ridge)
             residual = y_rest - u @ (shrink * uty)

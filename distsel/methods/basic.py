@@ -32,9 +32,17 @@ class ThresholdOptions(StrictModel):
     max: float | None = None
 
 
+def pool_order(pool: Pool, config: Config) -> list[np.ndarray]:
+    """`all`'s ranking (distsel.core.candidates): the pool's own order, part by part."""
+    return [np.arange(len(pool), dtype=np.int64)]
+
+
 @register_selector("all", needs_budget=False)
 class AllSelector:
-    """Every accepted document (the budget, if given, caps it in pool order)."""
+    """Every accepted document (the budget, if given, caps it in pool order: the parts then send
+    their first documents, distsel.core.candidates)."""
+
+    rankings = staticmethod(pool_order)
 
     def required_stages(self, config: Config) -> tuple[str, ...]:
         return ()

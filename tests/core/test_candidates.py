@@ -146,6 +146,21 @@ def test_a_run_hands_the_selector_heads_and_selects_the_smallest_random_keys(tmp
     assert set(read_folder(tmp_path / "out" / "selected")["id"].to_pylist()) == smallest
 
 
+def test_all_under_a_budget_takes_the_pool_in_order_from_the_parts_first_documents(tmp_path):
+    """`all` with a budget of 150 of 400 documents in 4 parts: the first 150 in pool order, from
+    heads of each part's first documents (part 0's grown to the whole part), not the pool."""
+    texts = [f"{p} ({i})" for i, p in enumerate(stdlib_paragraphs(100) * 4)]
+    write_jsonl(tmp_path / "corpus" / "a.jsonl", [{"text": t} for t in texts])
+    raw = base_config([tmp_path / "corpus"], tmp_path / "out", method="all", budget={"docs": 150})
+    raw["input"]["rows_per_part"] = 100
+    with LocalExecutor().active():
+        manifest = pipeline.run(parse_config(raw))
+    assert manifest["stages"]["select"]["held_docs"] < manifest["accepted_docs"] == 400
+    docs = read_folder(tmp_path / "out" / "docs")
+    selected = read_folder(tmp_path / "out" / "selected")["id"].to_pylist()
+    assert sorted(selected) == sorted(docs["id"].to_pylist()[:150])
+
+
 def ccs_reference(scores, random_key, tokens, budget, bins, hard_fraction, hard_is_high):
     """CCS over the whole pool in memory (the selector's code before it went part by part)."""
     hardness = scores if hard_is_high else -scores

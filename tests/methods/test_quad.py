@@ -576,3 +576,28 @@ def test_a_saved_state_holds_only_for_the_same_pool(tmp_path):
     other = keys.copy()
     other[0] += np.uint64(1)
     assert not bandit(other).resume(store)
+
+
+def test_the_ridge_fit_and_its_leave_one_out_error_match_a_brute_force_refit():
+    """The model's w, β at its chosen λ solve the penalised normal equations, and its noise (the
+    leave-one-out error) equals n refits each without one row; with a repeated covariate (Z
+    rank-deficient) too."""
+    rng = np.random.default_rng(3)
+    n, d = 40, 6
+    embeddings = rng.standard_normal((n, d))
+    tokens = rng.integers(5, 500, n)
+    cosine = rng.standard_normal(n)
+    e, free = pool_features(embeddings, tokens, cosine, cosine)
+    y = embeddings @ rng.standard_normal(d) + cosine + 0.3 * rng.standard_normal(n)
+    model = InfluenceModel((e, free)).fit(np.arange(n), y)
+    z = np.column_stack([np.ones(n), free]).astype(np.float64)
+    x = np.column_stack([z, e]).astype(np.float64)
+
+    def solve(rows: np.ndarray) -> np.ndarray:
+        penalty = np.diag([0.0] * z.shape[1] + [model.ridge] * d)
+        return np.linalg.lstsq(x[rows].T @ x[rows] + penalty, x[rows].T @ y[rows], rcond=None)[0]
+
+    whole = solve(np.arange(n))
+    np.testing.assert_allclose(model.predict(), x @ whole, atol=1e-8)
+    errors = [y[i] - x[i] @ solve(np.delete(np.arange(n), i)) for i in range(n)]
+    assert model.noise == pytest.approx(float(np.mean(np.square(errors))), rel=1e-6)
