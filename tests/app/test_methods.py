@@ -320,6 +320,7 @@ def test_quad_selects_with_influence_on_draws_only(tmp_path, corpus_and_target, 
     manifest = pipeline.run(parse_config(raw))
     quad = manifest["quad"]
     assert manifest["selected_docs"] == 15 and quad["within_cluster"] == "predicted"
+    assert manifest["stages"]["select"]["held_docs"] == 15, "the driver held the selection only"
     assert quad["clusters"] == 6 and quad["evaluation_allowance_docs"] == 15
     draws = sum(len(h["arms"]) for h in quad["history"])
     assert quad["influence_evaluated_docs"] <= 3 * draws and quad["influence_evaluated_docs"] <= 15
