@@ -111,3 +111,35 @@ def test_shards_hold_the_pool_as_it_is_held_whole(tmp_path, shards):
 
 def documents_of(store: Store, name: str) -> pa.Table:
     return store.read_table(layout.docs(name), columns=["id"])
+
+
+def test_the_bandit_on_ray_shard_actors_plays_as_in_one_process(tmp_path, ray_local):
+    """Three shard actors on Ray, each answering only for its own shard, play the bandit that
+    one in-process worker holding every shard plays."""
+    from distsel.core.config import Budget
+    from distsel.core.executor import RayExecutor
+    from distsel.methods.quad.options import QuadOptions
+    from distsel.methods.quad.selector import bandit_for
+
+    rng = np.random.default_rng(5)
+    store = Store(str(tmp_path))
+    names, dropped, _ = write_parts(store, rng)
+    targets = rng.standard_normal((5, 16)).astype(np.float32)
+    direction = rng.standard_normal(16)
+    distances = np.ones((ARMS, ARMS)) - np.eye(ARMS)
+    options = QuadOptions(arms_per_round=2, draws_per_arm=3, max_evaluated=0.3)
+
+    def play(executor, budget):
+        with executor.active():
+            documents = QuadDocuments.from_store(store, names, dropped, 0, ARMS, True, 3)
+            documents.prepare_features(targets)
+            bandit = bandit_for(documents, distances, options, budget, 0)
+            chosen = bandit.run(lambda groups: [documents.rows(g) @ direction for g in groups])
+            texts = documents.texts([chosen[:3]])
+            documents.close()
+        return chosen.tolist(), bandit.state.history, texts
+
+    for budget in (Budget(docs=12), Budget(tokens=1500)):
+        on_ray = play(RayExecutor(), budget)
+        assert on_ray == play(LocalExecutor(), budget)
+        assert len(on_ray[0]) and on_ray[1]

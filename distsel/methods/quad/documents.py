@@ -55,9 +55,6 @@ GROWTH = 2
 CUTS = 255  # cut points per call of θ's search: 8 bits of the 64 a call
 SIGN_FLIP = np.int64(0x7FFF_FFFF_FFFF_FFFF)
 
-# Which documents a ranking may return, by the bandit's state.
-ELIGIBLE = ("fresh", "untaken", "all")
-
 
 @dataclass
 class Found:
@@ -138,7 +135,6 @@ class QuadDocuments:
     def __init__(self, actors: ActorGroup, bounds: np.ndarray, arm_sizes: np.ndarray) -> None:
         self.actors, self.bounds, self.arm_sizes = actors, bounds, arm_sizes
         self.with_model = False
-        self.classifier_moments = (0.0, 1.0)
 
     # -- building ---------------------------------------------------------------------------
 
@@ -205,8 +201,7 @@ class QuadDocuments:
         if features is not None:
             documents.with_model = True
             if classifier is not None:
-                documents.classifier_moments = documents._combined("classifier")
-                documents._each("standardize", "classifier", *documents.classifier_moments)
+                documents._each("standardize", "classifier", *documents._combined("classifier"))
         return documents
 
     def prepare_features(self, targets: np.ndarray) -> None:
@@ -297,14 +292,10 @@ class QuadDocuments:
         if not len(rows):
             return
         values = None if scores is None else np.asarray(scores, dtype=np.float64)
-        order = np.argsort(rows, kind="stable")
-        cuts = np.searchsorted(rows[order], self.bounds)
-        calls = []
-        for shard in range(self.shards):
-            picked = order[cuts[shard] : cuts[shard + 1]]
-            if len(picked):
-                local = rows[picked] - self.bounds[shard]
-                calls.append((shard, local, taken, None if values is None else values[picked]))
+        calls = [
+            (shard, local, taken, None if values is None else values[picked])
+            for shard, (picked, local) in enumerate(self._split(rows))
+        ]
         self.actors.call("mark", calls)
 
     def fewest_tokens(self, eligible: str) -> float:
@@ -456,19 +447,27 @@ class QuadDocuments:
     ) -> np.ndarray:
         """`method` on each shard's share of `rows` (pool indices), stacked in their order."""
         rows = np.asarray(rows, dtype=np.int64)
-        order = np.argsort(rows, kind="stable")
-        cuts = np.searchsorted(rows[order], self.bounds)
-        calls = [
-            (shard, rows[order[cuts[shard] : cuts[shard + 1]]] - self.bounds[shard], *args)
-            for shard in range(self.shards)
-        ]
+        split = self._split(rows)
+        calls = [(shard, local, *args) for shard, (_, local) in enumerate(split)]
         answers = self.actors.call(method, calls)
         stacked = np.concatenate(answers) if answers else np.zeros(0)
         if kind is object:
             stacked = np.asarray(stacked, dtype=object)
-        restore = np.empty_like(order)
-        restore[order] = np.arange(len(order))
-        return stacked[restore] if len(rows) else stacked[:0]
+        positions = np.concatenate([picked for picked, _ in split])
+        restore = np.empty_like(positions)
+        restore[positions] = np.arange(len(positions))
+        return stacked[restore]
+
+    def _split(self, rows: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per shard (every one: an actor answers the calls given in shard order), the positions
+        in `rows` of its rows, and those rows as its local indices."""
+        order = np.argsort(rows, kind="stable")
+        cuts = np.searchsorted(rows[order], self.bounds)
+        split = []
+        for shard in range(self.shards):
+            picked = order[cuts[shard] : cuts[shard + 1]]
+            split.append((picked, rows[picked] - self.bounds[shard]))
+        return split
 
 
 class _FreeColumns:
