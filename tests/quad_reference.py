@@ -10,8 +10,6 @@ from typing import Any
 import numpy as np
 
 from distsel.algorithms.bandit import (
-    acceptance_threshold,
-    arm_members,
     audit_allowance,
     default_arms_per_round,
     default_docs_per_accept,
@@ -21,7 +19,6 @@ from distsel.algorithms.bandit import (
     group_means,
     information_value,
     neighbour_weights,
-    pool_z,
     random_arms,
     running_moments,
     seed_round_arms,
@@ -34,6 +31,41 @@ from distsel.core.config import Budget
 from distsel.core.samplers import descending, random_order
 from distsel.methods.quad.options import QuadOptions
 from distsel.methods.quad.state import BanditState
+
+
+def arm_members(clusters: np.ndarray, arms: int) -> list[np.ndarray]:
+    """Each arm's documents (indices into `clusters`, in index order), arms 0 … arms − 1."""
+    by_cluster = np.argsort(clusters, kind="stable")
+    bounds = np.searchsorted(clusters[by_cluster], np.arange(arms + 1))
+    return [by_cluster[bounds[i] : bounds[i + 1]] for i in range(arms)]
+
+
+def pool_z(scores: np.ndarray) -> np.ndarray:
+    """Scores minus their mean over the pool, over their deviation (1 where it is 0)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    spread = float(scores.std())
+    return (scores - scores.mean()) / (spread if spread > 0 else 1.0)
+
+
+def acceptance_threshold(
+    values: np.ndarray,
+    order: np.ndarray,
+    *,
+    docs_left: int | None = None,
+    tokens: np.ndarray | None = None,
+    tokens_left: int = 0,
+) -> float:
+    """θ: the value of the document in `order` (untaken documents, best first) that would
+    complete the budget: `docs_left` documents, or else `tokens_left` tokens of `tokens` (one
+    count per document); −inf when they would not fill it."""
+    if docs_left is not None:
+        position = docs_left - 1
+    elif tokens is not None:
+        position = int(np.searchsorted(np.cumsum(tokens[order]), tokens_left))
+    else:
+        raise ValueError("acceptance_threshold needs docs_left or tokens")
+    return float(values[order[position]]) if position < len(order) else -math.inf
+
 
 InfluenceFunction = Callable[[list[np.ndarray]], list[np.ndarray]]
 

@@ -51,13 +51,6 @@ CLUSTERS_PER_ARM = 8
 ACCEPTANCES_PER_BUDGET = 50
 
 
-def arm_members(clusters: np.ndarray, arms: int) -> list[np.ndarray]:
-    """Each arm's documents (indices into `clusters`, in index order), arms 0 … arms − 1."""
-    by_cluster = np.argsort(clusters, kind="stable")
-    bounds = np.searchsorted(clusters[by_cluster], np.arange(arms + 1))
-    return [by_cluster[bounds[i] : bounds[i + 1]] for i in range(arms)]
-
-
 def default_arms_per_round(arms: int) -> int:
     """B = max(1, min(50, k // 8))."""
     return max(1, min(MAX_ARMS_PER_ROUND, arms // CLUSTERS_PER_ARM))
@@ -143,39 +136,12 @@ def running_moments(count: int, total: float, square_total: float) -> tuple[floa
     return center, (spread if spread > 0 else 1.0)
 
 
-def pool_z(scores: np.ndarray) -> np.ndarray:
-    """Scores minus their mean over the pool, over their deviation (1 where it is 0)."""
-    scores = np.asarray(scores, dtype=np.float64)
-    spread = float(scores.std())
-    return (scores - scores.mean()) / (spread if spread > 0 else 1.0)
-
-
 def document_values(
     estimates: np.ndarray, center: float, spread: float, classifier: np.ndarray, weight: float
 ) -> np.ndarray:
     """v = (s − μ̂) / σ̂ + w · z: the standardised influence (estimate) plus the weighted
     standardised classifier score."""
     return (estimates - center) / spread + weight * classifier
-
-
-def acceptance_threshold(
-    values: np.ndarray,
-    order: np.ndarray,
-    *,
-    docs_left: int | None = None,
-    tokens: np.ndarray | None = None,
-    tokens_left: int = 0,
-) -> float:
-    """θ: the value of the document in `order` (untaken documents, best first) that would
-    complete the budget: `docs_left` documents, or else `tokens_left` tokens of `tokens` (one
-    count per document); −inf when they would not fill it."""
-    if docs_left is not None:
-        position = docs_left - 1
-    elif tokens is not None:
-        position = int(np.searchsorted(np.cumsum(tokens[order]), tokens_left))
-    else:
-        raise ValueError("acceptance_threshold needs docs_left or tokens")
-    return float(values[order[position]]) if position < len(order) else -math.inf
 
 
 def information_value(

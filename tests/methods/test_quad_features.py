@@ -10,7 +10,6 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from distsel.algorithms.bandit import pool_z
 from distsel.algorithms.influence_model import InfluenceModel, pool_features
 from distsel.algorithms.similarity import cosine_scores
 from distsel.core import layout
@@ -19,6 +18,7 @@ from distsel.core.pool import random_keys
 from distsel.core.storage import Store
 from distsel.core.vectors import embedding_array
 from distsel.methods.quad.documents import QuadDocuments
+from tests.quad_reference import pool_z
 
 ARMS = 4
 

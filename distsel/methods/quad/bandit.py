@@ -180,9 +180,7 @@ class QuadBandit:
         found = self.docs.best_of_arms(arms, counts, "fresh")[0]
         for arm, taken in zip(arms, found, strict=True):
             self.state.cursors[arm] += len(taken)
-        self.docs.mark(
-            np.concatenate([f.rows for f in found] or [np.zeros(0, np.int64)]), taken=True
-        )
+        self.docs.mark(Found.concatenated(found).rows, taken=True)
         return found
 
     def _rewards(self, scores: list[np.ndarray]) -> np.ndarray:
@@ -262,9 +260,7 @@ class QuadBandit:
         cursors = np.array(self.state.cursors, dtype=np.int64)
         arms = np.flatnonzero(cursors)
         found = self.docs.best_of_arms(arms, cursors[arms], "all")[0]
-        self.docs.mark(
-            np.concatenate([f.rows for f in found] or [np.zeros(0, np.int64)]), taken=True
-        )
+        self.docs.mark(Found.concatenated(found).rows, taken=True)
 
     def summary(self) -> dict[str, Any]:
         chosen = np.asarray(self.selected, dtype=np.int64)

@@ -106,8 +106,6 @@ class QuadSelector:
     def select(
         self, pool: Pool, config: Config, context: StageContext
     ) -> tuple[np.ndarray, dict[str, Any]]:
-        if pool.plan is None:  # no budget: the pool, whole
-            raise DistselError("select.quad needs a budget (select.budget)")
         for column in ("classifier_score", "cluster"):  # what selected/ carries
             if column in pool.scores:
                 score_column(pool, column)
