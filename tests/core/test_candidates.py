@@ -129,15 +129,20 @@ def test_a_short_part_is_one_whose_left_out_documents_could_still_fit():
     assert random_ranking(pool, None)[0].tolist() == [0, 1, 2]
 
 
+def four_part_run(tmp_path, method: str, docs: int) -> dict:
+    """A run of `method` with a budget of `docs` over 400 documents in 4 parts; its manifest."""
+    texts = [f"{p} ({i})" for i, p in enumerate(stdlib_paragraphs(100) * 4)]
+    write_jsonl(tmp_path / "corpus" / "a.jsonl", [{"text": t} for t in texts])
+    raw = base_config([tmp_path / "corpus"], tmp_path / "out", method=method, budget={"docs": docs})
+    raw["input"]["rows_per_part"] = 100
+    with LocalExecutor().active():
+        return pipeline.run(parse_config(raw))
+
+
 def test_a_run_hands_the_selector_heads_and_selects_the_smallest_random_keys(tmp_path):
     """The whole pipeline: a random selection of 10 of 400 documents in 4 parts holds 4 heads of
     ⌈1.25 · 10 / 4⌉ + 16 documents, and takes the 10 smallest seeded keys of the whole pool."""
-    texts = [f"{p} ({i})" for i, p in enumerate(stdlib_paragraphs(100) * 4)]
-    write_jsonl(tmp_path / "corpus" / "a.jsonl", [{"text": t} for t in texts])
-    raw = base_config([tmp_path / "corpus"], tmp_path / "out", method="random", budget={"docs": 10})
-    raw["input"]["rows_per_part"] = 100
-    with LocalExecutor().active():
-        manifest = pipeline.run(parse_config(raw))
+    manifest = four_part_run(tmp_path, "random", 10)
     head = math.ceil(candidates.HEAD_MARGIN * 10 / 4) + candidates.MIN_HEAD
     assert manifest["stages"]["select"]["held_docs"] == 4 * head < manifest["accepted_docs"] == 400
     docs = read_folder(tmp_path / "out" / "docs")
@@ -149,12 +154,7 @@ def test_a_run_hands_the_selector_heads_and_selects_the_smallest_random_keys(tmp
 def test_all_under_a_budget_takes_the_pool_in_order_from_the_parts_first_documents(tmp_path):
     """`all` with a budget of 150 of 400 documents in 4 parts: the first 150 in pool order, from
     heads of each part's first documents (part 0's grown to the whole part), not the pool."""
-    texts = [f"{p} ({i})" for i, p in enumerate(stdlib_paragraphs(100) * 4)]
-    write_jsonl(tmp_path / "corpus" / "a.jsonl", [{"text": t} for t in texts])
-    raw = base_config([tmp_path / "corpus"], tmp_path / "out", method="all", budget={"docs": 150})
-    raw["input"]["rows_per_part"] = 100
-    with LocalExecutor().active():
-        manifest = pipeline.run(parse_config(raw))
+    manifest = four_part_run(tmp_path, "all", 150)
     assert manifest["stages"]["select"]["held_docs"] < manifest["accepted_docs"] == 400
     docs = read_folder(tmp_path / "out" / "docs")
     selected = read_folder(tmp_path / "out" / "selected")["id"].to_pylist()
