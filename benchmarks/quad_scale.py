@@ -14,7 +14,8 @@ cores:
   shards    QuadDocuments.from_store: the shard actors read the parts, the driver holds
             per-arm counts, the scored draws and the selection
 
-Both then play the same bandit: a budget of 1 % of the pool's documents, 2 % of it scored,
+Both then play the same bandit: a budget of 1 % of the pool's documents, 2 % of it scored
+(`--scored-share`),
 `--clusters` arms; a draw's influence is a fixed linear function of its standardised embedding
 (read from wherever the embeddings are held) plus seeded noise. Printed per run:
 
@@ -101,7 +102,7 @@ def gathered_documents(store, parts: list[str], arms: int, targets: np.ndarray):
     )
 
 
-def child(root: Path, path: str, seed: int) -> None:
+def child(root: Path, path: str, seed: int, scored_share: float) -> None:
     import ray
 
     from distsel.core import layout
@@ -130,7 +131,7 @@ def child(root: Path, path: str, seed: int) -> None:
             documents = QuadDocuments.from_store(store, parts, {}, 0, arms, True)
             documents.prepare_features(targets)
         size = len(documents)
-        options = QuadOptions(max_evaluated=SCORED_SHARE)
+        options = QuadOptions(max_evaluated=scored_share)
         budget = Budget(docs=max(1, int(BUDGET_SHARE * size)))
         bandit = bandit_for(documents, distances / distances.max(), options, budget, seed)
 
@@ -159,9 +160,9 @@ def child(root: Path, path: str, seed: int) -> None:
     print(RESULT_PREFIX + json.dumps(result), flush=True)
 
 
-def run_child(root: Path, path: str, seed: int) -> dict:
+def run_child(root: Path, path: str, seed: int, scored_share: float) -> dict:
     done = subprocess.run(
-        [sys.executable, __file__, CHILD_FLAG, str(root), path, str(seed)],
+        [sys.executable, __file__, CHILD_FLAG, str(root), path, str(seed), str(scored_share)],
         capture_output=True,
         text=True,
         timeout=3600,
@@ -180,6 +181,8 @@ def main() -> None:
     parser.add_argument("--clusters", type=int, default=256)
     parser.add_argument("--rows-per-part", type=int, default=2_000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--scored-share", type=float, default=SCORED_SHARE)
+    parser.add_argument("--paths", nargs="+", choices=PATHS, default=list(PATHS))
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     results = []
@@ -188,14 +191,13 @@ def main() -> None:
             root = work / f"rows-{rows}"
             if not (root / "centres.npy").exists():
                 write_parts(root, rows, args.dim, args.rows_per_part, args.clusters, args.seed)
-            for path in PATHS:
-                result = run_child(root, path, args.seed)
+            for path in args.paths:
+                result = run_child(root, path, args.seed, args.scored_share)
                 results.append({"path": path, **result})
                 print(f"{path} at {rows:,}: {result}", flush=True)
-            same = np.array_equal(
-                np.load(root / "chosen-gathered.npy"), np.load(root / "chosen-shards.npy")
-            )
-            results[-1]["same"] = results[-2]["same"] = bool(same)
+            if len(args.paths) == len(PATHS):
+                same = np.array_equal(*(np.load(root / f"chosen-{p}.npy") for p in PATHS))
+                results[-1]["same"] = results[-2]["same"] = bool(same)
     table = [
         [
             r["path"],
@@ -204,11 +206,14 @@ def main() -> None:
             f"{r['seconds']:.1f}",
             f"{r['rounds']}",
             f"{r['scored']:,}",
-            "yes" if r["same"] else "NO",
+            {True: "yes", False: "NO"}.get(r.get("same"), "-"),
         ]
         for r in results
     ]
-    title = f"{args.dim}-dimension embeddings, {args.clusters} clusters, budget 1 %, scored 2 %"
+    scored = f"{100 * args.scored_share:g} %"
+    title = (
+        f"{args.dim}-dimension embeddings, {args.clusters} clusters, budget 1 %, scored {scored}"
+    )
     headers = ["path", "documents", "driver MiB", "seconds", "rounds", "scored", "same"]
     print_table(headers, table, title=title)
     shards = [r for r in results if r["path"] == "shards"]
@@ -230,6 +235,6 @@ def main() -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == CHILD_FLAG:
-        child(Path(sys.argv[2]), sys.argv[3], int(sys.argv[4]))
+        child(Path(sys.argv[2]), sys.argv[3], int(sys.argv[4]), float(sys.argv[5]))
     else:
         main()
