@@ -8,6 +8,8 @@ import math
 
 import numpy as np
 import pytest
+import quad_reference
+from quad_reference import acceptance_threshold
 
 from distsel.algorithms.influence_model import pool_features
 from distsel.core.config import Budget
@@ -15,8 +17,6 @@ from distsel.core.samplers import descending
 from distsel.methods.quad import make_bandit
 from distsel.methods.quad.documents import QuadDocuments, key_value, order_keys
 from distsel.methods.quad.options import QuadOptions
-from tests import quad_reference
-from tests.quad_reference import acceptance_threshold
 
 
 def random_pool(seed: int):

@@ -9,6 +9,7 @@ import io
 import numpy as np
 import pyarrow as pa
 import pytest
+from quad_reference import pool_z
 
 from distsel.algorithms.influence_model import InfluenceModel, pool_features
 from distsel.algorithms.similarity import cosine_scores
@@ -18,7 +19,6 @@ from distsel.core.pool import random_keys
 from distsel.core.storage import Store
 from distsel.core.vectors import embedding_array
 from distsel.methods.quad.documents import QuadDocuments
-from tests.quad_reference import pool_z
 
 ARMS = 4
 
