@@ -139,7 +139,7 @@ def child(root: Path, path: str, seed: int, scored_share: float) -> None:
             scores = []
             for group in groups:
                 noise = np.random.default_rng(group.astype(np.uint64)).standard_normal(len(group))
-                scores.append(documents.rows(group) @ direction + 0.5 * noise)
+                scores.append(documents.features(group)[0] @ direction + 0.5 * noise)
             return scores
 
         chosen = bandit.run(influence)

@@ -27,7 +27,7 @@ the pool; a bandit's scored rows do not).
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
@@ -58,52 +58,8 @@ def covariate_features(tokens: np.ndarray, *covariates: np.ndarray) -> np.ndarra
     return standardized(np.column_stack(free))
 
 
-class Embeddings(Protocol):
-    """The penalised features E of the pool's documents, wherever they are held: the model
-    reads the rows it fits on, and the products its predictions need for any rows (None:
-    every row, in pool order)."""
-
-    def __len__(self) -> int: ...
-
-    def rows(self, rows: np.ndarray) -> np.ndarray:
-        """E[rows], float64."""
-        ...
-
-    def dot(self, weights: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
-        """E[rows] · weights."""
-        ...
-
-    def quadratic(
-        self, inner: np.ndarray, cross: np.ndarray, rows: np.ndarray | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Per row e of E[rows]: eᵀ inner e, and e · cross (one value per column of cross)."""
-        ...
-
-
-class EmbeddingMatrix:
-    """Embeddings held in memory as one (documents, d) matrix."""
-
-    def __init__(self, matrix: np.ndarray) -> None:
-        self.matrix = matrix
-
-    def __len__(self) -> int:
-        return len(self.matrix)
-
-    def rows(self, rows: np.ndarray) -> np.ndarray:
-        return self.matrix[rows].astype(np.float64)
-
-    def dot(self, weights: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
-        return embedding_dot(self.matrix if rows is None else self.matrix[rows], weights)
-
-    def quadratic(
-        self, inner: np.ndarray, cross: np.ndarray, rows: np.ndarray | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        return embedding_quadratic(self.matrix if rows is None else self.matrix[rows], inner, cross)
-
-
 def embedding_dot(matrix: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """matrix · weights in float64, one row at a time in blocks (the same sums wherever the
-    rows are held)."""
+    """matrix · weights in float64, converted a block of rows at a time."""
     return np.concatenate(
         [matrix[i : i + BLOCK].astype(np.float64) @ weights for i in range(0, len(matrix), BLOCK)]
         or [np.zeros(0)]
@@ -133,13 +89,12 @@ def column_basis(matrix: np.ndarray) -> np.ndarray:
 class InfluenceModel:
     """Ridge regression of influence on pool features; `fit` on scored rows, `predict` all."""
 
-    def __init__(self, features: tuple[Embeddings | np.ndarray, np.ndarray]) -> None:
-        penalised, self.free = features
-        if isinstance(penalised, np.ndarray):
-            penalised = EmbeddingMatrix(penalised)
-        self.penalised: Embeddings = penalised
+    def __init__(self, features: tuple[np.ndarray, np.ndarray] | None) -> None:
+        """`features`: the pool's (penalised, free) features; None for a model that is only fitted
+        on features given with the scores (`fit_features`), its parameters used elsewhere."""
+        self.penalised, self.free = features if features is not None else (None, None)
         self.weights: np.ndarray | None = None
-        self.coefficients = np.zeros(self.free.shape[1] + 1)
+        self.coefficients: np.ndarray | None = None
         self.ridge = float("nan")
         self.noise = float("nan")
         self.covariance: np.ndarray | None = None
@@ -150,8 +105,12 @@ class InfluenceModel:
 
     def fit(self, rows: np.ndarray, values: np.ndarray) -> InfluenceModel:
         """Refit on pool rows `rows` with influences `values` (two or more rows)."""
-        e = self.penalised.rows(rows)
-        z = self._with_intercept(rows)
+        return self.fit_features(self.penalised[rows], self.free[rows], values)
+
+    def fit_features(self, e: np.ndarray, free: np.ndarray, values: np.ndarray) -> InfluenceModel:
+        """Refit on the rows whose penalised features are `e` and free ones `free`."""
+        e = np.asarray(e, dtype=np.float64)
+        z = _with_intercept(free)
         y = np.asarray(values, dtype=np.float64)
         basis = column_basis(z)  # Z(ZᵀZ)⁺Zᵀ = basis basisᵀ, never formed: it is n × n
         e_rest, y_rest = e - basis @ (basis.T @ e), y - basis @ (basis.T @ y)
@@ -195,22 +154,27 @@ class InfluenceModel:
         """ŷ for pool rows `rows` (every row by default); zeros before the first fit."""
         if self.weights is None:
             return np.zeros(len(self.free) if rows is None else len(rows))
-        z = self._with_intercept(rows)
-        return z @ self.coefficients + self.penalised.dot(self.weights, rows)
+        z = _with_intercept(self._rows(self.free, rows))
+        return z @ self.coefficients + embedding_dot(self._rows(self.penalised, rows), self.weights)
 
     def predict_sd(self, rows: np.ndarray | None = None) -> np.ndarray:
         """sd(ŷ) = σ̂ sqrt(xᵀA⁻¹x) for pool rows `rows` (every row by default), x = [z, e]:
         zᵀA⁻¹_zz z + 2 zᵀA⁻¹_ze e + eᵀA⁻¹_ee e; zeros before the first fit."""
         if self.covariance is None:
             return np.zeros(len(self.free) if rows is None else len(rows))
-        z = self._with_intercept(rows)
+        z = _with_intercept(self._rows(self.free, rows))
         k = z.shape[1]
         inner, cross = self.covariance[k:, k:], self.covariance[k:, :k]
-        quadratic, crossed = self.penalised.quadratic(inner, cross, rows)
+        quadratic, crossed = embedding_quadratic(self._rows(self.penalised, rows), inner, cross)
         zz = np.einsum("ij,jk,ik->i", z, self.covariance[:k, :k], z)
         spread = zz + 2 * np.einsum("ij,ij->i", z, crossed) + quadratic
         return np.sqrt(self.noise * np.maximum(spread, 0.0))
 
-    def _with_intercept(self, rows: np.ndarray | None) -> np.ndarray:
-        free = (self.free if rows is None else self.free[rows]).astype(np.float64)
-        return np.column_stack([np.ones(len(free)), free])
+    @staticmethod
+    def _rows(matrix: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
+        return matrix if rows is None else matrix[rows]
+
+
+def _with_intercept(free: np.ndarray) -> np.ndarray:
+    free = np.asarray(free, dtype=np.float64)
+    return np.column_stack([np.ones(len(free)), free])

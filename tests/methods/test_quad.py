@@ -436,7 +436,7 @@ def test_with_fewer_scores_than_features_the_ridge_stays_at_least_the_mean_varia
     tokens = np.full(1000, 100)
     scored = rng.choice(1000, size=40, replace=False)
     model = InfluenceModel(pool_features(embeddings, tokens)).fit(scored, truth[scored])
-    x = model.penalised.rows(scored)
+    x = model.penalised[scored].astype(np.float64)
     singular = np.linalg.svd(x - x.mean(axis=0), compute_uv=False)
     assert model.ridge >= np.mean(singular**2) * (1 - 1e-9)
     rest = np.setdiff1d(np.arange(1000), scored)

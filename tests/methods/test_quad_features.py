@@ -81,14 +81,14 @@ def test_shards_hold_the_pool_as_it_is_held_whole(tmp_path, shards):
         )
         cosine = cosine_scores(embeddings, targets, "max")
         whole, free = pool_features(embeddings, tokens, cosine, np.array(pool["score"]))
-        every = np.arange(size)
-        np.testing.assert_allclose(documents.rows(every), whole.astype(np.float64), atol=1e-5)
-        np.testing.assert_allclose(documents.free_rows(every), free, atol=1e-5)
+        held, held_free = documents.features(np.arange(size))
+        np.testing.assert_allclose(held, whole.astype(np.float64), atol=1e-5)
+        np.testing.assert_allclose(held_free, free, atol=1e-5)
         np.testing.assert_allclose(documents.column("classifier"), pool_z(pool["score"]), atol=1e-9)
 
         scored = rng.choice(size, 30, replace=False)
         values = rng.standard_normal(30)
-        fitted = documents.model().fit(scored, values)
+        fitted = InfluenceModel(None).fit_features(*documents.features(scored), values)
         in_memory = InfluenceModel((whole, free)).fit(scored, values)
         documents.refit(fitted.parameters(), 0.0, 1.0, 0.0)
         np.testing.assert_allclose(documents.predict(), in_memory.predict(), atol=1e-6)
@@ -134,7 +134,9 @@ def test_the_bandit_on_ray_shard_actors_plays_as_in_one_process(tmp_path, ray_lo
             documents = QuadDocuments.from_store(store, names, dropped, 0, ARMS, True, 3)
             documents.prepare_features(targets)
             bandit = bandit_for(documents, distances, options, budget, 0)
-            chosen = bandit.run(lambda groups: [documents.rows(g) @ direction for g in groups])
+            chosen = bandit.run(
+                lambda groups: [documents.features(g)[0] @ direction for g in groups]
+            )
             texts = documents.texts([chosen[:3]])
             documents.close()
         return chosen.tolist(), bandit.state.history, texts

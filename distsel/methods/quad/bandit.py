@@ -212,7 +212,8 @@ class QuadBandit:
         """Add the arm's drawn documents and the next m − b of its order, within the budget."""
         self.state.accepted.append(int(arm))
         extra = max(self.docs_per_accept - len(drawn), 0)
-        self._add_all(drawn.joined(self._take(np.array([arm]), np.array([extra]))[0]))
+        taken = self._take(np.array([arm]), np.array([extra]))[0]
+        self._add_all(Found.concatenated([drawn, taken]))
 
     def _add_all(self, found: Found) -> int:
         """Add documents in order within the budget (a token budget skips those that do not

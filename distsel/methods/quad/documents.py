@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from distsel.algorithms.bandit import document_values, fill_bound, information_value
-from distsel.algorithms.influence_model import EmbeddingMatrix, InfluenceModel
+from distsel.algorithms.influence_model import InfluenceModel
 from distsel.algorithms.similarity import cosine_scores
 from distsel.core import layout
 from distsel.core.executor import ActorGroup, LocalExecutor, current
@@ -52,6 +52,7 @@ from distsel.core.storage import Store
 SHARD_DOCS = 100_000  # documents a shard holds at most, where the CPUs allow: 154 MB at d = 384
 HEAD_MARGIN = 1.25
 GROWTH = 2
+COVARIATES = 3  # log(1 + tokens), the best cosine to the targets, the classifier score
 CUTS = 255  # cut points per call of θ's search: 8 bits of the 64 a call
 SIGN_FLIP = np.int64(0x7FFF_FFFF_FFFF_FFFF)
 
@@ -71,9 +72,6 @@ class Found:
 
     def first(self, count: int) -> Found:
         return Found(*(column[:count] for column in self.columns()))
-
-    def joined(self, other: Found) -> Found:
-        return Found.concatenated([self, other])
 
     def take(self, positions: np.ndarray) -> Found:
         return Found(*(column[positions] for column in self.columns()))
@@ -135,6 +133,7 @@ class QuadDocuments:
     def __init__(self, actors: ActorGroup, bounds: np.ndarray, arm_sizes: np.ndarray) -> None:
         self.actors, self.bounds, self.arm_sizes = actors, bounds, arm_sizes
         self.with_model = False
+        self.free_width = 0  # the model's covariates per document
 
     # -- building ---------------------------------------------------------------------------
 
@@ -199,7 +198,7 @@ class QuadDocuments:
             calls.append((shard, arms, source))
         documents = cls(actors, *_placed(actors, actors.call("load", calls)))
         if features is not None:
-            documents.with_model = True
+            documents.with_model, documents.free_width = True, features[1].shape[1]
             if classifier is not None:
                 documents._each("standardize", "classifier", *documents._combined("classifier"))
         return documents
@@ -209,6 +208,7 @@ class QuadDocuments:
         covariates log(1 + tokens), the best cosine to the target examples (RDS+'s max) and the
         classifier score; the classifier score alone too (the value's z)."""
         self._each("target_cosine", targets)
+        self.free_width = COVARIATES
         for column in ("embeddings", "free", "classifier"):
             self._each("standardize", column, *self._combined(column))
 
@@ -259,17 +259,11 @@ class QuadDocuments:
 
     # -- the model ----------------------------------------------------------------------------
 
-    def model(self) -> InfluenceModel:
-        """An influence model whose features are the shards' (fit it on the driver, then
-        `refit` the shards with it)."""
-        return InfluenceModel((self, _FreeColumns(self)))
-
-    def rows(self, rows: np.ndarray) -> np.ndarray:
-        """The standardised embeddings of pool rows (float64)."""
-        return self._by_shard("rows", rows, "embeddings")
-
-    def free_rows(self, rows: np.ndarray) -> np.ndarray:
-        return self._by_shard("rows", rows, "free")
+    def features(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The model's features of pool rows (float64): the standardised embeddings, and the
+        covariates (one call to the shards)."""
+        both = self._by_shard("features", rows)
+        return both[:, self.free_width :], both[:, : self.free_width]
 
     def refit(
         self, parameters: dict[str, Any], center: float, spread: float, weight: float
@@ -385,8 +379,8 @@ class QuadDocuments:
         if count == 0:
             return -math.inf
         if need <= 0:  # the walk's rule: the last document (docs), the first (tokens)
-            lowest, highest = self._each_combined("value_range")
-            return key_value(highest if by_tokens else lowest)
+            ranges = [r for r in self._each("value_range") if r is not None]
+            return key_value(max(r[1] for r in ranges) if by_tokens else min(r[0] for r in ranges))
         if (tokens if by_tokens else count) < need:
             return -math.inf
         low, high = -(2**63), 2**63 - 1
@@ -435,10 +429,6 @@ class QuadDocuments:
         answers = self._each("total", eligible)
         return sum(a[0] for a in answers), sum(a[1] for a in answers)
 
-    def _each_combined(self, method: str) -> tuple[int, int]:
-        answers = [a for a in self._each(method) if a is not None]
-        return min(a[0] for a in answers), max(a[1] for a in answers)
-
     def _each(self, method: str, *args: object) -> list:
         return self.actors.call(method, [(shard, *args) for shard in range(self.shards)])
 
@@ -468,20 +458,6 @@ class QuadDocuments:
             picked = order[cuts[shard] : cuts[shard + 1]]
             split.append((picked, rows[picked] - self.bounds[shard]))
         return split
-
-
-class _FreeColumns:
-    """The model's covariates as the driver's InfluenceModel reads them: rows on demand."""
-
-    def __init__(self, documents: QuadDocuments) -> None:
-        self.documents = documents
-        self.shape = (len(documents), documents._each("free_width")[0])
-
-    def __len__(self) -> int:
-        return len(self.documents)
-
-    def __getitem__(self, rows: np.ndarray) -> np.ndarray:
-        return self.documents.free_rows(rows)
 
 
 def _placed(
@@ -637,8 +613,7 @@ class _Shard:
     def build_model(self) -> None:
         """The model over this shard's features, once it has them."""
         if "embeddings" in self.held and "free" in self.held:
-            features = (EmbeddingMatrix(self.held["embeddings"]), self.held["free"])
-            self.model = InfluenceModel(features)
+            self.model = InfluenceModel((self.held["embeddings"], self.held["free"]))
 
     def eligible(self, kind: str) -> np.ndarray:
         if kind == "fresh":
@@ -739,12 +714,10 @@ class _QuadShard:
         documents.held[column] = standard if column == "classifier" else standard.astype(np.float32)
         documents.build_model()
 
-    def free_width(self, shard: int) -> int:
-        return int(self.held[shard].held["free"].shape[1])
-
-    def rows(self, shard: int, rows: np.ndarray, column: str) -> np.ndarray:
-        matrix = self.held[shard].held[column]
-        return matrix[rows].astype(np.float64).reshape(len(rows), *matrix.shape[1:])
+    def features(self, shard: int, rows: np.ndarray) -> np.ndarray:
+        """The covariates, then the embeddings, of the shard's rows: one row each."""
+        held = self.held[shard].held
+        return np.column_stack([held["free"][rows], held["embeddings"][rows]]).astype(np.float64)
 
     def column(self, shard: int, name: str) -> np.ndarray:
         documents = self.held[shard]

@@ -56,6 +56,7 @@ from distsel.algorithms.bandit import (
     top_arms,
     ucb_scores,
 )
+from distsel.algorithms.influence_model import InfluenceModel
 from distsel.core.config import Budget
 from distsel.methods.quad.bandit import InfluenceFunction, QuadBandit
 from distsel.methods.quad.documents import Found, QuadDocuments
@@ -91,7 +92,7 @@ class PredictedQuadBandit(QuadBandit):
         super().__init__(documents, centroid_distances, options, budget, seed)
         if not documents.with_model:
             raise ValueError("quad with within_cluster: predicted needs the pool's features")
-        self.model = documents.model()
+        self.model = InfluenceModel(None)  # fitted here, predicting on the shards
         self.allowance = evaluation_allowance(options.max_evaluated, len(documents))
 
     @property
@@ -268,7 +269,8 @@ class PredictedQuadBandit(QuadBandit):
     def _refit(self) -> None:
         rows = np.asarray(self.state.scored_rows, dtype=np.int64)
         if len(rows) >= 3:
-            self.model.fit(rows, np.asarray(self.state.scored_values))
+            e, free = self.docs.features(rows)
+            self.model.fit_features(e, free, np.asarray(self.state.scored_values))
             center, spread = self._value_moments()
             weight = self.options.classifier_weight
             self.docs.refit(self.model.parameters(), center, spread, weight)
