@@ -36,7 +36,7 @@ names. Every path here is relative to OUTPUT (a local folder or an object-store 
         <stage>/_fingerprint.json   a stage's settings, written when its scoring starts
         <stage>/<part>.json         a part's done marker (rows, bytes, version, seconds, node)
         <stage>/fitted.npz, fitted.json   a stage's fit: its arrays, then the rest
-        quad/state.json, quad/selected.npy   QUAD's bandit state and selection so far
+        quad/state.json, quad/saves/<n>.npz  QUAD's bandit state; what each save added
         quad/chosen/<part>.npy               its finished selection's rows of each part
         .probe-<hex>                the writability probe, removed at once
 
@@ -79,7 +79,12 @@ IDS = f"{STATE}/ids"
 MINHASH = f"{STATE}/minhash"
 SEMDEDUP = f"{STATE}/semdedup"
 QUAD_STATE = f"{STATE}/quad/state.json"
-QUAD_SELECTED = f"{STATE}/quad/selected.npy"
+QUAD_SAVES = f"{STATE}/quad/saves"
+
+
+def quad_save(index: int) -> str:
+    """What Quad's `index`-th checkpoint added to its selection and scored draws (.npz)."""
+    return f"{QUAD_SAVES}/{index:09d}.npz"
 
 
 def quad_chosen(part: str) -> str:

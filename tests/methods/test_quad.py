@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 
 import numpy as np
@@ -14,6 +15,7 @@ from distsel.core.storage import Store
 from distsel.methods.quad import AUDIT_SHARE, PredictedQuadBandit, QuadBandit, make_bandit
 from distsel.methods.quad.documents import QuadDocuments
 from distsel.methods.quad.options import QuadOptions
+from distsel.methods.quad.state import Checkpoints
 
 ARMS, PER_ARM = 12, 40
 
@@ -172,7 +174,46 @@ def test_a_killed_run_resumes_where_it_stopped(tmp_path):
     assert resumed.state.history == clean.state.history
 
     changed, _, _, _ = make(budget=Budget(docs=90), docs_per_accept=10)
-    assert not changed.resume(store), "another budget does not resume this run"
+    assert not changed.resume(Checkpoints(store)), "another budget does not resume this run"
+
+
+def saves_of(store: Store) -> list[dict[str, np.ndarray]]:
+    found = []
+    for name in store.list("_state/quad/saves", ".npz"):
+        with np.load(io.BytesIO(store.read_bytes(f"_state/quad/saves/{name}"))) as save:
+            found.append({key: save[key] for key in save.files})
+    return found
+
+
+def test_each_checkpoint_writes_only_what_its_round_added(tmp_path):
+    store = Store(str(tmp_path / "out"))
+    bandit, influence, _ = make_predicted(max_evaluated=0.1)
+    chosen = bandit.run(scorer(influence), store)
+    saves = saves_of(store)
+    assert len(saves) == bandit.state.round == store.read_json("_state/quad/state.json")["saves"]
+    assert np.concatenate([s["selected"] for s in saves]).tolist() == chosen.tolist()
+    grown = np.diff([0] + [r["selected"] for r in bandit.state.history])
+    grown[-1] += bandit.state.filled  # the last round's fill
+    assert [len(s["selected"]) for s in saves] == grown.tolist()
+    assert np.concatenate([s["scored_rows"] for s in saves]).tolist() == bandit.state.scored_rows
+    state = store.read_json("_state/quad/state.json")
+    assert not {"scored_rows", "scored_values"} & set(state), "the draws are in the saves"
+
+
+def test_a_fresh_run_replaces_an_earlier_runs_checkpoints(tmp_path):
+    """Run A finishes; run B (another budget) is killed in its second round; A's settings then
+    start afresh, with B's checkpoints and none of A's saves on disk."""
+    store = Store(str(tmp_path / "out"))
+    first, _, influence, _ = make(budget=Budget(docs=100), docs_per_accept=10)
+    expected = first.run(scorer(influence), store)
+    assert len(saves_of(store)) > 2
+    other, _, _, _ = make(budget=Budget(docs=90), docs_per_accept=10)
+    with pytest.raises(Killed):
+        other.run(dies_in_round(2, influence), store)
+    assert len(saves_of(store)) == store.read_json("_state/quad/state.json")["saves"] == 1
+    again, _, _, _ = make(budget=Budget(docs=100), docs_per_accept=10)
+    assert not again.resume(Checkpoints(store))
+    assert again.run(scorer(influence), store).tolist() == expected.tolist()
 
 
 # ------------------------------------------------------------------ with the influence model
@@ -572,10 +613,10 @@ def test_a_saved_state_holds_only_for_the_same_pool(tmp_path):
     store = Store(str(tmp_path))
     first = bandit(keys)
     first.run(lambda groups: [np.ones(len(g)) for g in groups], store)
-    assert bandit(keys.copy()).resume(store)
+    assert bandit(keys.copy()).resume(Checkpoints(store))
     other = keys.copy()
     other[0] += np.uint64(1)
-    assert not bandit(other).resume(store)
+    assert not bandit(other).resume(Checkpoints(store))
 
 
 def test_the_ridge_fit_and_its_leave_one_out_error_match_a_brute_force_refit():

@@ -37,7 +37,7 @@ from distsel.core.config import Budget
 from distsel.core.storage import Store
 from distsel.methods.quad.documents import Found, QuadDocuments
 from distsel.methods.quad.options import QuadOptions
-from distsel.methods.quad.state import BanditState, fingerprint, load_state, save_state
+from distsel.methods.quad.state import BanditState, Checkpoints, fingerprint
 
 InfluenceFunction = Callable[[list[np.ndarray]], list[np.ndarray]]
 # A progress line every this many rounds, and after any round ending this long (seconds) after
@@ -90,8 +90,11 @@ class QuadBandit:
 
     def run(self, influence: InfluenceFunction, store: Store | None = None) -> np.ndarray:
         """Play rounds until the budget, exhaustion or the round limit; return pool indices."""
-        if store is not None and self.resume(store):
+        checkpoints = None if store is None else Checkpoints(store)
+        if checkpoints is not None and self.resume(checkpoints):
             log.info("quad: resuming after round %d", self.state.round)
+        elif checkpoints is not None:
+            checkpoints.start(self.state)
         log.info(
             "quad: up to %d rounds over %d clusters, %d arms a round",
             self.options.rounds,
@@ -101,8 +104,8 @@ class QuadBandit:
         last = time.monotonic()
         while not self.state.done:
             self.play_round(influence)
-            if store is not None:
-                self.save(store)
+            if checkpoints is not None:
+                checkpoints.save(self.state, self.selected)
             round_, now = self.state.round, time.monotonic()
             if (
                 self.state.done
@@ -242,13 +245,9 @@ class QuadBandit:
 
     # -- checkpoints --------------------------------------------------------------------------
 
-    def save(self, store: Store) -> None:
-        """Write the state and the selection so far (distsel.methods.quad.state)."""
-        save_state(store, self.state, self.selected)
-
-    def resume(self, store: Store) -> bool:
+    def resume(self, checkpoints: Checkpoints) -> bool:
         """Continue from the last saved round when it belongs to this very run."""
-        saved = load_state(store, self.state.fingerprint)
+        saved = checkpoints.load(self.state.fingerprint)
         if saved is None:
             return False
         self.state, self.selected = saved

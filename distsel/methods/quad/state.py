@@ -1,6 +1,12 @@
 """Quad's saved bandit state: what a round changes, written after every round (the output
 layout's _state/quad/) so that a killed run resumes, and the fingerprint that ties a saved
-state to the very run it belongs to."""
+state to the very run it belongs to.
+
+A checkpoint writes what the round changed, not the whole run: the state without its growing
+lists (state.json), and an .npz of what the selection and the scored draws gained since the
+checkpoint before (saves/<n>.npz). state.json is written last and counts the saves that
+belong to it; a fresh run writes its own before any save, so an earlier run's saves are never
+read."""
 
 from __future__ import annotations
 
@@ -8,7 +14,7 @@ import io
 import json
 from array import array
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -39,6 +45,10 @@ class BanditState:
     scored_rows: list[int] = field(default_factory=list)
     scored_values: list[float] = field(default_factory=list)
     filled: int = 0
+    saves: int = 0
+
+
+GROWING = ("scored_rows", "scored_values")  # BanditState's lists kept in the saves
 
 
 def fingerprint(
@@ -57,21 +67,46 @@ def fingerprint(
     }
 
 
-def save_state(store: Store, state: BanditState, selected: Sequence[int]) -> None:
-    """Write the selection so far (.npy) and the state (JSON)."""
-    buffer = io.BytesIO()
-    np.save(buffer, np.asarray(selected, dtype=np.int64), allow_pickle=False)
-    store.write_bytes(layout.QUAD_SELECTED, buffer.getvalue())
-    store.write_bytes(layout.QUAD_STATE, json.dumps(asdict(state)).encode())
+class Checkpoints:
+    """A run's checkpoints in `store` (see the module docstring)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.saved = {"selected": 0, **dict.fromkeys(GROWING, 0)}  # lengths already written
+
+    def start(self, state: BanditState) -> None:
+        """Begin a fresh run: its state.json replaces an earlier run's, then that run's saves go."""
+        self.store.write_bytes(layout.QUAD_STATE, _state_json(state))
+        for name in self.store.list(layout.QUAD_SAVES, ".npz"):
+            self.store.remove(f"{layout.QUAD_SAVES}/{name}")
+
+    def save(self, state: BanditState, selected: Sequence[int]) -> None:
+        """Write what the selection and the scored draws gained, then the state."""
+        grown = {"selected": selected, **{name: getattr(state, name) for name in GROWING}}
+        buffer = io.BytesIO()
+        np.savez(buffer, **{name: np.asarray(v[self.saved[name] :]) for name, v in grown.items()})
+        self.store.write_bytes(layout.quad_save(state.saves), buffer.getvalue())
+        state.saves += 1
+        self.store.write_bytes(layout.QUAD_STATE, _state_json(state))
+        self.saved = {name: len(values) for name, values in grown.items()}
+
+    def load(self, expected: dict[str, Any]) -> tuple[BanditState, array] | None:
+        """The saved state and selection when there is one whose fingerprint is `expected`."""
+        if not self.store.exists(layout.QUAD_STATE):
+            return None
+        saved = BanditState(**self.store.read_json(layout.QUAD_STATE))
+        if saved.fingerprint != expected:
+            return None
+        selected = array("q")
+        for index in range(saved.saves):
+            with np.load(io.BytesIO(self.store.read_bytes(layout.quad_save(index)))) as gained:
+                selected.extend(gained["selected"].astype(np.int64).tolist())
+                for name in GROWING:
+                    getattr(saved, name).extend(gained[name].tolist())
+        self.saved = {"selected": len(selected), **{n: len(getattr(saved, n)) for n in GROWING}}
+        return saved, selected
 
 
-def load_state(store: Store, expected: dict[str, Any]) -> tuple[BanditState, array] | None:
-    """The saved state and selection when there is one whose fingerprint is `expected`."""
-    if not store.exists(layout.QUAD_STATE):
-        return None
-    saved = BanditState(**store.read_json(layout.QUAD_STATE))
-    if saved.fingerprint != expected:
-        return None
-    with store.fs.open(store.path(layout.QUAD_SELECTED), "rb") as handle:
-        selected = np.load(io.BytesIO(handle.read()), allow_pickle=False)
-    return saved, array("q", selected.astype(np.int64).tobytes())
+def _state_json(state: BanditState) -> bytes:
+    kept = {f.name: getattr(state, f.name) for f in fields(state) if f.name not in GROWING}
+    return json.dumps(kept).encode()
