@@ -216,6 +216,22 @@ def test_a_fresh_run_replaces_an_earlier_runs_checkpoints(tmp_path):
     assert again.run(scorer(influence), store).tolist() == expected.tolist()
 
 
+def test_a_state_in_the_old_layout_is_not_resumed(tmp_path):
+    """state.json as written before saves/ (the selection in selected.npy) starts afresh."""
+    store = Store(str(tmp_path / "out"))
+    bandit, _, influence, _ = make(budget=Budget(docs=100), docs_per_accept=10)
+    expected = bandit.run(scorer(influence), store)
+    old = store.read_json("_state/quad/state.json")
+    old["fingerprint"].pop("layout")
+    store.write_json("_state/quad/state.json", {**old, "scored_rows": [], "scored_values": []})
+    again, _, _, _ = make(budget=Budget(docs=100), docs_per_accept=10)
+    again.state.fingerprint.pop("layout")
+    assert again.resume(Checkpoints(store)), "the same fingerprint resumes"
+    fresh, _, _, _ = make(budget=Budget(docs=100), docs_per_accept=10)
+    assert not fresh.resume(Checkpoints(store))
+    assert fresh.run(scorer(influence), store).tolist() == expected.tolist()
+
+
 # ------------------------------------------------------------------ with the influence model
 
 

@@ -49,6 +49,8 @@ class BanditState:
 
 
 GROWING = ("scored_rows", "scored_values")  # BanditState's lists kept in the saves
+# In the fingerprint: a state written in another layout (before saves/) is not resumed.
+CHECKPOINT_LAYOUT = 2
 
 
 def fingerprint(
@@ -57,6 +59,7 @@ def fingerprint(
     """What a saved state must match to be resumed: the options, budget and seed, and the pool
     (its size, its clusters and its documents)."""
     return {
+        "layout": CHECKPOINT_LAYOUT,
         "options": options.model_dump(),
         "budget": budget.model_dump(),
         "seed": seed,
@@ -100,7 +103,7 @@ class Checkpoints:
         selected = array("q")
         for index in range(saved.saves):
             with np.load(io.BytesIO(self.store.read_bytes(layout.quad_save(index)))) as gained:
-                selected.extend(gained["selected"].astype(np.int64).tolist())
+                selected.frombytes(gained["selected"].astype(np.int64).tobytes())
                 for name in GROWING:
                     getattr(saved, name).extend(gained[name].tolist())
         self.saved = {"selected": len(selected), **{n: len(getattr(saved, n)) for n in GROWING}}
