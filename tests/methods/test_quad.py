@@ -180,7 +180,9 @@ def test_a_killed_run_resumes_where_it_stopped(tmp_path):
 def saves_of(store: Store) -> list[dict[str, np.ndarray]]:
     found = []
     for name in store.list("_state/quad/saves", ".npz"):
-        with np.load(io.BytesIO(store.read_bytes(f"_state/quad/saves/{name}"))) as save:
+        with np.load(
+            io.BytesIO(store.read_bytes(f"_state/quad/saves/{name}")), allow_pickle=False
+        ) as save:
             found.append({key: save[key] for key in save.files})
     return found
 

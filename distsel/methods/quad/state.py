@@ -102,7 +102,8 @@ class Checkpoints:
             return None
         selected = array("q")
         for index in range(saved.saves):
-            with np.load(io.BytesIO(self.store.read_bytes(layout.quad_save(index)))) as gained:
+            save = io.BytesIO(self.store.read_bytes(layout.quad_save(index)))
+            with np.load(save, allow_pickle=False) as gained:
                 selected.frombytes(gained["selected"].astype(np.int64).tobytes())
                 for name in GROWING:
                     getattr(saved, name).extend(gained[name].tolist())
