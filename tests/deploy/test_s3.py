@@ -369,3 +369,48 @@ def test_an_object_rewritten_with_more_lines_is_read_again(ray_local, s3, bucket
     assert second["stages"]["ingest"]["resumed_shards"] == 2
     docs = [k for k in s3_keys(s3, bucket, "out/docs/") if k.startswith("out/docs/a.jsonl")]
     assert len(docs) == 1, "the old version's part is removed"
+
+
+class _Killed(RuntimeError):
+    pass
+
+
+def test_quad_checkpoints_resume_on_s3(s3, bucket, endpoint_options):
+    """A Quad bandit killed in its fourth round resumes from its S3 checkpoints to the
+    uninterrupted selection; a fresh run of other settings removes those saves first."""
+    import numpy as np
+
+    from distsel.core.config import Budget
+    from distsel.methods.quad import make_bandit
+    from distsel.methods.quad.options import QuadOptions
+
+    rng = np.random.default_rng(0)
+    clusters, keys = np.repeat(np.arange(6), 30), rng.integers(0, 2**63, 180).astype(np.uint64)
+    influence = rng.standard_normal(180)
+    distances = np.ones((6, 6)) - np.eye(6)
+    calls = []
+
+    def bandit(docs: int):
+        options = QuadOptions(within_cluster="random", docs_per_accept=5)
+        return make_bandit(
+            clusters, keys, np.full(180, 10), distances, options, Budget(docs=docs), 0
+        )
+
+    def scores(groups, dies_at=None):
+        calls.append(1)
+        if len(calls) == dies_at:
+            raise _Killed
+        return [influence[g] for g in groups]
+
+    expected = bandit(60).run(scores)
+    store = Store(f"s3://{bucket}/out", endpoint_options)
+    calls.clear()
+    with pytest.raises(_Killed):
+        bandit(60).run(lambda groups: scores(groups, dies_at=4), store)
+    assert len(s3_keys(s3, bucket, "out/_state/quad/saves/")) == 3
+    assert bandit(60).run(scores, store).tolist() == expected.tolist()
+
+    calls.clear()
+    with pytest.raises(_Killed):
+        bandit(50).run(lambda groups: scores(groups, dies_at=2), store)
+    assert len(s3_keys(s3, bucket, "out/_state/quad/saves/")) == 1
