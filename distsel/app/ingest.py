@@ -121,7 +121,8 @@ def ingest(
         for row in over_items(items, _ingest_item, "ingest", worker_kwargs=kwargs):
             if row["error"]:
                 raise InputError(row["error"])
-    results = [records.IngestResult(**store.read_json(_ingest_marker(s))) for s in shards]
+    markers = store.markers([_ingest_marker(shard) for shard in shards])
+    results = [records.IngestResult(**marker) for marker in markers]
     timings["ingest"] = {
         "rows": sum(r.docs_in for r in results),
         "parts": sum(len(r.parts) for r in results),
@@ -140,11 +141,12 @@ def _shards_to_read(shards: list[corpus.Shard], store: Store) -> list[corpus.Sha
     removed), or whose parts are missing or damaged (not of the size written)."""
     sizes = store.sizes(layout.DOCS)
     pending = []
-    for shard in shards:
-        if not store.exists(_ingest_marker(shard)):
+    markers = store.markers([_ingest_marker(shard) for shard in shards])
+    for shard, marker in zip(shards, markers, strict=True):
+        if marker is None:
             pending.append(shard)
             continue
-        done = records.IngestResult(**store.read_json(_ingest_marker(shard)))
+        done = records.IngestResult(**marker)
         if not done.version:  # written before versions were recorded: taken as it is
             continue
         if done.version != shard.version:

@@ -208,7 +208,7 @@ def run_stage(
         ):
             if row["error"]:
                 raise DistselError(f"{stage.name}: {row['error']}")
-    markers = [store.read_json(_stage_marker(stage, part)) for part in parts]
+    markers = store.markers([_stage_marker(stage, part) for part in parts])
     timings[stage.name] = {
         "rows": sum(marker["rows"] for marker in markers),
         "parts_per_node": dict(Counter(marker.get("node", "?") for marker in markers)),
@@ -227,18 +227,18 @@ def _parts_to_score(
     whose scores file is missing or damaged (not of the size written). A marker written before
     versions were recorded holds while the stage has no fit or reused it."""
     sizes = store.sizes(layout.scores(stage.name))
-    pending = []
-    for part in parts:
-        marker = _stage_marker(stage, part)
-        done = store.read_json(marker) if store.exists(marker) else None
+    found = store.markers([_stage_marker(stage, part) for part in parts])
+    pending, stale = [], []
+    for part, done in zip(parts, found, strict=True):
         if done is None:
             pending.append(part)
         elif "version" not in done:
             if stage.fitted and not reused:
                 pending.append(part)
+                stale.append(part)
         elif done["version"] != version or sizes.get(part) != done.get("bytes"):
             pending.append(part)
-    stale = [p for p in pending if store.exists(_stage_marker(stage, p))]
+            stale.append(part)
     if stale:
         log.info(
             "%s: %d parts scored under another fit or damaged (first: %s); scoring them again",
@@ -250,7 +250,8 @@ def _parts_to_score(
 
 
 def _require_scored(stage: Stage, store: Store, parts: list[str]) -> None:
-    pending = [part for part in parts if not store.exists(_stage_marker(stage, part))]
+    found = store.markers([_stage_marker(stage, part) for part in parts])
+    pending = [part for part, done in zip(parts, found, strict=True) if done is None]
     if pending:
         raise not_scored(f"the {stage.name} stage's parts", pending, len(parts))
 

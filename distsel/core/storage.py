@@ -10,7 +10,8 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import IO, Any, TypeVar
 
 import aiohttp
@@ -39,6 +40,9 @@ T = TypeVar("T")
 #: includes botocore's own quick retries, a few seconds when nothing answers.)
 RETRY_SECONDS = 20.0
 RETRY_PAUSE = 1.0
+# Small files (markers, parquet footers) an object store is asked for at once: each call waits
+# on the network, not the CPU.
+READ_THREADS = 32
 UNREACHABLE_ERRORS: tuple[type[BaseException], ...] = (
     botocore.exceptions.ConnectionError,  # could not connect, connect timeout
     botocore.exceptions.HTTPClientError,  # connection closed, read timeout
@@ -254,6 +258,31 @@ class Store:
 
     def read_json(self, relative: str) -> Any:
         return self._read(relative, json.load)
+
+    def read_json_or_none(self, relative: str) -> Any | None:
+        """read_json, or None where the file does not exist (also one written since a listing
+        was cached)."""
+        self.fs.invalidate_cache(self.path(relative))
+        try:
+            return self.read_json(relative)
+        except FileNotFoundError:
+            return None
+
+    def read_many(self, relatives: Sequence[str], reader: Callable[[str], T]) -> list[T]:
+        """`reader(relative)` for each file, in order; on an object store READ_THREADS at a time
+        (a driver checking thousands of per-part markers one by one waits on each round trip)."""
+        if self.is_local or len(relatives) < 2:
+            return [reader(relative) for relative in relatives]
+        with ThreadPoolExecutor(min(READ_THREADS, len(relatives))) as pool:
+            return list(pool.map(reader, relatives))
+
+    def markers(self, relatives: Sequence[str]) -> list[Any | None]:
+        """read_json_or_none of each file (read_many)."""
+        return self.read_many(relatives, self.read_json_or_none)
+
+    def row_counts(self, relatives: Sequence[str]) -> list[int]:
+        """The rows of each parquet file, from its footer (read_many)."""
+        return self.read_many(relatives, lambda relative: self.read_metadata(relative).num_rows)
 
     def read_bytes(self, relative: str) -> bytes:
         return self._read(relative, lambda handle: handle.read())

@@ -80,7 +80,7 @@ def _sample_part(
 
 
 def _row_count(store: Store, parts: list[str]) -> int:
-    return sum(store.read_metadata(_embedding_path(part)).num_rows for part in parts)
+    return sum(store.row_counts([_embedding_path(part) for part in parts]))
 
 
 def sample_embeddings(
@@ -315,7 +315,7 @@ class ClusterStage(Stage):
     def prepare(self, context: StageContext) -> None:
         store, parts = context.store, context.parts
         self.seed = context.config.seed
-        n_docs = sum(store.read_metadata(layout.docs(part)).num_rows for part in parts)
+        n_docs = sum(store.row_counts([layout.docs(part) for part in parts]))
         if n_docs == 0:
             raise DistselError("the cluster stage found no documents to cluster")
         wanted = self.requested_k or default_clusters(n_docs)

@@ -272,7 +272,7 @@ def sample_texts(
     """A seeded uniform sample of `size` documents' texts: the smallest random keys, each part
     sending only the rows under a cut that keeps about 1.5 × `size` in all; a part's
     `left_out` rows (StageContext.left_out_of) never."""
-    total = sum(store.read_metadata(layout.docs(part)).num_rows for part in parts)
+    total = sum(store.row_counts([layout.docs(part) for part in parts]))
     fraction = min(1.0, 1.5 * size / max(total, 1))
     below = min(int(fraction * 2**64), 2**64 - 1)
     left_out = left_out or [None] * len(parts)

@@ -414,3 +414,22 @@ def test_quad_checkpoints_resume_on_s3(s3, bucket, endpoint_options):
     with pytest.raises(_Killed):
         bandit(50).run(lambda groups: scores(groups, dies_at=2), store)
     assert len(s3_keys(s3, bucket, "out/_state/quad/saves/")) == 1
+
+
+def test_markers_and_row_counts_read_many_files_at_once_on_s3(s3, bucket, endpoint_options):
+    """Store.markers and Store.row_counts answer in order, None for a missing marker, and see
+    a marker written after the folder's listing was cached."""
+    store = Store(f"s3://{bucket}/out", endpoint_options)
+    names = [f"markers/{i:03d}.json" for i in range(80)]
+    for i, name in enumerate(names[:70]):
+        store.write_json(name, {"i": i})
+    assert len(store.list("markers")) == 70
+    s3.put_object(Bucket=bucket, Key="out/markers/075.json", Body=b'{"i": 75}')
+    found = store.markers(names)
+    assert found[:70] == [{"i": i} for i in range(70)]
+    assert found[70:] == [None] * 5 + [{"i": 75}] + [None] * 4
+
+    sizes = [3, 0, 11, 5]
+    for i, rows in enumerate(sizes):
+        store.write_table(f"parts/{i}.parquet", pa.table({"x": list(range(rows))}))
+    assert store.row_counts([f"parts/{i}.parquet" for i in range(4)]) == sizes

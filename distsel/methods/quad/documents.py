@@ -152,7 +152,7 @@ class QuadDocuments:
         clusters and, `with_model`, the classifier's scores and the embeddings."""
         executor = current()
         if shards is None:  # one per SHARD_DOCS documents (rows before any left out), per CPU
-            rows = sum(store.read_metadata(layout.docs(part)).num_rows for part in parts[:64])
+            rows = sum(store.row_counts([layout.docs(part) for part in parts[:64]]))
             estimate = rows * len(parts) / max(min(len(parts), 64), 1)
             cpus = int(executor.totals().get("CPU", 1))
             shards = min(cpus, math.ceil(estimate / SHARD_DOCS))
