@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from distsel.algorithms.dsir import hashed_ngrams, kl_divergence
+from distsel.algorithms.dsir import hashed_ngrams, kl_divergence, total_ngram_counts
 from distsel.core import layout
 from distsel.core.candidates import gather_ranked
 from distsel.core.config import Budget, Config
@@ -30,7 +30,6 @@ from distsel.core.pool import Pool
 from distsel.core.records import read_texts
 from distsel.core.samplers import random_order, random_ranking
 from distsel.core.storage import Store
-from distsel.methods.dsir import pool_ngram_counts, target_ngram_counts
 
 if TYPE_CHECKING:
     from distsel.core.stage import Stage
@@ -57,36 +56,54 @@ def evaluation(
     reused: dict[str, Any] = {}
     for stage in stages:
         reused.update(stage.evaluation_inputs())
-    return {
-        "kl": kl_section(config, store, pool, chosen, reused.get("pool_counts")),
-        "ngram_lm": ngram_lm_section(config, store, pool, chosen),
-        "labels": label_shares(config, pool, chosen),
-    }
+    kl, ngram_lm = target_sections(config, store, pool, chosen, reused.get("pool_counts"))
+    return {"kl": kl, "ngram_lm": ngram_lm, "labels": label_shares(config, pool, chosen)}
 
 
-def kl_section(
+def target_sections(
     config: Config,
     store: Store,
     pool: Pool,
     chosen: np.ndarray,
     pool_counts: np.ndarray | None = None,
-) -> dict[str, Any] | None:
-    """KL(target‖pool), KL(target‖selection) and their difference, when targets are given."""
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """`kl_section` and `ngram_lm_section`, when targets are given, from one read of the
+    parts' texts (`pool_text_counts`); DSIR's pool counts are counted only when not given."""
     if not config.target.paths:
-        return None
+        return None, None
+    target = config.target
+    texts = read_texts(target.paths, target.text_field, target.storage_options)
+    query = BigramQuery.of(texts, LM_BUCKETS)
+    selected = rows_per_part(pool, chosen)
+    sample = random_baseline_rows(config, store, pool, chosen)
     options = config.stage_options("dsir")
-    buckets, ngrams = options.num_buckets, options.ngrams
-    target = target_ngram_counts(config, buckets, ngrams)
-    if pool_counts is None:
-        pool_counts = pool_ngram_counts(store, pool.parts, buckets, ngrams)
-    rows = rows_per_part(pool, chosen)
-    selection = pool_ngram_counts(store, pool.parts, buckets, ngrams, rows=rows)
-    to_pool, to_selection = kl_divergence(target, pool_counts), kl_divergence(target, selection)
+    ngram_sets = (selected,) if pool_counts is not None else (selected, None)
+    bigrams, ngrams = pool_text_counts(
+        store,
+        pool.parts,
+        query,
+        row_sets=(pool.accepted_rows(), sample, selected),
+        ngrams=NgramJob(options.num_buckets, options.ngrams, ngram_sets),
+    )
+    kl = kl_section(
+        total_ngram_counts(texts, options.num_buckets, options.ngrams),
+        ngrams[1] if pool_counts is None else pool_counts,
+        ngrams[0],
+        options.ngrams,
+    )
+    return kl, ngram_lm_section(texts, query, *bigrams)
+
+
+def kl_section(
+    target: np.ndarray, pool: np.ndarray, selection: np.ndarray, ngrams: int
+) -> dict[str, Any]:
+    """KL(target‖pool), KL(target‖selection) and their difference, over hashed n-gram counts."""
+    to_pool, to_selection = kl_divergence(target, pool), kl_divergence(target, selection)
     return {
         "kl_target_pool": round(to_pool, 6),
         "kl_target_selection": round(to_selection, 6),
         "kl_reduction": round(to_pool - to_selection, 6),
-        "buckets": buckets,
+        "buckets": len(target),
         "ngrams": ngrams,
     }
 
@@ -265,48 +282,82 @@ def cross_entropy(
     return float(-bigram_log_prob(counts, query, context, word, prior).mean())
 
 
-def _part_bigram_counts(
+@dataclasses.dataclass(frozen=True)
+class NgramJob:
+    """DSIR's hashed n-gram counts (`buckets`, n-grams up to `ngrams`) of sets of documents,
+    counted in the same read as the bigram counts; `row_sets` as `pool_text_counts`'."""
+
+    buckets: int
+    ngrams: int
+    row_sets: tuple[list[np.ndarray] | None, ...]
+
+
+TextCounts = tuple[list[BigramCounts], list[np.ndarray]]
+
+
+def _part_text_counts(
     store: Store,
     folder: str,
     part: str,
     query: BigramQuery,
     subsets: tuple[np.ndarray | None, ...],
-) -> list[BigramCounts]:
+    ngrams: NgramJob | None,
+    ngram_subsets: tuple[np.ndarray | None, ...],
+) -> TextCounts:
     texts = store.read_table(f"{folder}/{part}", columns=["text"]).column("text").to_pylist()
     doc, word = _words(texts, query.buckets)
-    counts = []
+    bigrams = []
     for rows in subsets:
         keep = slice(None) if rows is None else np.isin(doc, rows)
-        counts.append(_counts(doc[keep], word[keep], query))
-    return counts
+        bigrams.append(_counts(doc[keep], word[keep], query))
+    totals = []
+    for rows in ngram_subsets:
+        chosen = texts if rows is None else [texts[i] for i in rows]
+        totals.append(total_ngram_counts(chosen, ngrams.buckets, ngrams.ngrams))
+    return bigrams, totals
 
 
-def pool_bigram_counts(
+def pool_text_counts(
     store: Store,
     parts: list[str],
     query: BigramQuery,
     folder: str = layout.DOCS,
     row_sets: tuple[list[np.ndarray] | None, ...] = (None,),
-) -> list[BigramCounts]:
-    """`bigram_counts` of sets of documents, each summed over the parts, one task per part where
-    the part is read (and tokenised once), added by a tree of tasks: only one set of fixed-size
-    count vectors reaches the driver.
+    ngrams: NgramJob | None = None,
+) -> TextCounts:
+    """`bigram_counts` of sets of documents, each summed over the parts, and `ngrams`' hashed
+    n-gram counts, from one read of each part (tokenised once) in a task of its own, added by a
+    tree of tasks: only fixed-size count vectors reach the driver.
     Each of `row_sets` is None (every document) or one array of row numbers per part; one
-    BigramCounts per set is returned."""
+    BigramCounts per set is returned, and one n-gram count vector per set of `ngrams`."""
+    ngram_sets = ngrams.row_sets if ngrams else ()
     if not parts:
-        return [BigramCounts.zeros(query) for _ in row_sets]
+        zeros = [np.zeros(ngrams.buckets, dtype=np.int64) for _ in ngram_sets]
+        return [BigramCounts.zeros(query) for _ in row_sets], zeros
     executor = current()
     shared = executor.share(query)
     calls = [
-        (store, folder, part, shared, tuple(None if rows is None else rows[i] for rows in row_sets))
+        (
+            store,
+            folder,
+            part,
+            shared,
+            tuple(None if rows is None else rows[i] for rows in row_sets),
+            ngrams,
+            tuple(None if rows is None else rows[i] for rows in ngram_sets),
+        )
         for i, part in enumerate(parts)
     ]
-    return executor.map_reduce(_part_bigram_counts, calls, _add_counts)
+    return executor.map_reduce(_part_text_counts, calls, _add_counts)
 
 
-def _add_counts(*per_part: list[BigramCounts]) -> list[BigramCounts]:
-    """Element-wise sum of the parts' counts (one BigramCounts per row set)."""
-    return [sum(counts[1:], counts[0]) for counts in zip(*per_part, strict=True)]
+def _add_counts(*per_part: TextCounts) -> TextCounts:
+    """Element-wise sum of the parts' counts (one per row set)."""
+    bigrams, ngrams = zip(*per_part, strict=True)
+    return (
+        [sum(counts[1:], counts[0]) for counts in zip(*bigrams, strict=True)],
+        [sum(counts[1:], counts[0]) for counts in zip(*ngrams, strict=True)],
+    )
 
 
 def rows_per_part(pool: Pool, indices: np.ndarray) -> list[np.ndarray]:
@@ -348,17 +399,17 @@ def random_baseline_rows(
 
 
 def ngram_lm_section(
-    config: Config,
-    store: Store,
-    pool: Pool,
-    chosen: np.ndarray,
-    buckets: int = LM_BUCKETS,
+    texts: list[str],
+    query: BigramQuery,
+    whole: BigramCounts,
+    random: BigramCounts,
+    selection: BigramCounts,
     prior: float = LM_PRIOR,
-) -> dict[str, Any] | None:
+) -> dict[str, Any]:
     """How well bigram models of the pool, of a random selection and of the selection predict the
-    target examples, when targets are given: their `cross_entropy` (nats/token) under a model
-    fitted on all pool documents (docs/), on `random_baseline` (the random selection of the
-    same number of tokens) and on the selection, in one pass over the parts.
+    target examples `texts`: their `cross_entropy` (nats/token) under a model fitted on all pool
+    documents (docs/), on `random_baseline` (the random selection of the same number of tokens)
+    and on the selection.
 
     xent_reduction = H(target | random) − H(target | selection), positive when the selection
     predicts the target better than a random selection of its size would. It is measured
@@ -367,17 +418,6 @@ def ngram_lm_section(
     When it is negative, one warning says so. The target examples are the same that target-aware
     selectors fit on, so this is no held-out measurement.
     """
-    if not config.target.paths:
-        return None
-    target = config.target
-    texts = read_texts(target.paths, target.text_field, target.storage_options)
-    query = BigramQuery.of(texts, buckets)
-    every = pool.accepted_rows()
-    sample = random_baseline_rows(config, store, pool, chosen)
-    selected = rows_per_part(pool, chosen)
-    whole, random, selection = pool_bigram_counts(
-        store, pool.parts, query, row_sets=(every, sample, selected)
-    )
     to_pool, to_random, to_selection = (
         cross_entropy(texts, counts, query, prior) for counts in (whole, random, selection)
     )
@@ -394,11 +434,11 @@ def ngram_lm_section(
         "target_xent_random": round(to_random, 6),
         "target_xent_selection": round(to_selection, 6),
         "xent_reduction": round(to_random - to_selection, 6),
-        "target_tokens": int(len(_words(texts, buckets)[1])),
+        "target_tokens": int(len(_words(texts, query.buckets)[1])),
         "pool_tokens": int(whole.unigrams.sum()),
         "random_tokens": int(random.unigrams.sum()),
         "selection_tokens": int(selection.unigrams.sum()),
-        "buckets": buckets,
+        "buckets": query.buckets,
         "prior": prior,
         "model": "word bigram, Dirichlet prior on a Witten-Bell unigram",
     }

@@ -16,22 +16,24 @@ import pyarrow as pa
 import pytest
 from helpers import base_config, stdlib_paragraphs, write_jsonl
 
-from distsel.algorithms.dsir import TOKEN_PATTERN, ngram_hash
+from distsel.algorithms.dsir import TOKEN_PATTERN, kl_divergence, ngram_hash, total_ngram_counts
 from distsel.app import evaluate, pipeline
 from distsel.app.cli import summary
 from distsel.app.evaluate import (
     BigramCounts,
     BigramQuery,
+    NgramJob,
     bigram_counts,
     bigram_log_prob,
     cross_entropy,
-    pool_bigram_counts,
+    pool_text_counts,
     unigram_log_prob,
 )
 from distsel.core.config import parse_config
 from distsel.core.executor import LocalExecutor, RayExecutor
 from distsel.core.pool import Pool
 from distsel.core.storage import Store
+from distsel.methods.dsir import pool_ngram_counts, target_ngram_counts
 
 PROSE = stdlib_paragraphs(300)
 
@@ -111,7 +113,10 @@ def test_counts_summed_part_by_part_equal_the_counts_of_the_whole(tmp_path, requ
     if on_ray:
         request.getfixturevalue("ray_local")
     with (RayExecutor() if on_ray else LocalExecutor()).active():
-        summed, subset = pool_bigram_counts(store, sorted(parts), query, row_sets=(None, some))
+        job = NgramJob(1 << 10, 2, (some, None))
+        (summed, subset), ngrams = pool_text_counts(
+            store, sorted(parts), query, row_sets=(None, some), ngrams=job
+        )
     whole = bigram_counts(texts, query)
     picked = bigram_counts([texts[i] for i in (0, 5, 36, 39, 40, 119)], query)
     for name in ("unigrams", "contexts", "pairs"):
@@ -119,6 +124,9 @@ def test_counts_summed_part_by_part_equal_the_counts_of_the_whole(tmp_path, requ
         np.testing.assert_array_equal(getattr(subset, name), getattr(picked, name))
     assert whole.unigrams.sum() > picked.unigrams.sum() > 0 and picked.pairs.sum() > 0
     assert len(whole.unigrams) == 1 << 12 and len(whole.pairs) == len(query.pairs)
+    picked_texts = [texts[i] for i in (0, 5, 36, 39, 40, 119)]
+    np.testing.assert_array_equal(ngrams[0], total_ngram_counts(picked_texts, 1 << 10, 2))
+    np.testing.assert_array_equal(ngrams[1], total_ngram_counts(texts, 1 << 10, 2))
 
 
 def target_config(tmp_path: Path, target: list[str], **select):
@@ -130,8 +138,8 @@ def target_config(tmp_path: Path, target: list[str], **select):
     return parse_config(raw)
 
 
-def test_a_selection_worse_than_random_gives_one_warning(tmp_path, caplog):
-    config = target_config(tmp_path, PROSE[200:260])
+def code_and_prose(tmp_path: Path) -> tuple[Store, Pool, list[str]]:
+    """Two parts, 25 blocks of code then 100 paragraphs of prose, and their pool."""
     store = Store(str(tmp_path / "out"))
     parts = {"code.parquet": python_code(25), "prose.parquet": PROSE[:100]}
     for name, texts in parts.items():
@@ -144,9 +152,33 @@ def test_a_selection_worse_than_random_gives_one_warning(tmp_path, caplog):
         tokens=np.array([math.ceil(len(t) / 4) for t in texts]),
         random_key=np.random.default_rng(0).integers(0, 2**63, len(texts)).astype(np.uint64),
     )
+    return store, pool, texts
+
+
+def test_the_kl_section_counts_the_pool_and_the_selection_as_dsir_does(tmp_path):
+    """KL from the evaluation's one read equals KL from DSIR's own counts of the pool (read
+    again) and of the selected texts; with DSIR's pool counts handed over, the same."""
+    config = target_config(tmp_path, PROSE[200:260])
+    store, pool, texts = code_and_prose(tmp_path)
+    chosen = np.r_[3, 30:70]
+    buckets, ngrams = config.stage_options("dsir").num_buckets, config.stage_options("dsir").ngrams
+    with LocalExecutor().active():
+        kl, _ = evaluate.target_sections(config, store, pool, chosen)
+        whole = pool_ngram_counts(store, pool.parts, buckets, ngrams)
+        handed = evaluate.target_sections(config, store, pool, chosen, pool_counts=whole)[0]
+    target = target_ngram_counts(config, buckets, ngrams)
+    picked = total_ngram_counts([texts[i] for i in chosen], buckets, ngrams)
+    assert kl["kl_target_pool"] == round(kl_divergence(target, whole), 6)
+    assert kl["kl_target_selection"] == round(kl_divergence(target, picked), 6)
+    assert handed == kl and kl["buckets"] == buckets and kl["ngrams"] == ngrams
+
+
+def test_a_selection_worse_than_random_gives_one_warning(tmp_path, caplog):
+    config = target_config(tmp_path, PROSE[200:260])
+    store, pool, _ = code_and_prose(tmp_path)
 
     def section(chosen: np.ndarray) -> dict:
-        return evaluate.ngram_lm_section(config, store, pool, chosen)
+        return evaluate.target_sections(config, store, pool, chosen)[1]
 
     caplog.set_level(logging.INFO, logger="distsel")
     with LocalExecutor().active():
@@ -202,7 +234,7 @@ def test_rows_per_part_equal_a_filter_per_part():
 
 def test_without_target_there_is_no_section(tmp_path):
     config = parse_config(base_config([tmp_path / "x.jsonl"], tmp_path / "out"))
-    assert evaluate.ngram_lm_section(config, Store(str(tmp_path)), None, None, []) is None
+    assert evaluate.target_sections(config, Store(str(tmp_path)), None, None) == (None, None)
 
 
 def test_run_reports_the_cross_entropies_in_its_manifest_and_summary(tmp_path, caplog):
