@@ -74,10 +74,11 @@ def views(root: Path, task: suite.Task, proxy: Embedder, minilm: Embedder) -> Vi
         "minilm": (np.asarray(pool, dtype=np.float32), minilm.embed(targets)),
         "proxy": (proxy.embed(texts), proxy.embed(targets)),
     }
+    (pool_a, targets_a), (pool_b, targets_b) = found["minilm"], found["proxy"]
     half = np.float32(np.sqrt(0.5))
-    found["both"] = tuple(  # type: ignore[assignment]
-        half * np.concatenate([a, b], axis=1)
-        for a, b in zip(found["minilm"], found["proxy"], strict=True)
+    found["both"] = (
+        half * np.concatenate([pool_a, pool_b], axis=1),
+        half * np.concatenate([targets_a, targets_b], axis=1),
     )
     return found
 
