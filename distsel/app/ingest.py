@@ -109,7 +109,9 @@ def ingest(
 ) -> list[records.IngestResult]:
     """Validate and split every shard not yet done; return every shard's result, in shard order."""
     began = time.perf_counter()
-    pending = _shards_to_read(shards, store)
+    paths = [_ingest_marker(shard) for shard in shards]
+    found = store.markers(paths)
+    pending = _shards_to_read(shards, found, store)
     if pending and require_done:
         raise not_scored("ingest", [s.key for s in pending], len(shards))
     if pending:
@@ -121,7 +123,7 @@ def ingest(
         for row in over_items(items, _ingest_item, "ingest", worker_kwargs=kwargs):
             if row["error"]:
                 raise InputError(row["error"])
-    markers = store.markers([_ingest_marker(shard) for shard in shards])
+    markers = store.markers_again(paths, found, [_ingest_marker(shard) for shard in pending])
     results = [records.IngestResult(**marker) for marker in markers]
     timings["ingest"] = {
         "rows": sum(r.docs_in for r in results),
@@ -136,12 +138,13 @@ def _ingest_marker(shard: corpus.Shard) -> str:
     return layout.ingest_marker(shard.safe_key)
 
 
-def _shards_to_read(shards: list[corpus.Shard], store: Store) -> list[corpus.Shard]:
-    """The shards not ingested yet, changed since (another version: their old parts are
-    removed), or whose parts are missing or damaged (not of the size written)."""
+def _shards_to_read(
+    shards: list[corpus.Shard], markers: list[Any], store: Store
+) -> list[corpus.Shard]:
+    """The shards not ingested yet (no marker), changed since (another version: their old parts
+    are removed), or whose parts are missing or damaged (not of the size written)."""
     sizes = store.sizes(layout.DOCS)
     pending = []
-    markers = store.markers([_ingest_marker(shard) for shard in shards])
     for shard, marker in zip(shards, markers, strict=True):
         if marker is None:
             pending.append(shard)

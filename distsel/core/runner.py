@@ -193,7 +193,9 @@ def run_stage(
     store.write_json(fingerprint_path, fingerprint)
     required = {name: versions.get(name) for name in stage.requires}
     version = versions[stage.name] = digest([fingerprint, fit, required])
-    pending = _parts_to_score(stage, store, parts, version, reused)
+    paths = [_stage_marker(stage, part) for part in parts]
+    found = store.markers(paths)
+    pending = _parts_to_score(stage, store, parts, found, version, reused)
     if pending and require_done:
         raise not_scored(f"the {stage.name} stage's parts (under its fit)", pending, len(parts))
     if pending:
@@ -208,7 +210,7 @@ def run_stage(
         ):
             if row["error"]:
                 raise DistselError(f"{stage.name}: {row['error']}")
-    markers = store.markers([_stage_marker(stage, part) for part in parts])
+    markers = store.markers_again(paths, found, [_stage_marker(stage, p) for p in pending])
     timings[stage.name] = {
         "rows": sum(marker["rows"] for marker in markers),
         "parts_per_node": dict(Counter(marker.get("node", "?") for marker in markers)),
@@ -221,13 +223,13 @@ def run_stage(
 
 
 def _parts_to_score(
-    stage: Stage, store: Store, parts: list[str], version: str, reused: bool
+    stage: Stage, store: Store, parts: list[str], found: list[Any], version: str, reused: bool
 ) -> list[str]:
     """The parts without scores of this stage's `version` (its settings, fit and inputs), or
-    whose scores file is missing or damaged (not of the size written). A marker written before
-    versions were recorded holds while the stage has no fit or reused it."""
+    whose scores file is missing or damaged (not of the size written); `found` are the parts'
+    markers (None: none). A marker written before versions were recorded holds while the stage
+    has no fit or reused it."""
     sizes = store.sizes(layout.scores(stage.name))
-    found = store.markers([_stage_marker(stage, part) for part in parts])
     pending, stale = [], []
     for part, done in zip(parts, found, strict=True):
         if done is None:

@@ -280,6 +280,16 @@ class Store:
         """read_json_or_none of each file (read_many)."""
         return self.read_many(relatives, self.read_json_or_none)
 
+    def markers_again(
+        self, relatives: Sequence[str], found: Sequence[Any], changed: Sequence[str]
+    ) -> list[Any | None]:
+        """`found` (the markers of `relatives`, read earlier) with those of `changed` read
+        again: after a step rewrote some markers, only those are asked for."""
+        again = dict(zip(changed, self.markers(changed), strict=True))
+        return [
+            again.get(relative, marker) for relative, marker in zip(relatives, found, strict=True)
+        ]
+
     def row_counts(self, relatives: Sequence[str]) -> list[int]:
         """The rows of each parquet file, from its footer (read_many)."""
         return self.read_many(relatives, lambda relative: self.read_metadata(relative).num_rows)
