@@ -147,6 +147,14 @@ def _components(url: str) -> tuple[str, list[str]]:
     return "file", [part for part in parts if part]
 
 
+def threaded(function: Callable[[Any], T], items: Sequence[Any], threads: int) -> list[T]:
+    """function(item) for each item, `threads` at a time (calls that wait on storage); in order."""
+    if len(items) <= 1 or threads <= 1:
+        return [function(item) for item in items]
+    with ThreadPoolExecutor(min(threads, len(items))) as pool:
+        return list(pool.map(function, items))
+
+
 class Store:
     """Files under one root. Every write is atomic: a reader sees the whole file or nothing.
 
@@ -271,10 +279,7 @@ class Store:
     def read_many(self, relatives: Sequence[str], reader: Callable[[str], T]) -> list[T]:
         """`reader(relative)` for each file, in order; on an object store READ_THREADS at a time
         (a driver checking thousands of per-part markers one by one waits on each round trip)."""
-        if self.is_local or len(relatives) < 2:
-            return [reader(relative) for relative in relatives]
-        with ThreadPoolExecutor(min(READ_THREADS, len(relatives))) as pool:
-            return list(pool.map(reader, relatives))
+        return threaded(reader, relatives, 1 if self.is_local else READ_THREADS)
 
     def markers(self, relatives: Sequence[str]) -> list[Any | None]:
         """read_json_or_none of each file (read_many)."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import numpy as np
@@ -14,7 +13,7 @@ import pyarrow.compute as pc
 
 from distsel.app.output import read_selected, selected_files
 from distsel.core import layout
-from distsel.core.storage import Store
+from distsel.core.storage import Store, threaded
 
 T = TypeVar("T")
 MAX_ROWS = 200_000  # histogram rows, spread over the parts
@@ -168,11 +167,7 @@ def _read_part(
 
 def parallel_map(function: Callable[..., T], calls: Iterable[tuple[Any, ...]]) -> list[T]:
     """function(*call) for every call, a few at a time (reads that wait on storage); in order."""
-    calls = list(calls)
-    if len(calls) <= 1:
-        return [function(*call) for call in calls]
-    with ThreadPoolExecutor(max_workers=min(READ_THREADS, len(calls))) as pool:
-        return list(pool.map(lambda call: function(*call), calls))
+    return threaded(lambda call: function(*call), list(calls), READ_THREADS)
 
 
 def pool_parts(store: Store, manifest: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
