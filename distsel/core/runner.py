@@ -188,8 +188,7 @@ def run_stage(
                 "the pool; run the scoring phase again first"
             )
         log.info("%s: settings changed, scoring every part again", stage.name)
-        for part in parts:
-            store.remove(_stage_marker(stage, part))
+        store.remove_many([_stage_marker(stage, part) for part in parts])
     store.write_json(fingerprint_path, fingerprint)
     required = {name: versions.get(name) for name in stage.requires}
     version = versions[stage.name] = digest([fingerprint, fit, required])

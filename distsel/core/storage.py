@@ -336,3 +336,7 @@ class Store:
         if self.exists(relative):
             with contextlib.suppress(FileNotFoundError):
                 self._retrying(relative, lambda: self.fs.rm(self.path(relative)))
+
+    def remove_many(self, relatives: Sequence[str]) -> None:
+        """remove each file; on an object store READ_THREADS requests at a time."""
+        threaded(self.remove, relatives, 1 if self.is_local else READ_THREADS)

@@ -418,7 +418,8 @@ def test_quad_checkpoints_resume_on_s3(s3, bucket, endpoint_options):
 
 def test_markers_and_row_counts_read_many_files_at_once_on_s3(s3, bucket, endpoint_options):
     """Store.markers and Store.row_counts answer in order, None for a missing marker, and see
-    a marker written after the folder's listing was cached."""
+    a marker written after the folder's listing was cached; Store.remove_many removes exactly
+    the files named, missing ones included."""
     store = Store(f"s3://{bucket}/out", endpoint_options)
     names = [f"markers/{i:03d}.json" for i in range(80)]
     for i, name in enumerate(names[:70]):
@@ -433,3 +434,7 @@ def test_markers_and_row_counts_read_many_files_at_once_on_s3(s3, bucket, endpoi
     for i, rows in enumerate(sizes):
         store.write_table(f"parts/{i}.parquet", pa.table({"x": list(range(rows))}))
     assert store.row_counts([f"parts/{i}.parquet" for i in range(4)]) == sizes
+
+    store.remove_many(names[:40] + names[70:75])
+    assert store.markers(names) == [None] * 40 + [{"i": i} for i in range(40, 70)] + found[70:]
+    assert len(s3_keys(s3, bucket, "out/markers/")) == 31

@@ -101,9 +101,9 @@ class Checkpoints:
         if saved.fingerprint != expected:
             return None
         selected = array("q")
-        for index in range(saved.saves):
-            save = io.BytesIO(self.store.read_bytes(layout.quad_save(index)))
-            with np.load(save, allow_pickle=False) as gained:
+        saves = [layout.quad_save(index) for index in range(saved.saves)]
+        for data in self.store.read_many(saves, self.store.read_bytes):
+            with np.load(io.BytesIO(data), allow_pickle=False) as gained:
                 selected.frombytes(gained["selected"].astype(np.int64).tobytes())
                 for name in GROWING:
                     getattr(saved, name).extend(gained[name].tolist())
