@@ -120,6 +120,12 @@ def neighbour_target_share(
     return scores
 
 
+def has_target_neighbour(scores: np.ndarray, neighbours: int) -> np.ndarray:
+    """Which `neighbour_target_share` scores count a target example among their k nearest rows:
+    a share is 0 or at least 1/k, and the tie-break below 1/(2k) in size."""
+    return np.asarray(scores) > 1 / (2 * neighbours)
+
+
 def _share_block(to_target: np.ndarray, to_reference: np.ndarray, k: int) -> np.ndarray:
     both = np.concatenate([to_target, to_reference], axis=1)
     nearest = np.argpartition(-both, k - 1, axis=1)[:, :k]

@@ -7,6 +7,7 @@ neighbour share are in distsel.algorithms.similarity.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -20,6 +21,7 @@ from distsel.algorithms.similarity import (
     betr_labels,
     cosine_scores,
     fit_betr_classifier,
+    has_target_neighbour,
     neighbour_target_share,
     predict_scores,
     round_robin,
@@ -43,6 +45,10 @@ from distsel.core.vectors import embedding_matrix
 from distsel.methods.cluster import sample_embedding_rows
 from distsel.methods.dsir import NgramOptions, hashed_ngrams
 from distsel.methods.embed import EmbedStage, embed_texts_on_cluster
+
+log = logging.getLogger("distsel")
+# Below this share of the selection's tokens near a target example, the run warns.
+NEAR_TARGET_WARNING = 0.5
 
 
 class SimilarityStageOptions(StrictModel):
@@ -317,11 +323,36 @@ class SimilaritySelector:
         else:
             order = round_robin(np.stack([score_column(pool, c) for c in columns]), len(pool))
         chosen = fill_budget(order, pool.tokens, config.select.budget)
+        near = near_target_tokens(pool, config, columns, chosen)
+        if near is not None and near < NEAR_TARGET_WARNING:
+            log.warning(
+                "warning: similarity: %.0f %% of the selection's tokens have a target example "
+                "among their %d nearest documents; the rest is ranked only by being closer to "
+                "the targets than to the pool. The target lies far from the pool, where "
+                "embedding similarity picks weakly; compare dsir or quad.",
+                100 * near,
+                config.stage_options("similarity").neighbours,
+            )
         return chosen, {
             "budget": budget_section(config),
             "columns": columns,
             **options.model_dump(),
+            **({"near_target_tokens": round(near, 4)} if near is not None else {}),
         }
+
+
+def near_target_tokens(
+    pool: Pool, config: Config, columns: list[str], chosen: np.ndarray
+) -> float | None:
+    """The share of the chosen documents' tokens with a target example among their neighbours
+    (`has_target_neighbour`); None where the scores are not neighbour shares."""
+    options = config.stage_options("similarity")
+    if columns == ["betr_score"] or options.contrast != "pool" or not len(chosen):
+        return None
+    scores = [score_column(pool, column)[chosen] for column in columns]
+    near = np.any([has_target_neighbour(s, options.neighbours) for s in scores], axis=0)
+    tokens = pool.tokens[chosen].astype(np.float64)
+    return float(tokens[near].sum() / max(tokens.sum(), 1.0))
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,8 @@ import pytest
 
 from distsel.algorithms.similarity import task_scores
 from distsel.core.config import parse_config
-from distsel.core.pool import random_keys
+from distsel.core.pool import Pool, random_keys
+from distsel.core.stage import StageContext
 from distsel.methods.similarity import (
     BetrStage,
     LinearScorer,
@@ -18,7 +19,9 @@ from distsel.methods.similarity import (
     best_rank_scores,
     betr_labels,
     cosine_scores,
+    SimilaritySelector,
     fit_betr_classifier,
+    has_target_neighbour,
     neighbour_target_share,
     ngram_features,
     predict_scores,
@@ -354,3 +357,58 @@ def test_the_similarity_stage_scores_by_its_contrast(contrast: str):
         expected = brute_neighbour_share(docs, targets, docs[4:], 3, exclude)
     np.testing.assert_allclose(got["similarity_task_t"], expected, atol=1e-6)
     np.testing.assert_array_equal(got["similarity"], got["similarity_task_t"])
+
+
+@pytest.mark.parametrize("k", [1, 4, 10])
+def test_has_target_neighbour_counts_the_targets_among_the_nearest(k: int):
+    rng = np.random.default_rng(k)
+    docs, targets, reference = unit_rows(rng, 60), unit_rows(rng, 6), unit_rows(rng, 40)
+    both = np.concatenate([docs @ targets.T, docs @ reference.T], axis=1)
+    nearest = np.argsort(-both, axis=1)[:, :k]
+    expected = (nearest < len(targets)).any(axis=1)
+    assert 0 < expected.sum() < len(docs)
+    scores = neighbour_target_share(docs, targets, reference, k)
+    np.testing.assert_array_equal(has_target_neighbour(scores, k), expected)
+
+
+def similarity_pool(scores: np.ndarray, tokens: list[int]) -> Pool:
+    count = len(tokens)
+    return Pool(
+        parts=["p"],
+        part_index=np.zeros(count, dtype=np.int64),
+        row_index=np.arange(count),
+        tokens=np.asarray(tokens, dtype=np.int64),
+        random_key=np.arange(count, dtype=np.uint64),
+        scores={"similarity_task_t": scores},
+    )
+
+
+@pytest.mark.parametrize("near_tokens", [30, 300])
+def test_the_selector_warns_when_most_of_the_selection_has_no_target_neighbour(
+    near_tokens: int, caplog: pytest.LogCaptureFixture
+):
+    """Two documents with a target among their k = 4 neighbours (share 1/4, 2/4), then three
+    ranked by the tie-break alone; the manifest's near_target_tokens is their share of the
+    selection's tokens, and below half the run warns."""
+    config = parse_config(
+        {
+            "input": {"paths": ["unused.jsonl"]},
+            "output": {"path": "unused"},
+            "target": {"paths": ["t.jsonl"]},
+            "select": {"method": "similarity", "budget": {"docs": 4}},
+            "stages": {"similarity": {"neighbours": 4}},
+        }
+    )
+    scores = np.array([0.25 + 0.01, 0.5 - 0.05, 0.1, 0.05, -0.02, 0.12])
+    pool = similarity_pool(scores, [near_tokens, near_tokens, 100, 100, 100, 100])
+    with caplog.at_level("WARNING", logger="distsel"):
+        chosen, section = SimilaritySelector().select(
+            pool, config, StageContext(config, None, ["p"])
+        )
+    assert sorted(chosen.tolist()) == [0, 1, 2, 5]
+    near = 2 * near_tokens / (2 * near_tokens + 200)
+    assert section["near_target_tokens"] == pytest.approx(near, abs=1e-4)
+    warned = [r.getMessage() for r in caplog.records if "nearest documents" in r.getMessage()]
+    assert len(warned) == (near < 0.5)
+    if warned:
+        assert f"{100 * near:.0f} % of the selection's tokens" in warned[0]
