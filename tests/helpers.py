@@ -76,6 +76,23 @@ def base_config(inputs: list[Path | str], output: Path | str, **select: Any) -> 
     }
 
 
+def pool_of(tokens: list[int], scores: dict[str, Any] | None = None) -> Any:
+    """A one-part Pool of documents with these token counts (and score columns)."""
+    import numpy as np
+
+    from distsel.core.pool import Pool
+
+    count = len(tokens)
+    return Pool(
+        parts=["p"],
+        part_index=np.zeros(count, dtype=np.int64),
+        row_index=np.arange(count),
+        tokens=np.asarray(tokens, dtype=np.int64),
+        random_key=np.arange(count, dtype=np.uint64),
+        scores=dict(scores or {}),
+    )
+
+
 def read_folder(folder: Path):
     """The Parquet files of a run's output folder as one table (empty if there are none)."""
     import pyarrow as pa

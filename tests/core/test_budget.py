@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
-from helpers import base_config, read_folder, stdlib_paragraphs, write_jsonl
+from helpers import base_config, pool_of, read_folder, stdlib_paragraphs, write_jsonl
 
 from distsel.app import pipeline
 from distsel.core.config import Budget, parse_config
 from distsel.core.errors import ConfigError
 from distsel.core.executor import LocalExecutor
-from distsel.core.pool import Pool
 from distsel.core.selector import budget_section, with_resolved_budget
 
 MINIMAL = {"input": {"paths": ["corpus/"]}, "output": {"path": "out"}}
@@ -20,17 +18,6 @@ MINIMAL = {"input": {"paths": ["corpus/"]}, "output": {"path": "out"}}
 
 def config_with(budget, method="random"):
     return parse_config({**MINIMAL, "select": {"method": method, "budget": budget}})
-
-
-def pool_of(tokens: list[int]) -> Pool:
-    count = len(tokens)
-    return Pool(
-        parts=["p"],
-        part_index=np.zeros(count, dtype=np.int64),
-        row_index=np.arange(count),
-        tokens=np.asarray(tokens, dtype=np.int64),
-        random_key=np.arange(count, dtype=np.uint64),
-    )
 
 
 @pytest.mark.parametrize(

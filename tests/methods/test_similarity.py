@@ -7,19 +7,20 @@ import json
 import numpy as np
 import pyarrow as pa
 import pytest
+from helpers import pool_of
 
 from distsel.algorithms.similarity import task_scores
 from distsel.core.config import parse_config
-from distsel.core.pool import Pool, random_keys
+from distsel.core.pool import random_keys
 from distsel.core.stage import StageContext
 from distsel.methods.similarity import (
     BetrStage,
     LinearScorer,
+    SimilaritySelector,
     SimilarityStage,
     best_rank_scores,
     betr_labels,
     cosine_scores,
-    SimilaritySelector,
     fit_betr_classifier,
     has_target_neighbour,
     neighbour_target_share,
@@ -371,18 +372,6 @@ def test_has_target_neighbour_counts_the_targets_among_the_nearest(k: int):
     np.testing.assert_array_equal(has_target_neighbour(scores, k), expected)
 
 
-def similarity_pool(scores: np.ndarray, tokens: list[int]) -> Pool:
-    count = len(tokens)
-    return Pool(
-        parts=["p"],
-        part_index=np.zeros(count, dtype=np.int64),
-        row_index=np.arange(count),
-        tokens=np.asarray(tokens, dtype=np.int64),
-        random_key=np.arange(count, dtype=np.uint64),
-        scores={"similarity_task_t": scores},
-    )
-
-
 @pytest.mark.parametrize("near_tokens", [30, 300])
 def test_the_selector_warns_when_most_of_the_selection_has_no_target_neighbour(
     near_tokens: int, caplog: pytest.LogCaptureFixture
@@ -400,7 +389,8 @@ def test_the_selector_warns_when_most_of_the_selection_has_no_target_neighbour(
         }
     )
     scores = np.array([0.25 + 0.01, 0.5 - 0.05, 0.1, 0.05, -0.02, 0.12])
-    pool = similarity_pool(scores, [near_tokens, near_tokens, 100, 100, 100, 100])
+    tokens = [near_tokens, near_tokens, 100, 100, 100, 100]
+    pool = pool_of(tokens, {"similarity_task_t": scores})
     with caplog.at_level("WARNING", logger="distsel"):
         chosen, section = SimilaritySelector().select(
             pool, config, StageContext(config, None, ["p"])
