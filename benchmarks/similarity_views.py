@@ -6,8 +6,19 @@ Views of a document (and of each target example):
   proxy    the pool proxy's last hidden state, position-weighted: RDS+'s own embedding, taken
            from the model to be trained rather than from a sentence encoder
   both     the two concatenated, each scaled by 1/√2 (its cosine is the mean of the two)
+  lexical  minilm and its first layer's mean state concatenated (each scaled by 1/√2): the
+           semantic view with a near-lexical one from the same forward pass
 Scores: share (the stage's default neighbour share, k = 20, the pool as the reference), cosine
-(RDS+'s max cosine over the examples), and rr: a round-robin of minilm-share and proxy-cosine.
+(RDS+'s max cosine over the examples), rr: a round-robin of minilm-share and proxy-cosine, and
+adaptive: the share in the smallest neighbourhood that holds one target example, 1 / (1 + the
+pool documents closer than the nearest example), which is never zero (the default share is
+zero for most of a task-style target's budget, where its tie-break ranks). Random's and the
+default's selections are measured again at the next eval seeds (the evaluation's own noise),
+and at both sets of seeds together. `paired Δ`: the row's loss minus random's at the same seed
+(mean ± sd over the seeds), which leaves out what a seed does to every selection alike;
+`vs random` is the suite's verdict (by more than twice the larger sd). `near tok`: the share of
+a share row's selected tokens that have a target example among their 20 nearest documents (the
+rest is ranked by the tie-break alone; the similarity selector warns below half).
 
 Each row walks its order and fills the suite's token budget; the loss (mean ± sd over the
 eval seeds) comes from the suite's Evaluator and its cache. Takes the suite's flags and reads
@@ -23,25 +34,47 @@ import sys
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import harness
 import numpy as np
 import suite
+import torch
 
-from distsel.algorithms.similarity import cosine_scores, neighbour_target_share, round_robin
+from distsel.algorithms.similarity import (
+    cosine_scores,
+    has_target_neighbour,
+    neighbour_target_share,
+    round_robin,
+)
 from distsel.core.samplers import fill_limit
 from distsel.methods.embed import Embedder
 
 Views = dict[str, tuple[np.ndarray, np.ndarray]]  # view -> (pool rows, target rows)
+NEIGHBOURS = 20  # the stage's default
 
 
 def share(pool: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    return neighbour_target_share(pool, targets, pool, 20, np.arange(len(pool)))
+    return neighbour_target_share(pool, targets, pool, NEIGHBOURS, np.arange(len(pool)))
 
 
 def cosine(pool: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return cosine_scores(pool, targets, "max")
+
+
+def adaptive(pool: np.ndarray, targets: np.ndarray, block: int = 1024) -> np.ndarray:
+    """1 / (1 + n_i), n_i: the pool documents (other than i) closer to i than its nearest target
+    example; its best cosine breaks ties."""
+    scores = np.empty(len(pool))
+    for start in range(0, len(pool), block):
+        rows = pool[start : start + block]
+        nearest = (rows @ targets.T).max(axis=1)
+        to_pool = rows @ pool.T
+        to_pool[np.arange(len(rows)), np.arange(start, start + len(rows))] = -np.inf
+        closer = (to_pool > nearest[:, None]).sum(axis=1)
+        scores[start : start + block] = 1 / (1 + closer) + 1e-6 * nearest
+    return scores
 
 
 def interleaved(*scores: np.ndarray) -> np.ndarray:
@@ -62,47 +95,102 @@ ROWS: dict[str, Callable[[Views], np.ndarray]] = {
     "rr minilm-share, proxy-cosine": lambda v: interleaved(
         share(*v["minilm"]), cosine(*v["proxy"])
     ),
+    "lexical-share": lambda v: share(*v["lexical"]),
+    "minilm-adaptive": lambda v: adaptive(*v["minilm"]),
 }
+DEFAULT_ROW = "minilm-share (default)"
+SUFFIXES = (", next seeds", ", all seeds")  # the same selection measured again (again_rows)
 
 
-def views(root: Path, task: suite.Task, proxy: Embedder, minilm: Embedder) -> Views:
+class LayerOutput(torch.nn.Module):
+    """A transformers encoder whose `last_hidden_state` is the output of layer `layer`."""
+
+    def __init__(self, model: torch.nn.Module, layer: int) -> None:
+        super().__init__()
+        self.model, self.layer, self.config = model, layer, model.config
+
+    def forward(self, **inputs: Any) -> SimpleNamespace:
+        states = self.model(**inputs, output_hidden_states=True).hidden_states
+        return SimpleNamespace(last_hidden_state=states[self.layer])
+
+
+def concatenated(*views: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of each view side by side, scaled so that a cosine is the views' mean cosine."""
+    scale = np.float32(1 / np.sqrt(len(views)))
+    return tuple(scale * np.concatenate(sides, axis=1) for sides in zip(*views, strict=True))
+
+
+def views(
+    root: Path, task: suite.Task, encoders: dict[str, Embedder], pools: dict[Any, np.ndarray]
+) -> Views:
+    """Each view of the pool and of the task's targets; the pool's are kept in `pools`, since
+    the suite's tasks share their pool."""
     scored = suite.scored_folder(root, task, "")
     pool = harness.read_parts(scored / "scores" / "embed", ["embedding"])["embedding"]
     texts = harness.read_parts(scored / "docs", ["text"])["text"]
     targets = [r["text"] for r in task.target]
+
+    def embedded(name: str) -> np.ndarray:
+        key = (name, hash(tuple(texts)))
+        if key not in pools:
+            pools[key] = encoders[name].embed(texts)
+        return pools[key]
+
     found = {
-        "minilm": (np.asarray(pool, dtype=np.float32), minilm.embed(targets)),
-        "proxy": (proxy.embed(texts), proxy.embed(targets)),
+        "minilm": (np.asarray(pool, dtype=np.float32), encoders["minilm"].embed(targets)),
+        **{name: (embedded(name), encoders[name].embed(targets)) for name in ("proxy", "layer1")},
     }
-    (pool_a, targets_a), (pool_b, targets_b) = found["minilm"], found["proxy"]
-    half = np.float32(np.sqrt(0.5))
-    found["both"] = (
-        half * np.concatenate([pool_a, pool_b], axis=1),
-        half * np.concatenate([targets_a, targets_b], axis=1),
-    )
+    found["both"] = concatenated(found["minilm"], found["proxy"])
+    found["lexical"] = concatenated(found["minilm"], found.pop("layer1"))
     return found
 
 
 def measure(
-    evaluator: suite.Evaluator, task: suite.Task, chosen: dict[str, list[Any]], seeds: int
+    evaluator: suite.Evaluator,
+    task: suite.Task,
+    chosen: dict[str, list[Any]],
+    seeds: range,
 ) -> dict[str, Any]:
     """Held-out loss of proxies trained on the chosen documents (ids, texts, domains)."""
     heldout = [r["text"] for r in task.heldout]
-    losses = [evaluator.loss(chosen["id"], chosen["text"], heldout, s) for s in range(seeds)]
+    losses = [evaluator.loss(chosen["id"], chosen["text"], heldout, s) for s in seeds]
     domains = Counter(chosen["domain"]).most_common(3)
     return {
         "loss": float(np.mean(losses)),
         "loss_sd": float(np.std(losses)),
+        "losses": losses,
         "docs": len(chosen["id"]),
         "median_tokens": float(np.median([math.ceil(len(t) / 4) for t in chosen["text"]])),
         "domains": ", ".join(f"{name} {n}" for name, n in domains),
     }
 
 
-def table_line(name: str, r: dict[str, Any], random: dict[str, Any]) -> list[str]:
+def again_rows(
+    name: str,
+    evaluator: suite.Evaluator,
+    task: suite.Task,
+    chosen: dict[str, list[Any]],
+    seeds: range,
+) -> dict[str, dict[str, Any]]:
+    """The same selection at the next seeds, and at all of them."""
+    after = range(seeds.stop, 2 * seeds.stop)
+    return {
+        f"{name}{SUFFIXES[0]}": measure(evaluator, task, chosen, after),
+        f"{name}{SUFFIXES[1]}": measure(evaluator, task, chosen, range(after.stop)),
+    }
+
+
+def table_line(name: str, r: dict[str, Any], table: dict[str, dict[str, Any]]) -> list[str]:
+    """A row of the task's table, judged against random at the same seeds."""
+    suffix = next((s for s in SUFFIXES if name.endswith(s)), "")
+    random = table[f"random{suffix}"]
     verdict = "" if r is random else "+=-"[1 - suite.beats(r, random)]
     loss = f"{r['loss']:.4f} ± {r['loss_sd']:.3f}"
-    return [name, loss, verdict, str(r["docs"]), f"{r['median_tokens']:.0f}", r["domains"]]
+    paired = np.subtract(r["losses"], random["losses"])
+    difference = "" if r is random else f"{paired.mean():+.4f} ± {paired.std():.3f}"
+    near = f"{r['near']:.2f}" if "near" in r else "-"
+    counts = [str(r["docs"]), f"{r['median_tokens']:.0f}", r["domains"]]
+    return [name, loss, verdict, difference, near, *counts]
 
 
 def main() -> None:
@@ -111,27 +199,48 @@ def main() -> None:
     tasks, pool = suite.build(args)
     budget = suite.budgets(args, pool)["tokens"]["tokens"]
     evaluator = suite.Evaluator(args, root, [r["text"] for _, rs in pool for r in rs])
-    proxy = Embedder(str(root / "runs" / "base" / "proxy"), pooling="position_weighted")
-    minilm = Embedder()
+    encoders = {
+        "minilm": Embedder(),
+        "proxy": Embedder(str(root / "runs" / "base" / "proxy"), pooling="position_weighted"),
+        "layer1": Embedder(dtype="float32"),
+    }
+    encoders["layer1"].model = LayerOutput(encoders["layer1"].model, 1)
+    seeds = range(args.eval_seeds)
     losses: dict[str, list[float]] = {}
+    pools: dict[Any, np.ndarray] = {}
     for task in tasks:
-        found = views(root, task, proxy, minilm)
+        found = views(root, task, encoders, pools)
         columns = ["id", "text", "tokens_approx", "domain"]
         docs = harness.read_parts(suite.scored_folder(root, task, "") / "docs", columns)
         tokens = np.asarray(docs["tokens_approx"])
         random = harness.read_selection(root / "runs" / task.name / "random.tokens")
-        table = {"random": measure(evaluator, task, random, args.eval_seeds)}
+        table = {"random": measure(evaluator, task, random, seeds)}
+        table |= again_rows("random", evaluator, task, random, seeds)
         for name, score in ROWS.items():
             values = score(found)
             order = np.lexsort((np.arange(len(values)), -values))
             rows = fill_limit(order, tokens, budget, by_tokens=True).tolist()
             chosen = {c: [docs[c][i] for i in rows] for c in ("id", "text", "domain")}
-            table[name] = measure(evaluator, task, chosen, args.eval_seeds)
+            table[name] = measure(evaluator, task, chosen, seeds)
+            if name.endswith(("share", "share (default)")):
+                near = has_target_neighbour(values[rows], NEIGHBOURS)
+                table[name]["near"] = float(tokens[rows][near].sum() / tokens[rows].sum())
+            if name == DEFAULT_ROW:
+                table |= again_rows(name, evaluator, task, chosen, seeds)
         for name, r in table.items():
             losses.setdefault(name, []).append(r["loss"])
         harness.print_table(
-            ["row", "loss", "vs random", "docs", "median tok", "top domains"],
-            [table_line(name, r, table["random"]) for name, r in table.items()],
+            [
+                "row",
+                "loss",
+                "vs random",
+                "paired Δ",
+                "near tok",
+                "docs",
+                "median tok",
+                "top domains",
+            ],
+            [table_line(name, r, table) for name, r in table.items()],
             title=f"{task.name} / tokens ({budget:,})",
         )
     harness.print_table(
