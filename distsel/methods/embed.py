@@ -30,7 +30,13 @@ from distsel.core.executor import cluster_gpus, current
 from distsel.core.registry import register_stage
 from distsel.core.stage import Resources, Stage
 from distsel.core.vectors import embedding_array
-from distsel.methods.tokens import default_model_path, encode, ids_or_texts, load_tokenizer
+from distsel.methods.tokens import (
+    default_model_path,
+    encode,
+    ids_or_texts,
+    load_tokenizer,
+    no_progress_bars,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -137,12 +143,13 @@ class Embedder:
         # A folder is loaded from its files alone; anything else is a hub id, which
         # transformers resolves through its cache (and the hub, unless HF_HUB_OFFLINE=1).
         self.tokenizer, self.max_length = load_tokenizer(self.model_path, max_length)
-        model = AutoModel.from_pretrained(
-            self.model_path,
-            local_files_only=os.path.isdir(self.model_path),
-            use_safetensors=True,  # never a pickled checkpoint
-            **dtype_kwarg(self.dtype),
-        )
+        with no_progress_bars():
+            model = AutoModel.from_pretrained(
+                self.model_path,
+                local_files_only=os.path.isdir(self.model_path),
+                use_safetensors=True,  # never a pickled checkpoint
+                **dtype_kwarg(self.dtype),
+            )
         self.model = model.to(self.device).eval()
         pad_id = self.tokenizer.pad_token_id
         self._pad_id = int(pad_id) if pad_id is not None else 0

@@ -35,6 +35,7 @@ from distsel.methods.tokens import (
     default_model_path,
     encode,
     end_tokens,
+    no_progress_bars,
     truncated,
 )
 from distsel.methods.training import build_proxy, train_steps
@@ -325,20 +326,6 @@ def _training_info(
 # Saving and loading
 
 
-@contextlib.contextmanager
-def _no_progress_bars() -> Iterator[None]:
-    """transformers' progress bars off for a while (they would flood worker logs)."""
-    from transformers.utils import logging as hf_logging
-
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()
-
-
 def save_proxy(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -350,7 +337,7 @@ def save_proxy(
     s3:// prefix), the json last; return the info written (with the weights' sha256)."""
     store = Store(folder, storage_options)
     digest = hashlib.sha256()
-    with tempfile.TemporaryDirectory() as local, _no_progress_bars():
+    with tempfile.TemporaryDirectory() as local, no_progress_bars():
         model.save_pretrained(local)
         tokenizer.save_pretrained(local)
         files = sorted(p for p in Path(local).rglob("*") if p.is_file())
@@ -389,7 +376,7 @@ def load_proxy(
     A tokenizer without a pad token gets pad = eos."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    with local_folder(folder, storage_options) as local, _no_progress_bars():
+    with local_folder(folder, storage_options) as local, no_progress_bars():
         if not any(Path(local).glob("*.safetensors")):
             raise DistselError(
                 f"proxy folder {folder} holds no .safetensors weights "

@@ -174,3 +174,14 @@ def test_cpu_runs_bfloat16_only_where_native_and_stays_close_to_float32(embedder
     texts = stdlib_paragraphs(16)
     cosines = (default.embed(texts) * embedder.embed(texts)).sum(axis=1)
     assert cosines.min() > 0.999
+
+
+def test_loading_the_model_prints_no_progress_bar(capfd: pytest.CaptureFixture[str]):
+    """transformers' weight-loading bar stays off the console, and its setting is restored."""
+    from transformers.utils import logging as hf_logging
+
+    assert hf_logging.is_progress_bar_enabled()
+    Embedder(default_model_path(), dtype="float32")
+    captured = capfd.readouterr()
+    assert "Loading weights" not in captured.err + captured.out
+    assert hf_logging.is_progress_bar_enabled()
