@@ -394,7 +394,8 @@ def random_baseline_rows(
         return rows_per_part(pool, _random_prefix(pool, tokens))
     select = config.select.model_copy(update={"budget": Budget(tokens=tokens)})
     config = config.model_copy(update={"select": select})
-    randoms = gather_ranked(store, pool.parts, [], config, random_ranking, pool.dropped)
+    step = "evaluate: a random selection of its size"
+    randoms = gather_ranked(store, pool.parts, [], config, random_ranking, pool.dropped, step)
     return rows_per_part(randoms, _random_prefix(randoms, tokens))
 
 

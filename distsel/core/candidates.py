@@ -141,14 +141,15 @@ def gather_ranked(
     config: Config,
     rankings: Rankings,
     dropped: dict[str, np.ndarray] | None = None,
+    step: str = "select",
 ) -> Pool:
     """The pool a ranking selector needs: each part's head of `rankings`, grown until the walk
     over the heads is the walk over the whole pool. `config.select.budget` is resolved (in
-    documents or tokens)."""
+    documents or tokens). `step` names the work in the console line."""
     budget = config.select.budget
     assert budget is not None and (budget.docs or budget.tokens), "a resolved budget"
     plan = RankedPlan(rankings, config, max(len(parts), 1))
-    return gather_heads(store, parts, stages, config, plan, dropped)
+    return gather_heads(store, parts, stages, config, plan, dropped, step)
 
 
 def gather_heads(
@@ -158,9 +159,11 @@ def gather_heads(
     config: Config,
     plan: HeadPlan,
     dropped: dict[str, np.ndarray] | None = None,
+    step: str = "select",
 ) -> Pool:
     """The pool `plan`'s walks need: each part's heads of its orders, each grown until the walks
-    over the heads are the walks over the whole pool."""
+    over the heads are the walks over the whole pool; `step` names the work in the console
+    line."""
     if not parts:
         pool = gather_pool(store, parts, stages, config, dropped)
         pool.plan = plan
@@ -182,7 +185,8 @@ def gather_heads(
             scales[index][order] *= GROWTH
         short = sorted({index for index, _ in pairs})
     log.info(
-        "select: the parts sent their best-ranked %s of the pool's %s documents (%d round%s)",
+        "%s: the parts sent their best-ranked %s of the pool's %s documents (%d round%s)",
+        step,
         f"{len(pool):,}",
         f"{pool.totals.docs:,}",
         rounds,

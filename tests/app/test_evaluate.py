@@ -249,6 +249,8 @@ def test_run_reports_the_cross_entropies_in_its_manifest_and_summary(tmp_path, c
     assert lm["xent_reduction"] > 0, "DSIR picks prose for a prose target, random some code"
     assert lm["target_tokens"] > 1000 and manifest["evaluation"]["kl"] is not None
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    sent = [r.getMessage().split(":")[0] for r in caplog.records if "parts sent" in r.getMessage()]
+    assert sent == ["select", "evaluate"], "the random baseline's heads are the evaluation's"
     text = summary(manifest, str(tmp_path / "out"))
     assert f"{lm['target_xent_selection']:.3f}" in text and "bigram xent" in text
 

@@ -112,10 +112,11 @@ class PoolParts:
     def field(self) -> str:
         return group_field(self.config)
 
-    def heads(self, plan: object) -> Pool:
-        """The heads of `plan` (a HeadPlan), grown until its walks are exact."""
+    def heads(self, plan: object, step: str) -> Pool:
+        """The heads of `plan` (a HeadPlan), grown until its walks are exact; `step` names the
+        work in the console line."""
         stages = group_stages(self.field)
-        return gather_heads(self.store, self.parts, stages, self.config, plan, self.dropped)
+        return gather_heads(self.store, self.parts, stages, self.config, plan, self.dropped, step)
 
     def sizes(self) -> GroupSizes:
         calls = [
@@ -169,7 +170,10 @@ def heldout_sample(source: PoolParts, count: int) -> tuple[Pool, np.ndarray]:
     select = source.config.select.model_copy(update={"budget": Budget(docs=count)})
     config = source.config.model_copy(update={"select": select})
     stages = group_stages(source.field)
-    pool = gather_ranked(source.store, source.parts, stages, config, random_ranking, source.dropped)
+    step = "mixture: the held-out sample"
+    pool = gather_ranked(
+        source.store, source.parts, stages, config, random_ranking, source.dropped, step
+    )
     return pool, random_order(pool.random_key)[:count]
 
 
@@ -257,7 +261,7 @@ def group_samples(
     plan = SamplePlan(
         source.field, tuple(sizes.groups), totals, after, whole, math.ceil(floor), most
     )
-    gathered = source.heads(plan)
+    gathered = source.heads(plan, "mixture: the groups' samples")
     return gathered, plan.take(gathered)
 
 
