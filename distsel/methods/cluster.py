@@ -320,7 +320,8 @@ class ClusterStage(Stage):
             raise DistselError("the cluster stage found no documents to cluster")
         wanted = self.requested_k or default_clusters(n_docs)
         self.k = min(wanted, n_docs)
-        log.info("cluster: k-means, k=%d (%s) over %d documents", self.k, self.metric, n_docs)
+        docs = f"{n_docs:,}"
+        log.info("cluster: k-means, k=%d (%s) over %s documents", self.k, self.metric, docs)
         result = fit_kmeans(
             store, parts, self.k, self.metric, self.seed, self.max_iter, left_out=context.left_out
         )

@@ -108,7 +108,7 @@ def train_on_cluster(
 
     cpus, gpus = training_resources()
     fingerprint = fingerprint or proxy_fingerprint(config, seed)
-    log.info("proxy: training on %d documents (%d CPUs, %d GPUs)", len(texts), cpus, gpus)
+    log.info("proxy: training on %s documents (%d CPUs, %d GPUs)", f"{len(texts):,}", cpus, gpus)
     level = log.getEffectiveLevel()
     # The task's progress lines reach the driver's console through a file in the proxy folder.
     progress = Progress(Store(folder, storage_options, retry_seconds=0), PROGRESS_FILE)
