@@ -342,6 +342,9 @@ def summary(manifest: dict[str, Any], output: str, written: str = layout.MANIFES
             f"    {'KL(target ‖ ·)':<22}{kl['kl_target_pool']:>10.3f}"
             f"{kl['kl_target_selection']:>10.3f}   reduction {kl['kl_reduction']:+.3f}"
         )
+    near = (manifest.get("similarity") or {}).get("near_target_tokens")
+    if (lm or kl) and near is not None:
+        lines.append(f"    {'tokens near a target':<22}{'':>10}{near:>10.1%}")
     if labels:
         lines.append(f"  {labels['field'] + ' share':<24}{'pool':>10}{'selected':>10}")
         for name, share in labels["pool"].items():

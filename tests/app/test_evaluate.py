@@ -288,6 +288,11 @@ def test_summary_prints_the_evaluation():
         "    networking                 10.0%     45.0%",
         "    text                       90.0%      0.0%",
     ]
+    manifest["similarity"] = {"near_target_tokens": 0.4555}
+    lines = summary(manifest, "out").splitlines()
+    assert lines[-4] == "    tokens near a target                 45.6%", (
+        "the similarity selector's"
+    )
     manifest["evaluation"] = {"kl": None, "ngram_lm": None, "labels": None}
     assert "towards the target" not in summary(manifest, "out")
     del manifest["evaluation"]
