@@ -175,8 +175,10 @@ def run_stage(
     store, parts = context.store, context.parts
     versions = {} if versions is None else versions
     fit = fit_key(stage, context) if stage.fitted else None
+    paths = [_stage_marker(stage, part) for part in parts]
+    found = store.markers(paths)
     if require_done:
-        _require_scored(stage, store, parts)
+        _require_scored(stage, parts, found)
     reused = prepare_stage(stage, context)
     prepared = time.perf_counter() - began
     fingerprint_path = layout.fingerprint(stage.name)
@@ -188,12 +190,11 @@ def run_stage(
                 "the pool; run the scoring phase again first"
             )
         log.info("%s: settings changed, scoring every part again", stage.name)
-        store.remove_many([_stage_marker(stage, part) for part in parts])
+        store.remove_many(paths)
+        found = [None] * len(parts)
     store.write_json(fingerprint_path, fingerprint)
     required = {name: versions.get(name) for name in stage.requires}
     version = versions[stage.name] = digest([fingerprint, fit, required])
-    paths = [_stage_marker(stage, part) for part in parts]
-    found = store.markers(paths)
     pending = _parts_to_score(stage, store, parts, found, version, reused)
     if pending and require_done:
         raise not_scored(f"the {stage.name} stage's parts (under its fit)", pending, len(parts))
@@ -250,8 +251,7 @@ def _parts_to_score(
     return pending
 
 
-def _require_scored(stage: Stage, store: Store, parts: list[str]) -> None:
-    found = store.markers([_stage_marker(stage, part) for part in parts])
+def _require_scored(stage: Stage, parts: list[str], found: list[Any]) -> None:
     pending = [part for part, done in zip(parts, found, strict=True) if done is None]
     if pending:
         raise not_scored(f"the {stage.name} stage's parts", pending, len(parts))

@@ -80,8 +80,8 @@ class Checkpoints:
     def start(self, state: BanditState) -> None:
         """Begin a fresh run: its state.json replaces an earlier run's, then that run's saves go."""
         self.store.write_bytes(layout.QUAD_STATE, _state_json(state))
-        for name in self.store.list(layout.QUAD_SAVES, ".npz"):
-            self.store.remove(f"{layout.QUAD_SAVES}/{name}")
+        names = self.store.list(layout.QUAD_SAVES, ".npz")
+        self.store.remove_many([f"{layout.QUAD_SAVES}/{name}" for name in names])
 
     def save(self, state: BanditState, selected: Sequence[int]) -> None:
         """Write what the selection and the scored draws gained, then the state."""
