@@ -8,11 +8,18 @@ Views of a document (and of each target example):
   both     the two concatenated, each scaled by 1/√2 (its cosine is the mean of the two)
   lexical  minilm and its first layer's mean state concatenated (each scaled by 1/√2): the
            semantic view with a near-lexical one from the same forward pass
+  ngram    TF-IDF over DSIR's hashed word uni- and bigrams (10,000 buckets, log counts, the
+           pool's IDF), L2-normalised: a sparse lexical view of register as much as of topic
+  hybrid   minilm and ngram concatenated (each scaled by 1/√2), as hybrid retrieval does
 Scores: share (the stage's default neighbour share, k = 20, the pool as the reference), cosine
 (RDS+'s max cosine over the examples), rr: a round-robin of minilm-share and proxy-cosine, and
 adaptive: the share in the smallest neighbourhood that holds one target example, 1 / (1 + the
 pool documents closer than the nearest example), which is never zero (the default share is
-zero for most of a task-style target's budget, where its tie-break ranks). Random's and the
+zero for most of a task-style target's budget, where its tie-break ranks), and logistic: the
+density ratio p_T / p_pool estimated by a logistic regression of target examples against the
+pool (log-linear, so it extrapolates where the share has no target neighbour to count),
+cross-fitted in two halves so that no document is scored by a model that saw it. `--view-rows`
+runs some of the rows (random and the default always run). Random's and the
 default's selections are measured again at the next eval seeds (the evaluation's own noise),
 and at both sets of seeds together. `paired Δ`: the row's loss minus random's at the same seed
 (mean ± sd over the seeds), which leaves out what a seed does to every selection alike;
@@ -29,6 +36,7 @@ its finished runs, so run benchmarks/suite.py first:
 
 from __future__ import annotations
 
+import argparse
 import math
 import sys
 from collections import Counter
@@ -42,10 +50,13 @@ import numpy as np
 import suite
 import torch
 
+from distsel.algorithms.dsir import hashed_ngrams
 from distsel.algorithms.similarity import (
     cosine_scores,
+    fit_betr_classifier,
     has_target_neighbour,
     neighbour_target_share,
+    predict_scores,
     round_robin,
 )
 from distsel.core.samplers import fill_limit
@@ -77,6 +88,40 @@ def adaptive(pool: np.ndarray, targets: np.ndarray, block: int = 1024) -> np.nda
     return scores
 
 
+def logistic(pool: np.ndarray, targets: np.ndarray, halves: int = 2) -> np.ndarray:
+    """The decision value of a logistic regression of targets (1) against pool documents (0),
+    log p_T / p_pool up to a constant; each pool document scored by the model fitted without it."""
+    half = np.random.default_rng(0).integers(0, halves, len(pool))
+    scores = np.empty(len(pool))
+    for h in range(halves):
+        negatives = pool[half != h]
+        features = np.concatenate([targets, negatives])
+        labels = np.r_[np.ones(len(targets)), np.zeros(len(negatives))]
+        scores[half == h] = predict_scores(fit_betr_classifier(features, labels), pool[half == h])
+    return scores
+
+
+def tfidf(pool_texts: list[str], target_texts: list[str], buckets: int = 10_000) -> Any:
+    """L2-normalised TF-IDF rows (log counts × the pool's IDF) of hashed uni- and bigrams."""
+    import scipy.sparse as sp
+
+    def counts(texts: list[str]) -> Any:
+        docs, hashed = hashed_ngrams(texts, buckets, 2)
+        ones = np.ones(len(docs), dtype=np.float32)
+        matrix = sp.csr_matrix((ones, (docs, hashed)), shape=(len(texts), buckets))
+        matrix.data = np.log1p(matrix.data)
+        return matrix
+
+    pool, targets = counts(pool_texts), counts(target_texts)
+    idf = np.log((1 + pool.shape[0]) / (1 + pool.getnnz(axis=0))) + 1
+
+    def rows(matrix: Any) -> np.ndarray:
+        dense = (matrix @ sp.diags(idf.astype(np.float32))).toarray().astype(np.float32)
+        return dense / np.maximum(np.linalg.norm(dense, axis=1, keepdims=True), 1e-12)
+
+    return rows(pool), rows(targets)
+
+
 def interleaved(*scores: np.ndarray) -> np.ndarray:
     """A score whose order is the round-robin over the given scores' orders."""
     order = round_robin(np.stack(scores), len(scores[0]))
@@ -97,6 +142,9 @@ ROWS: dict[str, Callable[[Views], np.ndarray]] = {
     ),
     "lexical-share": lambda v: share(*v["lexical"]),
     "minilm-adaptive": lambda v: adaptive(*v["minilm"]),
+    "minilm-logistic": lambda v: logistic(*v["minilm"]),
+    "ngram-share": lambda v: share(*v["ngram"]),
+    "hybrid-share": lambda v: share(*v["hybrid"]),
 }
 DEFAULT_ROW = "minilm-share (default)"
 SUFFIXES = (", next seeds", ", all seeds")  # the same selection measured again (again_rows)
@@ -142,6 +190,8 @@ def views(
     }
     found["both"] = concatenated(found["minilm"], found["proxy"])
     found["lexical"] = concatenated(found["minilm"], found.pop("layer1"))
+    found["ngram"] = tfidf(texts, targets)
+    found["hybrid"] = concatenated(found["minilm"], found["ngram"])
     return found
 
 
@@ -193,8 +243,15 @@ def table_line(name: str, r: dict[str, Any], table: dict[str, dict[str, Any]]) -
     return [name, loss, verdict, difference, near, *counts]
 
 
+def view_rows_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--view-rows", default=",".join(ROWS), help=f"of {', '.join(ROWS)}")
+
+
 def main() -> None:
-    args = suite.parse_args()
+    args = suite.parse_args(view_rows_flag)
+    wanted = {DEFAULT_ROW, *args.view_rows.split(",")}
+    if unknown := wanted - ROWS.keys():
+        raise SystemExit(f"--view-rows: no row named {', '.join(sorted(unknown))}")
     root = args.workdir.resolve()
     tasks, pool = suite.build(args)
     budget = suite.budgets(args, pool)["tokens"]["tokens"]
@@ -217,6 +274,8 @@ def main() -> None:
         table = {"random": measure(evaluator, task, random, seeds)}
         table |= again_rows("random", evaluator, task, random, seeds)
         for name, score in ROWS.items():
+            if name not in wanted:
+                continue
             values = score(found)
             order = np.lexsort((np.arange(len(values)), -values))
             rows = fill_limit(order, tokens, budget, by_tokens=True).tolist()

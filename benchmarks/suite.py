@@ -49,6 +49,7 @@ import os
 import random
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -476,7 +477,10 @@ def summary_rows(results: dict[str, dict[str, dict[str, Any]]]) -> list[list[str
 # --- main -------------------------------------------------------------------------------------
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(
+    extra: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> argparse.Namespace:
+    """The suite's flags, and those `extra` adds (for the scripts that read its runs)."""
     parser = harness.new_parser(__doc__)
     harness.add_common_flags(parser, corpus=harness.DEFAULT_CORPUS, seed=0)
     parser.add_argument("--tasks", default=",".join(TASKS))
@@ -498,6 +502,8 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--no-eval", action="store_true", help="selections only")
     harness.add_common_flags(parser, workdir=harness.REQUIRED, resume=False, json=None)
+    if extra is not None:
+        extra(parser)
     return parser.parse_args()
 
 
