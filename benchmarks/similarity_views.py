@@ -12,7 +12,7 @@ Views of a document (and of each target example):
            pool's IDF), L2-normalised: a sparse lexical view of register as much as of topic
   hybrid   minilm and ngram concatenated (each scaled by 1/√2), as hybrid retrieval does
 Scores: share (the stage's default neighbour share, k = 20, the pool as the reference), cosine
-(RDS+'s max cosine over the examples), rr: a round-robin of minilm-share and proxy-cosine, and
+(RDS+'s max cosine over the examples), rr: a round-robin of two rows' orders, and
 adaptive: the share in the smallest neighbourhood that holds one target example, 1 / (1 + the
 pool documents closer than the nearest example), which is never zero (the default share is
 zero for most of a task-style target's budget, where its tie-break ranks), and logistic: the
@@ -137,14 +137,20 @@ ROWS: dict[str, Callable[[Views], np.ndarray]] = {
     "proxy-cosine": lambda v: cosine(*v["proxy"]),
     "both-share": lambda v: share(*v["both"]),
     "both-cosine": lambda v: cosine(*v["both"]),
-    "rr minilm-share, proxy-cosine": lambda v: interleaved(
+    "rr minilm-share + proxy-cosine": lambda v: interleaved(
         share(*v["minilm"]), cosine(*v["proxy"])
     ),
     "lexical-share": lambda v: share(*v["lexical"]),
     "minilm-adaptive": lambda v: adaptive(*v["minilm"]),
     "minilm-logistic": lambda v: logistic(*v["minilm"]),
     "ngram-share": lambda v: share(*v["ngram"]),
+    "ngram-cosine": lambda v: cosine(*v["ngram"]),
+    "ngram-adaptive": lambda v: adaptive(*v["ngram"]),
     "hybrid-share": lambda v: share(*v["hybrid"]),
+    "rr minilm-share + ngram-share": lambda v: interleaved(share(*v["minilm"]), share(*v["ngram"])),
+    "rr minilm-share + ngram-cosine": lambda v: interleaved(
+        share(*v["minilm"]), cosine(*v["ngram"])
+    ),
 }
 DEFAULT_ROW = "minilm-share (default)"
 SUFFIXES = (", next seeds", ", all seeds")  # the same selection measured again (again_rows)
@@ -281,7 +287,7 @@ def main() -> None:
             rows = fill_limit(order, tokens, budget, by_tokens=True).tolist()
             chosen = {c: [docs[c][i] for i in rows] for c in ("id", "text", "domain")}
             table[name] = measure(evaluator, task, chosen, seeds)
-            if name.endswith(("share", "share (default)")):
+            if name.endswith(("share", "share (default)")) and not name.startswith("rr "):
                 near = has_target_neighbour(values[rows], NEIGHBOURS)
                 table[name]["near"] = float(tokens[rows][near].sum() / tokens[rows].sum())
             if name == DEFAULT_ROW:
