@@ -50,7 +50,6 @@ import numpy as np
 import suite
 import torch
 
-from distsel.algorithms.dsir import hashed_ngrams
 from distsel.algorithms.similarity import (
     cosine_scores,
     fit_betr_classifier,
@@ -61,6 +60,7 @@ from distsel.algorithms.similarity import (
 )
 from distsel.core.samplers import fill_limit
 from distsel.methods.embed import Embedder
+from distsel.methods.similarity import ngram_features
 
 Views = dict[str, tuple[np.ndarray, np.ndarray]]  # view -> (pool rows, target rows)
 NEIGHBOURS = 20  # the stage's default
@@ -102,21 +102,15 @@ def logistic(pool: np.ndarray, targets: np.ndarray, halves: int = 2) -> np.ndarr
 
 
 def tfidf(pool_texts: list[str], target_texts: list[str], buckets: int = 10_000) -> Any:
-    """L2-normalised TF-IDF rows (log counts × the pool's IDF) of hashed uni- and bigrams."""
+    """L2-normalised TF-IDF rows (the classifier's log counts × the pool's IDF) of hashed uni- and
+    bigrams."""
     import scipy.sparse as sp
 
-    def counts(texts: list[str]) -> Any:
-        docs, hashed = hashed_ngrams(texts, buckets, 2)
-        ones = np.ones(len(docs), dtype=np.float32)
-        matrix = sp.csr_matrix((ones, (docs, hashed)), shape=(len(texts), buckets))
-        matrix.data = np.log1p(matrix.data)
-        return matrix
-
-    pool, targets = counts(pool_texts), counts(target_texts)
-    idf = np.log((1 + pool.shape[0]) / (1 + pool.getnnz(axis=0))) + 1
+    pool, targets = (ngram_features(texts, buckets, 2) for texts in (pool_texts, target_texts))
+    idf = sp.diags(np.log((1 + pool.shape[0]) / (1 + pool.getnnz(axis=0))) + 1)
 
     def rows(matrix: Any) -> np.ndarray:
-        dense = (matrix @ sp.diags(idf.astype(np.float32))).toarray().astype(np.float32)
+        dense = (matrix @ idf).toarray().astype(np.float32)
         return dense / np.maximum(np.linalg.norm(dense, axis=1, keepdims=True), 1e-12)
 
     return rows(pool), rows(targets)
