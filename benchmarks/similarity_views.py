@@ -11,11 +11,13 @@ Views of a document (and of each target example):
   ngram    TF-IDF over DSIR's hashed word uni- and bigrams (10,000 buckets, log counts, the
            pool's IDF), L2-normalised: a sparse lexical view of register as much as of topic
   hybrid   minilm and ngram concatenated (each scaled by 1/√2), as hybrid retrieval does
-Scores: share (the stage's default neighbour share, k = 20, the pool as the reference), cosine
-(RDS+'s max cosine over the examples), rr: a round-robin of two rows' orders, and
-adaptive: the share in the smallest neighbourhood that holds one target example, 1 / (1 + the
-pool documents closer than the nearest example), which is never zero (the default share is
-zero for most of a task-style target's budget, where its tie-break ranks), and logistic: the
+Scores: share (the stage's earlier default: the share of targets among a document's k = 20
+nearest rows of the targets and the pool, with a tie-break), cosine (RDS+'s max cosine over the
+examples), rr: a round-robin of two rows' orders, and adaptive: the stage's
+`nearest_target_share`, the share in the smallest neighbourhood that holds one target example,
+1 / (1 + the pool documents closer than the nearest example), which is never zero (the fixed-k
+share is zero for most of a task-style target's budget, where its tie-break ranks); the
+stage's default is hybrid-adaptive. logistic: the
 density ratio p_T / p_pool estimated by a logistic regression of target examples against the
 pool (log-linear, so it extrapolates where the share has no target neighbour to count),
 cross-fitted in two halves so that no document is scored by a model that saw it. `--view-rows`
@@ -24,8 +26,8 @@ default's selections are measured again at the next eval seeds (the evaluation's
 and at both sets of seeds together. `paired Δ`: the row's loss minus random's at the same seed
 (mean ± sd over the seeds), which leaves out what a seed does to every selection alike;
 `vs random` is the suite's verdict (by more than twice the larger sd). `near tok`: the share of
-a share row's selected tokens that have a target example among their 20 nearest documents (the
-rest is ranked by the tie-break alone; the similarity selector warns below half).
+a share or adaptive row's selected tokens that have a target example among their 20 nearest
+documents (the similarity selector warns below half).
 
 Each row walks its order and fills the suite's token budget; the loss (mean ± sd over the
 eval seeds) comes from the suite's Evaluator and its cache. Takes the suite's flags and reads
@@ -54,7 +56,7 @@ from distsel.algorithms.similarity import (
     cosine_scores,
     fit_betr_classifier,
     has_target_neighbour,
-    neighbour_target_share,
+    nearest_target_share,
     predict_scores,
     round_robin,
 )
@@ -66,26 +68,38 @@ Views = dict[str, tuple[np.ndarray, np.ndarray]]  # view -> (pool rows, target r
 NEIGHBOURS = 20  # the stage's default
 
 
-def share(pool: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    return neighbour_target_share(pool, targets, pool, NEIGHBOURS, np.arange(len(pool)))
+def share(pool: np.ndarray, targets: np.ndarray, block: int = 1024) -> np.ndarray:
+    """The earlier default: of each document's k nearest rows among the targets and the other
+    pool documents, the share of targets, plus (c_T − c_R) / (4k) from the mean cosine of its k
+    best on each side, which only breaks ties."""
+    k, scores = NEIGHBOURS, np.empty(len(pool))
+    for start in range(0, len(pool), block):
+        rows = pool[start : start + block]
+        to_target, to_pool = rows @ targets.T, rows @ pool.T
+        to_pool[np.arange(len(rows)), np.arange(start, start + len(rows))] = -np.inf
+        nearest = np.argpartition(-np.concatenate([to_target, to_pool], axis=1), k - 1, axis=1)
+        counted = (nearest[:, :k] < len(targets)).mean(axis=1)
+        best = [
+            -np.partition(-side, k - 1, axis=1)[:, :k].mean(axis=1) for side in (to_target, to_pool)
+        ]
+        scores[start : start + block] = counted + (best[0] - best[1]) / (4 * k)
+    return scores
 
 
 def cosine(pool: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return cosine_scores(pool, targets, "max")
 
 
-def adaptive(pool: np.ndarray, targets: np.ndarray, block: int = 1024) -> np.ndarray:
-    """1 / (1 + n_i), n_i: the pool documents (other than i) closer to i than its nearest target
-    example; its best cosine breaks ties."""
-    scores = np.empty(len(pool))
-    for start in range(0, len(pool), block):
-        rows = pool[start : start + block]
-        nearest = (rows @ targets.T).max(axis=1)
-        to_pool = rows @ pool.T
-        to_pool[np.arange(len(rows)), np.arange(start, start + len(rows))] = -np.inf
-        closer = (to_pool > nearest[:, None]).sum(axis=1)
-        scores[start : start + block] = 1 / (1 + closer) + 1e-6 * nearest
-    return scores
+def adaptive(pool: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """The stage's `nearest_target_share`, the pool itself as the reference."""
+    return nearest_target_share([pool], [targets], [pool], np.arange(len(pool)))
+
+
+def near_target(row: str, scores: np.ndarray) -> np.ndarray:
+    """Which scores have a target example among their k nearest rows."""
+    if "share" in row:
+        return scores > 1 / (2 * NEIGHBOURS)  # a share is 0 or ≥ 1/k; its tie-break < 1/(2k)
+    return has_target_neighbour(scores, NEIGHBOURS)
 
 
 def logistic(pool: np.ndarray, targets: np.ndarray, halves: int = 2) -> np.ndarray:
@@ -125,7 +139,8 @@ def interleaved(*scores: np.ndarray) -> np.ndarray:
 
 
 ROWS: dict[str, Callable[[Views], np.ndarray]] = {
-    "minilm-share (default)": lambda v: share(*v["minilm"]),
+    "hybrid-adaptive (default)": lambda v: adaptive(*v["hybrid"]),
+    "minilm-share": lambda v: share(*v["minilm"]),
     "minilm-cosine": lambda v: cosine(*v["minilm"]),
     "proxy-share": lambda v: share(*v["proxy"]),
     "proxy-cosine": lambda v: cosine(*v["proxy"]),
@@ -146,7 +161,7 @@ ROWS: dict[str, Callable[[Views], np.ndarray]] = {
         share(*v["minilm"]), cosine(*v["ngram"])
     ),
 }
-DEFAULT_ROW = "minilm-share (default)"
+DEFAULT_ROW = "hybrid-adaptive (default)"
 SUFFIXES = (", next seeds", ", all seeds")  # the same selection measured again (again_rows)
 
 
@@ -281,8 +296,8 @@ def main() -> None:
             rows = fill_limit(order, tokens, budget, by_tokens=True).tolist()
             chosen = {c: [docs[c][i] for i in rows] for c in ("id", "text", "domain")}
             table[name] = measure(evaluator, task, chosen, seeds)
-            if name.endswith(("share", "share (default)")) and not name.startswith("rr "):
-                near = has_target_neighbour(values[rows], NEIGHBOURS)
+            if name.endswith(("share", "adaptive", "(default)")) and not name.startswith("rr "):
+                near = near_target(name, values[rows])
                 table[name]["near"] = float(tokens[rows][near].sum() / tokens[rows].sum())
             if name == DEFAULT_ROW:
                 table |= again_rows(name, evaluator, task, chosen, seeds)

@@ -74,7 +74,7 @@ ROWS: dict[str, tuple[str, dict[str, Any], str]] = {
     "similarity": ("similarity", {}, ""),
     "similarity-cosine": ("similarity", {}, "cosine"),
     "similarity-mean": ("similarity", {}, "mean"),
-    "similarity-k50": ("similarity", {}, "k50"),
+    "similarity-embedding": ("similarity", {}, "embedding"),
     "similarity-betr": ("similarity", {"similarity": {"betr": True}}, "betr"),
     "influence": ("influence", {}, "influence"),
     "influence-raw": ("influence", {"influence": {"normalize": False}}, "influence"),
@@ -98,7 +98,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # RDS+'s plain cosine (the default before `contrast: pool`), max or mean over the examples
     "cosine": {"similarity": {"contrast": "none"}},
     "mean": {"similarity": {"contrast": "none", "aggregate": "mean"}},
-    "k50": {"similarity": {"neighbours": 50}},
+    # the nearest-target share in the embedding alone, without the TF-IDF n-gram view beside it
+    "embedding": {"similarity": {"view": "embedding"}},
     "betr": {"betr": {}},  # BETR: an n-gram classifier on the embedding ranking of a sample
     "contrast": {"influence": {"contrast": "pool"}},  # options only: configures, does not add
     "influence": {"influence": {}},  # listed empty: the stage scores every document

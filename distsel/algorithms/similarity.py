@@ -8,10 +8,11 @@ BETR — Mizrahi et al., "Language Models Improve When Pretraining Data Matches 
 positive, train a cheap classifier on the sample's embeddings and apply it to the whole pool.
 
 By default a document's score is not its cosine but a nearest-neighbour density ratio
-(`neighbour_target_share`): the share of target examples among its k nearest rows of the targets
-and a seeded pool sample. It is DSIR's importance weight p_target / p_pool estimated in embedding
-space: a document near the target and rare in the pool outranks one near a target example in a
-region the pool fills (generic documents that every target example is close to).
+(`nearest_target_share`): the share of target examples in the smallest neighbourhood of it, among
+the targets and a seeded pool sample, that holds one. It is DSIR's importance weight
+p_target / p_pool estimated in the embedding's space (or beside it, a TF-IDF view of n-grams): a
+document near the target and rare in the pool outranks one near a target example in a region
+the pool fills (generic documents that every target example is close to).
 
 All embeddings are L2-normalised rows, so cosine(x, y) = x · y.
 """
@@ -84,63 +85,76 @@ def cosine_scores(
     return scores
 
 
-def neighbour_target_share(
-    doc_emb: np.ndarray,
-    target_emb: np.ndarray,
-    reference_emb: np.ndarray,
-    neighbours: int,
+def nearest_target_share(
+    doc_views: Sequence[Any],
+    target_views: Sequence[Any],
+    reference_views: Sequence[Any],
     exclude: np.ndarray | None = None,
     chunk_size: int = 1024,
 ) -> np.ndarray:
-    """A k-nearest-neighbour estimate of how much more a document belongs to the target than to
-    the pool: of its k most similar rows among the target examples T and a pool sample R,
+    """How much more a document belongs to the target than to the pool, from the smallest
+    neighbourhood of it that holds a target example. With c(x, y) = (1/V) Σ_v x_v · y_v the
+    views' mean cosine, T the target examples and R a pool sample,
 
-        s_i = |N_k(i) ∩ T| / k + (c_T(i) − c_R(i)) / (4k)
+        n_i = |{r ∈ R : c(d_i, r) > max_t c(d_i, t)}|,   m_i = max_t c(d_i, t) − max_r c(d_i, r)
+        s_i = 1 / (1 + n_i + (1 − m_i) / 4)
 
-    where c_T(i) and c_R(i) are the mean cosine of its k best in T and in R. The share is the
-    density ratio p_T / p_pool up to a constant; the second term, below 1/(2k), only breaks its
-    ties. `exclude[i]` is the row of R that is document i itself (−1: none), left out of its
-    neighbours. Returns (n_docs,) float64.
+    1 / (1 + n_i) is the share of target examples among the n_i + 1 rows nearest to d_i: a
+    nearest-neighbour estimate of p_T / p_pool whose k grows until it holds an example, so it is
+    never zero, as a fixed-k share is for most documents when the target lies far from the pool.
+    (1 − m_i) / 4 lies in [−¼, ¾] (m_i ≥ 0 exactly when n_i = 0): it orders documents of equal
+    n_i and never crosses to another n. Each view is a (rows × dim) dense or scipy-sparse
+    matrix of L2-normalised rows, the same views in the same order for documents, targets and
+    R. `exclude[i]` is the row of R that is document i itself (−1: none), left out. Returns
+    (n_docs,) float64.
     """
-    docs, targets = _check_pair(doc_emb, target_emb)
-    reference = _as_matrix("reference_emb", reference_emb)
-    if neighbours < 1:
-        raise ValueError(f"neighbours must be at least 1, got {neighbours}")
-    if reference.shape[1] != docs.shape[1]:
-        raise ValueError(f"reference_emb has dimension {reference.shape[1]}, docs {docs.shape[1]}")
-    k = min(neighbours, len(targets) + max(len(reference) - 1, 0))
-    scores = np.empty(len(docs), dtype=np.float64)
-    for d0 in range(0, len(docs), chunk_size):
-        block = docs[d0 : d0 + chunk_size]
-        to_target, to_reference = block @ targets.T, block @ reference.T
+    _check_views(doc_views, target_views, reference_views)
+    n_docs = doc_views[0].shape[0]
+    scores = np.empty(n_docs, dtype=np.float64)
+    for d0 in range(0, n_docs, chunk_size):
+        block = [view[d0 : d0 + chunk_size] for view in doc_views]
+        to_target = mean_cosines(block, target_views)
+        to_reference = mean_cosines(block, reference_views)
         if exclude is not None:
             rows = np.flatnonzero(exclude[d0 : d0 + chunk_size] >= 0)
             to_reference[rows, exclude[d0 + rows]] = -np.inf
-        scores[d0 : d0 + chunk_size] = _share_block(to_target, to_reference, k)
+        scores[d0 : d0 + chunk_size] = _nearest_share_block(to_target, to_reference)
     return scores
 
 
+def mean_cosines(rows: Sequence[Any], others: Sequence[Any]) -> np.ndarray:
+    """(len(rows) × len(others)) float64: the views' mean of rows_v · others_vᵀ."""
+    total = sum(_dense(a @ b.T) for a, b in zip(rows, others, strict=True))
+    return np.asarray(total, dtype=np.float64) / len(rows)
+
+
+def _dense(product: Any) -> np.ndarray:
+    return product.toarray() if hasattr(product, "toarray") else np.asarray(product)
+
+
+def _check_views(*sides: Sequence[Any]) -> None:
+    if len({len(side) for side in sides}) != 1 or not sides[0]:
+        raise ValueError("documents, targets and reference need the same views, at least one")
+    for name, views in zip(("doc", "target", "reference"), sides, strict=True):
+        for view, first in zip(views, sides[0], strict=True):
+            if len(view.shape) != 2 or view.shape[1] != first.shape[1]:
+                raise ValueError(f"{name} view of shape {view.shape}, documents' {first.shape}")
+    if sides[1][0].shape[0] == 0:
+        raise ValueError("the target views hold no target examples")
+
+
+def _nearest_share_block(to_target: np.ndarray, to_reference: np.ndarray) -> np.ndarray:
+    nearest = to_target.max(axis=1)
+    closer = (to_reference > nearest[:, None]).sum(axis=1)
+    best_reference = to_reference.max(axis=1, initial=-np.inf)
+    margin = np.clip(nearest - best_reference, -2.0, 2.0)
+    return 1 / (1 + closer + (1 - margin) / 4)
+
+
 def has_target_neighbour(scores: np.ndarray, neighbours: int) -> np.ndarray:
-    """Which `neighbour_target_share` scores count a target example among their k nearest rows:
-    a share is 0 or at least 1/k, and the tie-break below 1/(2k) in size."""
-    return np.asarray(scores) > 1 / (2 * neighbours)
-
-
-def _share_block(to_target: np.ndarray, to_reference: np.ndarray, k: int) -> np.ndarray:
-    both = np.concatenate([to_target, to_reference], axis=1)
-    nearest = np.argpartition(-both, k - 1, axis=1)[:, :k]
-    share = (nearest < to_target.shape[1]).mean(axis=1)
-    return share + (_mean_best(to_target, k) - _mean_best(to_reference, k)) / (4 * k)
-
-
-def _mean_best(cosines: np.ndarray, k: int) -> np.ndarray:
-    k = min(k, cosines.shape[1])
-    if k == 0:
-        return np.zeros(len(cosines))
-    best = -np.partition(-cosines, k - 1, axis=1)[:, :k]
-    return np.where(np.isfinite(best), best, 0.0).sum(axis=1) / np.isfinite(best).sum(axis=1).clip(
-        1
-    )
+    """Which `nearest_target_share` scores have a target example among their k nearest rows
+    (n_i < k): exactly those above 1 / (k + 1)."""
+    return np.asarray(scores) > 1 / (neighbours + 1)
 
 
 def task_scores(

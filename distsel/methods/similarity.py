@@ -1,7 +1,7 @@
 """Similarity to target examples: the SimilarityStage and BetrStage, and the selector.
 
 RDS+ (Ivison et al. 2025) and BETR (Mizrahi et al. 2025); the scores, their formulas and the
-neighbour share are in distsel.algorithms.similarity.
+nearest-target share are in distsel.algorithms.similarity.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from distsel.algorithms.similarity import (
     cosine_scores,
     fit_betr_classifier,
     has_target_neighbour,
-    neighbour_target_share,
+    nearest_target_share,
     predict_scores,
     round_robin,
     round_robin_queues,
@@ -47,16 +47,21 @@ from distsel.methods.dsir import NgramOptions, hashed_ngrams
 from distsel.methods.embed import EmbedStage, embed_texts_on_cluster
 
 log = logging.getLogger("distsel")
-# Below this share of the selection's tokens near a target example, the run warns.
-NEAR_TARGET_WARNING = 0.5
+# Below this share of the selection's tokens near a target example, the run warns (on the task
+# suite: 0.10-0.11 on its task-style targets, 0.40-0.47 on its topic tasks, 0.97-1.0 on a domain).
+NEAR_TARGET_WARNING = 0.25
 
 
-class SimilarityStageOptions(StrictModel):
-    """`stages.similarity`: with `contrast: pool`, the share of target examples among a
-    document's `neighbours` nearest rows of the targets and a pool sample of `reference`
-    documents; with `contrast: none`, its best (max) or mean cosine to a task's examples."""
+class SimilarityStageOptions(NgramOptions):
+    """`stages.similarity`: with `contrast: pool`, a document's `nearest_target_share` among the
+    targets and a pool sample of `reference` documents, in `view`: `hybrid`, the embedding's
+    cosine and the TF-IDF cosine of hashed n-grams (`num_buckets`, `ngrams`) averaged, or
+    `embedding` alone; with `contrast: none`, its best (max) or mean cosine to a task's examples
+    in the embedding. A document with fewer than `neighbours` pool documents nearer than its
+    nearest target example counts as near a target (the selection's warning)."""
 
     contrast: Literal["pool", "none"] = "pool"
+    view: Literal["hybrid", "embedding"] = "hybrid"
     neighbours: int = Field(default=20, gt=0)
     reference: int = Field(default=5_000, gt=0)
     aggregate: Literal["max", "mean"] = "max"
@@ -82,19 +87,20 @@ class SimilarityOptions(StrictModel):
 
 @register_stage
 class SimilarityStage(Stage):
-    """Each document's closeness to each target task, from its embedding: with `contrast: pool`
-    (the default), its `neighbour_target_share` against a seeded pool sample of `reference`
-    documents; with `contrast: none`, its cosine to the task's examples, aggregated (RDS+).
+    """Each document's closeness to each target task: with `contrast: pool` (the default), its
+    `nearest_target_share` against a seeded pool sample of `reference` documents, by default in
+    the hybrid view (the embedding beside TF-IDF n-grams, whose IDF comes from that sample);
+    with `contrast: none`, its embedding's cosine to the task's examples, aggregated (RDS+).
 
     Columns: `similarity_task_<task>` per target file, and `similarity`, the best over tasks.
     """
 
     name = "similarity"
-    input_columns = ("id",)
+    input_columns = ("id", "text")
     requires = ("embed",)
     output_columns = ("similarity",)
     default_resources = Resources(num_cpus=1, batch_size=8192)
-    fitted = ("targets", "reference", "reference_keys")
+    fitted = ("targets", "reference", "reference_keys", "ngram_view")
     options_class = SimilarityStageOptions
 
     def __init__(self, resources: Resources, config: Config) -> None:
@@ -109,6 +115,7 @@ class SimilarityStage(Stage):
         self.targets: dict[str, np.ndarray] = {}
         self.reference = np.zeros((0, 0), dtype=np.float32)
         self.reference_keys = np.zeros(0, dtype=np.uint64)
+        self.ngram_view: dict[str, Any] = {}  # TfidfView.arrays() of the hybrid view
 
     @classmethod
     def from_config(cls, config: Config, resources: Resources) -> SimilarityStage:
@@ -118,9 +125,12 @@ class SimilarityStage(Stage):
 
     def fingerprint(self) -> dict[str, Any]:
         contrast = self.options.contrast == "pool"
+        hybrid = contrast and self.options.view == "hybrid"
+        unused = {"neighbours"} | (set() if contrast else {"reference", "view"})
+        unused |= set() if hybrid else set(NgramOptions.model_fields)
         return {
             "name": self.name,
-            **self.options.model_dump(exclude=set() if contrast else {"neighbours", "reference"}),
+            **self.options.model_dump(exclude=unused),
             "embed": self.embed_options.model_dump(),
             "target": self.target.model_dump(exclude={"storage_options"}),
             **({"seed": self.seed} if contrast else {}),
@@ -140,14 +150,26 @@ class SimilarityStage(Stage):
                 context.left_out_of(),
             )
             self.summary = {"reference_docs": len(self.reference_keys)}
+            if self.options.view == "hybrid":
+                texts = texts_of_keys(context.store, context.parts, self.seed, self.reference_keys)
+                view = TfidfView.fit(texts, self.options.num_buckets, self.options.ngrams)
+                view.targets = {name: view.rows(texts) for name, texts in tasks.items()}
+                self.ngram_view = view.arrays()
 
     def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
-        documents = embedding_matrix(batch.column("embedding"))
-        exclude = None if self.options.contrast == "none" else self.own_reference_rows(batch)
-        columns = {
-            f"similarity_task_{name}": self.score(documents, targets, exclude)
-            for name, targets in self.targets.items()
-        }
+        documents = [embedding_matrix(batch.column("embedding"))]
+        if self.options.contrast == "none":
+            scores = {n: self.score(documents, [t], None) for n, t in self.targets.items()}
+        else:
+            exclude = self.own_reference_rows(batch)
+            reference, targets = [self.reference], {n: [t] for n, t in self.targets.items()}
+            if self.ngram_view:
+                view = TfidfView.from_arrays(self.ngram_view)
+                documents.append(view.rows(batch.column("text").to_pylist()))
+                reference.append(view.reference)
+                targets = {n: [*t, view.targets[n]] for n, t in targets.items()}
+            scores = {n: self.score(documents, t, exclude, reference) for n, t in targets.items()}
+        columns = {f"similarity_task_{name}": values for name, values in scores.items()}
         return {"similarity": np.max(np.stack(list(columns.values())), axis=0), **columns}
 
     def own_reference_rows(self, batch: pa.Table) -> np.ndarray:
@@ -161,13 +183,17 @@ class SimilarityStage(Stage):
         return np.where(self.reference_keys[rows] == keys, rows, -1).astype(np.int64)
 
     def score(
-        self, documents: np.ndarray, targets: np.ndarray, exclude: np.ndarray | None
+        self,
+        documents: list[Any],
+        targets: list[Any],
+        exclude: np.ndarray | None,
+        reference: list[Any] | None = None,
     ) -> np.ndarray:
-        if exclude is None:
-            return cosine_scores(documents, targets, self.options.aggregate)
-        return neighbour_target_share(
-            documents, targets, self.reference, self.options.neighbours, exclude
-        )
+        """RDS+'s cosine in the embedding (no `reference`), or `nearest_target_share` in the
+        views given."""
+        if reference is None:
+            return cosine_scores(documents[0], targets[0], self.options.aggregate)
+        return nearest_target_share(documents, targets, reference, exclude)
 
 
 @register_stage
@@ -254,6 +280,76 @@ def ngram_features(texts: list[str], buckets: int, ngrams: int) -> Any:
     return sparse.diags(1 / np.maximum(norms, 1e-12)) @ counts
 
 
+@dataclass
+class TfidfView:
+    """The hybrid view's n-gram side: rows x = w / ‖w‖₂ with w_b = log(1 + count_b) · idf_b over
+    hashed n-grams (`ngram_features`) and idf_b = log((1 + N) / (1 + df_b)) + 1 from the N
+    reference documents; the reference's and the targets' rows are kept for the cosines."""
+
+    buckets: int
+    ngrams: int
+    idf: np.ndarray
+    reference: Any = None  # scipy CSR rows
+    targets: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def fit(cls, texts: list[str], buckets: int, ngrams: int) -> TfidfView:
+        counts = ngram_features(texts, buckets, ngrams)
+        view = cls(buckets, ngrams, np.log((1 + len(texts)) / (1 + counts.getnnz(axis=0))) + 1)
+        view.reference = view.weighted(counts)
+        return view
+
+    def rows(self, texts: list[str]) -> Any:
+        return self.weighted(ngram_features(texts, self.buckets, self.ngrams))
+
+    def weighted(self, counts: Any) -> Any:
+        from scipy import sparse
+
+        rows = counts @ sparse.diags(self.idf)
+        norms = np.sqrt(np.asarray(rows.multiply(rows).sum(axis=1)).ravel())
+        return (sparse.diags(1 / np.maximum(norms, 1e-12)) @ rows).tocsr()
+
+    def arrays(self) -> dict[str, Any]:
+        return {
+            "shape": np.array([self.buckets, self.ngrams]),
+            "idf": self.idf,
+            "reference": _csr_arrays(self.reference),
+            "targets": {name: _csr_arrays(rows) for name, rows in self.targets.items()},
+        }
+
+    @classmethod
+    def from_arrays(cls, state: dict[str, Any]) -> TfidfView:
+        buckets, ngrams = (int(v) for v in state["shape"])
+        targets = {name: _csr(rows, buckets) for name, rows in state["targets"].items()}
+        return cls(buckets, ngrams, state["idf"], _csr(state["reference"], buckets), targets)
+
+
+def _csr_arrays(rows: Any) -> dict[str, np.ndarray]:
+    return {"data": rows.data, "indices": rows.indices, "indptr": rows.indptr}
+
+
+def _csr(arrays: dict[str, np.ndarray], columns: int) -> Any:
+    from scipy import sparse
+
+    shape = (len(arrays["indptr"]) - 1, columns)
+    return sparse.csr_matrix((arrays["data"], arrays["indices"], arrays["indptr"]), shape=shape)
+
+
+def _texts_with_keys(store: Store, part: str, seed: int, keys: np.ndarray) -> list[tuple[int, str]]:
+    docs = store.read_table(layout.docs(part), columns=["id", "text"])
+    found = random_keys(docs.column("id").to_pylist(), seed)
+    rows = np.flatnonzero(np.isin(found, keys))
+    return list(zip(found[rows].tolist(), docs.column("text").take(rows).to_pylist(), strict=True))
+
+
+def texts_of_keys(store: Store, parts: list[str], seed: int, keys: np.ndarray) -> list[str]:
+    """The texts of the documents whose random keys (`random_keys(id, seed)`) are `keys`, in
+    the order of `keys`."""
+    calls = [(store, part, seed, keys) for part in parts]
+    by_key = dict(pair for pairs in current().map(_texts_with_keys, calls) for pair in pairs)
+    return [by_key[key] for key in keys.tolist()]
+
+
 def _sample_part(
     store: Store, part: str, seed: int, below: int, left_out: np.ndarray | None
 ) -> list[tuple[int, str]]:
@@ -293,9 +389,10 @@ class SimilaritySelector:
     """Highest similarity score first (the similarity stage's); with several target sets,
     round-robin over them (RDS+).
 
-    Under a token budget: scores of mean-pooled embeddings (of a document's first
-    embed.max_length tokens) do not grow with length, so documents are ranked by them alone and
-    the order is walked, keeping each document that still fits."""
+    Under a token budget: cosines of mean-pooled embeddings (of a document's first
+    embed.max_length tokens) and of L2-normalised TF-IDF rows do not grow with length, so
+    documents are ranked by their scores alone and the order is walked, keeping each document
+    that still fits."""
 
     def required_stages(self, config: Config) -> tuple[str, ...]:
         return ("betr",) if config.select.options("similarity").betr else ("similarity",)
@@ -327,9 +424,9 @@ class SimilaritySelector:
         if near is not None and near < NEAR_TARGET_WARNING:
             log.warning(
                 "warning: similarity: %.0f %% of the selection's tokens have a target example "
-                "among their %d nearest documents; the rest is ranked only by being closer to "
-                "the targets than to the pool. The target lies far from the pool, where "
-                "embedding similarity picks weakly; compare dsir or quad.",
+                "among their %d nearest documents: the target lies far from the pool, where "
+                "nearness says less about what a model trained on the selection gains; compare "
+                "dsir or quad.",
                 100 * near,
                 config.stage_options("similarity").neighbours,
             )
@@ -345,7 +442,7 @@ def near_target_tokens(
     pool: Pool, config: Config, columns: list[str], chosen: np.ndarray
 ) -> float | None:
     """The share of the chosen documents' tokens with a target example among their neighbours
-    (`has_target_neighbour`); None where the scores are not neighbour shares."""
+    (`has_target_neighbour`); None where the scores are not nearest-target shares."""
     options = config.stage_options("similarity")
     if columns == ["betr_score"] or options.contrast != "pool" or not len(chosen):
         return None

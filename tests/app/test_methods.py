@@ -154,17 +154,36 @@ def test_generic_selectors_on_a_score_column(
         assert len(set(strata.tolist())) >= 3, "coverage: several strata are represented"
 
 
-def neighbour_share_by_sorting(docs: np.ndarray, targets: np.ndarray, k: int) -> np.ndarray:
-    """The similarity stage's default score, from full sorts: the share of targets among each
-    document's k nearest rows of the targets and the other documents, plus the tie term."""
+def nearest_share_by_sorting(docs: list[np.ndarray], targets: list[np.ndarray]) -> np.ndarray:
+    """The similarity stage's default score, from full sorts of the views' mean cosines: the
+    other documents nearer than the nearest target, and the margin between the two nearest."""
     out = []
-    for i, row in enumerate(docs.astype(np.float64)):
-        to_targets = np.sort(targets @ row)[::-1]
-        to_others = np.sort(np.delete(docs, i, axis=0) @ row)[::-1]
-        nearest = np.sort(np.concatenate([to_targets, to_others]))[::-1][k - 1]
-        share = (to_targets >= nearest).sum() / k
-        out.append(share + (to_targets[:k].mean() - to_others[:k].mean()) / (4 * k))
+    for i in range(len(docs[0])):
+        to_targets = np.mean([t @ d[i] for d, t in zip(docs, targets, strict=True)], axis=0)
+        others = np.mean([np.delete(d, i, axis=0) @ d[i] for d in docs], axis=0)
+        nearest, others = np.sort(to_targets)[-1], np.sort(others)[::-1]
+        closer = int(np.searchsorted(-others, -nearest, side="left"))
+        out.append(1 / (1 + closer + (1 - (nearest - others[0])) / 4))
     return np.array(out)
+
+
+def tfidf_rows(texts: list[str], pool: list[str]) -> np.ndarray:
+    """TF-IDF of hashed word uni- and bigrams (10,000 buckets), counted in Python, IDF from
+    the pool."""
+    from collections import Counter
+
+    from distsel.algorithms.dsir import hashed_ngrams
+
+    def log_counts(batch: list[str]) -> np.ndarray:
+        matrix = np.zeros((len(batch), 10_000))
+        occurrences = zip(*hashed_ngrams(batch, 10_000, 2), strict=True)
+        for (doc, bucket), n in Counter(occurrences).items():
+            matrix[doc, bucket] = np.log1p(n)
+        return matrix
+
+    idf = np.log((1 + len(pool)) / (1 + (log_counts(pool) > 0).sum(axis=0))) + 1
+    weighted = log_counts(texts) * idf
+    return weighted / np.linalg.norm(weighted, axis=1, keepdims=True)
 
 
 @pytest.mark.slow
@@ -183,9 +202,10 @@ def test_similarity_matches_numpy_and_round_robins_over_tasks(tmp_path, corpus_a
     embedder = Embedder(num_threads=2, dtype="float32", max_length=64)
     texts = [d["text"] for d in pool]
     docs = embedder.embed(texts)
+    views = [docs.astype(np.float64), tfidf_rows(texts, texts)]
     expected = {  # the pool under 5,000 documents: the whole pool is the reference sample
-        "target": neighbour_share_by_sorting(docs, embedder.embed(target_texts), k=20),
-        "modules": neighbour_share_by_sorting(docs, embedder.embed(PARAGRAPHS[120:140]), k=20),
+        task: nearest_share_by_sorting(views, [embedder.embed(t), tfidf_rows(t, texts)])
+        for task, t in (("target", target_texts), ("modules", PARAGRAPHS[120:140]))
     }
     scores = read_folder(tmp_path / "sim" / "scores" / "similarity")
     ids = read_folder(tmp_path / "sim" / "docs")

@@ -14,16 +14,18 @@ from distsel.core.config import parse_config
 from distsel.core.pool import random_keys
 from distsel.core.stage import StageContext
 from distsel.methods.similarity import (
+    NEAR_TARGET_WARNING,
     BetrStage,
     LinearScorer,
     SimilaritySelector,
     SimilarityStage,
+    TfidfView,
     best_rank_scores,
     betr_labels,
     cosine_scores,
     fit_betr_classifier,
     has_target_neighbour,
-    neighbour_target_share,
+    nearest_target_share,
     ngram_features,
     predict_scores,
     round_robin,
@@ -268,40 +270,75 @@ def test_the_betr_stage_scores_with_predict_scores():
         predict_scores(stage.scorer, ngram_features(texts, 32, 2))
 
 
-def brute_neighbour_share(docs, targets, reference, k, exclude):
-    """The definition, written plainly: rank every target and reference row by cosine (a
-    document's own reference row left out) and count the targets among the first k."""
+def brute_nearest_share(doc_views, target_views, reference_views, exclude):
+    """The definition, written plainly: each row's mean cosine over the views; count the
+    reference rows (a document's own left out) nearer than the nearest target example."""
+
+    def cosine(i, side, j):
+        pairs = zip(doc_views, side, strict=True)
+        return np.mean([float(np.dot(dense(d)[i], dense(v)[j])) for d, v in pairs])
+
     out = []
-    for i, d in enumerate(docs.astype(np.float64)):
-        rows = [(float(d @ t), "T") for t in targets.astype(np.float64)]
-        rows += [
-            (float(d @ r), "R")
-            for j, r in enumerate(reference.astype(np.float64))
-            if j != exclude[i]
+    for i in range(dense(doc_views[0]).shape[0]):
+        nearest = max(cosine(i, target_views, t) for t in range(target_views[0].shape[0]))
+        others = [
+            cosine(i, reference_views, r)
+            for r in range(reference_views[0].shape[0])
+            if r != exclude[i]
         ]
-        nearest = sorted(rows, key=lambda row: -row[0])[:k]
-        best = {side: sorted((c for c, s in rows if s == side), reverse=True)[:k] for side in "TR"}
-        tie = (np.mean(best["T"]) - np.mean(best["R"])) / (4 * k)
-        out.append(sum(side == "T" for _, side in nearest) / k + tie)
+        closer = sum(c > nearest for c in others)
+        out.append(1 / (1 + closer + (1 - (nearest - max(others))) / 4))
     return np.array(out)
 
 
-@pytest.mark.parametrize("k", [1, 5, 12])
-def test_neighbour_target_share_matches_brute_force(k: int):
-    rng = np.random.default_rng(k)
-    docs, targets, reference = unit_rows(rng, 40), unit_rows(rng, 9), unit_rows(rng, 30)
+def dense(view) -> np.ndarray:
+    return view.toarray() if hasattr(view, "toarray") else np.asarray(view, dtype=np.float64)
+
+
+def sparse_unit_rows(rng: np.random.Generator, n: int, dim: int = 30):
+    from scipy import sparse
+
+    x = sparse.random(n, dim, density=0.3, random_state=rng, format="csr")
+    norms = np.sqrt(np.asarray(x.multiply(x).sum(axis=1)).ravel())
+    return (sparse.diags(1 / np.maximum(norms, 1e-12)) @ x).tocsr()
+
+
+@pytest.mark.parametrize("chunk_size", [1, 16, 1024])
+def test_nearest_target_share_matches_brute_force_in_two_views(chunk_size: int):
+    """A dense and a sparse view, their cosines averaged; some documents are rows of the pool
+    sample themselves and leave themselves out."""
+    rng = np.random.default_rng(chunk_size)
+    dense_view = [unit_rows(rng, n) for n in (40, 9, 30)]
+    sparse_view = [sparse_unit_rows(rng, n) for n in (40, 9, 30)]
+    docs, targets, reference = ([d, s] for d, s in zip(dense_view, sparse_view, strict=True))
+    rows = [3, 7, 0, 29, 11]
+    docs = [np.concatenate([reference[0][rows], docs[0][5:]]), docs[1]]
+    docs[1] = docs[1].tolil()
+    docs[1][:5] = reference[1][rows]
+    docs[1] = docs[1].tocsr()
     exclude = np.full(40, -1)
-    docs[:5] = reference[[3, 7, 0, 29, 11]]  # documents that are themselves in the sample
-    exclude[:5] = [3, 7, 0, 29, 11]
-    got = neighbour_target_share(docs, targets, reference, k, exclude, chunk_size=16)
+    exclude[:5] = rows
+    got = nearest_target_share(docs, targets, reference, exclude, chunk_size=chunk_size)
     np.testing.assert_allclose(
-        got, brute_neighbour_share(docs, targets, reference, k, exclude), atol=1e-6
+        got, brute_nearest_share(docs, targets, reference, exclude), atol=1e-6
     )
 
 
-def test_neighbour_target_share_ranks_the_target_region_first():
+def test_nearest_target_share_orders_by_the_pool_documents_nearer_than_a_target():
+    """n_i decides; the margin to the nearest pool document orders equal n_i only."""
+    targets = np.array([[1.0, 0.0]])
+    reference = np.array([[0.0, 1.0], [np.sqrt(0.5), np.sqrt(0.5)]])
+    angles = np.deg2rad([10.0, 20.0, 30.0, 35.0, 50.0, 80.0])  # the target at 0°, pool 45°, 90°
+    docs = np.stack([np.cos(angles), np.sin(angles)], axis=1)
+    got = nearest_target_share([docs], [targets], [reference])
+    np.testing.assert_array_equal(np.argsort(-got), np.arange(6))
+    closer = [0, 0, 1, 1, 2, 2]  # rows of the reference nearer than the target
+    assert all(1 / (n + 1.75) <= s <= 1 / (n + 0.75) for n, s in zip(closer, got, strict=True))
+
+
+def test_nearest_target_share_ranks_the_target_region_first():
     """Documents near the targets, in a region the pool sample rarely visits, outrank documents
-    near the targets' nearest pool hub: the share is a density ratio, not closeness alone."""
+    near the targets' nearest pool hub: the score is a density ratio, not closeness alone."""
     rng = np.random.default_rng(0)
     axes = np.eye(16, dtype=np.float32)
 
@@ -312,50 +349,98 @@ def test_neighbour_target_share_ranks_the_target_region_first():
     targets = np.concatenate([around(axes[0], 20, 0.1), around(axes[1], 20, 0.1)])
     reference = np.concatenate([around(axes[1], 200, 0.1), around(axes[2], 200, 0.1)])
     docs = np.concatenate([around(axes[0], 10, 0.1), around(axes[1], 10, 0.1)])
-    share = neighbour_target_share(docs, targets, reference, 10)
+    share = nearest_target_share([docs], [targets], [reference])
     assert share[:10].min() > share[10:].max()
     assert cosine_scores(docs[:10], targets).mean() == pytest.approx(
         cosine_scores(docs[10:], targets).mean(), abs=0.1
     )
 
 
-def test_neighbour_target_share_refuses_bad_input():
+def test_nearest_target_share_refuses_bad_input():
     rng = np.random.default_rng(1)
     docs, targets = unit_rows(rng, 3), unit_rows(rng, 2)
-    with pytest.raises(ValueError, match="neighbours"):
-        neighbour_target_share(docs, targets, unit_rows(rng, 4), 0)
-    with pytest.raises(ValueError, match="dimension"):
-        neighbour_target_share(docs, targets, unit_rows(rng, 4, dim=8), 2)
+    with pytest.raises(ValueError, match="same views"):
+        nearest_target_share([docs], [targets, targets], [unit_rows(rng, 4)])
+    with pytest.raises(ValueError, match="reference view of shape"):
+        nearest_target_share([docs], [targets], [unit_rows(rng, 4, dim=8)])
+    with pytest.raises(ValueError, match="no target examples"):
+        nearest_target_share([docs], [targets[:0]], [unit_rows(rng, 4)])
 
 
-@pytest.mark.parametrize("contrast", ["pool", "none"])
-def test_the_similarity_stage_scores_by_its_contrast(contrast: str):
-    """contrast none: RDS+'s cosine; contrast pool: the neighbour share, each document's own row of
-    the pool sample (matched by its random key) left out."""
+def tfidf_by_counting(texts: list[str], reference: list[str], buckets: int) -> np.ndarray:
+    """TF-IDF rows from Python counts of the hashed n-grams, IDF from `reference`."""
+    from collections import Counter
+
+    from distsel.algorithms.dsir import hashed_ngrams
+
+    def counts(batch: list[str]) -> np.ndarray:
+        matrix = np.zeros((len(batch), buckets))
+        occurrences = zip(*hashed_ngrams(batch, buckets, 2), strict=True)
+        for (doc, bucket), n in Counter(occurrences).items():
+            matrix[doc, bucket] = np.log1p(n)
+        return matrix
+
+    seen = (counts(reference) > 0).sum(axis=0)
+    weighted = counts(texts) * (np.log((1 + len(reference)) / (1 + seen)) + 1)
+    return weighted / np.maximum(np.linalg.norm(weighted, axis=1, keepdims=True), 1e-12)
+
+
+def saved_and_loaded(state: dict) -> dict:
+    import io
+
+    from distsel.core.stage import _decode, _encode
+
+    arrays: dict[str, np.ndarray] = {}
+    encoded, buffer = _encode(state, arrays), io.BytesIO()
+    np.savez(buffer, **arrays)
+    buffer.seek(0)
+    with np.load(buffer, allow_pickle=False) as loaded:
+        return _decode(json.loads(json.dumps(encoded)), dict(loaded.items()))
+
+
+@pytest.mark.parametrize("view", ["hybrid", "embedding", "cosine"])
+def test_the_similarity_stage_scores_in_its_view(view: str):
+    """contrast none: RDS+'s cosine; contrast pool: the nearest-target share in the embedding,
+    or beside it in TF-IDF n-grams (IDF from the pool sample), each document's own row of the
+    pool sample (matched by its random key) left out. The fit, saved as prepare_stage saves it
+    (npz, no pickle) and loaded into a new stage, scores the same."""
+    options = {"contrast": "none"} if view == "cosine" else {"view": view, "num_buckets": 64}
     config = parse_config(
         {
             "input": {"paths": ["unused.jsonl"]},
             "output": {"path": "unused"},
             "target": {"paths": ["t.jsonl"]},
             "select": {"method": "similarity", "budget": {"docs": 2}},
-            "stages": {"similarity": {"contrast": contrast, "neighbours": 3}},
+            "stages": {"similarity": options},
         }
     )
     stage = SimilarityStage(SimilarityStage.default_resources, config)
     rng = np.random.default_rng(2)
     ids = [f"doc-{i}" for i in range(12)]
+    texts = [" ".join(rng.choice(list("abcdefgh"), 6)) for _ in range(12)]
+    target_texts = [" ".join(rng.choice(list("abcxyz"), 6)) for _ in range(5)]
     docs, targets = unit_rows(rng, 12), unit_rows(rng, 5)
     stage.targets = {"t": targets}
     stage.reference, stage.reference_keys = docs[4:], random_keys(ids[4:], config.seed)
-    batch = pa.table(
-        {"id": ids, "embedding": pa.FixedSizeListArray.from_arrays(pa.array(docs.ravel()), 16)}
-    )
+    if view == "hybrid":
+        ngrams = TfidfView.fit(texts[4:], 64, 2)
+        ngrams.targets = {"t": ngrams.rows(target_texts)}
+        stage.ngram_view = ngrams.arrays()
+    embedding = pa.FixedSizeListArray.from_arrays(pa.array(docs.ravel()), 16)
+    batch = pa.table({"id": ids, "text": texts, "embedding": embedding})
     got = stage(batch)
-    if contrast == "none":
+    restored = SimilarityStage(SimilarityStage.default_resources, config)
+    restored.load_fitted(saved_and_loaded(stage.fitted_state()))
+    np.testing.assert_array_equal(restored(batch)["similarity"], got["similarity"])
+    exclude = np.array([-1] * 4 + list(range(8)))
+    if view == "cosine":
         expected = cosine_scores(docs, targets)
+    elif view == "embedding":
+        expected = brute_nearest_share([docs], [targets], [docs[4:]], exclude)
     else:
-        exclude = np.array([-1] * 4 + list(range(8)))
-        expected = brute_neighbour_share(docs, targets, docs[4:], 3, exclude)
+        counted = [tfidf_by_counting(t, texts[4:], 64) for t in (texts, target_texts)]
+        views = [docs, counted[0]], [targets, counted[1]], [docs[4:], counted[0][4:]]
+        expected = brute_nearest_share(*views, exclude)
     np.testing.assert_allclose(got["similarity_task_t"], expected, atol=1e-6)
     np.testing.assert_array_equal(got["similarity"], got["similarity_task_t"])
 
@@ -368,17 +453,18 @@ def test_has_target_neighbour_counts_the_targets_among_the_nearest(k: int):
     nearest = np.argsort(-both, axis=1)[:, :k]
     expected = (nearest < len(targets)).any(axis=1)
     assert 0 < expected.sum() < len(docs)
-    scores = neighbour_target_share(docs, targets, reference, k)
+    scores = nearest_target_share([docs], [targets], [reference])
     np.testing.assert_array_equal(has_target_neighbour(scores, k), expected)
 
 
-@pytest.mark.parametrize("near_tokens", [30, 300])
-def test_the_selector_warns_when_most_of_the_selection_has_no_target_neighbour(
+@pytest.mark.parametrize("near_tokens", [10, 300])
+def test_the_selector_warns_when_little_of_the_selection_has_a_target_neighbour(
     near_tokens: int, caplog: pytest.LogCaptureFixture
 ):
-    """Two documents with a target among their k = 4 neighbours (share 1/4, 2/4), then three
-    ranked by the tie-break alone; the manifest's near_target_tokens is their share of the
-    selection's tokens, and below half the run warns."""
+    """Two documents with a target among their k = 4 neighbours (score above 1/5), then two
+    with more pool documents nearer than their nearest target; the manifest's
+    near_target_tokens is the first two's share of the selection's tokens, and below a quarter
+    (NEAR_TARGET_WARNING) the run warns."""
     config = parse_config(
         {
             "input": {"paths": ["unused.jsonl"]},
@@ -399,6 +485,6 @@ def test_the_selector_warns_when_most_of_the_selection_has_no_target_neighbour(
     near = 2 * near_tokens / (2 * near_tokens + 200)
     assert section["near_target_tokens"] == pytest.approx(near, abs=1e-4)
     warned = [r.getMessage() for r in caplog.records if "nearest documents" in r.getMessage()]
-    assert len(warned) == (near < 0.5)
+    assert len(warned) == (near < NEAR_TARGET_WARNING)
     if warned:
         assert f"{100 * near:.0f} % of the selection's tokens" in warned[0]
