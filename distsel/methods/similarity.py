@@ -153,7 +153,7 @@ class SimilarityStage(Stage):
             if self.options.view == "hybrid":
                 texts = texts_of_keys(context.store, context.parts, self.seed, self.reference_keys)
                 view = TfidfView.fit(texts, self.options.num_buckets, self.options.ngrams)
-                view.targets = {name: view.rows(texts) for name, texts in tasks.items()}
+                view.targets = {name: view.rows(examples) for name, examples in tasks.items()}
                 self.ngram_view = view.arrays()
 
     def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
