@@ -362,7 +362,7 @@ def short_share(task: Task, table: dict[str, list[Any]], short_below: int) -> fl
 
 
 def evaluate_row(
-    evaluator: Evaluator, task: Task, result: dict[str, Any], seeds: int, short_below: int
+    evaluator: Evaluator, task: Task, result: dict[str, Any], seeds: range, short_below: int
 ) -> dict[str, Any]:
     import pyarrow.parquet as pq
 
@@ -375,7 +375,7 @@ def evaluate_row(
             table[c] += part.column(c).to_pylist()
     table["tokens_approx"] = [math.ceil(len(text) / 4) for text in table["text"]]  # as distsel
     heldout = [r["text"] for r in task.heldout]
-    losses = [evaluator.loss(table["id"], table["text"], heldout, s) for s in range(seeds)]
+    losses = [evaluator.loss(table["id"], table["text"], heldout, s) for s in seeds]
     evaluation = json.loads((Path(result["output"]) / "manifest.json").read_text())["evaluation"]
     ngram = (evaluation or {}).get("ngram_lm") or {}
     return {
@@ -495,6 +495,8 @@ def parse_args(
     parser.add_argument("--proxy-train-tokens", type=positive, default=500_000)
     parser.add_argument("--eval-train-tokens", type=positive, default=50_000)
     parser.add_argument("--eval-seeds", type=positive, default=5)
+    # the same selections measured again with other proxies: the evaluation's own noise
+    parser.add_argument("--eval-first-seed", type=int, default=0)
     parser.add_argument("--eval-vocab", type=positive, default=2048)
     parser.add_argument("--only", default="", help="run the rows on these tasks only (comma list)")
     parser.add_argument("--budgets", default="tokens,docs")
@@ -541,9 +543,8 @@ def main() -> None:
                 for row in rows if kind == "tokens" else docs_rows:
                     table[row] = select_row(args, root, task, row, budget_of[kind], pool_size)
                     if evaluator is not None:
-                        evaluation = evaluate_row(
-                            evaluator, task, table[row], args.eval_seeds, short
-                        )
+                        seeds = range(args.eval_first_seed, args.eval_first_seed + args.eval_seeds)
+                        evaluation = evaluate_row(evaluator, task, table[row], seeds, short)
                         table[row].update(evaluation)
                         harness.progress(
                             f"{task.name} {row}.{kind}", f"loss {evaluation['loss']:.4f}"
@@ -566,7 +567,8 @@ def report(
         f"{budget_of['docs']['docs']} docs ({args.docs_share:.0%}), "
         f"{budget_of['tokens']['tokens']:,} tokens ({args.tokens_share:.0%}) | targets "
         f"{args.target_size}, held out {args.heldout_size} | eval proxies "
-        f"{args.eval_train_tokens:,} tokens, {args.eval_seeds} seeds | seed {args.seed} | "
+        f"{args.eval_train_tokens:,} tokens, {args.eval_seeds} seeds from {args.eval_first_seed} | "
+        f"seed {args.seed} | "
         f"{os.cpu_count()}-core CPU"
     )
     for name, stages in scoring.items():
