@@ -93,6 +93,27 @@ def pool_of(tokens: list[int], scores: dict[str, Any] | None = None) -> Any:
     )
 
 
+def tfidf_by_counting(texts: list[str], reference: list[str], buckets: int):
+    """TF-IDF rows of hashed word uni- and bigrams from Python counts (log counts × IDF from
+    `reference`, L2-normalised): the reference for the similarity stage's n-gram view."""
+    from collections import Counter
+
+    import numpy as np
+
+    from distsel.algorithms.dsir import hashed_ngrams
+
+    def log_counts(batch: list[str]) -> np.ndarray:
+        matrix = np.zeros((len(batch), buckets))
+        occurrences = zip(*hashed_ngrams(batch, buckets, 2), strict=True)
+        for (doc, bucket), n in Counter(occurrences).items():
+            matrix[doc, bucket] = np.log1p(n)
+        return matrix
+
+    seen = (log_counts(reference) > 0).sum(axis=0)
+    weighted = log_counts(texts) * (np.log((1 + len(reference)) / (1 + seen)) + 1)
+    return weighted / np.maximum(np.linalg.norm(weighted, axis=1, keepdims=True), 1e-12)
+
+
 def read_folder(folder: Path):
     """The Parquet files of a run's output folder as one table (empty if there are none)."""
     import pyarrow as pa

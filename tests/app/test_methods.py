@@ -10,7 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import base_config, read_folder, stdlib_paragraphs, torch_threads, write_jsonl
+from helpers import (
+    base_config,
+    read_folder,
+    stdlib_paragraphs,
+    tfidf_by_counting,
+    torch_threads,
+    write_jsonl,
+)
 
 from distsel.algorithms import dsir as dsir_maths
 from distsel.app import pipeline
@@ -167,25 +174,6 @@ def nearest_share_by_sorting(docs: list[np.ndarray], targets: list[np.ndarray]) 
     return np.array(out)
 
 
-def tfidf_rows(texts: list[str], pool: list[str]) -> np.ndarray:
-    """TF-IDF of hashed word uni- and bigrams (10,000 buckets), counted in Python, IDF from
-    the pool."""
-    from collections import Counter
-
-    from distsel.algorithms.dsir import hashed_ngrams
-
-    def log_counts(batch: list[str]) -> np.ndarray:
-        matrix = np.zeros((len(batch), 10_000))
-        occurrences = zip(*hashed_ngrams(batch, 10_000, 2), strict=True)
-        for (doc, bucket), n in Counter(occurrences).items():
-            matrix[doc, bucket] = np.log1p(n)
-        return matrix
-
-    idf = np.log((1 + len(pool)) / (1 + (log_counts(pool) > 0).sum(axis=0))) + 1
-    weighted = log_counts(texts) * idf
-    return weighted / np.linalg.norm(weighted, axis=1, keepdims=True)
-
-
 @pytest.mark.slow
 def test_similarity_matches_numpy_and_round_robins_over_tasks(tmp_path, corpus_and_target):
     from distsel.methods.embed import Embedder
@@ -202,10 +190,13 @@ def test_similarity_matches_numpy_and_round_robins_over_tasks(tmp_path, corpus_a
     embedder = Embedder(num_threads=2, dtype="float32", max_length=64)
     texts = [d["text"] for d in pool]
     docs = embedder.embed(texts)
-    views = [docs.astype(np.float64), tfidf_rows(texts, texts)]
-    expected = {  # the pool under 5,000 documents: the whole pool is the reference sample
-        task: nearest_share_by_sorting(views, [embedder.embed(t), tfidf_rows(t, texts)])
-        for task, t in (("target", target_texts), ("modules", PARAGRAPHS[120:140]))
+    # the pool under 5,000 documents: the whole pool is the reference sample (and the IDF's)
+    views = [docs.astype(np.float64), tfidf_by_counting(texts, texts, 10_000)]
+    expected = {
+        task: nearest_share_by_sorting(
+            views, [embedder.embed(examples), tfidf_by_counting(examples, texts, 10_000)]
+        )
+        for task, examples in (("target", target_texts), ("modules", PARAGRAPHS[120:140]))
     }
     scores = read_folder(tmp_path / "sim" / "scores" / "similarity")
     ids = read_folder(tmp_path / "sim" / "docs")

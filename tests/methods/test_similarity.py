@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pyarrow as pa
 import pytest
-from helpers import pool_of
+from helpers import pool_of, tfidf_by_counting
 
 from distsel.algorithms.similarity import task_scores
 from distsel.core.config import parse_config
@@ -365,24 +365,6 @@ def test_nearest_target_share_refuses_bad_input():
         nearest_target_share([docs], [targets], [unit_rows(rng, 4, dim=8)])
     with pytest.raises(ValueError, match="no target examples"):
         nearest_target_share([docs], [targets[:0]], [unit_rows(rng, 4)])
-
-
-def tfidf_by_counting(texts: list[str], reference: list[str], buckets: int) -> np.ndarray:
-    """TF-IDF rows from Python counts of the hashed n-grams, IDF from `reference`."""
-    from collections import Counter
-
-    from distsel.algorithms.dsir import hashed_ngrams
-
-    def counts(batch: list[str]) -> np.ndarray:
-        matrix = np.zeros((len(batch), buckets))
-        occurrences = zip(*hashed_ngrams(batch, buckets, 2), strict=True)
-        for (doc, bucket), n in Counter(occurrences).items():
-            matrix[doc, bucket] = np.log1p(n)
-        return matrix
-
-    seen = (counts(reference) > 0).sum(axis=0)
-    weighted = counts(texts) * (np.log((1 + len(reference)) / (1 + seen)) + 1)
-    return weighted / np.maximum(np.linalg.norm(weighted, axis=1, keepdims=True), 1e-12)
 
 
 def saved_and_loaded(state: dict) -> dict:
