@@ -27,7 +27,7 @@ and at both sets of seeds together. `paired Δ`: the row's loss minus random's a
 (mean ± sd over the seeds), which leaves out what a seed does to every selection alike;
 `vs random` is the suite's verdict (by more than twice the larger sd). `near tok`: the share of
 a share or adaptive row's selected tokens that have a target example among their 20 nearest
-documents (the similarity selector warns below half).
+documents (the similarity selector warns below a quarter).
 
 Each row walks its order and fills the suite's token budget; the loss (mean ± sd over the
 eval seeds) comes from the suite's Evaluator and its cache. Takes the suite's flags and reads
